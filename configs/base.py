@@ -1,0 +1,63 @@
+"""Every config key, with its default. Experiment configs import this and override a few keys.
+
+Keys not defined here are an error, and so are values of the wrong type.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "embedded"  # "embedded" (Wikipedia excerpt shipped in gensim) | "textfile"
+  config.data.path = ""  # the UTF-8 text file when source="textfile"
+  config.data.tokenizer = "char"  # character-level; embedded uses the 27-symbol text8 alphabet
+  config.data.seq_len = 128  # tokens per training sequence
+  config.data.eval_fraction = 0.05  # held-out share, taken from the end of the text
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_layers = 4  # transformer blocks
+  config.model.width = 128  # model dimension
+  config.model.num_heads = 4  # attention heads (width / num_heads must be even)
+  config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width
+  config.model.positions = "rope"  # "rope" | "learned"
+  config.model.time_conditioning = True  # adaLN-zero on t; False = time-independent network
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
+  config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
+  config.diffusion.antithetic = True  # low-discrepancy t across the batch (unbiased, lower variance)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 2000  # total optimizer steps
+  config.train.batch_size = 32  # global batch (sequences), split over the data axes of the mesh
+  config.train.learning_rate = 1e-3  # peak AdamW learning rate
+  config.train.warmup_steps = 100  # linear warm-up, then cosine decay to 10% at num_steps
+  config.train.weight_decay = 0.03  # AdamW decoupled weight decay, matrices only
+  config.train.b1 = 0.9  # Adam beta1
+  config.train.b2 = 0.99  # Adam beta2
+  config.train.grad_clip = 1.0  # global gradient-norm clip
+  config.train.ema_decay = 0.999  # EMA of params (warmed up as (1 + n) / (10 + n)); eval and samples use it
+  config.train.log_every = 50  # steps between train metric lines (means over the window)
+  config.train.eval_every = 500  # steps between held-out evaluations and sample dumps (and at the end)
+  config.train.checkpoint_every = 500  # steps between checkpoints (and at the end, and on SIGTERM)
+  config.train.keep_checkpoints = 3  # most recent checkpoints kept on disk
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 64  # sequences per eval batch (the last one is padded and masked)
+  config.eval.max_sequences = 0  # 0 = the whole held-out split; N = its first N sequences
+
+  config.sampler = ml_collections.ConfigDict()
+  config.sampler.name = "ancestral"  # MD4's ancestral sampler
+  config.sampler.steps = 128  # reverse steps (network calls)
+  config.sampler.grid = "cosine"  # "cosine" | "uniform" time grid
+  config.sampler.temperature = 1.0  # softmax temperature of token draws
+  config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # data-parallel axis size; -1 = all remaining devices
+  config.mesh.fsdp = 1  # parameter-sharded data-parallel axis
+  config.mesh.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
+  return config

@@ -1,0 +1,18 @@
+"""The default run: MD4 on the embedded Wikipedia excerpt, character level, ~10 minutes on 2 CPU cores."""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.source = "embedded"
+  config.data.seq_len = 128
+  config.model.num_layers = 4
+  config.model.width = 128
+  config.model.num_heads = 4
+  config.train.num_steps = 2000
+  config.train.batch_size = 32
+  config.train.learning_rate = 2e-3
+  config.train.eval_every = 500
+  config.train.checkpoint_every = 500
+  return config

@@ -1,0 +1,32 @@
+"""Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample] [--config.a.b=v]."""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from configs import base
+from md4_jax import run
+from md4_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, samples/.")
+_MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has checkpoints), eval or sample.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100")
+  try:
+    run.main(_CONFIG.value, _WORKDIR.value, _MODE.value, reference=base.get_config(), step=_STEP.value,
+             num_samples=_NUM_SAMPLES.value)
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

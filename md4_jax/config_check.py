@@ -1,0 +1,88 @@
+"""Config validation before any work: unknown keys, wrong types, bad values, incompatible workdirs.
+
+Every problem is a `UserError` that names the key and the fix.
+"""
+
+import ml_collections
+
+from md4_jax import sampling, schedules
+from md4_jax.errors import UserError
+from md4_jax.models.transformer import TransformerConfig
+
+# Keys a resumed run may change: they do not alter what the checkpoint means.
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "eval.", "sampler.", "mesh.")
+POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
+                 "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                 "train.keep_checkpoints", "eval.batch_size", "sampler.steps", "sampler.num_samples")
+
+
+def flatten(config, prefix="") -> dict:
+  """{"a.b": value} for every leaf of a (nested) ConfigDict or dict."""
+  items = {}
+  for key, value in config.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      items.update(flatten(value, f"{prefix}{key}."))
+    else:
+      items[f"{prefix}{key}"] = value
+  return items
+
+
+def _type_ok(value, default) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return type(value) is type(default)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  return isinstance(value, type(default))
+
+
+def check_keys(config, reference) -> None:
+  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type."""
+  flat, known = flatten(config), flatten(reference)
+  for key, value in flat.items():
+    if key not in known:
+      group = key.rpartition(".")[0]
+      siblings = sorted(k for k in known if k.rpartition(".")[0] == group)
+      raise UserError(f"unknown config key {key!r}; the keys of {group or 'the config'!r} are: "
+                      f"{', '.join(siblings)} (see configs/base.py)")
+    if not _type_ok(value, known[key]):
+      raise UserError(f"config key {key!r} = {value!r} is a {type(value).__name__}; it must be a "
+                      f"{type(known[key]).__name__} like its default {known[key]!r}")
+  missing = sorted(set(known) - set(flat))
+  if missing:
+    raise UserError(f"config lacks keys {missing}; build configs on configs/base.py (import it and override)")
+
+
+def check_values(config) -> None:
+  """Values each key accepts, checked up front so no run dies after minutes of work."""
+  flat = flatten(config)
+  for key in POSITIVE_INTS:
+    if flat[key] <= 0:
+      raise UserError(f"config key {key!r} = {flat[key]} must be positive")
+  if config.diffusion.timesteps < 0:
+    raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
+  try:
+    schedules.get_schedule(config.diffusion.schedule)
+    sampling.time_grid(1, config.sampler.grid)
+    TransformerConfig(vocab_size=1, seq_len=1, **config.model)
+  except ValueError as error:
+    raise UserError(f"bad config value: {error}") from error
+  if config.data.tokenizer != "char":
+    raise UserError(f"data.tokenizer={config.data.tokenizer!r}: only 'char' is available")
+  if config.sampler.name != "ancestral":
+    raise UserError(f"sampler.name={config.sampler.name!r}: only 'ancestral' is available")
+  if config.sampler.temperature <= 0:
+    raise UserError(f"sampler.temperature={config.sampler.temperature} must be positive")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
+
+
+def check_resumable(saved: dict, config, workdir) -> None:
+  """Refuses to continue a workdir whose run was made with a config that changes its meaning."""
+  old, new = flatten(saved), flatten(config.to_dict())
+  changed = [key for key in sorted(set(old) | set(new))
+             if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+  if changed:
+    diffs = "; ".join(f"{key}: {old.get(key)!r} in the workdir, {new.get(key)!r} now" for key in changed)
+    raise UserError(f"workdir {workdir} holds a run with a different config ({diffs}). Use a new --workdir, "
+                    f"or pass the workdir's values (they are in {workdir}/config.json)")

@@ -1,0 +1,1 @@
+"""Data: corpora (embedded and local), tokenizers, and the batch pipeline."""

@@ -1,0 +1,1 @@
+"""Networks: `denoise(z, t) -> logits` callables built from config."""

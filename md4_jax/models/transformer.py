@@ -1,0 +1,169 @@
+"""Bidirectional transformer denoiser for token sequences (Flax NNX).
+
+Input: z_BxL in [0, V] where V is the mask id; output: logits_BxLxV over the V
+real tokens (never the mask). Pre-norm blocks, RoPE or learned positions,
+GLU MLP, optional adaLN-zero conditioning on t. Every parameter carries
+logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that sharding.py
+maps onto the mesh.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int  # V real tokens; the input vocabulary is V + 1 (mask id V)
+  seq_len: int
+  num_layers: int = 4
+  width: int = 256
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  positions: str = "rope"  # "rope" | "learned"
+  time_conditioning: bool = True  # adaLN-zero on t; without it the network is time-independent (RADD)
+
+  def __post_init__(self):
+    if self.width % self.num_heads or (self.width // self.num_heads) % 2:
+      raise ValueError(f"model.width={self.width} must split into model.num_heads={self.num_heads} "
+                       "heads of even size")
+    if self.positions not in ("rope", "learned"):
+      raise ValueError(f"model.positions={self.positions!r}: choose 'rope' or 'learned'")
+
+
+def _param(rngs, init, shape, names):
+  # eager_sharding=False: parameters are created without a mesh and placed later by sharding.py.
+  return nnx.Param(init(rngs.params(), shape), out_sharding=names, eager_sharding=False)
+
+
+_normal = nnx.initializers.normal
+
+
+class Dense(nnx.Module):
+  """x @ kernel with fan-in scaled init; `names` label the kernel's axes."""
+
+  def __init__(self, in_shape, out_shape, names, rngs, zero_init=False):
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    fan_in = math.prod(in_shape)
+    init = nnx.initializers.zeros if zero_init else _normal(1.0 / math.sqrt(fan_in))
+    self.kernel = _param(rngs, init, in_shape + out_shape, names)
+    self.num_in = len(in_shape)
+
+  def __call__(self, x):
+    return jnp.tensordot(x, self.kernel.value, axes=self.num_in)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, width, rngs):
+    self.scale = _param(rngs, nnx.initializers.ones, (width,), ("embed",))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+    return (normed * self.scale.value).astype(x.dtype)
+
+
+def rope(x_BxLxHxK):
+  """Rotary position embedding over the length axis (half-split convention)."""
+  length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
+  inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
+  angles_LxK2 = jnp.arange(length)[:, None] * inv_freq[None, :]
+  sin, cos = jnp.sin(angles_LxK2)[None, :, None, :], jnp.cos(angles_LxK2)[None, :, None, :]
+  x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs):
+    head_dim = cfg.width // cfg.num_heads
+    qkv_shape = (cfg.num_heads, head_dim)
+    self.query = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
+    self.key = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
+    self.value = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
+    self.out = Dense(qkv_shape, (cfg.width,), ("heads", "kv", "embed"), rngs)
+    self.use_rope = cfg.positions == "rope"
+
+  def __call__(self, x_BxLxD):
+    q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
+    if self.use_rope:
+      q, k = rope(q), rope(k)
+    return self.out(jax.nn.dot_product_attention(q, k, v, is_causal=False))
+
+
+class GluMlp(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs):
+    hidden = int(cfg.width * cfg.mlp_ratio)
+    self.gate = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
+    self.up = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
+    self.down = Dense((hidden,), (cfg.width,), ("mlp", "embed"), rngs)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block; with conditioning, adaLN-zero shift/scale/gate (identity at init)."""
+
+  def __init__(self, cfg: TransformerConfig, rngs):
+    self.attn_norm, self.mlp_norm = RMSNorm(cfg.width, rngs), RMSNorm(cfg.width, rngs)
+    self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
+    self.modulation = (Dense((cfg.width,), (6, cfg.width), ("embed", None, "embed_out"), rngs,
+                             zero_init=True) if cfg.time_conditioning else None)
+
+  def __call__(self, x_BxLxD, cond_BxD):
+    if self.modulation is None:
+      x_BxLxD = x_BxLxD + self.attention(self.attn_norm(x_BxLxD))
+      return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+    mods = self.modulation(cond_BxD)[:, None]  # [B, 1, 6, D]
+    shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
+    h = self.attn_norm(x_BxLxD) * (1 + scale1) + shift1
+    x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h)
+    h = self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2
+    return x_BxLxD + (1 + gate2) * self.mlp(h)
+
+
+def timestep_embedding(t_B, width, max_period=10_000.0):
+  """Sinusoidal features of 1000 t, as in diffusion models."""
+  half = width // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+  args_BxH = 1000.0 * t_B[:, None].astype(jnp.float32) * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args_BxH), jnp.sin(args_BxH)], axis=-1)
+
+
+class Transformer(nnx.Module):
+  """`model(z_BxL, t_B) -> logits_BxLxV`."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, _normal(1.0), (cfg.vocab_size + 1, cfg.width), ("vocab", "embed"))
+    self.pos_embed = (_param(rngs, _normal(0.02), (cfg.seq_len, cfg.width), (None, "embed"))
+                      if cfg.positions == "learned" else None)
+    if cfg.time_conditioning:
+      self.time_mlp = Dense((cfg.width,), (cfg.width,), ("embed", "embed_out"), rngs)
+      self.final_modulation = Dense((cfg.width,), (2, cfg.width), ("embed", None, "embed_out"), rngs,
+                                    zero_init=True)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.width, rngs)
+    # Zero init: the untrained model predicts uniformly, so its loss starts at D log V.
+    self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
+
+  def __call__(self, z_BxL, t_B):
+    x_BxLxD = self.embed.value[z_BxL]
+    if self.pos_embed is not None:
+      x_BxLxD = x_BxLxD + self.pos_embed.value[None, : z_BxL.shape[1]]
+    cond_BxD = None
+    if self.cfg.time_conditioning:
+      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width)))
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD, cond_BxD)
+    x_BxLxD = self.final_norm(x_BxLxD)
+    if cond_BxD is not None:
+      shift, scale = jnp.moveaxis(self.final_modulation(cond_BxD), 1, 0)[:, :, None]  # [B, 1, D] each
+      x_BxLxD = x_BxLxD * (1 + scale) + shift
+    return self.head(x_BxLxD)

@@ -1,0 +1,87 @@
+"""Entry point behind launch.py: modes train | eval | sample over one workdir.
+
+Workdir layout (CONTRACT): config.json, tokenizer.json, checkpoints/,
+metrics.jsonl, tensorboard/, samples/, eval/.
+"""
+
+import json
+import pathlib
+
+import jax
+
+from md4_jax import config_check, loop, sharding
+from md4_jax.checkpoints import Checkpointer
+from md4_jax.data import pipeline
+from md4_jax.errors import UserError
+from md4_jax.logging import MetricsLog
+from md4_jax.train import Experiment
+
+MODES = ("train", "eval", "sample")
+
+
+def main(config, workdir, mode: str = "train", *, reference, step: int | None = None,
+         num_samples: int | None = None) -> dict:
+  """Validates everything first, then runs `mode`. Returns the eval result (train, eval) or samples."""
+  if mode not in MODES:
+    raise UserError(f"--mode={mode!r}; choose one of {MODES}")
+  config_check.check_keys(config, reference)
+  config_check.check_values(config)
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  _check_workdir(config, workdir, training=mode == "train")
+  data = pipeline.load_text_data(config.data, workdir / "tokenizer.json")
+  if mode == "train":
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+      data.tokenizer.save(workdir / "tokenizer.json")
+    return loop.train(config, workdir, data)
+  experiment = Experiment(config, data.tokenizer.vocab_size, sharding.make_mesh(config.mesh))
+  checkpointer = Checkpointer(workdir / "checkpoints")
+  try:
+    state, _ = checkpointer.restore(step, experiment.abstract_state)
+  finally:
+    checkpointer.close()
+  restored_step = int(state["step"])
+  if mode == "eval":
+    return _evaluate(experiment, state, data, workdir, restored_step)
+  return _sample(experiment, state, data, workdir, restored_step, num_samples or config.sampler.num_samples)
+
+
+def _check_workdir(config, workdir: pathlib.Path, training: bool) -> None:
+  saved = workdir / "config.json"
+  if saved.exists():
+    try:
+      saved_config = json.loads(saved.read_text())
+    except json.JSONDecodeError as error:
+      raise UserError(f"{saved} is not valid JSON ({error}); restore it or use a new --workdir") from error
+    config_check.check_resumable(saved_config, config, workdir)
+  elif not training:
+    raise UserError(f"{workdir} holds no run (no config.json); train into it first or pass the run's --workdir")
+  elif (workdir / "checkpoints").exists():
+    raise UserError(f"{workdir} has checkpoints but no config.json, so its config is unknown; use a new --workdir")
+
+
+def _evaluate(experiment, state, data, workdir, step) -> dict:
+  result = {f"eval/{k}": v for k, v in loop.evaluate(experiment, state["ema_params"], data).items()}
+  if jax.process_index() == 0:
+    out = workdir / "eval" / f"step_{step}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"step": step, **result}, indent=2))
+    log = MetricsLog(workdir, resume_step=None)
+    log.write(step, result)
+    log.close()
+    print(f"step {step}: held-out bound {result['eval/bpt']:.4f} +- {result['eval/bpt_stderr']:.4f} bits/token, "
+          f"perplexity <= {result['eval/ppl']:.4f} over {result['eval/num_tokens']:,} tokens")
+    print(f"wrote {out} and a line in {workdir / 'metrics.jsonl'}")
+  return result
+
+
+def _sample(experiment, state, data, workdir, step, num_samples) -> dict:
+  key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, loop.SAMPLE_SALT), step)
+  out = workdir / "samples" / f"sample_step_{step}.txt"
+  texts = loop.write_samples(experiment, state["ema_params"], data.tokenizer, out, key, num_samples)
+  if jax.process_index() == 0:
+    for i, text in enumerate(texts):
+      print(f"=== sample {i} ===\n{text}\n")
+    print(f"wrote {num_samples} samples to {out}")
+  return {"samples": texts, "path": str(out)}

@@ -1,0 +1,132 @@
+"""Train state, the jitted train/eval steps, and the sampler bound to a model.
+
+State is a plain dict pytree {step, params, ema_params, opt_state}; nothing
+random lives in it: each step's key is fold_in(base_key, step), so a resumed
+run draws exactly the numbers an uninterrupted run would.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from md4_jax import diffusion, sampling, sharding
+from md4_jax.models.transformer import Transformer, TransformerConfig
+from md4_jax.schedules import get_schedule
+
+
+def build_model_config(config, vocab_size: int) -> TransformerConfig:
+  return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
+
+
+def learning_rate_schedule(train_cfg):
+  """Linear warm-up to train.learning_rate, then cosine decay to 10% of it at train.num_steps."""
+  warmup = min(train_cfg.warmup_steps, max(train_cfg.num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, train_cfg.learning_rate, warmup, max(train_cfg.num_steps, warmup + 1),
+      end_value=0.1 * train_cfg.learning_rate)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only) after global-norm clipping."""
+  return optax.chain(
+      optax.clip_by_global_norm(train_cfg.grad_clip),
+      optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                  weight_decay=train_cfg.weight_decay,
+                  mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
+
+
+def ema_decay(step, max_decay: float):
+  """Warmed-up EMA decay (1 + n) / (10 + n), capped: short runs do not average in the init."""
+  return jnp.minimum(max_decay, (1.0 + step) / (10.0 + step))
+
+
+class Experiment:
+  """Everything a run needs that follows from the config: model, optimizer, shardings, jitted steps."""
+
+  def __init__(self, config, vocab_size: int, mesh):
+    self.config, self.mesh, self.vocab_size = config, mesh, vocab_size
+    self.model_config = build_model_config(config, vocab_size)
+    self.schedule = get_schedule(config.diffusion.schedule)
+    self.optimizer = make_optimizer(config.train)
+    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(self.model_config, nnx.Rngs(0))))
+    self.base_key = jax.random.key(config.seed)
+    abstract = jax.eval_shape(self._init, self.base_key)
+    self.state_shardings = sharding.state_shardings(abstract, mesh)
+    self.abstract_state = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, self.state_shardings)
+    self.init_state = jax.jit(self._init, out_shardings=self.state_shardings)
+    self.train_step = jax.jit(self._train_step, donate_argnums=0, out_shardings=(self.state_shardings, None))
+    self.eval_step = jax.jit(self._eval_step)
+    self.sample = jax.jit(self._sample, static_argnames=("num_samples",))
+
+  def num_params(self) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
+
+  def _init(self, key):
+    model = Transformer(self.model_config, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+    _, params = nnx.split(model)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
+            "opt_state": self.optimizer.init(params)}
+
+  def _terms(self, params, batch, key):
+    model = nnx.merge(self.graphdef, params)
+    return diffusion.elbo_terms(
+        model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
+        timesteps=self.config.diffusion.timesteps, antithetic=self.config.diffusion.antithetic,
+        token_mask_BxL=batch["token_mask"])
+
+  def _train_step(self, state, batch):
+    key = jax.random.fold_in(self.base_key, state["step"])
+
+    def loss_fn(params):
+      terms = self._terms(params, batch, key)
+      num_tokens = jnp.sum(terms.pop("num_tokens"))
+      per_token = {name: jnp.sum(value) / num_tokens for name, value in terms.items()}
+      return per_token["loss"], per_token
+
+    (_, per_token), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    decay = ema_decay(state["step"], self.config.train.ema_decay)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
+    metrics = {**per_token, "bits": per_token["loss"] / math.log(2),
+               "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
+               "param_norm": optax.global_norm(params), "ema_decay": decay,
+               "learning_rate": learning_rate_schedule(self.config.train)(state["step"])}
+    new_state = {"step": state["step"] + 1, "params": params, "ema_params": ema_params, "opt_state": opt_state}
+    return new_state, metrics
+
+  def _eval_step(self, params, batch, key):
+    """Sums over the batch (padding excluded) so a full pass adds up exactly."""
+    terms = self._terms(params, batch, key)
+    real_B = (terms["num_tokens"] > 0).astype(jnp.float32)
+    sums = {f"{name}_sum": jnp.sum(terms[name] * real_B) for name in ("loss", "diffusion", "reconstruction", "prior")}
+    sums["loss_sq_sum"] = jnp.sum(jnp.square(terms["loss"]) * real_B)
+    sums["num_tokens"] = jnp.sum(terms["num_tokens"])
+    sums["num_sequences"] = jnp.sum(real_B)
+    return sums
+
+  def _sample(self, params, key, num_samples):
+    cfg = self.config.sampler
+    model = nnx.merge(self.graphdef, params)
+    return sampling.ancestral_sample(
+        model, key, self.schedule, batch_size=num_samples, length=self.config.data.seq_len,
+        vocab_size=self.vocab_size, steps=cfg.steps, grid=cfg.grid, temperature=cfg.temperature)[0]
+
+
+def summarize_eval(sums) -> dict:
+  """Eval sums over the held-out split -> per-token bound in nats and bits, perplexity, std error."""
+  tokens, sequences = sums["num_tokens"], sums["num_sequences"]
+  nats = sums["loss_sum"] / tokens
+  mean_loss = sums["loss_sum"] / sequences
+  variance = max(sums["loss_sq_sum"] / sequences - mean_loss**2, 0.0)
+  stderr_nats = math.sqrt(variance * sequences) / tokens
+  return {"nats": nats, "bpt": nats / math.log(2), "bpt_stderr": stderr_nats / math.log(2),
+          "ppl": math.exp(nats), "diffusion_bpt": sums["diffusion_sum"] / tokens / math.log(2),
+          "reconstruction_bpt": sums["reconstruction_sum"] / tokens / math.log(2),
+          "prior_bpt": sums["prior_sum"] / tokens / math.log(2), "num_tokens": int(tokens)}
+
+
