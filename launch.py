@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
@@ -18,6 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100")
   try:

@@ -14,7 +14,7 @@ def time_grid(steps: int, grid: str = "cosine"):
   if grid == "uniform":
     return u
   if grid == "cosine":
-    return jnp.cos(jnp.pi / 2 * (1.0 - u)).at[-1].set(1.0)
+    return jnp.cos(jnp.pi / 2 * (1.0 - u)).at[0].set(0.0).at[-1].set(1.0)
   raise ValueError(f"unknown time grid {grid!r}; choose 'uniform' or 'cosine'")
 
 

@@ -53,7 +53,7 @@ class Dense(nnx.Module):
     self.num_in = len(in_shape)
 
   def __call__(self, x):
-    return jnp.tensordot(x, self.kernel.value, axes=self.num_in)
+    return jnp.tensordot(x, self.kernel[...], axes=self.num_in)
 
 
 class RMSNorm(nnx.Module):
@@ -64,7 +64,7 @@ class RMSNorm(nnx.Module):
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
-    return (normed * self.scale.value).astype(x.dtype)
+    return (normed * self.scale[...]).astype(x.dtype)
 
 
 def rope(x_BxLxHxK):
@@ -154,9 +154,9 @@ class Transformer(nnx.Module):
     self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
 
   def __call__(self, z_BxL, t_B):
-    x_BxLxD = self.embed.value[z_BxL]
+    x_BxLxD = self.embed[...][z_BxL]
     if self.pos_embed is not None:
-      x_BxLxD = x_BxLxD + self.pos_embed.value[None, : z_BxL.shape[1]]
+      x_BxLxD = x_BxLxD + self.pos_embed[...][None, : z_BxL.shape[1]]
     cond_BxD = None
     if self.cfg.time_conditioning:
       cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width)))

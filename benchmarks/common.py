@@ -1,0 +1,35 @@
+"""Shared by the benchmark scripts: the machine's matmul ceiling, model FLOPs, peak memory."""
+
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul_ceiling_flops(size: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of a large float32 matmul in this process: the machine's practical ceiling."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  out.block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def train_flops_per_token(model_config) -> float:
+  """6 x (matmul params applied per token) + attention (12 x layers x width x length), fwd + bwd.
+
+  The embedding (a gather) and the per-sequence adaLN/time parameters do no per-token matmul work.
+  """
+  d, f = model_config.width, int(model_config.width * model_config.mlp_ratio)
+  per_token_params = model_config.num_layers * (4 * d * d + 3 * d * f) + d * model_config.vocab_size
+  attention = 12 * model_config.num_layers * d * model_config.seq_len
+  return 6 * per_token_params + attention
+
+
+def peak_rss_gib() -> float:
+  """Peak resident memory of this process (host RAM; on CPU it holds the device buffers too)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

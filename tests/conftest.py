@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny config, a small corpus file, and a launcher for the command line."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import base  # noqa: E402
+from tests import tiny_config  # noqa: E402
+
+CORPUS = "the quick brown fox jumps over the lazy dog. a cat sat on the mat and ate a fat rat. " * 60
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> pathlib.Path:
+  path = tmp_path / "corpus.txt"
+  path.write_text(CORPUS, encoding="utf-8")
+  return path
+
+
+def make_config(corpus: pathlib.Path, **overrides):
+  """The tiny config on `corpus`, with dotted overrides like `train__num_steps=20`."""
+  config = tiny_config.get_config()
+  config.data.path = str(corpus)
+  for key, value in overrides.items():
+    group, name = key.split("__")
+    config[group][name] = value
+  return config
+
+
+def reference():
+  return base.get_config()
+
+
+def launch(*args, timeout=300) -> subprocess.CompletedProcess:
+  """Runs `python launch.py ARGS` from the repository root and returns the finished process."""
+  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):
+  return launch("--config", ROOT / "tests/tiny_config.py", "--workdir", workdir,
+                f"--config.data.path={corpus}", *args, **kwargs)

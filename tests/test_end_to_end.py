@@ -1,0 +1,142 @@
+"""Train, checkpoint, resume exactly, evaluate and sample with a tiny config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from md4_jax import run
+from md4_jax.train import Experiment
+from tests.conftest import ROOT, launch, make_config, reference
+
+WALLCLOCK_KEYS = ("train/steps_per_sec", "train/tokens_per_sec")
+
+
+def metric_rows(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in row.items() if k not in WALLCLOCK_KEYS} for row in rows]
+
+
+def saved_state(workdir, step):
+  """The raw arrays of checkpoint `step`, as numpy."""
+  checkpointer = ocp.StandardCheckpointer()
+  state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state")
+  checkpointer.close()
+  return jax.tree.map(np.asarray, state)
+
+
+def assert_same_arrays(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted 12-step run that the other tests compare against."""
+  from tests.conftest import CORPUS
+
+  root = tmp_path_factory.mktemp("reference")
+  corpus = root / "corpus.txt"
+  corpus.write_text(CORPUS)
+  workdir = root / "run"
+  result = run.main(make_config(corpus), workdir, "train", reference=reference())
+  return corpus, workdir, result
+
+
+def test_training_writes_the_workdir_and_learns(reference_run):
+  corpus, workdir, result = reference_run
+  for name in ("config.json", "tokenizer.json", "metrics.jsonl"):
+    assert (workdir / name).is_file()
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert (workdir / "samples" / "step_6.txt").read_text().count("=== sample") == 2
+  rows = metric_rows(workdir)
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+  assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.2
+  evals = [r for r in rows if "eval/bpt" in r]
+  assert [r["step"] for r in evals] == [6, 12]
+  assert evals[-1]["eval/bpt"] == result["eval/bpt"]
+  assert {"eval/ppl", "eval/bpt_stderr", "eval/nats"} <= set(evals[-1])
+
+
+def test_resume_after_sigterm_is_bitwise_identical(reference_run, tmp_path, monkeypatch):
+  corpus, reference_dir, _ = reference_run
+  original = Experiment.__init__
+
+  def init_then_sigterm_at_step_7(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    step_fn = self.train_step
+
+    def step_with_sigterm(state, batch):
+      if int(state["step"]) == 6:  # the 7th update: not a checkpoint or log step
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(state, batch)
+
+    self.train_step = step_with_sigterm
+
+  workdir = tmp_path / "run"
+  monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
+  with pytest.raises(SystemExit) as stopped:
+    run.main(make_config(corpus), workdir, "train", reference=reference())
+  assert stopped.value.code == 128 + signal.SIGTERM
+  assert (workdir / "checkpoints" / "7").is_dir()  # saved on SIGTERM
+  monkeypatch.setattr(Experiment, "__init__", original)
+  run.main(make_config(corpus), workdir, "train", reference=reference())
+  assert metric_rows(workdir) == metric_rows(reference_dir)
+  assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
+
+
+def test_resume_after_sigkill_is_bitwise_identical(reference_run, tmp_path):
+  corpus, reference_dir, _ = reference_run
+  workdir = tmp_path / "run"
+  command = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "tests/tiny_config.py"),
+             "--workdir", str(workdir), f"--config.data.path={corpus}"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (workdir / "checkpoints" / "4").is_dir() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (workdir / "checkpoints" / "12").exists()  # it really was cut short
+  resumed = launch(*command[2:])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resuming from step" in resumed.stdout
+  assert metric_rows(workdir) == metric_rows(reference_dir)
+  assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
+
+
+def test_eval_mode_reproduces_the_training_eval(reference_run, capsys):
+  corpus, workdir, result = reference_run
+  evaluated = run.main(make_config(corpus), workdir, "eval", reference=reference())
+  assert evaluated["eval/bpt"] == result["eval/bpt"]  # same EMA params, same eval keys
+  assert json.loads((workdir / "eval" / "step_12.json").read_text())["eval/bpt"] == result["eval/bpt"]
+  at_step_8 = run.main(make_config(corpus), workdir, "eval", reference=reference(), step=8)
+  assert at_step_8["eval/bpt"] != result["eval/bpt"]
+  assert "wrote" in capsys.readouterr().out
+
+
+def test_sample_mode_writes_and_prints(reference_run, capsys):
+  corpus, workdir, _ = reference_run
+  out = run.main(make_config(corpus), workdir, "sample", reference=reference(), num_samples=3)
+  assert len(out["samples"]) == 3 and all(len(s) == 16 for s in out["samples"])
+  assert "_" not in "".join(out["samples"])  # no mask survives
+  printed = capsys.readouterr().out
+  assert out["path"] in printed and out["samples"][0] in printed
+
+
+def test_eval_on_an_empty_workdir_is_a_clear_error(tmp_path, corpus_file):
+  result = launch("--config", ROOT / "tests/tiny_config.py", "--workdir", tmp_path / "none", "--mode", "eval",
+                  f"--config.data.path={corpus_file}")
+  assert result.returncode == 2
+  assert "holds no run" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,97 @@
+"""Bad inputs end in one clear message (exit status 2 or a flags error), never a traceback."""
+
+import json
+import re
+
+import pytest
+
+from md4_jax import run
+from md4_jax.errors import UserError
+from md4_jax.loop import NonFiniteLoss
+from tests.conftest import launch_tiny, make_config, reference
+
+
+def assert_clear_error(result, *fragments):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in result.stderr, result.stderr[-3000:]
+
+
+def test_unknown_key_on_the_command_line(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.model.widht=64"), "model.widht")
+
+
+def test_wrong_type_on_the_command_line(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.train.num_steps=lots"), "num_steps")
+
+
+def test_bad_schedule_name(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path, "--config.diffusion.schedule=quadratic")
+  assert_clear_error(result, "unknown masking schedule 'quadratic'", "poly2")
+  assert result.returncode == 2
+
+
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), ("", "is empty")])
+def test_missing_or_empty_text_file(tmp_path, content, message):
+  path = tmp_path / "corpus.txt"
+  if content is not None:
+    path.write_text(content)
+  assert_clear_error(launch_tiny(path, tmp_path / "run"), message)
+
+
+def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
+  config = make_config(corpus_file)
+  config.model.dropout = 0.1
+  with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.width"):
+    run.main(config, tmp_path, reference=reference())
+  config = make_config(corpus_file)
+  config.train.num_steps = 10.5
+  with pytest.raises(UserError, match="'train.num_steps' = 10.5 is a float; it must be a int"):
+    run.main(config, tmp_path, reference=reference())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train__batch_size", 0, "must be positive"),
+    ("diffusion__timesteps", -1, "diffusion.timesteps"),
+    ("model__num_heads", 5, "num_heads"),
+    ("sampler__grid", "log", "unknown time grid"),
+    ("train__ema_decay", 1.0, "ema_decay"),
+])
+def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, message):
+  with pytest.raises(UserError, match=message):
+    run.main(make_config(corpus_file, **{key: value}), tmp_path / "run", reference=reference())
+  assert not (tmp_path / "run").exists()
+
+
+def test_incompatible_workdir_is_refused(tmp_path, corpus_file):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  saved = make_config(corpus_file).to_dict()
+  saved["model"]["width"] = 64
+  (workdir / "config.json").write_text(json.dumps(saved))
+  result = launch_tiny(corpus_file, workdir)
+  assert_clear_error(result, "model.width: 64 in the workdir, 32 now", "new --workdir")
+  assert json.loads((workdir / "config.json").read_text()) == saved  # nothing overwritten
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
+  # A learning rate this large overflows the parameters within a few steps.
+  config = make_config(corpus_file, train__learning_rate=1e30, train__warmup_steps=0, train__grad_clip=1e30,
+                       train__checkpoint_every=1, train__num_steps=50)
+  with pytest.raises(NonFiniteLoss, match=r"at step (\d+).*last good checkpoint \(step (\d+) in") as error:
+    run.main(config, tmp_path / "run", reference=reference())
+
+  bad_step, good_step = map(int, re.search(r"at step (\d+).*step (\d+) in", str(error.value)).groups())
+  assert good_step == bad_step - 1
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == good_step
+
+
+def test_nan_loss_from_the_command_line_is_one_message(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--config.train.learning_rate=1e30",
+                       "--config.train.grad_clip=1e30", "--config.train.warmup_steps=0", "--config.train.num_steps=50")
+  assert_clear_error(result, "training stopped")
+  assert result.returncode == 2
+
+
