@@ -17,12 +17,34 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's parser, with config-override mistakes (unknown key, wrong type) reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    message = str(error).strip("'\"").replace("\\'", "'").replace("\\n", "\n")
+    if "Traceback (most recent call last)" in message:  # an exception inside the config file: keep its last line
+      message = f"{message.split(':')[0]}: error in the config file: {message.strip().splitlines()[-1].strip()}"
+    message = message.replace("\n", " ")
+    if isinstance(error, (AttributeError, KeyError)):
+      message = f"unknown config key {message}"
+    print(f"error: bad command line: {message}\n(keys and defaults: configs/base.py; usage: --help)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100")
   try:
-    run.main(_CONFIG.value, _WORKDIR.value, _MODE.value, reference=base.get_config(), step=_STEP.value,
+    config = _CONFIG.value
+    config.to_dict()  # the file is loaded lazily; fail here, not deep inside the run
+  except OSError as error:
+    print(f"error: cannot load the config file: {error}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    run.main(config, _WORKDIR.value, _MODE.value, reference=base.get_config(), step=_STEP.value,
              num_samples=_NUM_SAMPLES.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
@@ -30,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -93,8 +93,8 @@ class Experiment:
     decay = ema_decay(state["step"], self.config.train.ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
     metrics = {**per_token, "bits": per_token["loss"] / math.log(2),
-               "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-               "param_norm": optax.global_norm(params), "ema_decay": decay,
+               "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+               "param_norm": optax.tree.norm(params), "ema_decay": decay,
                "learning_rate": learning_rate_schedule(self.config.train)(state["step"])}
     new_state = {"step": state["step"] + 1, "params": params, "ema_params": ema_params, "opt_state": opt_state}
     return new_state, metrics

@@ -3,12 +3,13 @@
 import json
 import re
 
+import ml_collections
 import pytest
 
 from md4_jax import run
 from md4_jax.errors import UserError
 from md4_jax.loop import NonFiniteLoss
-from tests.conftest import launch_tiny, make_config, reference
+from tests.conftest import launch, launch_tiny, make_config, reference
 
 
 def assert_clear_error(result, *fragments):
@@ -19,7 +20,7 @@ def assert_clear_error(result, *fragments):
 
 
 def test_unknown_key_on_the_command_line(tmp_path, corpus_file):
-  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.model.widht=64"), "model.widht")
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.model.widht=64"), "unknown config key", "widht")
 
 
 def test_wrong_type_on_the_command_line(tmp_path, corpus_file):
@@ -45,10 +46,20 @@ def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
   config.model.dropout = 0.1
   with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.width"):
     run.main(config, tmp_path, reference=reference())
-  config = make_config(corpus_file)
-  config.train.num_steps = 10.5
+  values = make_config(corpus_file).to_dict()
+  values["train"]["num_steps"] = 10.5  # a config built without configs/base.py's typed defaults
+  config = ml_collections.ConfigDict(values)
   with pytest.raises(UserError, match="'train.num_steps' = 10.5 is a float; it must be a int"):
     run.main(config, tmp_path, reference=reference())
+
+
+def test_type_error_inside_a_config_file(tmp_path, corpus_file):
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text("from tests import tiny_config\n\n\ndef get_config():\n"
+                         "  config = tiny_config.get_config()\n  config.train.num_steps = 10.5\n  return config\n")
+  result = launch("--config", config_file, "--workdir", tmp_path / "run", f"--config.data.path={corpus_file}")
+  assert_clear_error(result, "error in the config file", "num_steps")
+  assert result.returncode == 2
 
 
 @pytest.mark.parametrize("key, value, message", [
