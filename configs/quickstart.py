@@ -10,9 +10,9 @@ def get_config():
   config.model.num_layers = 4
   config.model.width = 128
   config.model.num_heads = 4
-  config.train.num_steps = 2000
+  config.train.num_steps = 700
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3
-  config.train.eval_every = 500
-  config.train.checkpoint_every = 500
+  config.train.eval_every = 250
+  config.train.checkpoint_every = 250
   return config

@@ -83,6 +83,8 @@ def train(config, workdir: pathlib.Path, data: pipeline.TextData) -> dict:
     print(f"resuming from step {start} ({checkpointer.directory / str(start)})")
   else:
     state, window = experiment.init_state(experiment.base_key), MetricWindow()
+  if start >= cfg.num_steps:
+    print(f"{workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
   print(f"model: {experiment.num_params():,} parameters; writing metrics to {workdir / 'metrics.jsonl'}, "
         f"checkpoints to {checkpointer.directory}, samples to {workdir / 'samples'}")
   log = MetricsLog(workdir, resume_step=start)

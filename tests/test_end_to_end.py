@@ -157,3 +157,12 @@ def test_damaged_checkpoint_is_named_and_others_offered(reference_run, tmp_path)
   with pytest.raises(UserError, match=r"checkpoints/12 cannot be restored.*\[4, 8\]"):
     run.main(make_config(corpus), copy, "eval", reference=reference())
   assert run.main(make_config(corpus), copy, "eval", reference=reference(), step=8)["eval/bpt"] > 0
+
+
+def test_embedded_corpus_run(tmp_path):
+  config = make_config(tmp_path / "unused.txt", data__source="embedded", data__path="", train__num_steps=2,
+                       train__eval_every=2)
+  result = run.main(config, tmp_path / "run", "train", reference=reference())
+  assert json.loads((tmp_path / "run" / "tokenizer.json").read_text())["alphabet"] == " abcdefghijklmnopqrstuvwxyz"
+  assert 0 < result["eval/bpt"] < np.log2(27) + 1e-3  # never above the uniform bound (zero-init head)
+  assert result["eval/num_tokens"] == 16 * 16  # eval.max_sequences x data.seq_len
