@@ -48,7 +48,7 @@ def main(_):
   model_flops = common.train_flops_per_token(experiment.model_config) * tokens_per_step / step_seconds
   ceiling = common.matmul_ceiling_flops()
   print(json.dumps({
-      "benchmark": "train_throughput", "config": str(pathlib.Path(flags.FLAGS["config"].value).name),
+      "benchmark": "train_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
       "params": experiment.num_params(), "batch": shape[0], "seq_len": shape[1], "vocab": _VOCAB.value,
       "width": config.model.width, "layers": config.model.num_layers, "devices": len(jax.devices()),
       "step_seconds": round(step_seconds, 4), "tokens_per_sec": round(tokens_per_step / step_seconds, 1),
