@@ -1,4 +1,4 @@
-"""Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample] [--config.a.b=v]."""
+"""Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare] [--config.a.b=v]."""
 
 import sys
 
@@ -10,11 +10,13 @@ from md4_jax import run
 from md4_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, samples/.")
-_MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has checkpoints), eval or sample.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "
+                               "samples/ (all modes but prepare).")
+_MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
+                            "preprocess data.source into data.dir), or params (print the parameter count).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def parse_flags(argv):

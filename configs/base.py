@@ -11,11 +11,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "embedded"  # "embedded" (Wikipedia excerpt shipped in gensim) | "textfile"
-  config.data.path = ""  # the UTF-8 text file when source="textfile"
-  config.data.tokenizer = "char"  # character-level; embedded uses the 27-symbol text8 alphabet
+  # "embedded" (Wikipedia excerpt shipped in gensim) | "textfile" | "tokens" (your token ids) |
+  # "text8" | "openwebtext" | "fineweb_edu" (these three are downloaded once by `--mode prepare`)
+  config.data.source = "embedded"  # which data (see the two lines above)
+  config.data.path = ""  # the file for source="textfile" (UTF-8 text) or "tokens" (.npy, or raw .bin)
+  config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file)
+  config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy inside an installed mlx-whisper
+  config.data.vocab_size = 0  # source="tokens" only: ids are in [0, vocab_size)
+  config.data.token_dtype = ""  # source="tokens", .bin files: "uint16" (default), "uint32" or "int32"
   config.data.seq_len = 128  # tokens per training sequence
-  config.data.eval_fraction = 0.05  # held-out share, taken from the end of the text
+  config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
+  config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
+  config.data.manual_dir = ""  # already-downloaded raw files (text8.zip, hub shards); "" = download
+  config.data.subset = ""  # fineweb_edu: the hub subset ("" = its default, sample-10BT)
+  config.data.max_documents = 0  # prepare only the first N documents (0 = all); for small trials
 
   config.model = ml_collections.ConfigDict()
   config.model.num_layers = 4  # transformer blocks
@@ -48,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # sequences per eval batch (the last one is padded and masked)
   config.eval.max_sequences = 0  # 0 = the whole held-out split; N = its first N sequences
+  config.eval.split = "validation"  # held-out split to evaluate: "validation", or "test" (text8)
 
   config.sampler = ml_collections.ConfigDict()
   config.sampler.name = "ancestral"  # MD4's ancestral sampler

@@ -6,6 +6,7 @@ Every problem is a `UserError` that names the key and the fix.
 import ml_collections
 
 from md4_jax import sampling, schedules
+from md4_jax.data import pipeline
 from md4_jax.errors import UserError
 from md4_jax.models.transformer import TransformerConfig
 
@@ -67,8 +68,11 @@ def check_values(config) -> None:
     TransformerConfig(vocab_size=1, seq_len=1, **config.model)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
-  if config.data.tokenizer != "char":
-    raise UserError(f"data.tokenizer={config.data.tokenizer!r}: only 'char' is available")
+  choices = {"data.source": pipeline.SOURCES, "data.tokenizer": ("char", "byte", "gpt2"),
+             "eval.split": ("validation", "test")}
+  for key, allowed in choices.items():
+    if flat[key] not in allowed:
+      raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
   if config.sampler.name != "ancestral":
     raise UserError(f"sampler.name={config.sampler.name!r}: only 'ancestral' is available")
   if config.sampler.temperature <= 0:

@@ -45,12 +45,12 @@ class MetricWindow:
     return {"sums": self.sums, "count": self.count}
 
 
-def evaluate(experiment: Experiment, params, data: pipeline.TextData) -> dict:
+def evaluate(experiment: Experiment, params, data: pipeline.Data) -> dict:
   """The negative-ELBO bound over the whole held-out split (or its first eval.max_sequences)."""
   cfg = experiment.config
   base = jax.random.fold_in(experiment.base_key, EVAL_SALT)
   totals = {}
-  batches = pipeline.eval_batches(data.eval_tokens, cfg.data.seq_len, cfg.eval.batch_size, cfg.eval.max_sequences)
+  batches = pipeline.eval_batches(data.eval, cfg.eval.batch_size, cfg.eval.max_sequences)
   for index, batch in enumerate(batches):
     sums = experiment.eval_step(params, sharding.global_batch(batch, experiment.mesh), jax.random.fold_in(base, index))
     for key, value in jax.device_get(sums).items():
@@ -67,14 +67,13 @@ def write_samples(experiment: Experiment, params, tokenizer, path: pathlib.Path,
   return texts
 
 
-def train(config, workdir: pathlib.Path, data: pipeline.TextData) -> dict:
+def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
   experiment = Experiment(config, data.tokenizer.vocab_size, mesh)
   checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
-  iterator = iter(pipeline.train_dataset(data.train_tokens, config.data.seq_len, cfg.batch_size,
-                                         config.seed).to_iter_dataset())
+  iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
   start = checkpointer.latest_step() or 0
   if start:
     state, loop_state = checkpointer.restore(start, experiment.abstract_state)

@@ -1,22 +1,25 @@
-"""Entry point behind launch.py: modes train | eval | sample over one workdir.
+"""Entry point behind launch.py: modes train | eval | sample over one workdir, and prepare (data only).
 
 Workdir layout (CONTRACT): config.json, tokenizer.json, checkpoints/,
 metrics.jsonl, tensorboard/, samples/, eval/.
 """
 
 import json
+import math
 import pathlib
 
 import jax
+from flax import nnx
 
 from md4_jax import config_check, loop, sharding
 from md4_jax.checkpoints import Checkpointer
-from md4_jax.data import pipeline
+from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.logging import MetricsLog
-from md4_jax.train import Experiment
+from md4_jax.models.transformer import Transformer
+from md4_jax.train import Experiment, build_model_config
 
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "prepare", "params")
 
 
 def main(config, workdir, mode: str = "train", *, reference, step: int | None = None,
@@ -26,14 +29,21 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
     raise UserError(f"--mode={mode!r}; choose one of {MODES}")
   config_check.check_keys(config, reference)
   config_check.check_values(config)
+  if mode == "prepare":
+    print(f"prepared data.source={config.data.source!r}: {pipeline.prepare(config.data)}")
+    return {}
+  if mode == "params":
+    return _describe(config)
+  if not workdir:
+    raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = pathlib.Path(workdir).expanduser().absolute()
   _check_workdir(config, workdir, training=mode == "train")
-  data = pipeline.load_text_data(config.data, workdir / "tokenizer.json")
+  data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
   if mode == "train":
     if jax.process_index() == 0:
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-      data.tokenizer.save(workdir / "tokenizer.json")
+      tokenizers.save_tokenizer(data.tokenizer, workdir / "tokenizer.json")
     return loop.train(config, workdir, data)
   experiment = Experiment(config, data.tokenizer.vocab_size, sharding.make_mesh(config.mesh))
   checkpointer = Checkpointer(workdir / "checkpoints")
@@ -45,6 +55,16 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   if mode == "eval":
     return _evaluate(experiment, state, data, workdir, restored_step)
   return _sample(experiment, state, data, workdir, restored_step, num_samples or config.sampler.num_samples)
+
+
+def _describe(config) -> dict:
+  """Parameter count from shapes alone (no data, no compute)."""
+  vocab_size = pipeline.nominal_vocab_size(config.data)
+  count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(nnx.eval_shape(
+      lambda: Transformer(build_model_config(config, vocab_size), nnx.Rngs(0))))))
+  print(f"{count:,} parameters ({config.model.num_layers} layers, width {config.model.width}, "
+        f"{config.model.num_heads} heads, vocab {vocab_size}, sequence {config.data.seq_len})")
+  return {"params": count, "vocab_size": vocab_size}
 
 
 def _check_workdir(config, workdir: pathlib.Path, training: bool) -> None:

@@ -12,7 +12,8 @@ from md4_jax.train import build_model_config
 from tests.conftest import reference
 
 
-@pytest.mark.parametrize("module", ["configs.base", "configs.quickstart", "tests.tiny_config"])
+@pytest.mark.parametrize("module", ["configs.base", "configs.quickstart", "configs.text8", "configs.owt_small",
+                                    "configs.owt_medium", "configs.fineweb_edu", "configs.lm1b", "tests.tiny_config"])
 def test_config_validates_and_builds(module):
   config = importlib.import_module(module).get_config()
   config_check.check_keys(config, reference())

