@@ -87,7 +87,7 @@ def test_unreachable_host_reported_with_manual_instructions(tmp_path, monkeypatc
 
 def test_slow_resolver_is_abandoned(monkeypatch):
   """A resolver that hangs (as this machine's can, for minutes) costs only the timeout."""
-  monkeypatch.setattr(download.socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
+  monkeypatch.setattr(download.socket, "getaddrinfo", lambda *a, **k: time.sleep(30) or [])  # hangs, then resolves nothing
   start = time.monotonic()
   assert not download.host_reachable("http://example.com/x.zip", timeout_s=0.5)
   assert time.monotonic() - start < 2.0
