@@ -4,7 +4,7 @@
   python benchmarks/input_throughput.py --config configs/owt_small.py --synthetic_documents 3000
 
 With --synthetic_documents, the config's hub source is prepared first from generated documents
-(byte tokenizer, the config's seq_len) in a temporary data.dir, so the array_record path is
+(the config's tokenizer and seq_len) in a temporary data.dir, so the array_record path is
 measured without the real dataset.
 """
 
@@ -40,7 +40,7 @@ def synthetic_hub_data(config, num_documents: int, root: pathlib.Path) -> None:
   with gzip.open(shards / "part-000.jsonl.gz", "wt") as file:
     for _ in range(num_documents):
       file.write(json.dumps({"text": " ".join(rng.choice(words, size=rng.integers(200, 800)))}) + "\n")
-  config.data.dir, config.data.manual_dir, config.data.tokenizer = str(root / "data"), str(shards), "byte"
+  config.data.dir, config.data.manual_dir = str(root / "data"), str(shards)
   pipeline.prepare(config.data)
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from md4_jax.data import hub_datasets
+from md4_jax.data import hub_datasets, tokenizers
 from md4_jax.errors import UserError
 
 SEQ_LEN = 16
@@ -146,6 +146,12 @@ def test_a_shard_without_text_is_a_clear_error(tmp_path):
   pq.write_table(pa.table({"content": ["a"]}), tmp_path / "shards/x.parquet")
   with pytest.raises(UserError, match="x.parquet has no 'text' column"):
     hub_datasets.prepare("openwebtext", tmp_path / "data", tokenizer=ByteTokenizer(), manual_dir=str(tmp_path / "shards"))
+
+
+def test_a_tokenizer_without_end_of_text_is_refused(tmp_path):
+  with pytest.raises(UserError, match="end-of-text.*data.tokenizer='gpt2'"):
+    hub_datasets.prepare("openwebtext", tmp_path / "data", tokenizer=tokenizers.ByteTokenizer(),
+                         manual_dir=str(tmp_path))
 
 
 def test_offline_prepare_fails_within_seconds_naming_manual_dir(tmp_path, monkeypatch):

@@ -235,6 +235,9 @@ def prepare(source: str, data_dir: pathlib.Path, *, tokenizer, seq_len: int = 10
   entry, subset = _source(source, subset)
   if seq_len < 1:
     raise UserError(f"data.seq_len={seq_len} must be positive")
+  if tokenizer.eos_id is None:
+    raise UserError(f"{source} is packed as documents each followed by end-of-text, which the "
+                    f"{tokenizer.name} tokenizer does not have; set data.tokenizer='gpt2'")
   out_dir = prepared_dir(source, data_dir, seq_len, subset)
   request = {"source": source, "subset": subset, "seq_len": seq_len, "tokenizer": tokenizer.to_json(),
              "max_documents": max_documents}
