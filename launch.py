@@ -1,4 +1,5 @@
-"""Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare] [--config.a.b=v]."""
+"""Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
+[--config.a.b=v ...] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
 import sys
 
@@ -6,7 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from md4_jax import run
+from md4_jax import distributed, run, sweeps
 from md4_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -16,6 +17,13 @@ _MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has
                             "preprocess data.source into data.dir), or params (print the parameter count).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample.")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Run every variant of the config's sweep(add), each in WORKDIR/<name>.")
+_SWEEP_INDEX = flags.DEFINE_integer("sweep_index", None, "Run only variant I (0-based) of the config's sweep.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --sweep: list the variants (index, name, overrides) and stop.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (not needed on "
+                                   "TPU pods or under SLURM, where JAX finds it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -46,8 +54,29 @@ def main(argv):
     print(f"error: cannot load the config file: {error}", file=sys.stderr)
     sys.exit(2)
   try:
-    run.main(config, _WORKDIR.value, _MODE.value, reference=base.get_config(), step=_STEP.value,
-             num_samples=_NUM_SAMPLES.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    runs = [(None, config)]
+    if _SWEEP.value or _SWEEP_INDEX.value is not None:
+      runs = sweeps.variants(config_flags.get_config_filename(flags.FLAGS["config"]), config)
+      if _DRY_RUN.value:
+        for index, (name, _) in enumerate(runs):
+          print(f"{index}\t{name}")
+        return
+      if _SWEEP_INDEX.value is not None:
+        if not 0 <= _SWEEP_INDEX.value < len(runs):
+          raise UserError(f"--sweep_index={_SWEEP_INDEX.value}: the sweep has runs 0..{len(runs) - 1}")
+        runs = [runs[_SWEEP_INDEX.value]]
+    elif _DRY_RUN.value:
+      raise UserError("--dry_run lists a sweep's runs; use it with --sweep")
+    for name, run_config in runs:
+      workdir = _WORKDIR.value
+      if name is not None:
+        if not workdir:
+          raise UserError("a sweep needs --workdir=DIR; each run goes to DIR/<name>")
+        workdir = str(sweeps.run_directory(workdir, name))
+        print(f"=== sweep run {name} in {workdir}")
+      run.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
+               num_samples=_NUM_SAMPLES.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

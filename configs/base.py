@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width
   config.model.positions = "rope"  # "rope" | "learned"
   config.model.time_conditioning = True  # adaLN-zero on t; False = time-independent network
+  config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params, optimizer, softmax, loss stay float32)
+  config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
@@ -42,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 2000  # total optimizer steps
   config.train.batch_size = 32  # global batch (sequences), split over the data axes of the mesh
+  config.train.grad_accum = 1  # microbatches per step (each with its own times and masks); divides batch_size
+  # Only masked positions need the output layer. A step gathers at most this share of positions first and
+  # falls back to every position when more are masked, so the loss is always exact; 1 = every position.
+  config.train.logits_capacity = -1.0  # -1 = auto: 1 below a 1024-token vocabulary, else mean masked share + 0.1
   config.train.learning_rate = 1e-3  # peak AdamW learning rate
   config.train.warmup_steps = 100  # linear warm-up, then cosine decay to 10% at num_steps
   config.train.weight_decay = 0.03  # AdamW decoupled weight decay, matrices only

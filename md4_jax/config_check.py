@@ -11,11 +11,14 @@ from md4_jax.errors import UserError
 from md4_jax.models.transformer import TransformerConfig
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
+# grad_accum changes only which random numbers are drawn; remat and logits_capacity change only cost.
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "eval.", "sampler.", "mesh.")
+                     "train.keep_checkpoints", "train.grad_accum", "train.logits_capacity", "model.remat",
+                     "eval.", "sampler.", "mesh.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                 "train.keep_checkpoints", "eval.batch_size", "sampler.steps", "sampler.num_samples")
+                 "train.keep_checkpoints", "train.grad_accum", "eval.batch_size", "sampler.steps",
+                 "sampler.num_samples")
 
 
 def flatten(config, prefix="") -> dict:
@@ -77,13 +80,23 @@ def check_values(config) -> None:
     raise UserError(f"sampler.name={config.sampler.name!r}: only 'ancestral' is available")
   if config.sampler.temperature <= 0:
     raise UserError(f"sampler.temperature={config.sampler.temperature} must be positive")
+  if config.train.batch_size % config.train.grad_accum:
+    raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
+                    f"{config.train.batch_size} (each microbatch has batch_size / grad_accum sequences)")
+  capacity = config.train.logits_capacity
+  if capacity != -1 and not 0.0 < capacity <= 1.0:
+    raise UserError(f"train.logits_capacity={capacity}: use -1 (automatic) or a share of positions in (0, 1]")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
 
 
-def check_resumable(saved: dict, config, workdir) -> None:
-  """Refuses to continue a workdir whose run was made with a config that changes its meaning."""
-  old, new = flatten(saved), flatten(config.to_dict())
+def check_resumable(saved: dict, config, workdir, reference=None) -> None:
+  """Refuses to continue a workdir whose run was made with a config that changes its meaning.
+
+  A key the saved config lacks (added to configs/base.py since) counts as its default.
+  """
+  new = flatten(config.to_dict())
+  old = {**(flatten(reference) if reference is not None else {}), **flatten(saved)}
   changed = [key for key in sorted(set(old) | set(new))
              if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
   if changed:

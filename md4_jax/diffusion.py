@@ -5,15 +5,30 @@ No Flax and no config here: the network enters only as a callable
 `schedules.get_schedule`. Every loss is in nats per example.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def spread_order(batch_size: int) -> np.ndarray:
+  """A permutation of range(B) whose every contiguous block is spread evenly over range(B).
+
+  Row b gets the rank of frac(b * golden ratio) (a Kronecker sequence), so the rows a
+  device holds (a contiguous block) see low and high times alike.
+  """
+  golden = (math.sqrt(5.0) - 1.0) / 2.0
+  return np.argsort(np.argsort(np.mod(np.arange(batch_size) * golden, 1.0), kind="stable"), kind="stable")
 
 
 def sample_times(key, batch_size: int, antithetic: bool = True):
-  """t_B in [0, 1). Antithetic: t_b = (u + b / B) mod 1, one u for the batch (unbiased, lower variance)."""
+  """t_B in [0, 1). Antithetic: the B times (u + j / B) mod 1, j < B, one u for the batch
+  (unbiased, lower variance), assigned to rows in `spread_order` so every block of rows
+  masks about the same share of its tokens."""
   if antithetic:
     u = jax.random.uniform(key, ())
-    return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+    return jnp.mod(u + spread_order(batch_size) / batch_size, 1.0)
   return jax.random.uniform(key, (batch_size,))
 
 
@@ -34,15 +49,54 @@ def mask_tokens(key, x0_BxL, mask_prob_B, mask_id: int, token_mask_BxL=None):
   return jnp.where(masked_BxL, mask_id, x0_BxL)
 
 
+def _nll_at(logits_xV, x0_x):
+  """-log softmax(logits)[x0], in float32."""
+  logits_xV = logits_xV.astype(jnp.float32)
+  target_x = jnp.take_along_axis(logits_xV, x0_x[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits_xV, axis=-1) - target_x
+
+
 def masked_cross_entropy(logits_BxLxV, x0_BxL, z_BxL, mask_id: int):
   """sum over masked positions of -log p(x0 | z_t), per example, in float32."""
-  log_probs_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-  nll_BxL = -jnp.take_along_axis(log_probs_BxLxV, x0_BxL[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(z_BxL == mask_id, nll_BxL, 0.0), axis=-1)
+  return jnp.sum(jnp.where(z_BxL == mask_id, _nll_at(logits_BxLxV, x0_BxL), 0.0), axis=-1)
+
+
+def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *, capacity: int, groups: int = 1):
+  """`masked_cross_entropy(head(h), ...)`, applying `head` ([..., D] -> [..., V]) only at masked positions.
+
+  The B rows form `groups` contiguous blocks (one per batch shard, so gathers stay on
+  their device); each block's first `capacity` masked positions are gathered to
+  [capacity, D] before the output layer. When any block has more masked positions,
+  every position goes through the layer instead (`lax.cond`), so the value is always
+  the exact objective, only the cost changes.
+
+  Returns:
+    (nll_B summed over masked positions, 1.0 if the fallback ran else 0.0).
+  """
+  batch_size, length = z_BxL.shape
+  rows = batch_size // groups
+  masked_GxN = (z_BxL == mask_id).reshape(groups, rows * length)
+  overflow = jnp.any(jnp.sum(masked_GxN, axis=-1) > capacity)
+
+  def gathered():
+    def one_group(masked_N, h_NxD, x0_N):
+      (index_C,) = jnp.nonzero(masked_N, size=capacity, fill_value=0)
+      valid_C = jnp.arange(capacity) < jnp.sum(masked_N)
+      nll_C = jnp.where(valid_C, _nll_at(head(h_NxD[index_C]), x0_N[index_C]), 0.0)
+      return jax.ops.segment_sum(nll_C, index_C // length, num_segments=rows)
+
+    nll_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
+                                  x0_BxL.reshape(groups, rows * length))
+    return nll_GxR.reshape(batch_size)
+
+  def every_position():
+    return masked_cross_entropy(head(h_BxLxD), x0_BxL, z_BxL, mask_id)
+
+  return jax.lax.cond(overflow, every_position, gathered), overflow.astype(jnp.float32)
 
 
 def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: int = 0,
-               antithetic: bool = True, token_mask_BxL=None):
+               antithetic: bool = True, token_mask_BxL=None, head=None, capacity: int = 0, groups: int = 1):
   """One-sample estimate of the negative ELBO terms, per example, in nats.
 
   Args:
@@ -54,10 +108,15 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
     timesteps: 0 for the continuous-time bound, T > 0 for the T-step discrete bound.
     antithetic: low-discrepancy times across the batch.
     token_mask_BxL: 1 for real tokens, 0 for padding (excluded everywhere).
+    head: when given, `denoise` returns hidden states [B, L, D] and `head` maps them to
+      logits, applied only at masked positions (see `gathered_masked_cross_entropy`).
+    capacity: masked positions gathered per group of rows (with `head`).
+    groups: contiguous row blocks gathered separately (with `head`).
 
   Returns:
     dict of [B] arrays: `diffusion`, `reconstruction`, `prior`, `loss` (their sum),
-    and `num_tokens` (real tokens per example, for per-token units).
+    `num_tokens` (real tokens per example, for per-token units) and, with `head`,
+    `fallback` (scalar: 1.0 when every position went through the output layer).
   """
   batch_size = x0_BxL.shape[0]
   if token_mask_BxL is None:
@@ -69,7 +128,12 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
     t_B = discretize_times(t_B, timesteps)
   mask_prob_B = schedule.mask_prob(t_B)
   z_BxL = mask_tokens(mask_key, x0_BxL, mask_prob_B, vocab_size, token_mask_BxL)
-  cross_entropy_B = masked_cross_entropy(denoise(z_BxL, t_B), x0_BxL, z_BxL, vocab_size)
+  fallback = None
+  if head is None:
+    cross_entropy_B = masked_cross_entropy(denoise(z_BxL, t_B), x0_BxL, z_BxL, vocab_size)
+  else:
+    cross_entropy_B, fallback = gathered_masked_cross_entropy(
+        denoise(z_BxL, t_B), head, x0_BxL, z_BxL, vocab_size, capacity=capacity, groups=groups)
   if timesteps:
     s_B = t_B - 1.0 / timesteps
     # T * E_i[(alpha_s - alpha_t) / (1 - alpha_t) * CE]: i drawn uniformly from T steps.
@@ -86,4 +150,6 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
   }
   terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
   terms["num_tokens"] = num_tokens_B
+  if fallback is not None:
+    terms["fallback"] = fallback
   return terms

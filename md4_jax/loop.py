@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import tqdm
 
 from md4_jax import sharding
 from md4_jax.checkpoints import Checkpointer
@@ -25,6 +26,12 @@ EVAL_SALT, SAMPLE_SALT = 1, 2  # fold_in tags: evaluation and sample keys are ap
 
 class NonFiniteLoss(UserError):
   pass
+
+
+def say(message: str) -> None:
+  """Progress messages come from process 0 only (every process runs the same loop)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
 
 
 class MetricWindow:
@@ -79,12 +86,12 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
     state, loop_state = checkpointer.restore(start, experiment.abstract_state)
     iterator.set_state(loop_state["data"])
     window = MetricWindow(**loop_state["window"])
-    print(f"resuming from step {start} ({checkpointer.directory / str(start)})")
+    say(f"resuming from step {start} ({checkpointer.directory / str(start)})")
   else:
     state, window = experiment.init_state(experiment.base_key), MetricWindow()
   if start >= cfg.num_steps:
-    print(f"{workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
-  print(f"model: {experiment.num_params():,} parameters; writing metrics to {workdir / 'metrics.jsonl'}, "
+    say(f"{workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
+  say(f"model: {experiment.num_params():,} parameters; writing metrics to {workdir / 'metrics.jsonl'}, "
         f"checkpoints to {checkpointer.directory}, samples to {workdir / 'samples'}")
   log = MetricsLog(workdir, resume_step=start)
   stop = {"signal": None}
@@ -131,14 +138,14 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         sample_key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, SAMPLE_SALT), step)
         write_samples(experiment, state["ema_params"], data.tokenizer, workdir / "samples" / f"step_{step}.txt",
                       sample_key, config.sampler.num_samples)
-        bar.write(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} bits/token "
+        say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} bits/token "
                   f"(ppl {last_eval['eval/ppl']:.3f}); samples in {workdir / 'samples'}")
       if do_save:
         checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
         last_good = step
       if stop["signal"] is not None:
         checkpointer.wait()
-        bar.write(f"SIGTERM: saved checkpoint {step}; run the same command to resume")
+        say(f"SIGTERM: saved checkpoint {step}; run the same command to resume")
         raise SystemExit(128 + stop["signal"])
   finally:
     bar.close()

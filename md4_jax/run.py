@@ -37,12 +37,15 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  _check_workdir(config, workdir, training=mode == "train")
+  _check_workdir(config, workdir, training=mode == "train", reference=reference)
   data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
   if mode == "train":
     if jax.process_index() == 0:
       workdir.mkdir(parents=True, exist_ok=True)
-      (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+      # Atomic: other processes may read config.json while process 0 writes it.
+      tmp = workdir / "config.json.tmp"
+      tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+      tmp.replace(workdir / "config.json")
       tokenizers.save_tokenizer(data.tokenizer, workdir / "tokenizer.json")
     return loop.train(config, workdir, data)
   experiment = Experiment(config, data.tokenizer.vocab_size, sharding.make_mesh(config.mesh))
@@ -67,14 +70,14 @@ def _describe(config) -> dict:
   return {"params": count, "vocab_size": vocab_size}
 
 
-def _check_workdir(config, workdir: pathlib.Path, training: bool) -> None:
+def _check_workdir(config, workdir: pathlib.Path, training: bool, reference=None) -> None:
   saved = workdir / "config.json"
   if saved.exists():
     try:
       saved_config = json.loads(saved.read_text())
     except json.JSONDecodeError as error:
       raise UserError(f"{saved} is not valid JSON ({error}); restore it or use a new --workdir") from error
-    config_check.check_resumable(saved_config, config, workdir)
+    config_check.check_resumable(saved_config, config, workdir, reference)
   elif not training:
     raise UserError(f"{workdir} holds no run (no config.json); train into it first or pass the run's --workdir")
   elif (workdir / "checkpoints").exists():

@@ -21,6 +21,24 @@ def build_model_config(config, vocab_size: int) -> TransformerConfig:
   return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
 
 
+GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
+
+
+def logits_capacity_fraction(config, vocab_size: int, schedule) -> float:
+  """Share of positions given to the output layer: train.logits_capacity, or (at -1) auto.
+
+  Auto: 1 for small vocabularies; otherwise the schedule's mean masked share
+  E_t[1 - alpha_t] plus 0.1, so the exact fallback (every position) is rare.
+  """
+  fraction = config.train.logits_capacity
+  if fraction != -1:
+    return float(fraction)
+  if vocab_size < GATHER_MIN_VOCAB:
+    return 1.0
+  t = (jnp.arange(1000) + 0.5) / 1000
+  return min(1.0, float(jnp.mean(schedule.mask_prob(t))) + 0.1)
+
+
 def learning_rate_schedule(train_cfg):
   """Linear warm-up to train.learning_rate, then cosine decay to 10% of it at train.num_steps."""
   warmup = min(train_cfg.warmup_steps, max(train_cfg.num_steps - 1, 0))
@@ -53,14 +71,21 @@ class Experiment:
     self.optimizer = make_optimizer(config.train)
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(self.model_config, nnx.Rngs(0))))
     self.base_key = jax.random.key(config.seed)
+    self.grad_accum = config.train.grad_accum
+    # Rows per device-local block of the batch: the masked-position gather runs per block.
+    self.batch_groups = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    self.capacity_fraction = logits_capacity_fraction(config, vocab_size, self.schedule)
     abstract = jax.eval_shape(self._init, self.base_key)
+    sharding.check_declared_sharding(abstract["params"], mesh)
     self.state_shardings = sharding.state_shardings(abstract, mesh)
     self.abstract_state = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, self.state_shardings)
     self.init_state = jax.jit(self._init, out_shardings=self.state_shardings)
-    self.train_step = jax.jit(self._train_step, donate_argnums=0, out_shardings=(self.state_shardings, None))
-    self.eval_step = jax.jit(self._eval_step)
-    self.sample = jax.jit(self._sample, static_argnames=("num_samples",))
+    self.train_step = jax.jit(self._train_step, donate_argnums=0,
+                              out_shardings=(self.state_shardings, sharding.replicated(mesh)))
+    # Outputs the host reads are replicated: with several processes each can then read them whole.
+    self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
+    self.sample = jax.jit(self._sample, static_argnames=("num_samples",), out_shardings=sharding.replicated(mesh))
 
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
@@ -73,28 +98,64 @@ class Experiment:
 
   def _terms(self, params, batch, key):
     model = nnx.merge(self.graphdef, params)
+    batch_size, length = batch["tokens"].shape
+    gather = {}
+    if self.capacity_fraction < 1.0:
+      groups = self.batch_groups if batch_size % self.batch_groups == 0 else 1
+      capacity = max(1, math.ceil(self.capacity_fraction * (batch_size // groups) * length))
+      gather = {"head": model.head_logits, "capacity": capacity, "groups": groups}
     return diffusion.elbo_terms(
-        model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
+        model.features if gather else model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
         timesteps=self.config.diffusion.timesteps, antithetic=self.config.diffusion.antithetic,
-        token_mask_BxL=batch["token_mask"])
+        token_mask_BxL=batch["token_mask"], **gather)
 
-  def _train_step(self, state, batch):
-    key = jax.random.fold_in(self.base_key, state["step"])
+  def _loss_and_grads(self, params, batch, key, total_tokens):
+    """Gradient of (sum of per-example losses) / total_tokens, and the metric sums, for one microbatch."""
 
     def loss_fn(params):
       terms = self._terms(params, batch, key)
-      num_tokens = jnp.sum(terms.pop("num_tokens"))
-      per_token = {name: jnp.sum(value) / num_tokens for name, value in terms.items()}
-      return per_token["loss"], per_token
+      sums = {name: jnp.sum(terms[name]) for name in ("loss", "diffusion", "reconstruction", "prior")}
+      sums["fallback"] = terms.get("fallback", jnp.zeros(()))
+      return sums["loss"] / total_tokens, sums
 
-    (_, per_token), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, sums
+
+  def _accumulated_grads(self, params, batch, key):
+    """Gradient of the batch's loss in nats per real token, over train.grad_accum microbatches.
+
+    Microbatch i uses key fold_in(key, i) (its own times and masks); each gradient is of its
+    sum of losses over the whole batch's token count, so their sum is the batch gradient.
+    """
+    total_tokens = jnp.sum(batch["token_mask"]).astype(jnp.float32)
+    if self.grad_accum == 1:
+      grads, sums = self._loss_and_grads(params, batch, key, total_tokens)
+    else:
+      # Microbatch i = rows i, i + k, i + 2k, ...: every device keeps its own rows (no resharding).
+      micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, self.grad_accum, *x.shape[1:]), 0, 1), batch)
+
+      def add_microbatch(carry, index_and_batch):
+        index, microbatch = index_and_batch
+        grads, sums = self._loss_and_grads(params, microbatch, jax.random.fold_in(key, index), total_tokens)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(self._loss_and_grads, params, jax.tree.map(
+          lambda x: x[0], micro), key, total_tokens))
+      (grads, sums), _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(self.grad_accum), micro))
+      sums["fallback"] = sums["fallback"] / self.grad_accum
+    per_token = {name: value / total_tokens for name, value in sums.items() if name != "fallback"}
+    return grads, per_token, sums["fallback"]
+
+  def _train_step(self, state, batch):
+    key = jax.random.fold_in(self.base_key, state["step"])
+    grads, per_token, fallback = self._accumulated_grads(state["params"], batch, key)
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     decay = ema_decay(state["step"], self.config.train.ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
     metrics = {**per_token, "bits": per_token["loss"] / math.log(2),
                "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
-               "param_norm": optax.tree.norm(params), "ema_decay": decay,
+               "param_norm": optax.tree.norm(params), "ema_decay": decay, "logits_fallback": fallback,
                "learning_rate": learning_rate_schedule(self.config.train)(state["step"])}
     new_state = {"step": state["step"] + 1, "params": params, "ema_params": ema_params, "opt_state": opt_state}
     return new_state, metrics

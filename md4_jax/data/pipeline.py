@@ -149,19 +149,32 @@ def prepare(data_config) -> str:
 
 
 def train_dataset(rows, global_batch_size: int, seed: int) -> grain.MapDataset:
-  """Batches of this process's share of the shuffled rows, repeated forever; `[i]` is batch i."""
+  """This process's part of each global batch of the shuffled rows, repeated forever; `[i]` is batch i.
+
+  Global batch i is the shuffled stream's rows [i B, (i + 1) B); process p reads only its
+  contiguous block [p B / P, (p + 1) B / P) of it, the rows its devices hold on the mesh, so
+  any process count assembles the same global batches.
+  """
   process_count, process_index = jax.process_count(), jax.process_index()
   if global_batch_size % process_count:
     raise UserError(f"train.batch_size={global_batch_size} must divide over {process_count} processes")
-  dataset = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)[process_index::process_count]
-  return dataset.batch(global_batch_size // process_count, drop_remainder=True)
+  dataset = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
+  return dataset.batch(global_batch_size // process_count, drop_remainder=True)[process_index::process_count]
 
 
 def eval_batches(rows, batch_size: int, max_rows: int = 0):
-  """Yields {"tokens", "token_mask"} batches of the rows in order; the last batch is padded with empty rows."""
+  """Yields this process's block of each global eval batch of the rows, in order.
+
+  The last global batch is padded with empty rows (token_mask 0), so a full pass counts
+  every held-out token exactly once whatever the batch size and process count.
+  """
   num_rows = min(len(rows), max_rows) if max_rows else len(rows)
+  process_count, process_index = jax.process_count(), jax.process_index()
+  if batch_size % process_count:
+    raise UserError(f"eval.batch_size={batch_size} must divide over {process_count} processes")
+  local = batch_size // process_count
+  empty = {key: np.zeros_like(value) for key, value in rows[0].items()}
   for start in range(0, num_rows, batch_size):
-    batch = [rows[i] for i in range(start, min(start + batch_size, num_rows))]
-    empty = {key: np.zeros_like(value) for key, value in batch[0].items()}
-    batch += [empty] * (batch_size - len(batch))
-    yield {key: np.stack([row[key] for row in batch]) for key in batch[0]}
+    first = start + process_index * local
+    batch = [rows[i] if i < num_rows else empty for i in range(first, first + local)]
+    yield {key: np.stack([row[key] for row in batch]) for key in empty}

@@ -25,6 +25,8 @@ class TransformerConfig:
   mlp_ratio: float = 4.0
   positions: str = "rope"  # "rope" | "learned"
   time_conditioning: bool = True  # adaLN-zero on t; without it the network is time-independent (RADD)
+  dtype: str = "float32"  # compute dtype of activations and matmuls; params stay float32
+  remat: str = "none"  # "block": recompute each block's activations in the backward pass
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -32,6 +34,10 @@ class TransformerConfig:
                        "heads of even size")
     if self.positions not in ("rope", "learned"):
       raise ValueError(f"model.positions={self.positions!r}: choose 'rope' or 'learned'")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"model.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
+    if self.remat not in ("none", "block"):
+      raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
 
 
 def _param(rngs, init, shape, names):
@@ -43,7 +49,11 @@ _normal = nnx.initializers.normal
 
 
 class Dense(nnx.Module):
-  """x @ kernel with fan-in scaled init; `names` label the kernel's axes."""
+  """x @ kernel with fan-in scaled init; `names` label the kernel's axes.
+
+  The float32 kernel is cast to x's dtype, so a bfloat16 activation gives a bfloat16
+  matmul; `out_dtype` asks for a wider result (the logits are float32).
+  """
 
   def __init__(self, in_shape, out_shape, names, rngs, zero_init=False):
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
@@ -52,8 +62,8 @@ class Dense(nnx.Module):
     self.kernel = _param(rngs, init, in_shape + out_shape, names)
     self.num_in = len(in_shape)
 
-  def __call__(self, x):
-    return jnp.tensordot(x, self.kernel[...], axes=self.num_in)
+  def __call__(self, x, out_dtype=None):
+    return jnp.tensordot(x, self.kernel[...].astype(x.dtype), axes=self.num_in, preferred_element_type=out_dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -72,7 +82,7 @@ def rope(x_BxLxHxK):
   length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
   inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
   angles_LxK2 = jnp.arange(length)[:, None] * inv_freq[None, :]
-  sin, cos = jnp.sin(angles_LxK2)[None, :, None, :], jnp.cos(angles_LxK2)[None, :, None, :]
+  sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
   x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
@@ -137,7 +147,10 @@ def timestep_embedding(t_B, width, max_period=10_000.0):
 
 
 class Transformer(nnx.Module):
-  """`model(z_BxL, t_B) -> logits_BxLxV`."""
+  """`model(z_BxL, t_B) -> logits_BxLxV` (float32) = `model.head_logits(model.features(z_BxL, t_B))`.
+
+  The two halves are separate so the loss can apply the output layer only at masked positions.
+  """
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -154,16 +167,29 @@ class Transformer(nnx.Module):
     self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
 
   def __call__(self, z_BxL, t_B):
+    return self.head_logits(self.features(z_BxL, t_B))
+
+  def features(self, z_BxL, t_B):
+    """The final normalised hidden states h_BxLxD, in the compute dtype."""
+    dtype = jnp.dtype(self.cfg.dtype)
     x_BxLxD = self.embed[...][z_BxL]
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + self.pos_embed[...][None, : z_BxL.shape[1]]
+    x_BxLxD = x_BxLxD.astype(dtype)
     cond_BxD = None
     if self.cfg.time_conditioning:
-      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width)))
+      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width).astype(dtype)))
+    apply_block = lambda block, x, cond: block(x, cond)  # noqa: E731
+    if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
+      apply_block = nnx.remat(apply_block)
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, cond_BxD)
+      x_BxLxD = apply_block(block, x_BxLxD, cond_BxD)
     x_BxLxD = self.final_norm(x_BxLxD)
     if cond_BxD is not None:
       shift, scale = jnp.moveaxis(self.final_modulation(cond_BxD), 1, 0)[:, :, None]  # [B, 1, D] each
       x_BxLxD = x_BxLxD * (1 + scale) + shift
-    return self.head(x_BxLxD)
+    return x_BxLxD
+
+  def head_logits(self, h_xD):
+    """Hidden states [..., D] -> float32 logits [..., V] over the real tokens."""
+    return self.head(h_xD, out_dtype=jnp.float32)

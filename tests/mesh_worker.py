@@ -1,0 +1,56 @@
+"""Runs a few train steps of a tiny model on several meshes of 8 simulated CPU devices.
+
+Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/mesh_worker.py OUT.json
+Writes, per mesh, the losses of 3 steps on fixed batches and the mesh axes and local shard
+shape of a few parameters.
+"""
+
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from md4_jax import sharding  # noqa: E402
+from md4_jax.train import Experiment  # noqa: E402
+from tests import tiny_config  # noqa: E402
+
+MESHES = {"1 device": (1, 1, 1), "(8,1,1)": (8, 1, 1), "(2,4,1)": (2, 4, 1), "(2,2,2)": (2, 2, 2)}
+VOCAB = 28
+
+
+def config():
+  cfg = tiny_config.get_config()
+  cfg.model.width, cfg.model.num_heads = 64, 4
+  cfg.train.logits_capacity = 0.7  # the gathered output layer, one gather per device block of rows
+  return cfg
+
+
+def run(mesh_sizes):
+  devices = jax.devices()[: int(np.prod(mesh_sizes))]
+  mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
+  experiment = Experiment(config(), VOCAB, mesh)
+  state = experiment.init_state(experiment.base_key)
+  rng = np.random.default_rng(0)
+  losses, fallbacks = [], []
+  for _ in range(3):
+    batch = {"tokens": rng.integers(0, VOCAB, (8, 16), dtype=np.int32), "token_mask": np.ones((8, 16), np.int32)}
+    state, metrics = experiment.train_step(state, sharding.global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+    fallbacks.append(float(metrics["logits_fallback"]))
+  params = state["params"]
+  gate = params["blocks"][0]["mlp"]["gate"]["kernel"]
+  embed = params["embed"]
+  query = params["blocks"][0]["attention"]["query"]["kernel"]
+  describe = lambda x: {"spec": [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec],  # noqa: E731
+                        "shard_shape": list(x.addressable_shards[0].data.shape), "shape": list(x.shape)}
+  return {"losses": losses, "fallbacks": fallbacks, "gate": describe(gate[...]), "embed": describe(embed[...]),
+          "query": describe(query[...]), "batch_groups": experiment.batch_groups,
+          "opt_mu_gate": describe(jax.tree.leaves(state["opt_state"][1][0].mu["blocks"][0]["mlp"]["gate"])[0])}
+
+
+pathlib.Path(sys.argv[1]).write_text(json.dumps({name: run(sizes) for name, sizes in MESHES.items()}))
