@@ -121,10 +121,13 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
 
   try:
     for step in range(start + 1, cfg.num_steps + 1):  # `step` counts completed updates
-      batch = sharding.global_batch(next(iterator), mesh)
-      state, metrics = experiment.train_step(state, batch)
-      if pending:
-        read(*pending)
+      # The steady state may not copy implicitly between host and device (a hidden sync per step);
+      # the batch upload and the metric download below are explicit.
+      with jax.transfer_guard("disallow"):
+        batch = sharding.global_batch(next(iterator), mesh)
+        state, metrics = experiment.train_step(state, batch)
+        if pending:
+          read(*pending)
       pending = (step, metrics)
       is_last = step == cfg.num_steps or stop["signal"] is not None
       do_eval = step % cfg.eval_every == 0 or is_last and stop["signal"] is None
