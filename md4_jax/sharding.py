@@ -123,4 +123,5 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch, mesh: Mesh):
   """This process's rows of a batch (numpy) -> one global jax.Array on the mesh."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+  with jax.transfer_guard_host_to_device("allow"):  # the one intended upload per step (the loop disallows others)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -1,0 +1,125 @@
+"""Multi-host (2 local processes x 4 CPU devices, jax.distributed on localhost) and checkpoints across meshes.
+
+Every run is the tiny config on the same corpus; they must all log the losses of one process
+on one device (float32, relative difference < 1e-5), whatever the mesh, process count or
+restore path.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CORPUS, ROOT
+
+TINY = ROOT / "tests/tiny_config.py"
+LOG_STEPS = [2, 4, 6, 8, 10, 12]
+
+
+def command(corpus, workdir, *args):
+  return [sys.executable, str(ROOT / "launch.py"), "--config", str(TINY), "--workdir", str(workdir),
+          f"--config.data.path={corpus}", *map(str, args)]
+
+
+def environment(devices: int) -> dict:
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  env.pop("XLA_FLAGS", None)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def run_one(corpus, workdir, *args, devices=1) -> str:
+  done = subprocess.run(command(corpus, workdir, *args), cwd=ROOT, env=environment(devices), capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout
+
+
+def run_two_processes(corpus, workdir, *args) -> list[str]:
+  with socket.socket() as probe:  # a free localhost port for the coordinator
+    probe.bind(("localhost", 0))
+    port = probe.getsockname()[1]
+  workers = [subprocess.Popen(command(corpus, workdir, *args, f"--coordinator_address=localhost:{port}",
+                                      "--num_processes=2", f"--process_id={i}"),
+                              cwd=ROOT, env=environment(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  outputs = []
+  for worker in workers:
+    stdout, stderr = worker.communicate(timeout=400)
+    assert worker.returncode == 0, stderr[-3000:]
+    outputs.append(stdout + stderr)
+  return outputs
+
+
+def logged(workdir, key):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {row["step"]: row[key] for row in rows if key in row}
+
+
+def assert_close(values, reference):
+  assert sorted(values) == sorted(reference)
+  for step, value in values.items():
+    assert abs(value - reference[step]) <= 1e-5 * abs(reference[step]), (step, value, reference[step])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Every run trains to step 8, then resumes to 12 (the learning-rate schedule follows num_steps, so all
+  runs stop and resume at the same step)."""
+  root = tmp_path_factory.mktemp("multihost")
+  corpus = root / "corpus.txt"
+  corpus.write_text(CORPUS)
+  paths = {name: root / name for name in ("one_device", "two_hosts", "eight_to_one", "one_to_eight")}
+  run_one(corpus, paths["one_device"], "--config.train.num_steps=8")
+  shutil.copytree(paths["one_device"], paths["one_to_eight"])
+  run_one(corpus, paths["one_device"])  # the reference
+  run_one(corpus, paths["one_to_eight"], devices=8)
+  first = run_two_processes(corpus, paths["two_hosts"], "--config.train.num_steps=8")
+  shutil.copytree(paths["two_hosts"], paths["eight_to_one"])
+  second = run_two_processes(corpus, paths["two_hosts"])  # both processes restore checkpoint 8
+  run_one(corpus, paths["eight_to_one"])
+  return corpus, paths, first, second
+
+
+def test_two_processes_log_one_devices_losses_across_a_resume(runs):
+  _, paths, _, _ = runs
+  reference = logged(paths["one_device"], "train/loss")
+  assert sorted(reference) == LOG_STEPS
+  assert_close(logged(paths["two_hosts"], "train/loss"), reference)
+  assert_close(logged(paths["two_hosts"], "eval/bpt"), logged(paths["one_device"], "eval/bpt"))
+
+
+def test_only_process_0_writes(runs):
+  _, paths, first, second = runs
+  rows = [json.loads(line) for line in (paths["two_hosts"] / "metrics.jsonl").read_text().splitlines()]
+  kinds = [(row["step"], "eval/bpt" in row) for row in rows]
+  # One train line per log step and one eval line at 6, 8 (the first leg's end) and 12; no copies.
+  assert sorted(kinds) == sorted([(step, False) for step in LOG_STEPS] + [(6, True), (8, True), (12, True)])
+  for output in (first, second):
+    assert "held-out bound" in output[0] and "held-out bound" not in output[1]
+  assert sorted(p.name for p in (paths["two_hosts"] / "samples").iterdir()) == ["step_12.txt", "step_6.txt", "step_8.txt"]
+  assert "resuming from step 8" in second[0]  # restored (by both processes: both exited 0 with step 12 done)
+
+
+def test_checkpoints_move_between_one_and_eight_devices_for_training(runs):
+  _, paths, _, _ = runs
+  reference = logged(paths["one_device"], "train/loss")
+  assert_close(logged(paths["eight_to_one"], "train/loss"), reference)  # 2 processes x 4 devices -> 1 device
+  assert_close(logged(paths["one_to_eight"], "train/loss"), reference)  # 1 device -> 8 devices
+
+
+def test_eval_and_sample_on_another_mesh(runs, tmp_path):
+  corpus, paths, _, _ = runs
+  reference_bpt = logged(paths["one_device"], "eval/bpt")[12]
+  # The 2-process (8-device) checkpoint on one device, the one-device checkpoint on 8 devices.
+  for workdir, devices in ((paths["two_hosts"], 1), (paths["one_device"], 8)):
+    run_one(corpus, workdir, "--mode", "eval", devices=devices)
+    result = json.loads((workdir / "eval" / "step_12.json").read_text())
+    assert abs(result["eval/bpt"] - reference_bpt) <= 1e-5 * reference_bpt
+    printed = run_one(corpus, workdir, "--mode", "sample", "--num_samples", "2", devices=devices)
+    assert "=== sample 1 ===" in printed and (workdir / "samples" / "sample_step_12.txt").exists()
