@@ -106,3 +106,10 @@ def test_nan_loss_from_the_command_line_is_one_message(tmp_path, corpus_file):
   assert result.returncode == 2
 
 
+
+
+def test_partial_multihost_flags(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--num_processes=2"), "multi-host needs all of",
+                     "--coordinator_address=HOST:PORT")
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--coordinator_address=localhost:1", "--num_processes=2",
+                                 "--process_id=2"), "--process_id=2 must be in [0, 2)")
