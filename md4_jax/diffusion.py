@@ -92,7 +92,9 @@ def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *,
   def every_position():
     return masked_cross_entropy(head(h_BxLxD), x0_BxL, z_BxL, mask_id)
 
-  return jax.lax.cond(overflow, every_position, gathered), overflow.astype(jnp.float32)
+  # Under autodiff a cond keeps the residuals of both branches (zeros for the one not taken); the
+  # fallback's would be full [B, L, V] logits, so it recomputes them in its backward pass instead.
+  return jax.lax.cond(overflow, jax.checkpoint(every_position), gathered), overflow.astype(jnp.float32)
 
 
 def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: int = 0,

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -24,19 +25,29 @@ def build_model_config(config, vocab_size: int) -> TransformerConfig:
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
 
-def logits_capacity_fraction(config, vocab_size: int, schedule) -> float:
-  """Share of positions given to the output layer: train.logits_capacity, or (at -1) auto.
+def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int) -> float:
+  """Share of a block of `rows` sequences given to the output layer: train.logits_capacity, or (at -1) auto.
 
-  Auto: 1 for small vocabularies; otherwise the schedule's mean masked share
-  E_t[1 - alpha_t] plus 0.1, so the exact fallback (every position) is rare.
+  Auto: 1 (every position) for vocabularies under GATHER_MIN_VOCAB or i.i.d. times. With
+  antithetic times a block's expected masked share is known for each offset u of the draw,
+  so auto takes its worst case over u plus 4 binomial standard deviations: the exact
+  fallback then almost never runs.
   """
   fraction = config.train.logits_capacity
   if fraction != -1:
     return float(fraction)
-  if vocab_size < GATHER_MIN_VOCAB:
+  if vocab_size < GATHER_MIN_VOCAB or not config.diffusion.antithetic:
     return 1.0
-  t = (jnp.arange(1000) + 0.5) / 1000
-  return min(1.0, float(jnp.mean(schedule.mask_prob(t))) + 0.1)
+  batch, length = config.train.batch_size // config.train.grad_accum, config.data.seq_len
+  u = np.arange(256) / 256
+  worst = 0.0
+  for block in np.split(diffusion.spread_order(batch) / batch, batch // rows):
+    t = np.mod(u[:, None] + block[None, :], 1.0)
+    if config.diffusion.timesteps:
+      t = np.minimum(np.floor(t * config.diffusion.timesteps) + 1, config.diffusion.timesteps) / config.diffusion.timesteps
+    worst = max(worst, float(np.max(np.mean(np.asarray(schedule.mask_prob(jnp.asarray(t))), axis=1))))
+  noise = 4.0 * math.sqrt(0.25 / (rows * length))  # binomial std of a share is at most sqrt(1/4 / n)
+  return min(1.0, worst + noise)
 
 
 def learning_rate_schedule(train_cfg):
@@ -74,7 +85,11 @@ class Experiment:
     self.grad_accum = config.train.grad_accum
     # Rows per device-local block of the batch: the masked-position gather runs per block.
     self.batch_groups = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
-    self.capacity_fraction = logits_capacity_fraction(config, vocab_size, self.schedule)
+    micro_batch = config.train.batch_size // config.train.grad_accum
+    if micro_batch % self.batch_groups:
+      self.batch_groups = 1
+    self.capacity_fraction = logits_capacity_fraction(config, vocab_size, self.schedule,
+                                                      micro_batch // self.batch_groups)
     abstract = jax.eval_shape(self._init, self.base_key)
     sharding.check_declared_sharding(abstract["params"], mesh)
     self.state_shardings = sharding.state_shardings(abstract, mesh)
@@ -101,7 +116,7 @@ class Experiment:
     batch_size, length = batch["tokens"].shape
     gather = {}
     if self.capacity_fraction < 1.0:
-      groups = self.batch_groups if batch_size % self.batch_groups == 0 else 1
+      groups = self.batch_groups
       capacity = max(1, math.ceil(self.capacity_fraction * (batch_size // groups) * length))
       gather = {"head": model.head_logits, "capacity": capacity, "groups": groups}
     return diffusion.elbo_terms(
