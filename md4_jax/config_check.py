@@ -6,7 +6,7 @@ Every problem is a `UserError` that names the key and the fix.
 import ml_collections
 
 from md4_jax import sampling, schedules
-from md4_jax.data import pipeline
+from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.models.transformer import TransformerConfig
 
@@ -71,7 +71,7 @@ def check_values(config) -> None:
     TransformerConfig(vocab_size=1, seq_len=1, **config.model)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
-  choices = {"data.source": pipeline.SOURCES, "data.tokenizer": ("char", "byte", "gpt2"),
+  choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test")}
   for key, allowed in choices.items():
     if flat[key] not in allowed:

@@ -11,7 +11,7 @@ import pathlib
 import jax
 from flax import nnx
 
-from md4_jax import config_check, loop, sharding
+from md4_jax import config_check, files, loop, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
@@ -43,9 +43,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
     if jax.process_index() == 0:
       workdir.mkdir(parents=True, exist_ok=True)
       # Atomic: other processes may read config.json while process 0 writes it.
-      tmp = workdir / "config.json.tmp"
-      tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-      tmp.replace(workdir / "config.json")
+      files.write_text_atomically(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
       tokenizers.save_tokenizer(data.tokenizer, workdir / "tokenizer.json")
     return loop.train(config, workdir, data)
   experiment = Experiment(config, data.tokenizer.vocab_size, sharding.make_mesh(config.mesh))

@@ -42,10 +42,10 @@ def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int) -> fl
   u = np.arange(256) / 256
   worst = 0.0
   for block in np.split(diffusion.spread_order(batch) / batch, batch // rows):
-    t = np.mod(u[:, None] + block[None, :], 1.0)
+    t = jnp.asarray(np.mod(u[:, None] + block[None, :], 1.0))
     if config.diffusion.timesteps:
-      t = np.minimum(np.floor(t * config.diffusion.timesteps) + 1, config.diffusion.timesteps) / config.diffusion.timesteps
-    worst = max(worst, float(np.max(np.mean(np.asarray(schedule.mask_prob(jnp.asarray(t))), axis=1))))
+      t = diffusion.discretize_times(t, config.diffusion.timesteps)
+    worst = max(worst, float(jnp.max(jnp.mean(schedule.mask_prob(t), axis=1))))
   noise = 4.0 * math.sqrt(0.25 / (rows * length))  # binomial std of a share is at most sqrt(1/4 / n)
   return min(1.0, worst + noise)
 
@@ -116,9 +116,8 @@ class Experiment:
     batch_size, length = batch["tokens"].shape
     gather = {}
     if self.capacity_fraction < 1.0:
-      groups = self.batch_groups
-      capacity = max(1, math.ceil(self.capacity_fraction * (batch_size // groups) * length))
-      gather = {"head": model.head_logits, "capacity": capacity, "groups": groups}
+      capacity = max(1, math.ceil(self.capacity_fraction * (batch_size // self.batch_groups) * length))
+      gather = {"head": model.head_logits, "capacity": capacity, "groups": self.batch_groups}
     return diffusion.elbo_terms(
         model.features if gather else model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
         timesteps=self.config.diffusion.timesteps, antithetic=self.config.diffusion.antithetic,

@@ -41,6 +41,7 @@ import tensorflow_datasets as tfds
 
 from md4_jax.data import download, lm1b_text
 from md4_jax.errors import UserError
+from md4_jax.files import write_text_atomically
 
 SPLITS = ("train", "validation")
 HELD_OUT_PER_MILLE = 5  # documents whose text hash % 1000 is below this go to "validation"
@@ -274,9 +275,7 @@ def prepare(source: str, data_dir: pathlib.Path, *, tokenizer, seq_len: int = 10
   meta = {**request, "shards": [shard.name for shard in shards],
           **{f"{key}_per_split": {split: builder.stats[split][key] for split in SPLITS}
              for key in ("rows", "tokens", "dropped_tail_tokens", "documents")}}
-  tmp_path = meta_path.with_suffix(".tmp")
-  tmp_path.write_text(json.dumps(meta, indent=2))
-  tmp_path.replace(meta_path)
+  write_text_atomically(meta_path, json.dumps(meta, indent=2))
   return out_dir
 
 

@@ -98,7 +98,8 @@ def load_data(data_config, eval_split: str = "validation", tokenizer_file: pathl
       train_text, eval_text = _split_text(text, data_config.eval_fraction)
       tokenizer = saved or _tokenizer(data_config, train_text)
       if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
-        eval_text = "".join(c for c in eval_text if c in set(tokenizer.alphabet))
+        known = set(tokenizer.alphabet)
+        eval_text = "".join(c for c in eval_text if c in known)
       train_tokens, eval_tokens = tokenizer.encode(train_text), tokenizer.encode(eval_text)
     data = Data(tokenizer, StreamRows(train_tokens, seq_len), StreamRows(eval_tokens, seq_len, pad_last=True))
   elif source == "text8":

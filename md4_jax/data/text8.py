@@ -20,6 +20,7 @@ import zipfile
 
 import numpy as np
 
+from md4_jax import files
 from md4_jax.data import download
 from md4_jax.data.tokenizers import TEXT8_ALPHABET
 from md4_jax.errors import UserError
@@ -111,9 +112,7 @@ def prepare(data_dir: pathlib.Path, manual_dir: str = "", split_sizes=SPLIT_SIZE
   boundaries = np.cumsum((0,) + tuple(split_sizes))
   for name, start, stop in zip(SPLITS, boundaries[:-1], boundaries[1:]):
     _save_atomically(out_dir / f"{name}.npy", ids[start:stop])
-  temporary = out_dir / "meta.json.tmp"
-  temporary.write_text(json.dumps(meta, indent=1))
-  temporary.replace(out_dir / "meta.json")
+  files.write_text_atomically(out_dir / "meta.json", json.dumps(meta, indent=1))
   return out_dir
 
 

@@ -9,7 +9,6 @@ touches the network: tiktoken's own `get_encoding("gpt2")` would download it.
 
 import base64
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import pathlib
@@ -18,8 +17,10 @@ from typing import ClassVar
 import numpy as np
 import tiktoken
 
+from md4_jax.data import download
 from md4_jax.errors import UserError
 
+NAMES = ("char", "byte", "gpt2")  # the tokenizers data.tokenizer may name
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
 
 # GPT-2's pre-tokenization regex (from OpenAI's GPT-2 encoder; tiktoken's r50k pattern
@@ -121,10 +122,6 @@ class ByteTokenizer:
     return {"kind": "byte"}
 
 
-def _sha256(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 _ENCODINGS = {}  # sha256 of a ranks file -> tiktoken.Encoding; building one takes ~0.1 s
 
 
@@ -163,7 +160,7 @@ class Gpt2Tokenizer:
     self.bpe_path = pathlib.Path(bpe_path).expanduser().resolve()
     if not self.bpe_path.is_file():
       raise UserError(f"GPT-2 BPE file {self.bpe_path} does not exist: put it back, or " + HOW_TO_GET_GPT2_BPE)
-    self.sha256 = _sha256(self.bpe_path)
+    self.sha256 = download.sha256_of(self.bpe_path)
     if expected_sha256 is not None and self.sha256 != expected_sha256:
       raise UserError(f"GPT-2 BPE file {self.bpe_path} has sha256 {self.sha256}, but the tokenizer was saved "
                       f"with {expected_sha256}: restore the original file (GPT-2's is {GPT2_BPE_SHA256}); "
@@ -224,7 +221,7 @@ def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):
     return ByteTokenizer()
   if name == "gpt2":
     return Gpt2Tokenizer(find_gpt2_bpe(bpe_path))
-  raise UserError(f"unknown tokenizer {name!r}; choose one of 'char', 'byte', 'gpt2'")
+  raise UserError(f"unknown tokenizer {name!r}; choose one of {NAMES}")
 
 
 def tokenizer_from_json(spec: dict):
