@@ -66,10 +66,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.split = "validation"  # held-out split to evaluate: "validation", or "test" (text8)
 
   config.sampler = ml_collections.ConfigDict()
-  config.sampler.name = "ancestral"  # MD4's ancestral sampler
-  config.sampler.steps = 128  # reverse steps (network calls)
+  # "ancestral" (MD4) | "mean" (draw x0, then unmask) | "exact" (continuous-time reverse process, one event
+  # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.inner in each)
+  config.sampler.name = "ancestral"  # which sampler (see above and docs/sampling.md)
+  config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence; semi_ar: all blocks together)
   config.sampler.grid = "cosine"  # "cosine" | "uniform" time grid
-  config.sampler.temperature = 1.0  # softmax temperature of token draws
+  config.sampler.temperature = 1.0  # softmax temperature of token draws; 0 = argmax
+  config.sampler.top_k = 0  # draw among the k most likely tokens; 0 = all
+  config.sampler.top_p = 1.0  # nucleus: the fewest most likely tokens holding this mass; 1 = all
+  config.sampler.tokens_per_call = 1  # exact: unmasking events per network call (k > 1 is approximate)
+  config.sampler.choice_temperature = 4.5  # confidence: Gumbel noise on log-confidence, annealed to 0; 0 = LLaDA
+  config.sampler.block_length = 0  # semi_ar: positions per block (divides data.seq_len)
+  config.sampler.inner = "confidence"  # semi_ar: "ancestral" | "mean" | "exact" | "confidence" within a block
+  config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
+  config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
 
   config.mesh = ml_collections.ConfigDict()
