@@ -1,5 +1,5 @@
 """Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
-[--config.a.b=v ...] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
+[--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
 import sys
 
@@ -16,7 +16,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, che
 _MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
                             "preprocess data.source into data.dir), or params (print the parameter count).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
+                                    "config.sampler.num_samples).")
+_PROMPT = flags.DEFINE_string("prompt", None, "--mode sample: text every sample starts with.")
+_INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in which each '_' is one token to "
+                              "generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
+_SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run every variant of the config's sweep(add), each in WORKDIR/<name>.")
 _SWEEP_INDEX = flags.DEFINE_integer("sweep_index", None, "Run only variant I (0-based) of the config's sweep.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --sweep: list the variants (index, name, overrides) and stop.")
@@ -25,6 +30,14 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOS
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config"])
+
+
+# `--sampler.steps=100` is short for `--config.sampler.steps=100`; likewise for every config group.
+SHORTHAND_GROUPS = tuple(f"--{group}." for group, value in base.get_config().items() if hasattr(value, "items"))
+
+
+def expand_shorthand(argv: list[str]) -> list[str]:
+  return [f"--config.{arg[2:]}" if arg.startswith(SHORTHAND_GROUPS) else arg for arg in argv]
 
 
 def parse_flags(argv):
@@ -76,11 +89,12 @@ def main(argv):
         workdir = str(sweeps.run_directory(workdir, name))
         print(f"=== sweep run {name} in {workdir}")
       run.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
-               num_samples=_NUM_SAMPLES.value)
+               num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  sys.argv = expand_shorthand(sys.argv)  # config_flags reads overrides from sys.argv itself
   app.run(main, flags_parser=parse_flags)

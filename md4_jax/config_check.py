@@ -72,14 +72,12 @@ def check_values(config) -> None:
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
   choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
-             "eval.split": ("validation", "test")}
+             "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
+             "sampler.params": ("ema", "raw")}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
-  if config.sampler.name != "ancestral":
-    raise UserError(f"sampler.name={config.sampler.name!r}: only 'ancestral' is available")
-  if config.sampler.temperature <= 0:
-    raise UserError(f"sampler.temperature={config.sampler.temperature} must be positive")
+  _check_sampler(config.sampler, config.data.seq_len)
   if config.train.batch_size % config.train.grad_accum:
     raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
                     f"{config.train.batch_size} (each microbatch has batch_size / grad_accum sequences)")
@@ -88,6 +86,27 @@ def check_values(config) -> None:
     raise UserError(f"train.logits_capacity={capacity}: use -1 (automatic) or a share of positions in (0, 1]")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
+
+
+def _check_sampler(sampler, seq_len: int) -> None:
+  if sampler.temperature < 0:
+    raise UserError(f"sampler.temperature={sampler.temperature} must be >= 0 (0 = argmax)")
+  if sampler.top_k < 0:
+    raise UserError(f"sampler.top_k={sampler.top_k} must be >= 0 (0 = off)")
+  if not 0.0 < sampler.top_p <= 1.0:
+    raise UserError(f"sampler.top_p={sampler.top_p} must be in (0, 1] (1 = off)")
+  if sampler.tokens_per_call < 1:
+    raise UserError(f"sampler.tokens_per_call={sampler.tokens_per_call} must be >= 1")
+  if sampler.choice_temperature < 0:
+    raise UserError(f"sampler.choice_temperature={sampler.choice_temperature} must be >= 0")
+  if sampler.name == "semi_ar":
+    if sampler.block_length <= 0 or seq_len % sampler.block_length:
+      raise UserError(f"sampler.block_length={sampler.block_length} must divide data.seq_len={seq_len} "
+                      "for sampler.name='semi_ar' (e.g. --config.sampler.block_length=32)")
+    blocks = seq_len // sampler.block_length
+    if sampler.steps % blocks:
+      raise UserError(f"sampler.steps={sampler.steps} must be a multiple of the {blocks} semi_ar blocks "
+                      f"(data.seq_len / sampler.block_length); e.g. --config.sampler.steps={blocks * 8}")
 
 
 def check_resumable(saved: dict, config, workdir, reference=None) -> None:

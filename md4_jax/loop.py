@@ -5,6 +5,8 @@ after step N+1 is queued, except before a hook (eval, checkpoint), which first
 checks that the state it is about to use came from finite losses.
 """
 
+import dataclasses
+import json
 import math
 import pathlib
 import signal
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from md4_jax import sharding
+from md4_jax import files, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
@@ -65,13 +67,30 @@ def evaluate(experiment: Experiment, params, data: pipeline.Data) -> dict:
   return summarize_eval(totals)
 
 
-def write_samples(experiment: Experiment, params, tokenizer, path: pathlib.Path, key, num_samples: int) -> list[str]:
-  tokens_NxL = jax.device_get(experiment.sample(params, key, num_samples=num_samples))
+def write_samples(experiment: Experiment, params, tokenizer, stem: pathlib.Path, key, start_NxL: np.ndarray,
+                  record: dict) -> tuple[list[str], int, float]:
+  """Fills the mask ids of start_NxL with the configured sampler; writes stem.txt (readable) and stem.jsonl
+  (one object per sample: text, NFE, sampler settings and `record`). Returns (texts, NFE, seconds)."""
+  start_NxL = sharding.replicated_array(start_NxL, experiment.mesh)
+  experiment.sample.lower(params, key, start_NxL).compile()  # compiled apart from the timed call (jit reuses it)
+  start_time = time.perf_counter()
+  tokens_NxL, nfe = jax.device_get(experiment.sample(params, key, start_NxL))
+  seconds = time.perf_counter() - start_time
   texts = [tokenizer.decode(row) for row in np.asarray(tokens_NxL)]
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"=== sample {i} ===\n{text}\n\n" for i, text in enumerate(texts)))
-  return texts
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.asdict(experiment.sampler_settings)
+    files.write_text_atomically(stem.with_name(stem.name + ".txt"),
+                                "".join(f"=== sample {i} ===\n{text}\n\n" for i, text in enumerate(texts)))
+    files.write_text_atomically(stem.with_name(stem.name + ".jsonl"), "".join(
+        json.dumps({"index": i, "text": text, **record, "sampler": settings, "nfe": int(nfe),
+                    "seconds": round(seconds, 3)}) + "\n" for i, text in enumerate(texts)))
+  return texts, int(nfe), seconds
+
+
+def unconditional_start(experiment: Experiment, num_samples: int) -> np.ndarray:
+  """[num_samples, seq_len] of mask ids: generate everything."""
+  return np.full((num_samples, experiment.config.data.seq_len), experiment.vocab_size, np.int32)
 
 
 def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
@@ -139,8 +158,9 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         last_eval = {f"eval/{k}": v for k, v in evaluate(experiment, state["ema_params"], data).items()}
         log.write(step, last_eval)
         sample_key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, SAMPLE_SALT), step)
-        write_samples(experiment, state["ema_params"], data.tokenizer, workdir / "samples" / f"step_{step}.txt",
-                      sample_key, config.sampler.num_samples)
+        write_samples(experiment, state["ema_params"], data.tokenizer, workdir / "samples" / f"step_{step}",
+                      sample_key, unconditional_start(experiment, config.sampler.num_samples),
+                      {"step": step, "params": "ema", "seed": config.seed})
         say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} bits/token "
                   f"(ppl {last_eval['eval/ppl']:.3f}); samples in {workdir / 'samples'}")
       if do_save:

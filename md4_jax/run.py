@@ -9,9 +9,10 @@ import math
 import pathlib
 
 import jax
+import numpy as np
 from flax import nnx
 
-from md4_jax import config_check, files, loop, sharding
+from md4_jax import conditioning, config_check, files, loop, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
@@ -23,10 +24,21 @@ MODES = ("train", "eval", "sample", "prepare", "params")
 
 
 def main(config, workdir, mode: str = "train", *, reference, step: int | None = None,
-         num_samples: int | None = None) -> dict:
-  """Validates everything first, then runs `mode`. Returns the eval result (train, eval) or samples."""
+         num_samples: int | None = None, prompt: str | None = None, infill: str | None = None,
+         seed: int | None = None) -> dict:
+  """Validates everything first, then runs `mode`. Returns the eval result (train, eval) or samples.
+
+  prompt / infill / seed condition and seed --mode sample (see md4_jax.conditioning).
+  """
   if mode not in MODES:
     raise UserError(f"--mode={mode!r}; choose one of {MODES}")
+  given = [name for name, value in (("--prompt", prompt), ("--infill", infill), ("--seed", seed),
+                                    ("--num_samples", num_samples)) if value is not None]
+  if num_samples is not None and num_samples < 1:
+    raise UserError(f"--num_samples={num_samples} must be positive")
+  if given and mode != "sample":
+    raise UserError(f"{', '.join(given)} only apply to --mode sample" +
+                    (" (the training seed is --config.seed)" if "--seed" in given else ""))
   config_check.check_keys(config, reference)
   config_check.check_values(config)
   if mode == "prepare":
@@ -39,6 +51,8 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   workdir = pathlib.Path(workdir).expanduser().absolute()
   _check_workdir(config, workdir, training=mode == "train", reference=reference)
   data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
+  if mode == "sample":  # before the restore, so a bad prompt fails fast
+    start_row = conditioning.start_state(data.tokenizer, config.data.seq_len, prompt=prompt, infill=infill)
   if mode == "train":
     if jax.process_index() == 0:
       workdir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +69,10 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   restored_step = int(state["step"])
   if mode == "eval":
     return _evaluate(experiment, state, data, workdir, restored_step)
-  return _sample(experiment, state, data, workdir, restored_step, num_samples or config.sampler.num_samples)
+  record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
+            "prompt": prompt, "infill": infill}
+  start_NxL = np.tile(start_row, (num_samples or config.sampler.num_samples, 1))
+  return _sample(experiment, state, data, workdir, start_NxL, record)
 
 
 def _describe(config) -> dict:
@@ -97,12 +114,24 @@ def _evaluate(experiment, state, data, workdir, step) -> dict:
   return result
 
 
-def _sample(experiment, state, data, workdir, step, num_samples) -> dict:
-  key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, loop.SAMPLE_SALT), step)
-  out = workdir / "samples" / f"sample_step_{step}.txt"
-  texts = loop.write_samples(experiment, state["ema_params"], data.tokenizer, out, key, num_samples)
+def _sample(experiment, state, data, workdir, start_NxL, record) -> dict:
+  """--mode sample: samples from the restored checkpoint, written to samples/step_N_<sampler>[_k].{txt,jsonl}."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(record["seed"]), loop.SAMPLE_SALT), record["step"])
+  stem = _unused_stem(workdir / "samples", f"step_{record['step']}_{experiment.sampler_settings.name}")
+  params = state["ema_params"] if record["params"] == "ema" else state["params"]
+  texts, nfe, seconds = loop.write_samples(experiment, params, data.tokenizer, stem, key, start_NxL, record)
   if jax.process_index() == 0:
     for i, text in enumerate(texts):
       print(f"=== sample {i} ===\n{text}\n")
-    print(f"wrote {num_samples} samples to {out}")
-  return {"samples": texts, "path": str(out)}
+    print(f"{len(texts)} samples from step {record['step']} ({record['params']} params) with sampler "
+          f"{experiment.sampler_settings.name}: {nfe} network calls, {seconds:.1f} s; wrote {stem}.txt and .jsonl")
+  return {"samples": texts, "path": f"{stem}.txt", "nfe": nfe}
+
+
+def _unused_stem(directory: pathlib.Path, name: str) -> pathlib.Path:
+  """directory/name, or name_2, name_3, ...: earlier samples are never overwritten."""
+  stem, index = directory / name, 1
+  while stem.with_name(stem.name + ".txt").exists() or stem.with_name(stem.name + ".jsonl").exists():
+    index += 1
+    stem = directory / f"{name}_{index}"
+  return stem

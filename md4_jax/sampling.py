@@ -141,8 +141,7 @@ def _grid_sampler(update):
                      schedule)
       return new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32)
 
-    logits_shape = jax.eval_shape(denoise, z_BxL, jnp.ones((batch_size,))).shape
-    start = (z_BxL, jnp.zeros(logits_shape, jnp.float32), jnp.array(True), jnp.zeros((), jnp.int32))
+    start = (z_BxL, jnp.zeros(z_BxL.shape + (vocab_size,), jnp.float32), jnp.array(True), jnp.zeros((), jnp.int32))
     z_BxL, _, _, nfe = jax.lax.fori_loop(0, steps, step, start)
     return z_BxL, nfe
 

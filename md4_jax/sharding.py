@@ -125,3 +125,9 @@ def global_batch(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   with jax.transfer_guard_host_to_device("allow"):  # the one intended upload per step (the loop disallows others)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def replicated_array(host_array, mesh: Mesh):
+  """The same numpy array on every process -> a replicated global jax.Array (an explicit upload)."""
+  with jax.transfer_guard_host_to_device("allow"):
+    return jax.make_array_from_callback(host_array.shape, replicated(mesh), lambda index: host_array[index])

@@ -100,7 +100,9 @@ class Experiment:
                               out_shardings=(self.state_shardings, sharding.replicated(mesh)))
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
-    self.sample = jax.jit(self._sample, static_argnames=("num_samples",), out_shardings=sharding.replicated(mesh))
+    self.sampler_settings = sampling.Settings.from_config(config.sampler)
+    # sample(params, key, z_BxL) -> (tokens_BxL, NFE): fills z's mask ids (vocab_size), keeps its other tokens.
+    self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
 
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
@@ -184,12 +186,10 @@ class Experiment:
     sums["num_sequences"] = jnp.sum(real_B)
     return sums
 
-  def _sample(self, params, key, num_samples):
-    cfg = self.config.sampler
+  def _sample(self, params, key, z_BxL):
     model = nnx.merge(self.graphdef, params)
-    return sampling.ancestral_sample(
-        model, key, self.schedule, batch_size=num_samples, length=self.config.data.seq_len,
-        vocab_size=self.vocab_size, steps=cfg.steps, grid=cfg.grid, temperature=cfg.temperature)[0]
+    return sampling.sample(model, key, self.schedule, z_BxL, self.sampler_settings, vocab_size=self.vocab_size,
+                           time_dependent=self.config.model.time_conditioning)
 
 
 def summarize_eval(sums) -> dict:

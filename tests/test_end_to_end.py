@@ -16,7 +16,7 @@ import pytest
 from md4_jax import run
 from md4_jax.errors import UserError
 from md4_jax.train import Experiment
-from tests.conftest import ROOT, launch, make_config, reference
+from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 
 WALLCLOCK_KEYS = ("train/steps_per_sec", "train/tokens_per_sec")
 
@@ -138,6 +138,58 @@ def test_sample_mode_writes_and_prints(reference_run, capsys):
   assert "_" not in "".join(out["samples"])  # no mask survives
   printed = capsys.readouterr().out
   assert out["path"] in printed and out["samples"][0] in printed
+  rows = [json.loads(line) for line in (workdir / "samples" / "step_12_ancestral.jsonl").read_text().splitlines()]
+  assert [row["text"] for row in rows] == out["samples"]
+  assert rows[0]["nfe"] == 8 and rows[0]["sampler"]["steps"] == 8 and rows[0]["params"] == "ema"
+
+
+def test_sample_command_with_a_prompt_and_the_exact_sampler(reference_run, tmp_path):
+  corpus, workdir, _ = reference_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  args = ("--mode", "sample", "--sampler.name=exact", "--prompt", "the cat", "--num_samples", "2", "--seed", "5")
+  first = launch_tiny(corpus, copy, *args)
+  assert first.returncode == 0, first.stderr
+  rows = [json.loads(line) for line in (copy / "samples" / "step_12_exact.jsonl").read_text().splitlines()]
+  assert len(rows) == 2 and all(row["text"].startswith("the cat") and len(row["text"]) == 16 for row in rows)
+  assert rows[0]["nfe"] == 16 - len("the cat")  # one call per generated token
+  assert rows[0]["seed"] == 5 and rows[0]["prompt"] == "the cat" and rows[0]["text"] in first.stdout
+  again = launch_tiny(corpus, copy, *args)  # a second run never overwrites the first
+  assert again.returncode == 0, again.stderr
+  texts = lambda name: [json.loads(line)["text"] for line in (copy / "samples" / name).read_text().splitlines()]  # noqa: E731
+  assert texts("step_12_exact_2.jsonl") == texts("step_12_exact.jsonl")  # same seed, same samples
+
+
+@pytest.mark.parametrize("sampler", [dict(sampler__name="confidence"),
+                                     dict(sampler__name="semi_ar", sampler__block_length=8, sampler__inner="mean"),
+                                     dict(sampler__name="exact", sampler__tokens_per_call=3, sampler__params="raw")])
+def test_infill_keeps_the_template(reference_run, tmp_path, sampler):
+  corpus, workdir, _ = reference_run
+  template = "the ___ sat __ t"
+  out = run.main(make_config(corpus, **sampler), workdir, "sample", reference=reference(), infill=template,
+                 num_samples=2)
+  for text in out["samples"]:
+    assert len(text) == 16 and "_" not in text
+    assert all(a == b for a, b in zip(text, template) if b != "_")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt="the quick brown fox"), "--prompt is 19 tokens but data.seq_len is 16"),
+    (dict(infill="no gaps here"), "has no gaps"),
+    (dict(prompt="the", infill="a _"), "use one"),
+    (dict(prompt="THE"), "not in the tokenizer's alphabet"),
+    (dict(num_samples=0), "--num_samples=0 must be positive"),
+])
+def test_sample_mode_input_errors(reference_run, kwargs, message):
+  corpus, workdir, _ = reference_run
+  with pytest.raises(UserError, match=message):
+    run.main(make_config(corpus), workdir, "sample", reference=reference(), **kwargs)
+
+
+def test_sampling_flags_outside_sample_mode_are_refused(reference_run):
+  corpus, workdir, _ = reference_run
+  with pytest.raises(UserError, match="--seed only apply to --mode sample.*--config.seed"):
+    run.main(make_config(corpus), workdir, "eval", reference=reference(), seed=3)
 
 
 def test_eval_on_an_empty_workdir_is_a_clear_error(tmp_path, corpus_file):

@@ -67,12 +67,32 @@ def test_type_error_inside_a_config_file(tmp_path, corpus_file):
     ("diffusion__timesteps", -1, "diffusion.timesteps"),
     ("model__num_heads", 5, "num_heads"),
     ("sampler__grid", "log", "unknown time grid"),
+    ("sampler__name", "gibbs", "sampler.name.*choose one of"),
+    ("sampler__inner", "semi_ar", "sampler.inner.*choose one of"),
+    ("sampler__top_p", 0.0, "top_p"),
+    ("sampler__temperature", -1.0, "temperature"),
+    ("sampler__tokens_per_call", 0, "tokens_per_call"),
+    ("sampler__params", "best", "sampler.params"),
     ("train__ema_decay", 1.0, "ema_decay"),
 ])
 def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, message):
   with pytest.raises(UserError, match=message):
     run.main(make_config(corpus_file, **{key: value}), tmp_path / "run", reference=reference())
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(sampler__name="semi_ar", sampler__block_length=5), "block_length=5 must divide data.seq_len=16"),
+    (dict(sampler__name="semi_ar", sampler__block_length=4, sampler__steps=6), "multiple of the 4 semi_ar blocks"),
+])
+def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    run.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+
+
+def test_shorthand_config_flags(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--sampler.nme=exact")
+  assert_clear_error(result, "unknown config key 'nme'", "\"name\"")
 
 
 def test_incompatible_workdir_is_refused(tmp_path, corpus_file):

@@ -102,7 +102,8 @@ def test_only_process_0_writes(runs):
   assert sorted(kinds) == sorted([(step, False) for step in LOG_STEPS] + [(6, True), (8, True), (12, True)])
   for output in (first, second):
     assert "held-out bound" in output[0] and "held-out bound" not in output[1]
-  assert sorted(p.name for p in (paths["two_hosts"] / "samples").iterdir()) == ["step_12.txt", "step_6.txt", "step_8.txt"]
+  assert sorted(p.name for p in (paths["two_hosts"] / "samples").iterdir()) == sorted(
+      f"step_{step}.{suffix}" for step in (6, 8, 12) for suffix in ("txt", "jsonl"))
   assert "resuming from step 8" in second[0]  # restored (by both processes: both exited 0 with step 12 done)
 
 
@@ -122,4 +123,4 @@ def test_eval_and_sample_on_another_mesh(runs, tmp_path):
     result = json.loads((workdir / "eval" / "step_12.json").read_text())
     assert abs(result["eval/bpt"] - reference_bpt) <= 1e-5 * reference_bpt
     printed = run_one(corpus, workdir, "--mode", "sample", "--num_samples", "2", devices=devices)
-    assert "=== sample 1 ===" in printed and (workdir / "samples" / "sample_step_12.txt").exists()
+    assert "=== sample 1 ===" in printed and (workdir / "samples" / "step_12_ancestral.txt").exists()
