@@ -206,7 +206,8 @@ def time_of_mask_prob(schedule, mask_prob_B, iterations: int = 32):
     below = schedule.mask_prob(middle) < mask_prob_B
     return jnp.where(below, middle, low), jnp.where(below, high, middle)
 
-  return jax.lax.fori_loop(0, iterations, halve, (jnp.zeros_like(mask_prob_B), jnp.ones_like(mask_prob_B)))[1]
+  bounds = (jnp.zeros_like(mask_prob_B), jnp.ones_like(mask_prob_B))
+  return jax.lax.fori_loop(0, iterations, halve, bounds, unroll=True)[1]  # unrolled: one fused kernel
 
 
 def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent):
@@ -238,7 +239,8 @@ def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time
     logits = denoise(z_BxL, t_B).astype(jnp.float32)
     tokens_BxL = categorical(token_key, process_logits(logits, settings))
     score_BxL = jnp.where(is_masked_BxL, uniform(position_key, z_BxL.shape), -1.0)
-    unmask_BxL = is_masked_BxL & (_rank_desc(score_BxL) < k)
+    chosen_BxK = jax.lax.top_k(score_BxL, k)[1]  # k uniformly chosen masked positions (fewer if n < k)
+    unmask_BxL = is_masked_BxL & jnp.any(jax.nn.one_hot(chosen_BxK, z_BxL.shape[1], dtype=bool), axis=1)
     return jnp.where(unmask_BxL, tokens_BxL, z_BxL), log_after_BxK[:, -1], nfe + 1
 
   z_BxL, _, nfe = jax.lax.while_loop(unmasking, event, (z_BxL, log_mask_prob_B, jnp.zeros((), jnp.int32)))

@@ -1,0 +1,93 @@
+"""Sampling speed of a config's model with several samplers, printed as one JSON line.
+
+  python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.width=256 \
+      --config.data.seq_len=256 --batch 16 --samplers ancestral:100,ancestral:1000,exact:1
+
+Each sampler is `name:steps` (ancestral, mean, confidence) or `exact:k` (k tokens per call). Freshly
+initialised weights (speed does not depend on them); compilation is excluded. Reports seconds per batch,
+network calls (NFE), seconds per call, and one bare network call's time against the matmul ceiling.
+"""
+
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from md4_jax import sharding  # noqa: E402
+from md4_jax.train import Experiment  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Sequences per batch.")
+_SAMPLERS = flags.DEFINE_list("samplers", ["ancestral:100", "ancestral:1000", "exact:1"],
+                              "name:steps, or exact:tokens_per_call.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 27, "Vocabulary size.")
+_CALL_REPEATS = flags.DEFINE_integer("call_repeats", 10, "Timed bare network calls.")
+flags.mark_flag_as_required("config")
+
+
+def seconds_of(fn, *args) -> float:
+  """Wall time of one call, after a compile that is not timed."""
+  jax.block_until_ready(fn(*args))  # compile + a first run (cached allocations)
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def main(_):
+  config = _CONFIG.value
+  mesh = sharding.make_mesh(config.mesh)
+  base_experiment = Experiment(config, _VOCAB.value, mesh)
+  params = base_experiment.init_state(base_experiment.base_key)["ema_params"]
+  length = config.data.seq_len
+  z_BxL = sharding.replicated_array(np.full((_BATCH.value, length), _VOCAB.value, np.int32), mesh)  # all masked
+  t_B = sharding.replicated_array(np.full((_BATCH.value,), 0.5, np.float32), mesh)
+
+  model_call = jax.jit(lambda p, z, t: nnx.merge(base_experiment.graphdef, p)(z, t))
+  jax.block_until_ready(model_call(params, z_BxL, t_B))
+  start = time.perf_counter()
+  for _ in range(_CALL_REPEATS.value):
+    out = model_call(params, z_BxL, t_B)
+  jax.block_until_ready(out)
+  call_seconds = (time.perf_counter() - start) / _CALL_REPEATS.value
+  forward_flops = common.train_flops_per_token(base_experiment.model_config) / 3 * _BATCH.value * length
+  ceiling = common.matmul_ceiling_flops()
+
+  results = []
+  for spec in _SAMPLERS.value:
+    name, number = spec.split(":")
+    overrides = {"name": name, **({"tokens_per_call": int(number)} if name == "exact" else {"steps": int(number)})}
+    variant = config.copy_and_resolve_references()  # one Experiment per sampler: settings are compiled in
+    variant.sampler.update(overrides)
+    experiment = Experiment(variant, _VOCAB.value, mesh)
+    key = jax.random.key(0)
+    seconds = seconds_of(experiment.sample, params, key, z_BxL)
+    _, nfe = experiment.sample(params, key, z_BxL)
+    results.append({"sampler": spec, "seconds_per_batch": round(seconds, 3), "nfe": int(nfe),
+                    "seconds_per_call": round(seconds / int(nfe), 4)})
+  baseline = next((r for r in results if r["sampler"] == "ancestral:1000"), None)
+  for result in results:
+    if baseline:
+      result["speedup_vs_ancestral_1000"] = round(baseline["seconds_per_batch"] / result["seconds_per_batch"], 2)
+  print(json.dumps({
+      "benchmark": "sample_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
+      "params": base_experiment.num_params(), "batch": _BATCH.value, "seq_len": length, "vocab": _VOCAB.value,
+      "width": config.model.width, "layers": config.model.num_layers, "devices": len(jax.devices()),
+      "network_call_seconds": round(call_seconds, 4),
+      "network_call_gflops_per_sec": round(forward_flops / call_seconds / 1e9, 2),
+      "matmul_ceiling_gflops_per_sec": round(ceiling / 1e9, 2),
+      "network_call_fraction_of_ceiling": round(forward_flops / call_seconds / ceiling, 3),
+      "samplers": results, "peak_rss_gib": round(common.peak_rss_gib(), 3),
+      "jax": jax.__version__, "backend": jax.default_backend()}))
+
+
+if __name__ == "__main__":
+  app.run(main)
