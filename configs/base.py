@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_documents = 0  # prepare only the first N documents (0 = all); for small trials
 
   config.model = ml_collections.ConfigDict()
+  config.model.kind = "md4"  # "md4" (masked diffusion) | "ar" (causal next-token baseline, exact likelihood)
   config.model.num_layers = 4  # transformer blocks
   config.model.width = 128  # model dimension
   config.model.num_heads = 4  # attention heads (width / num_heads must be even)
@@ -63,7 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # sequences per eval batch (the last one is padded and masked)
   config.eval.max_sequences = 0  # 0 = the whole held-out split; N = its first N sequences
-  config.eval.split = "validation"  # held-out split to evaluate: "validation", or "test" (text8)
+  config.eval.time_samples = 1  # K draws of t per sequence (stratified); the bound's std error shrinks with K
+  config.eval.timesteps = -1  # -1 = the training objective's; 0 = continuous-time bound; T = T-step bound
+  config.eval.params = "ema"  # --mode eval evaluates "ema" or "raw" weights
+  config.eval.split = "validation"  # split evaluated in training, logged as eval/...: "validation" or "test" (text8)
 
   config.sampler = ml_collections.ConfigDict()
   # "ancestral" (MD4) | "mean" (draw x0, then unmask) | "exact" (continuous-time reverse process, one event

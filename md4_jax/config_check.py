@@ -8,7 +8,7 @@ import ml_collections
 from md4_jax import sampling, schedules
 from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
-from md4_jax.models.transformer import TransformerConfig
+from md4_jax.train import build_model_config
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 # grad_accum changes only which random numbers are drawn; remat and logits_capacity change only cost.
@@ -17,7 +17,7 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "
                      "eval.", "sampler.", "mesh.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                 "train.keep_checkpoints", "train.grad_accum", "eval.batch_size", "sampler.steps",
+                 "train.keep_checkpoints", "train.grad_accum", "eval.batch_size", "eval.time_samples", "sampler.steps",
                  "sampler.num_samples")
 
 
@@ -63,17 +63,19 @@ def check_values(config) -> None:
   for key in POSITIVE_INTS:
     if flat[key] <= 0:
       raise UserError(f"config key {key!r} = {flat[key]} must be positive")
+  if config.eval.timesteps < -1:
+    raise UserError(f"eval.timesteps={config.eval.timesteps}: use -1 (as trained), 0 (continuous) or T > 0 steps")
   if config.diffusion.timesteps < 0:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
   try:
     schedules.get_schedule(config.diffusion.schedule)
     sampling.time_grid(1, config.sampler.grid)
-    TransformerConfig(vocab_size=1, seq_len=1, **config.model)
+    build_model_config(config, vocab_size=1)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
   choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
-             "sampler.params": ("ema", "raw")}
+             "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw")}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")

@@ -32,6 +32,15 @@ def sample_times(key, batch_size: int, antithetic: bool = True):
   return jax.random.uniform(key, (batch_size,))
 
 
+def stratified_times(key, batch_size: int, draws: int, antithetic: bool = True):
+  """t_KxB for K draws per sequence: (t_b + k / K) mod 1, with t_b from `sample_times`.
+
+  Each sequence's K times cover [0, 1) evenly (stratified, so their mean estimates the
+  integral over t without bias and with less variance than K independent draws).
+  """
+  return jnp.mod(sample_times(key, batch_size, antithetic)[None] + jnp.arange(draws)[:, None] / draws, 1.0)
+
+
 def discretize_times(t_B, timesteps: int):
   """Maps t in [0, 1) to the grid {1/T, ..., 1}, uniform over the T steps."""
   step_B = jnp.floor(t_B * timesteps) + 1.0
@@ -49,7 +58,7 @@ def mask_tokens(key, x0_BxL, mask_prob_B, mask_id: int, token_mask_BxL=None):
   return jnp.where(masked_BxL, mask_id, x0_BxL)
 
 
-def _nll_at(logits_xV, x0_x):
+def token_nll(logits_xV, x0_x):
   """-log softmax(logits)[x0], in float32."""
   logits_xV = logits_xV.astype(jnp.float32)
   target_x = jnp.take_along_axis(logits_xV, x0_x[..., None], axis=-1)[..., 0]
@@ -58,7 +67,7 @@ def _nll_at(logits_xV, x0_x):
 
 def masked_cross_entropy(logits_BxLxV, x0_BxL, z_BxL, mask_id: int):
   """sum over masked positions of -log p(x0 | z_t), per example, in float32."""
-  return jnp.sum(jnp.where(z_BxL == mask_id, _nll_at(logits_BxLxV, x0_BxL), 0.0), axis=-1)
+  return jnp.sum(jnp.where(z_BxL == mask_id, token_nll(logits_BxLxV, x0_BxL), 0.0), axis=-1)
 
 
 def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *, capacity: int, groups: int = 1):
@@ -82,7 +91,7 @@ def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *,
     def one_group(masked_N, h_NxD, x0_N):
       (index_C,) = jnp.nonzero(masked_N, size=capacity, fill_value=0)
       valid_C = jnp.arange(capacity) < jnp.sum(masked_N)
-      nll_C = jnp.where(valid_C, _nll_at(head(h_NxD[index_C]), x0_N[index_C]), 0.0)
+      nll_C = jnp.where(valid_C, token_nll(head(h_NxD[index_C]), x0_N[index_C]), 0.0)
       return jax.ops.segment_sum(nll_C, index_C // length, num_segments=rows)
 
     nll_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
@@ -98,7 +107,8 @@ def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *,
 
 
 def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: int = 0,
-               antithetic: bool = True, token_mask_BxL=None, head=None, capacity: int = 0, groups: int = 1):
+               antithetic: bool = True, token_mask_BxL=None, head=None, capacity: int = 0, groups: int = 1,
+               t_B=None):
   """One-sample estimate of the negative ELBO terms, per example, in nats.
 
   Args:
@@ -114,6 +124,7 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
       logits, applied only at masked positions (see `gathered_masked_cross_entropy`).
     capacity: masked positions gathered per group of rows (with `head`).
     groups: contiguous row blocks gathered separately (with `head`).
+    t_B: times in [0, 1) to use instead of drawing them.
 
   Returns:
     dict of [B] arrays: `diffusion`, `reconstruction`, `prior`, `loss` (their sum),
@@ -125,7 +136,8 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
     token_mask_BxL = jnp.ones_like(x0_BxL)
   num_tokens_B = jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)
   time_key, mask_key = jax.random.split(key)
-  t_B = sample_times(time_key, batch_size, antithetic)
+  if t_B is None:
+    t_B = sample_times(time_key, batch_size, antithetic)
   if timesteps:
     t_B = discretize_times(t_B, timesteps)
   mask_prob_B = schedule.mask_prob(t_B)

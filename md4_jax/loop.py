@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from md4_jax import files, sharding
 from md4_jax.checkpoints import Checkpointer
@@ -114,7 +115,11 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         f"checkpoints to {checkpointer.directory}, samples to {workdir / 'samples'}")
   log = MetricsLog(workdir, resume_step=start)
   stop = {"signal": None}
-  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  # One process notes SIGTERM itself. With several, JAX's preemption service (started by
+  # jax.distributed.initialize) catches SIGTERM on any of them and names one step at which all stop.
+  several_processes = jax.process_count() > 1
+  if not several_processes:
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   last_good, last_eval, pending = start or None, {}, None
   bar = progress_bar(start, cfg.num_steps)
   window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * config.data.seq_len
@@ -148,6 +153,8 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         if pending:
           read(*pending)
       pending = (step, metrics)
+      if several_processes and multihost_utils.reached_preemption_sync_point(step):
+        stop["signal"] = signal.SIGTERM
       is_last = step == cfg.num_steps or stop["signal"] is not None
       do_eval = step % cfg.eval_every == 0 or is_last and stop["signal"] is None
       do_save = step % cfg.checkpoint_every == 0 or is_last
@@ -174,5 +181,6 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
     bar.close()
     checkpointer.close()
     log.close()
-    signal.signal(signal.SIGTERM, previous_handler)
+    if not several_processes:
+      signal.signal(signal.SIGTERM, previous_handler)
   return last_eval

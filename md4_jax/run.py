@@ -68,7 +68,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
     checkpointer.close()
   restored_step = int(state["step"])
   if mode == "eval":
-    return _evaluate(experiment, state, data, workdir, restored_step)
+    return _evaluate(config, experiment, state, workdir, restored_step)
   record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
             "prompt": prompt, "infill": infill}
   start_NxL = np.tile(start_row, (num_samples or config.sampler.num_samples, 1))
@@ -99,19 +99,45 @@ def _check_workdir(config, workdir: pathlib.Path, training: bool, reference=None
     raise UserError(f"{workdir} has checkpoints but no config.json, so its config is unknown; use a new --workdir")
 
 
-def _evaluate(experiment, state, data, workdir, step) -> dict:
-  result = {f"eval/{k}": v for k, v in loop.evaluate(experiment, state["ema_params"], data).items()}
+def _evaluate(config, experiment, state, workdir, step) -> dict:
+  """--mode eval: the bound over every held-out split; eval/step_N.json and .md, and a metrics.jsonl line.
+
+  Keys: `eval/...` for eval.split (as during training), `eval/<split>/...` for the other splits.
+  """
+  params = state["ema_params"] if config.eval.params == "ema" else state["params"]
+  per_split = {}
+  for split in pipeline.held_out_splits(config.data.source):
+    data = pipeline.load_data(config.data, split, workdir / "tokenizer.json")
+    per_split[split] = loop.evaluate(experiment, params, data)
+  result = {}
+  for split, values in per_split.items():
+    prefix = "eval/" if split == config.eval.split else f"eval/{split}/"
+    result.update({prefix + key: value for key, value in values.items()})
+  timesteps = config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
+  bound = "continuous-time" if timesteps == 0 else f"{timesteps}-step discrete-time"
   if jax.process_index() == 0:
-    out = workdir / "eval" / f"step_{step}.json"
+    out = workdir / "eval" / f"step_{step}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"step": step, **result}, indent=2))
+    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(
+        {"step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
+         **result, "splits": per_split}, indent=2))
+    table = _markdown_table(per_split, step, config.eval.params, bound, config.eval.time_samples)
+    files.write_text_atomically(out.with_name(out.name + ".md"), table)
     log = MetricsLog(workdir, resume_step=None)
     log.write(step, result)
     log.close()
-    print(f"step {step}: held-out bound {result['eval/bpt']:.4f} +- {result['eval/bpt_stderr']:.4f} bits/token, "
-          f"perplexity <= {result['eval/ppl']:.4f} over {result['eval/num_tokens']:,} tokens")
-    print(f"wrote {out} and a line in {workdir / 'metrics.jsonl'}")
+    print(table)
+    print(f"wrote {out}.json, {out}.md and a line in {workdir / 'metrics.jsonl'}")
   return result
+
+
+def _markdown_table(per_split: dict, step: int, params: str, bound: str, time_samples: int) -> str:
+  lines = [f"Step {step}, {params} params: {bound} negative-ELBO bound, {time_samples} time sample(s) per sequence.",
+           "", "| split | tokens | nats/token | bits/token (+- std error) | perplexity <= |", "|---|---|---|---|---|"]
+  for split, v in per_split.items():
+    lines.append(f"| {split} | {v['num_tokens']:,} | {v['nats']:.4f} | {v['bpt']:.4f} +- {v['bpt_stderr']:.4f} | "
+                 f"{v['ppl']:.3f} |")
+  return "\n".join(lines) + "\n"
 
 
 def _sample(experiment, state, data, workdir, start_NxL, record) -> dict:

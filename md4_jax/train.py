@@ -13,13 +13,23 @@ import numpy as np
 import optax
 from flax import nnx
 
-from md4_jax import diffusion, sampling, sharding
+from md4_jax import autoregressive, diffusion, sampling, sharding
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from md4_jax.schedules import get_schedule
 
 
+MODEL_KINDS = ("md4", "ar")
+
+
 def build_model_config(config, vocab_size: int) -> TransformerConfig:
-  return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
+  """model.* -> the network's config. model.kind="ar" is causal and has no time input."""
+  model = dict(config.model)
+  kind = model.pop("kind")
+  if kind not in MODEL_KINDS:
+    raise ValueError(f"model.kind={kind!r}: choose one of {MODEL_KINDS}")
+  if kind == "ar":
+    model.update(causal=True, time_conditioning=False)
+  return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **model)
 
 
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
@@ -33,6 +43,8 @@ def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int) -> fl
   so auto takes its worst case over u plus 4 binomial standard deviations: the exact
   fallback then almost never runs.
   """
+  if config.model.kind == "ar":  # every position is a target
+    return 1.0
   fraction = config.train.logits_capacity
   if fraction != -1:
     return float(fraction)
@@ -113,8 +125,12 @@ class Experiment:
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
             "opt_state": self.optimizer.init(params)}
 
-  def _terms(self, params, batch, key):
+  def _terms(self, params, batch, key, t_B=None, timesteps=None):
     model = nnx.merge(self.graphdef, params)
+    if self.config.model.kind == "ar":
+      return autoregressive.nll_terms(model, batch["tokens"], vocab_size=self.vocab_size,
+                                      token_mask_BxL=batch["token_mask"])
+    timesteps = self.config.diffusion.timesteps if timesteps is None else timesteps
     batch_size, length = batch["tokens"].shape
     gather = {}
     if self.capacity_fraction < 1.0:
@@ -122,8 +138,8 @@ class Experiment:
       gather = {"head": model.head_logits, "capacity": capacity, "groups": self.batch_groups}
     return diffusion.elbo_terms(
         model.features if gather else model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
-        timesteps=self.config.diffusion.timesteps, antithetic=self.config.diffusion.antithetic,
-        token_mask_BxL=batch["token_mask"], **gather)
+        timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=batch["token_mask"],
+        t_B=t_B, **gather)
 
   def _loss_and_grads(self, params, batch, key, total_tokens):
     """Gradient of (sum of per-example losses) / total_tokens, and the metric sums, for one microbatch."""
@@ -177,8 +193,24 @@ class Experiment:
     return new_state, metrics
 
   def _eval_step(self, params, batch, key):
-    """Sums over the batch (padding excluded) so a full pass adds up exactly."""
-    terms = self._terms(params, batch, key)
+    """Sums over the batch (padding excluded) so a full pass adds up exactly.
+
+    Each sequence's bound is the mean over eval.time_samples = K draws of t, stratified per sequence
+    (`diffusion.stratified_times`), each with its own masks; eval.timesteps picks the bound
+    (-1: the training objective's, 0: continuous time, T: the T-step discrete-time bound).
+    """
+    cfg = self.config.eval
+    timesteps = self.config.diffusion.timesteps if cfg.timesteps < 0 else cfg.timesteps
+    draws = 1 if self.config.model.kind == "ar" else cfg.time_samples  # the AR likelihood is exact
+    time_key, mask_key = jax.random.split(key)
+    t_KxB = diffusion.stratified_times(time_key, batch["tokens"].shape[0], draws, self.config.diffusion.antithetic)
+
+    def one_draw(_, draw):
+      k, t_B = draw
+      return None, self._terms(params, batch, jax.random.fold_in(mask_key, k), t_B=t_B, timesteps=timesteps)
+
+    _, terms_K = jax.lax.scan(one_draw, None, (jnp.arange(draws), t_KxB))
+    terms = jax.tree.map(lambda x: jnp.mean(x, axis=0), terms_K)
     real_B = (terms["num_tokens"] > 0).astype(jnp.float32)
     sums = {f"{name}_sum": jnp.sum(terms[name] * real_B) for name in ("loss", "diffusion", "reconstruction", "prior")}
     sums["loss_sq_sum"] = jnp.sum(jnp.square(terms["loss"]) * real_B)
@@ -188,6 +220,8 @@ class Experiment:
 
   def _sample(self, params, key, z_BxL):
     model = nnx.merge(self.graphdef, params)
+    if self.config.model.kind == "ar":
+      return autoregressive.sample(model, key, z_BxL, self.sampler_settings, vocab_size=self.vocab_size)
     return sampling.sample(model, key, self.schedule, z_BxL, self.sampler_settings, vocab_size=self.vocab_size,
                            time_dependent=self.config.model.time_conditioning)
 

@@ -13,7 +13,8 @@ from tests.conftest import reference
 
 
 @pytest.mark.parametrize("module", ["configs.base", "configs.quickstart", "configs.text8", "configs.owt_small",
-                                    "configs.owt_medium", "configs.fineweb_edu", "configs.lm1b", "tests.tiny_config"])
+                                    "configs.owt_medium", "configs.fineweb_edu", "configs.lm1b", "configs.quickstart_ar",
+                                    "configs.quickstart_sweep", "tests.tiny_config"])
 def test_config_validates_and_builds(module):
   config = importlib.import_module(module).get_config()
   config_check.check_keys(config, reference())

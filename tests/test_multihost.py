@@ -7,10 +7,13 @@ restore path.
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,3 +127,35 @@ def test_eval_and_sample_on_another_mesh(runs, tmp_path):
     assert abs(result["eval/bpt"] - reference_bpt) <= 1e-5 * reference_bpt
     printed = run_one(corpus, workdir, "--mode", "sample", "--num_samples", "2", devices=devices)
     assert "=== sample 1 ===" in printed and (workdir / "samples" / "step_12_ancestral.txt").exists()
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+  """A preemption notice reaching one process only: both save the same checkpoint and exit 143."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(CORPUS)
+  workdir = tmp_path / "run"
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    port = probe.getsockname()[1]
+  long_run = ("--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+              "--config.train.eval_every=100000")
+  workers = [subprocess.Popen(command(corpus, workdir, *long_run, f"--coordinator_address=localhost:{port}",
+                                      "--num_processes=2", f"--process_id={i}"),
+                              cwd=ROOT, env=environment(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.monotonic() + 240
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+    assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "training did not start"
+    time.sleep(0.5)
+  workers[1].send_signal(signal.SIGTERM)
+  outputs = [worker.communicate(timeout=120) for worker in workers]
+  assert [worker.returncode for worker in workers] == [143, 143], [err[-2000:] for _, err in outputs]
+  saved = re.search(r"SIGTERM: saved checkpoint (\d+)", outputs[0][0])
+  assert saved, outputs[0][0][-2000:]
+  step = int(saved.group(1))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+  # The checkpoint is whole: both processes restore it and train on.
+  run_two_processes(corpus, workdir, f"--config.train.num_steps={step + 2}", "--config.train.log_every=1",
+                    *long_run[1:])
+  assert max(logged(workdir, "train/loss")) == step + 2

@@ -74,13 +74,18 @@ def _tokenizer(data_config, train_text: str | None = None):
   return tokenizers.make_tokenizer(data_config.tokenizer, bpe_path=data_config.tokenizer_path)
 
 
+def held_out_splits(source: str) -> tuple[str, ...]:
+  """The held-out splits a source has (text8 has its standard test split besides validation)."""
+  return ("validation", "test") if source == "text8" else ("validation",)
+
+
 def load_data(data_config, eval_split: str = "validation", tokenizer_file: pathlib.Path | None = None) -> Data:
   """Rows of the configured source. `tokenizer_file`: a run's saved tokenizer, reused when present."""
   source, seq_len = data_config.source, data_config.seq_len
   saved = tokenizers.load_tokenizer(tokenizer_file) if tokenizer_file and tokenizer_file.exists() else None
   if source not in SOURCES:
     raise UserError(f"data.source={source!r} is not known; choose one of {SOURCES}")
-  if eval_split != "validation" and source not in ("text8",):
+  if eval_split not in held_out_splits(source):
     raise UserError(f"eval.split={eval_split!r}: data.source={source!r} has only a 'validation' split")
   if source in TEXT_SOURCES or source == "tokens":
     if source == "tokens":

@@ -27,6 +27,7 @@ class TransformerConfig:
   time_conditioning: bool = True  # adaLN-zero on t; without it the network is time-independent (RADD)
   dtype: str = "float32"  # compute dtype of activations and matmuls; params stay float32
   remat: str = "none"  # "block": recompute each block's activations in the backward pass
+  causal: bool = False  # attention to earlier positions only (the autoregressive baseline)
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -103,13 +104,16 @@ class Attention(nnx.Module):
     self.key = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
     self.value = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
     self.out = Dense(qkv_shape, (cfg.width,), ("heads", "kv", "embed"), rngs)
-    self.use_rope = cfg.positions == "rope"
+    self.use_rope, self.causal = cfg.positions == "rope", cfg.causal
 
   def __call__(self, x_BxLxD):
     q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
     if self.use_rope:
       q, k = rope(q), rope(k)
     scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
+    if self.causal:
+      length = scores_BxHxLxL.shape[-1]
+      scores_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores_BxHxLxL, -jnp.inf)
     probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL / math.sqrt(q.shape[-1]), axis=-1).astype(v.dtype)
     return self.out(jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v))
 
