@@ -75,7 +75,8 @@ def check_values(config) -> None:
     raise UserError(f"bad config value: {error}") from error
   choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
-             "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw")}
+             "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw"),
+             "eval.suite": ("bound", "samples")}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")

@@ -72,11 +72,7 @@ def write_samples(experiment: Experiment, params, tokenizer, stem: pathlib.Path,
                   record: dict) -> tuple[list[str], int, float]:
   """Fills the mask ids of start_NxL with the configured sampler; writes stem.txt (readable) and stem.jsonl
   (one object per sample: text, NFE, sampler settings and `record`). Returns (texts, NFE, seconds)."""
-  start_NxL = sharding.replicated_array(start_NxL, experiment.mesh)
-  experiment.sample.lower(params, key, start_NxL).compile()  # compiled apart from the timed call (jit reuses it)
-  start_time = time.perf_counter()
-  tokens_NxL, nfe = jax.device_get(experiment.sample(params, key, start_NxL))
-  seconds = time.perf_counter() - start_time
+  tokens_NxL, nfe, seconds = draw_samples(experiment, params, key, start_NxL)
   texts = [tokenizer.decode(row) for row in np.asarray(tokens_NxL)]
   if jax.process_index() == 0:
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +80,18 @@ def write_samples(experiment: Experiment, params, tokenizer, stem: pathlib.Path,
     files.write_text_atomically(stem.with_name(stem.name + ".txt"),
                                 "".join(f"=== sample {i} ===\n{text}\n\n" for i, text in enumerate(texts)))
     files.write_text_atomically(stem.with_name(stem.name + ".jsonl"), "".join(
-        json.dumps({"index": i, "text": text, **record, "sampler": settings, "nfe": int(nfe),
+        json.dumps({"index": i, "text": text, **record, "sampler": settings, "nfe": nfe,
                     "seconds": round(seconds, 3)}) + "\n" for i, text in enumerate(texts)))
-  return texts, int(nfe), seconds
+  return texts, nfe, seconds
+
+
+def draw_samples(experiment: Experiment, params, key, start_NxL: np.ndarray) -> tuple[np.ndarray, int, float]:
+  """(tokens_NxL, NFE, seconds of the call without compilation): start_NxL's mask ids filled."""
+  start_NxL = sharding.replicated_array(start_NxL, experiment.mesh)
+  experiment.sample.lower(params, key, start_NxL).compile()  # compiled apart from the timed call (jit reuses it)
+  start_time = time.perf_counter()
+  tokens_NxL, nfe = jax.device_get(experiment.sample(params, key, start_NxL))
+  return np.asarray(tokens_NxL), int(nfe), time.perf_counter() - start_time
 
 
 def unconditional_start(experiment: Experiment, num_samples: int) -> np.ndarray:

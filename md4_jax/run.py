@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from md4_jax import conditioning, config_check, files, loop, sharding
+from md4_jax import conditioning, config_check, files, loop, sample_quality, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
@@ -67,6 +67,8 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   finally:
     checkpointer.close()
   restored_step = int(state["step"])
+  if mode == "eval" and config.eval.suite == "samples":
+    return _evaluate_samples(config, experiment, state, data, workdir, restored_step)
   if mode == "eval":
     return _evaluate(config, experiment, state, workdir, restored_step)
   record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
@@ -128,6 +130,34 @@ def _evaluate(config, experiment, state, workdir, step) -> dict:
     log.close()
     print(table)
     print(f"wrote {out}.json, {out}.md and a line in {workdir / 'metrics.jsonl'}")
+  return result
+
+
+def _evaluate_samples(config, experiment, state, data, workdir, step) -> dict:
+  """--mode eval --eval.suite=samples: eval/samples_step_N.json and .md (see md4_jax.sample_quality)."""
+  params = state["ema_params"] if config.eval.params == "ema" else state["params"]
+  key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, loop.SAMPLE_SALT), step)
+  rows, judge = sample_quality.evaluate(config, params, data, experiment.mesh, key)
+  data_entropy = sample_quality.held_out_unigram_entropy_bits(data.eval, data.tokenizer.vocab_size)
+  judge_text = f"judge {judge.workdir} (step {judge.step})" if judge else "no judge (set eval.judge)"
+  lines = [f"Step {step}, {config.eval.params} params, {config.sampler.num_samples} samples per sampler; "
+           f"{judge_text}. Held-out data's unigram entropy: {data_entropy:.3f} bits.", "",
+           "| sampler | network calls | seconds | generative perplexity | unigram entropy (bits) |",
+           "|---|---|---|---|---|"]
+  for row in rows:
+    ppl = f"{row['gen_ppl']:.3f}" if row["gen_ppl"] is not None else "-"
+    lines.append(f"| {row['sampler']} | {row['nfe']} | {row['seconds']:.1f} | {ppl} | "
+                 f"{row['unigram_entropy_bits']:.3f} |")
+  table = "\n".join(lines) + "\n"
+  result = {"step": step, "params": config.eval.params, "judge": judge and judge.workdir,
+            "held_out_unigram_entropy_bits": data_entropy, "samplers": rows}
+  if jax.process_index() == 0:
+    out = workdir / "eval" / f"samples_step_{step}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(result, indent=2))
+    files.write_text_atomically(out.with_name(out.name + ".md"), table)
+    print(table)
+    print(f"wrote {out}.json and {out}.md")
   return result
 
 

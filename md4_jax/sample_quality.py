@@ -1,0 +1,107 @@
+"""Sample quality (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
+
+For each sampler variant in eval.samplers ("ancestral:100,exact:1": name:steps, or exact:k tokens per
+call) it draws sampler.num_samples unconditional samples from the checkpoint and reports
+- generative perplexity: exp(mean next-token NLL per token) of the samples under the judge, an
+  autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params);
+- unigram entropy in bits of the samples' token frequencies (a repetitive sampler scores low; the
+  held-out data's own unigram entropy is printed beside it);
+- network calls and seconds per batch.
+"""
+
+import json
+import math
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from md4_jax import autoregressive, loop, sharding
+from md4_jax.checkpoints import Checkpointer
+from md4_jax.data import tokenizers
+from md4_jax.errors import UserError
+from md4_jax.train import Experiment
+
+
+def unigram_entropy_bits(tokens, vocab_size: int) -> float:
+  """Entropy of the token frequencies over all positions of all samples, in bits."""
+  counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size)
+  freq = counts[counts > 0] / counts.sum()
+  return float(-np.sum(freq * np.log2(freq)))
+
+
+def held_out_unigram_entropy_bits(rows, vocab_size: int, max_rows: int = 2000) -> float:
+  """The same statistic on (up to max_rows of) the held-out split's real tokens, for comparison."""
+  tokens = [row["tokens"][row["token_mask"] > 0] for row in (rows[i] for i in range(min(len(rows), max_rows)))]
+  return unigram_entropy_bits(np.concatenate(tokens), vocab_size)
+
+
+def parse_variants(spec: str) -> list[dict]:
+  """"ancestral:100,exact:1" -> [{"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 1}]."""
+  variants = []
+  for item in filter(None, (part.strip() for part in spec.split(","))):
+    name, _, number = item.partition(":")
+    if not number.isdigit() or int(number) < 1:
+      raise UserError(f"eval.samplers item {item!r}: write name:steps (e.g. ancestral:100) or exact:k")
+    variants.append({"name": name, ("tokens_per_call" if name == "exact" else "steps"): int(number)})
+  if not variants:
+    raise UserError("eval.samplers is empty: list sampler variants, e.g. --eval.samplers=ancestral:100,exact:1")
+  return variants
+
+
+class Judge:
+  """An autoregressive run restored from its workdir; scores token sequences by their exact NLL."""
+
+  def __init__(self, workdir: str, tokenizer, mesh):
+    path = pathlib.Path(workdir).expanduser()
+    if not (path / "config.json").is_file():
+      raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
+                      f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
+    config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
+    if config.model.get("kind", "md4") != "ar":
+      raise UserError(f"eval.judge={workdir!r} is an MD4 run; the judge must be autoregressive (model.kind='ar')")
+    judge_tokenizer = tokenizers.load_tokenizer(path / "tokenizer.json")
+    if judge_tokenizer.to_json() != tokenizer.to_json():
+      raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({judge_tokenizer.name}, "
+                      f"{judge_tokenizer.vocab_size} ids); it must read the same token ids as this run")
+    self.experiment = Experiment(config, judge_tokenizer.vocab_size, mesh)
+    checkpointer = Checkpointer(path / "checkpoints")
+    try:
+      state, _ = checkpointer.restore(None, self.experiment.abstract_state)
+    finally:
+      checkpointer.close()
+    self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
+    vocab_size = judge_tokenizer.vocab_size
+    graphdef = self.experiment.graphdef
+
+    def total_nll(params, tokens_NxL):
+      return autoregressive.nll_terms(nnx.merge(graphdef, params), tokens_NxL, vocab_size=vocab_size)["loss"].sum()
+
+    self._total_nll = jax.jit(total_nll, out_shardings=sharding.replicated(mesh))
+
+  def perplexity(self, tokens_NxL: np.ndarray) -> float:
+    """exp(mean NLL per token) of the sequences under the judge."""
+    nll = float(self._total_nll(self.params, sharding.replicated_array(np.asarray(tokens_NxL, np.int32),
+                                                                       self.experiment.mesh)))
+    return math.exp(nll / tokens_NxL.size)
+
+
+def evaluate(config, params, data, mesh, key) -> tuple[list[dict], Judge | None]:
+  """One row per sampler variant (sampler, NFE, seconds, generative perplexity, unigram entropy, a sample),
+  and the judge used (None without eval.judge)."""
+  judge = Judge(config.eval.judge, data.tokenizer, mesh) if config.eval.judge else None
+  rows = []
+  for index, overrides in enumerate(parse_variants(config.eval.samplers)):
+    variant = config.copy_and_resolve_references()
+    variant.sampler.update(overrides)
+    experiment = Experiment(variant, data.tokenizer.vocab_size, mesh)
+    start = loop.unconditional_start(experiment, config.sampler.num_samples)
+    tokens, nfe, seconds = loop.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
+    label = ":".join(str(v) for v in overrides.values())
+    rows.append({"sampler": label, "nfe": nfe, "seconds": round(seconds, 3),
+                 "gen_ppl": judge.perplexity(tokens) if judge else None,
+                 "unigram_entropy_bits": unigram_entropy_bits(tokens, data.tokenizer.vocab_size),
+                 "sample": data.tokenizer.decode(tokens[0])})
+  return rows, judge

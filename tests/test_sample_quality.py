@@ -1,0 +1,70 @@
+"""Sample quality: unigram entropy, generative perplexity under an AR judge, the per-sampler table."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from md4_jax import autoregressive, run, sample_quality, sharding
+from md4_jax.data import tokenizers
+from md4_jax.errors import UserError
+from tests.conftest import CORPUS, make_config, reference
+
+
+def test_unigram_entropy_sees_repetition():
+  assert sample_quality.unigram_entropy_bits(np.zeros((4, 16), int), 27) == 0.0
+  assert sample_quality.unigram_entropy_bits(np.tile([0, 1], (4, 8)), 27) == pytest.approx(1.0)
+  assert sample_quality.unigram_entropy_bits(np.arange(32).reshape(2, 16), 32) == pytest.approx(5.0)
+
+
+def test_sampler_variants_parse_or_fail_clearly():
+  assert sample_quality.parse_variants("ancestral:100, exact:2") == [
+      {"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 2}]
+  for bad in ("ancestral", "exact:0", ""):
+    with pytest.raises(UserError, match="eval.samplers"):
+      sample_quality.parse_variants(bad)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("quality")
+  corpus = root / "corpus.txt"
+  corpus.write_text(CORPUS)
+  run.main(make_config(corpus), root / "md4", "train", reference=reference())
+  run.main(make_config(corpus, model__kind="ar"), root / "ar", "train", reference=reference())
+  return corpus, root
+
+
+def test_samples_suite_writes_a_table_per_sampler(runs):
+  corpus, root = runs
+  config = make_config(corpus, eval__suite="samples", eval__samplers="ancestral:4,exact:1",
+                       eval__judge=str(root / "ar"), sampler__num_samples=3)
+  result = run.main(config, root / "md4", "eval", reference=reference())
+  assert [row["sampler"] for row in result["samplers"]] == ["ancestral:4", "exact:1"]
+  assert [row["nfe"] for row in result["samplers"]] == [4, 16]
+  for row in result["samplers"]:
+    assert 1.0 < row["gen_ppl"] < 1e4 and 0 < row["unigram_entropy_bits"] <= math.log2(27)
+  assert 3.0 < result["held_out_unigram_entropy_bits"] < math.log2(27)
+  table = (root / "md4" / "eval" / "samples_step_12.md").read_text()
+  assert "| exact:1 | 16 |" in table
+  assert json.loads((root / "md4" / "eval" / "samples_step_12.json").read_text())["judge"] == str(root / "ar")
+
+
+def test_judge_perplexity_is_the_exact_likelihood(runs):
+  corpus, root = runs
+  tokenizer = tokenizers.load_tokenizer(root / "ar" / "tokenizer.json")
+  judge = sample_quality.Judge(str(root / "ar"), tokenizer, sharding.make_mesh(make_config(corpus).mesh))
+  tokens = np.asarray([tokenizer.encode("the cat sat on t"), tokenizer.encode("a fat rat ate th")])
+  network = nnx.merge(judge.experiment.graphdef, judge.params)
+  nll = float(autoregressive.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"].sum())
+  assert judge.perplexity(tokens) == pytest.approx(math.exp(nll / tokens.size), rel=1e-5)
+
+
+@pytest.mark.parametrize("judge, message", [("md4", "must be autoregressive"), ("none", "holds no run")])
+def test_a_bad_judge_is_a_clear_error(runs, judge, message):
+  corpus, root = runs
+  config = make_config(corpus, eval__suite="samples", eval__judge=str(root / judge))
+  with pytest.raises(UserError, match=message):
+    run.main(config, root / "md4", "eval", reference=reference())
