@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.suite = "bound"  # --mode eval: "bound" (the likelihood bound) | "samples" (sample quality)
   config.eval.samplers = "ancestral:128,exact:1"  # suite=samples: variants, name:steps or exact:tokens_per_call
   config.eval.judge = ""  # suite=samples: workdir of an AR run (model.kind=ar) that scores samples; "" = none
+  config.eval.bound_steps = "16,64,256"  # --mode eval also reports the T-step bound for these T (report.md plot)
   config.eval.params = "ema"  # --mode eval evaluates "ema" or "raw" weights
   config.eval.split = "validation"  # split evaluated in training, logged as eval/...: "validation" or "test" (text8)
 

@@ -81,6 +81,7 @@ def check_values(config) -> None:
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
   _check_sampler(config.sampler, config.data.seq_len)
+  bound_steps(config.eval.bound_steps)
   if config.train.batch_size % config.train.grad_accum:
     raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
                     f"{config.train.batch_size} (each microbatch has batch_size / grad_accum sequences)")
@@ -89,6 +90,14 @@ def check_values(config) -> None:
     raise UserError(f"train.logits_capacity={capacity}: use -1 (automatic) or a share of positions in (0, 1]")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
+
+
+def bound_steps(spec: str) -> list[int]:
+  """eval.bound_steps "16,64,256" -> [16, 64, 256]."""
+  items = [item.strip() for item in spec.split(",") if item.strip()]
+  if not all(item.isdigit() and int(item) > 0 for item in items):
+    raise UserError(f"eval.bound_steps={spec!r}: write positive step counts separated by commas, e.g. 16,64,256")
+  return [int(item) for item in items]
 
 
 def _check_sampler(sampler, seq_len: int) -> None:

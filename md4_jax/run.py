@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from md4_jax import conditioning, config_check, files, loop, sample_quality, sharding
+from md4_jax import conditioning, config_check, files, loop, report, sample_quality, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
@@ -117,19 +117,30 @@ def _evaluate(config, experiment, state, workdir, step) -> dict:
     result.update({prefix + key: value for key, value in values.items()})
   timesteps = config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
   bound = "continuous-time" if timesteps == 0 else f"{timesteps}-step discrete-time"
+  main = per_split[config.eval.split]
+  bound_by_steps = [{"steps": timesteps, "bpt": main["bpt"], "bpt_stderr": main["bpt_stderr"]}]
+  if config.model.kind == "md4":  # the AR likelihood has no steps
+    data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
+    for steps in config_check.bound_steps(config.eval.bound_steps):
+      variant = config.copy_and_resolve_references()
+      variant.eval.timesteps = steps
+      values = loop.evaluate(Experiment(variant, experiment.vocab_size, experiment.mesh), params, data)
+      bound_by_steps.append({"steps": steps, "bpt": values["bpt"], "bpt_stderr": values["bpt_stderr"]})
+  bound_by_steps.sort(key=lambda row: row["steps"] or float("inf"))
   if jax.process_index() == 0:
     out = workdir / "eval" / f"step_{step}"
     out.parent.mkdir(parents=True, exist_ok=True)
     files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(
         {"step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
-         **result, "splits": per_split}, indent=2))
+         **result, "splits": per_split, "bound_by_steps": bound_by_steps}, indent=2))
     table = _markdown_table(per_split, step, config.eval.params, bound, config.eval.time_samples)
     files.write_text_atomically(out.with_name(out.name + ".md"), table)
     log = MetricsLog(workdir, resume_step=None)
     log.write(step, result)
     log.close()
+    report_path = report.write(workdir, config, step, table, bound_by_steps if len(bound_by_steps) > 1 else [])
     print(table)
-    print(f"wrote {out}.json, {out}.md and a line in {workdir / 'metrics.jsonl'}")
+    print(f"wrote {out}.json, {out}.md, {report_path} and a line in {workdir / 'metrics.jsonl'}")
   return result
 
 

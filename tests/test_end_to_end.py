@@ -142,6 +142,11 @@ def test_eval_mode_raw_params_time_samples_and_table(reference_run, tmp_path):
   assert saved["splits"]["validation"]["bpt"] == raw["eval/bpt"]
   table = (copy / "eval" / "step_12.md").read_text()
   assert "| validation |" in table and f"{raw['eval/bpt']:.4f} +- {raw['eval/bpt_stderr']:.4f}" in table
+  assert [row["steps"] for row in saved["bound_by_steps"]] == [16, 64, 256, 0]
+  report = (copy / "eval" / "report.md").read_text()
+  assert table in report and "| 64 |" in report and "![bound versus steps](bound_vs_steps.png)" in report
+  for image in ("bound_vs_steps.png", "curves.png"):
+    assert (copy / "eval" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sample_mode_writes_and_prints(reference_run, capsys):
