@@ -50,6 +50,8 @@ def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path) -> None:
     axes.errorbar([r["steps"] for r in finite], [r["bpt"] for r in finite], [r["bpt_stderr"] for r in finite],
                   marker="o", label="T-step bound")
     axes.set_xscale("log")
+    axes.set_xticks([r["steps"] for r in finite], [str(r["steps"]) for r in finite])
+    axes.minorticks_off()
   for row in rows:
     if row["steps"] == 0:
       axes.axhline(row["bpt"], linestyle="--", color="gray", label="continuous time")
