@@ -22,7 +22,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from md4_jax import sharding  # noqa: E402
+from md4_jax import loop, sample_quality, sharding  # noqa: E402
 from md4_jax.train import Experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
@@ -34,21 +34,14 @@ _CALL_REPEATS = flags.DEFINE_integer("call_repeats", 10, "Timed bare network cal
 flags.mark_flag_as_required("config")
 
 
-def timed_call(fn, *args):
-  """(result, wall seconds) of one call; compiled first, untimed (jit reuses the compilation)."""
-  fn.lower(*args).compile()
-  start = time.perf_counter()
-  result = jax.block_until_ready(fn(*args))
-  return result, time.perf_counter() - start
-
-
 def main(_):
   config = _CONFIG.value
   mesh = sharding.make_mesh(config.mesh)
   base_experiment = Experiment(config, _VOCAB.value, mesh)
   params = base_experiment.init_state(base_experiment.base_key)["ema_params"]
   length = config.data.seq_len
-  z_BxL = sharding.replicated_array(np.full((_BATCH.value, length), _VOCAB.value, np.int32), mesh)  # all masked
+  all_masked = np.full((_BATCH.value, length), _VOCAB.value, np.int32)
+  z_BxL = sharding.replicated_array(all_masked, mesh)
   t_B = sharding.replicated_array(np.full((_BATCH.value,), 0.5, np.float32), mesh)
 
   model_call = jax.jit(lambda p, z, t: nnx.merge(base_experiment.graphdef, p)(z, t))
@@ -62,16 +55,13 @@ def main(_):
   ceiling = common.matmul_ceiling_flops()
 
   results = []
-  for spec in _SAMPLERS.value:
-    name, number = spec.split(":")
-    overrides = {"name": name, **({"tokens_per_call": int(number)} if name == "exact" else {"steps": int(number)})}
+  for spec, overrides in zip(_SAMPLERS.value, sample_quality.parse_variants(",".join(_SAMPLERS.value))):
     variant = config.copy_and_resolve_references()  # one Experiment per sampler: settings are compiled in
     variant.sampler.update(overrides)
     experiment = Experiment(variant, _VOCAB.value, mesh)
-    key = jax.random.key(0)
-    (_, nfe), seconds = timed_call(experiment.sample, params, key, z_BxL)
-    results.append({"sampler": spec, "seconds_per_batch": round(seconds, 3), "nfe": int(nfe),
-                    "seconds_per_call": round(seconds / int(nfe), 4)})
+    _, nfe, seconds = loop.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
+    results.append({"sampler": spec, "seconds_per_batch": round(seconds, 3), "nfe": nfe,
+                    "seconds_per_call": round(seconds / nfe, 4)})
   baseline = next((r for r in results if r["sampler"] == "ancestral:1000"), None)
   for result in results:
     if baseline:

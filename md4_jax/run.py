@@ -18,7 +18,7 @@ from md4_jax.data import pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.logging import MetricsLog
 from md4_jax.models.transformer import Transformer
-from md4_jax.train import Experiment, build_model_config
+from md4_jax.train import Experiment, build_model_config, eval_timesteps
 
 MODES = ("train", "eval", "sample", "prepare", "params")
 
@@ -70,11 +70,16 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   if mode == "eval" and config.eval.suite == "samples":
     return _evaluate_samples(config, experiment, state, data, workdir, restored_step)
   if mode == "eval":
-    return _evaluate(config, experiment, state, workdir, restored_step)
+    return _evaluate(config, experiment, state, data, workdir, restored_step)
   record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
             "prompt": prompt, "infill": infill}
   start_NxL = np.tile(start_row, (num_samples or config.sampler.num_samples, 1))
   return _sample(experiment, state, data, workdir, start_NxL, record)
+
+
+def _chosen_params(state, which: str):
+  """The EMA ("ema") or raw ("raw") weights of a restored state."""
+  return state["ema_params"] if which == "ema" else state["params"]
 
 
 def _describe(config) -> dict:
@@ -101,26 +106,27 @@ def _check_workdir(config, workdir: pathlib.Path, training: bool, reference=None
     raise UserError(f"{workdir} has checkpoints but no config.json, so its config is unknown; use a new --workdir")
 
 
-def _evaluate(config, experiment, state, workdir, step) -> dict:
+def _evaluate(config, experiment, state, data, workdir, step) -> dict:
   """--mode eval: the bound over every held-out split; eval/step_N.json and .md, and a metrics.jsonl line.
 
+  `data` holds eval.split; other held-out splits are loaded here.
   Keys: `eval/...` for eval.split (as during training), `eval/<split>/...` for the other splits.
   """
-  params = state["ema_params"] if config.eval.params == "ema" else state["params"]
+  params = _chosen_params(state, config.eval.params)
   per_split = {}
   for split in pipeline.held_out_splits(config.data.source):
-    data = pipeline.load_data(config.data, split, workdir / "tokenizer.json")
-    per_split[split] = loop.evaluate(experiment, params, data)
+    split_data = data if split == config.eval.split else pipeline.load_data(config.data, split,
+                                                                             workdir / "tokenizer.json")
+    per_split[split] = loop.evaluate(experiment, params, split_data)
   result = {}
   for split, values in per_split.items():
     prefix = "eval/" if split == config.eval.split else f"eval/{split}/"
     result.update({prefix + key: value for key, value in values.items()})
-  timesteps = config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
+  timesteps = eval_timesteps(config)
   bound = "continuous-time" if timesteps == 0 else f"{timesteps}-step discrete-time"
   main = per_split[config.eval.split]
   bound_by_steps = [{"steps": timesteps, "bpt": main["bpt"], "bpt_stderr": main["bpt_stderr"]}]
   if config.model.kind == "md4":  # the AR likelihood has no steps
-    data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
     for steps in config_check.bound_steps(config.eval.bound_steps):
       variant = config.copy_and_resolve_references()
       variant.eval.timesteps = steps
@@ -146,7 +152,7 @@ def _evaluate(config, experiment, state, workdir, step) -> dict:
 
 def _evaluate_samples(config, experiment, state, data, workdir, step) -> dict:
   """--mode eval --eval.suite=samples: eval/samples_step_N.json and .md (see md4_jax.sample_quality)."""
-  params = state["ema_params"] if config.eval.params == "ema" else state["params"]
+  params = _chosen_params(state, config.eval.params)
   key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, loop.SAMPLE_SALT), step)
   rows, judge = sample_quality.evaluate(config, params, data, experiment.mesh, key)
   data_entropy = sample_quality.held_out_unigram_entropy_bits(data.eval, data.tokenizer.vocab_size)
@@ -185,7 +191,7 @@ def _sample(experiment, state, data, workdir, start_NxL, record) -> dict:
   """--mode sample: samples from the restored checkpoint, written to samples/step_N_<sampler>[_k].{txt,jsonl}."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(record["seed"]), loop.SAMPLE_SALT), record["step"])
   stem = _unused_stem(workdir / "samples", f"step_{record['step']}_{experiment.sampler_settings.name}")
-  params = state["ema_params"] if record["params"] == "ema" else state["params"]
+  params = _chosen_params(state, record["params"])
   texts, nfe, seconds = loop.write_samples(experiment, params, data.tokenizer, stem, key, start_NxL, record)
   if jax.process_index() == 0:
     for i, text in enumerate(texts):

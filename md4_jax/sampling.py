@@ -181,8 +181,9 @@ def _confidence_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, se
   """MaskGIT: draw every masked position, keep the most confident ones, re-mask the rest.
 
   The count still masked after the step follows the schedule, round(initial * (1 - alpha_s) / (1 - alpha_1)),
-  0 at the end. Confidence = the model's log p(drawn token) (before temperature, top-k, top-p) + choice_temperature * (1 - (i + 1) / steps) * Gumbel noise;
-  choice_temperature 0 is LLaDA's low-confidence remasking.
+  0 at the end. Confidence = the model's log p(drawn token) (before temperature, top-k, top-p)
+  + choice_temperature * (1 - (i + 1) / steps) * Gumbel noise; choice_temperature 0 is LLaDA's
+  low-confidence remasking.
   """
   token_key, noise_key = jax.random.split(key)
   x0_BxL = categorical(token_key, process_logits(logits, settings))

@@ -32,6 +32,11 @@ def build_model_config(config, vocab_size: int) -> TransformerConfig:
   return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **model)
 
 
+def eval_timesteps(config) -> int:
+  """The bound eval reports: eval.timesteps, or (at -1) the training objective's diffusion.timesteps."""
+  return config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
+
+
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
 
@@ -200,7 +205,7 @@ class Experiment:
     (-1: the training objective's, 0: continuous time, T: the T-step discrete-time bound).
     """
     cfg = self.config.eval
-    timesteps = self.config.diffusion.timesteps if cfg.timesteps < 0 else cfg.timesteps
+    timesteps = eval_timesteps(self.config)
     draws = 1 if self.config.model.kind == "ar" else cfg.time_samples  # the AR likelihood is exact
     time_key, mask_key = jax.random.split(key)
     t_KxB = diffusion.stratified_times(time_key, batch["tokens"].shape[0], draws, self.config.diffusion.antithetic)
