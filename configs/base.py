@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.max_sequences = 0  # 0 = the whole held-out split; N = its first N sequences
   config.eval.time_samples = 1  # K draws of t per sequence (stratified); the bound's std error shrinks with K
   config.eval.timesteps = -1  # -1 = the training objective's; 0 = continuous-time bound; T = T-step bound
-  config.eval.suite = "bound"  # --mode eval: "bound" (the likelihood bound) | "samples" (sample quality)
+  # "zero_shot": perplexity on eval.zero_shot's benchmarks; --mode prepare with it downloads and tokenizes them
+  config.eval.suite = "bound"  # --mode eval: "bound" (likelihood bound) | "samples" (sample quality) | "zero_shot"
+  config.eval.zero_shot = "lambada,wikitext2,ptb,wikitext103,lm1b"  # suite=zero_shot: benchmarks to evaluate
   config.eval.samplers = "ancestral:128,exact:1"  # suite=samples: variants, name:steps or exact:tokens_per_call
   config.eval.judge = ""  # suite=samples: workdir of an AR run (model.kind=ar) that scores samples; "" = none
   config.eval.bound_steps = "16,64,256"  # --mode eval also reports the T-step bound for these T (report.md plot)

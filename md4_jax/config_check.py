@@ -6,15 +6,16 @@ Every problem is a `UserError` that names the key and the fix.
 import ml_collections
 
 from md4_jax import sampling, schedules
-from md4_jax.data import pipeline, tokenizers
+from md4_jax.data import benchmarks, pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.train import build_model_config
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 # grad_accum changes only which random numbers are drawn; remat and logits_capacity change only cost.
+# Data locations may move between machines (what is read there is checked: prepared meta, BPE checksum).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.grad_accum", "train.logits_capacity", "model.remat",
-                     "eval.", "sampler.", "mesh.")
+                     "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
                  "train.keep_checkpoints", "train.grad_accum", "eval.batch_size", "eval.time_samples", "sampler.steps",
@@ -76,12 +77,13 @@ def check_values(config) -> None:
   choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
              "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw"),
-             "eval.suite": ("bound", "samples")}
+             "eval.suite": ("bound", "samples", "zero_shot")}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
   _check_sampler(config.sampler, config.data.seq_len)
   bound_steps(config.eval.bound_steps)
+  benchmarks.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
     raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
                     f"{config.train.batch_size} (each microbatch has batch_size / grad_accum sequences)")

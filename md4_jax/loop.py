@@ -55,12 +55,14 @@ class MetricWindow:
     return {"sums": self.sums, "count": self.count}
 
 
-def evaluate(experiment: Experiment, params, data: pipeline.Data) -> dict:
-  """The negative-ELBO bound over the whole held-out split (or its first eval.max_sequences)."""
+def evaluate(experiment: Experiment, params, data: pipeline.Data, max_sequences: int | None = None) -> dict:
+  """The negative-ELBO bound over the whole held-out split, or its first `max_sequences` (default
+  eval.max_sequences; 0 = all)."""
   cfg = experiment.config
   base = jax.random.fold_in(experiment.base_key, EVAL_SALT)
   totals = {}
-  batches = pipeline.eval_batches(data.eval, cfg.eval.batch_size, cfg.eval.max_sequences)
+  max_sequences = cfg.eval.max_sequences if max_sequences is None else max_sequences
+  batches = pipeline.eval_batches(data.eval, cfg.eval.batch_size, max_sequences)
   for index, batch in enumerate(batches):
     sums = experiment.eval_step(params, sharding.global_batch(batch, experiment.mesh), jax.random.fold_in(base, index))
     for key, value in jax.device_get(sums).items():

@@ -1,8 +1,9 @@
 """`W/eval/report.md`: what `--mode eval` found, readable without TensorBoard (Markdown tables, PNG plots).
 
-Rewritten by every `--mode eval` from the files in the workdir: the latest bound table, the bound
-for each number of sampling steps T (eval.bound_steps), the sample-quality table if one was written,
-and the train / eval curves from metrics.jsonl.
+Rewritten by every `--mode eval` (each suite) from the files in W/eval and W/metrics.jsonl: the
+latest bound table (step_N.md) and its bound for each number of sampling steps T (step_N.json's
+bound_by_steps), the latest sample-quality table (samples_step_N.md), the latest zero-shot table
+(zero_shot_step_N.md), and the train / eval curves.
 """
 
 import json
@@ -16,26 +17,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 from md4_jax import files  # noqa: E402
 
 
-def write(workdir: pathlib.Path, config, step: int, bound_table: str, bound_by_steps: list[dict]) -> pathlib.Path:
-  """Writes eval/report.md (+ PNGs beside it) and returns its path. bound_by_steps: [{"steps": T, "bpt":,
-  "bpt_stderr":}] with T = 0 for the continuous-time bound."""
+def _latest(directory: pathlib.Path, prefix: str, suffix: str) -> pathlib.Path | None:
+  """directory/<prefix><N><suffix> with the largest step N, or None."""
+  steps = [(int(p.name[len(prefix):-len(suffix)]), p) for p in directory.glob(f"{prefix}*{suffix}")
+           if p.name[len(prefix):-len(suffix)].isdigit()]
+  return max(steps)[1] if steps else None
+
+
+def write(workdir: pathlib.Path, config) -> pathlib.Path:
+  """Writes eval/report.md (+ PNGs beside it) from the eval files present; returns its path."""
   out = workdir / "eval"
-  lines = [f"# Evaluation report: {workdir.name}, step {step}", "",
+  lines = [f"# Evaluation report: {workdir.name}", "",
            f"{config.model.kind} model, {config.model.num_layers} layers, width {config.model.width}, "
            f"data.source={config.data.source}, seq_len {config.data.seq_len}, "
-           f"schedule {config.diffusion.schedule}.", "", "## Held-out bound", "", bound_table]
-  if bound_by_steps:
-    lines += ["## Bound versus sampling steps", "",
-              "The T-step discrete-time bound is the likelihood bound of a T-step ancestral sampler; "
-              "T = infinity is the continuous-time bound.", "",
-              "| steps T | bits/token (+- std error) |", "|---|---|"]
-    lines += [f"| {'infinity' if row['steps'] == 0 else row['steps']} | {row['bpt']:.4f} +- {row['bpt_stderr']:.4f} |"
-              for row in bound_by_steps]
-    _plot_bound_by_steps(bound_by_steps, out / "bound_vs_steps.png")
-    lines += ["", "![bound versus steps](bound_vs_steps.png)", ""]
-  samples = sorted(out.glob("samples_step_*.md"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-  if samples:
-    lines += [f"## Sample quality ({samples[-1].name})", "", samples[-1].read_text()]
+           f"schedule {config.diffusion.schedule}.", ""]
+  bound_table = _latest(out, "step_", ".md")
+  if bound_table:
+    lines += [f"## Held-out bound ({bound_table.name})", "", bound_table.read_text()]
+    bound_by_steps = json.loads(bound_table.with_suffix(".json").read_text()).get("bound_by_steps", [])
+    if len(bound_by_steps) > 1:
+      lines += ["## Bound versus sampling steps", "",
+                "The T-step discrete-time bound is the likelihood bound of a T-step ancestral sampler; "
+                "T = infinity is the continuous-time bound.", "",
+                "| steps T | bits/token (+- std error) |", "|---|---|"]
+      lines += [f"| {'infinity' if row['steps'] == 0 else row['steps']} | {row['bpt']:.4f} +- "
+                f"{row['bpt_stderr']:.4f} |" for row in bound_by_steps]
+      _plot_bound_by_steps(bound_by_steps, out / "bound_vs_steps.png")
+      lines += ["", "![bound versus steps](bound_vs_steps.png)", ""]
+  for prefix, title in (("samples_step_", "Sample quality"), ("zero_shot_step_", "Zero-shot perplexity")):
+    table = _latest(out, prefix, ".md")
+    if table:
+      lines += [f"## {title} ({table.name})", "", table.read_text()]
   if _plot_curves(workdir / "metrics.jsonl", out / "curves.png"):
     lines += ["## Training curves", "", "![train and eval curves](curves.png)", ""]
   path = out / "report.md"

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from md4_jax import conditioning, config_check, files, loop, report, sample_quality, sharding
+from md4_jax import conditioning, config_check, files, loop, report, sample_quality, sharding, zero_shot
 from md4_jax.checkpoints import Checkpointer
-from md4_jax.data import pipeline, tokenizers
+from md4_jax.data import benchmarks, pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.logging import MetricsLog
 from md4_jax.models.transformer import Transformer
@@ -41,6 +41,13 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
                     (" (the training seed is --config.seed)" if "--seed" in given else ""))
   config_check.check_keys(config, reference)
   config_check.check_values(config)
+  if mode == "prepare" and config.eval.suite == "zero_shot":
+    tokenizer = tokenizers.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
+                                          alphabet=tokenizers.TEXT8_ALPHABET)
+    paths = benchmarks.prepare(benchmarks.parse_names(config.eval.zero_shot), pipeline.data_dir(config.data),
+                               tokenizer)
+    print("prepared the zero-shot benchmarks: " + ", ".join(str(path) for path in paths))
+    return {}
   if mode == "prepare":
     print(f"prepared data.source={config.data.source!r}: {pipeline.prepare(config.data)}")
     return {}
@@ -50,7 +57,12 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = pathlib.Path(workdir).expanduser().absolute()
   _check_workdir(config, workdir, training=mode == "train", reference=reference)
-  data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
+  if mode == "eval" and config.eval.suite == "zero_shot":  # the benchmarks replace the run's own data
+    tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer.json")
+    benchmark_rows = zero_shot.load_rows(config, tokenizer)
+  else:
+    data = pipeline.load_data(config.data, config.eval.split, workdir / "tokenizer.json")
+    tokenizer = data.tokenizer
   if mode == "sample":  # before the restore, so a bad prompt fails fast
     start_row = conditioning.start_state(data.tokenizer, config.data.seq_len, prompt=prompt, infill=infill)
   if mode == "train":
@@ -60,13 +72,15 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
       files.write_text_atomically(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
       tokenizers.save_tokenizer(data.tokenizer, workdir / "tokenizer.json")
     return loop.train(config, workdir, data)
-  experiment = Experiment(config, data.tokenizer.vocab_size, sharding.make_mesh(config.mesh))
+  experiment = Experiment(config, tokenizer.vocab_size, sharding.make_mesh(config.mesh))
   checkpointer = Checkpointer(workdir / "checkpoints")
   try:
     state, _ = checkpointer.restore(step, experiment.abstract_state)
   finally:
     checkpointer.close()
   restored_step = int(state["step"])
+  if mode == "eval" and config.eval.suite == "zero_shot":
+    return _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, workdir, restored_step)
   if mode == "eval" and config.eval.suite == "samples":
     return _evaluate_samples(config, experiment, state, data, workdir, restored_step)
   if mode == "eval":
@@ -144,7 +158,7 @@ def _evaluate(config, experiment, state, data, workdir, step) -> dict:
     log = MetricsLog(workdir, resume_step=None)
     log.write(step, result)
     log.close()
-    report_path = report.write(workdir, config, step, table, bound_by_steps if len(bound_by_steps) > 1 else [])
+    report_path = report.write(workdir, config)
     print(table)
     print(f"wrote {out}.json, {out}.md, {report_path} and a line in {workdir / 'metrics.jsonl'}")
   return result
@@ -174,7 +188,34 @@ def _evaluate_samples(config, experiment, state, data, workdir, step) -> dict:
     files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(result, indent=2))
     files.write_text_atomically(out.with_name(out.name + ".md"), table)
     print(table)
-    print(f"wrote {out}.json and {out}.md")
+    print(f"wrote {out}.json, {out}.md and {report.write(workdir, config)}")
+  return result
+
+
+def _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, workdir, step) -> dict:
+  """--mode eval --eval.suite=zero_shot: eval/zero_shot_step_N.json and .md, a metrics.jsonl line."""
+  params = _chosen_params(state, config.eval.params)
+  results = zero_shot.evaluate(experiment, params, tokenizer, benchmark_rows)
+  exact = config.model.kind == "ar"
+  timesteps = eval_timesteps(config)
+  bound = ("exact likelihood (autoregressive)" if exact else
+           "continuous-time bound" if timesteps == 0 else f"{timesteps}-step discrete-time bound")
+  heading = (f"Zero-shot perplexity, step {step}, {config.eval.params} params: {bound}, "
+             f"{config.eval.time_samples} time sample(s) per row, rows of {config.data.seq_len} tokens.\n\n")
+  table = heading + zero_shot.table(results, f"{workdir.name} (step {step})", exact)
+  result = zero_shot.metrics(results)
+  if jax.process_index() == 0:
+    out = workdir / "eval" / f"zero_shot_step_{step}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(
+        {"step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
+         "seq_len": config.data.seq_len, "benchmarks": results}, indent=2))
+    files.write_text_atomically(out.with_name(out.name + ".md"), table)
+    log = MetricsLog(workdir, resume_step=None)
+    log.write(step, result)
+    log.close()
+    print(table)
+    print(f"wrote {out}.json, {out}.md, {report.write(workdir, config)} and a line in {workdir / 'metrics.jsonl'}")
   return result
 
 

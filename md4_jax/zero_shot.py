@@ -1,0 +1,76 @@
+"""`--mode eval --eval.suite=zero_shot`: perplexity on the zero-shot benchmarks, in MD4's table layout.
+
+Each benchmark's token stream (md4_jax/data/benchmarks.py: documents detokenized, each followed
+by end-of-text, joined) is cut into rows of data.seq_len; the final partial row is dropped, as in
+SEDD's and MD4's tables. Every row is evaluated (eval.max_sequences does not apply), with
+eval.time_samples draws of t per row; MD4 runs report the bound (perplexity <=), AR runs the exact
+perplexity. End-of-text tokens count as tokens, as in those tables.
+"""
+
+import math
+
+from md4_jax import loop
+from md4_jax.data import benchmarks, pipeline
+from md4_jax.errors import UserError
+
+
+def load_rows(config, tokenizer) -> dict:
+  """{name: (rows of seq_len tokens, meta)} of eval.zero_shot; fails before any restore if one is missing."""
+  seq_len, rows = config.data.seq_len, {}
+  for name in benchmarks.parse_names(config.eval.zero_shot):
+    stream, meta = benchmarks.load(name, pipeline.data_dir(config.data), tokenizer)
+    rows[name] = (pipeline.StreamRows(stream, seq_len), meta)
+    if not len(rows[name][0]):
+      raise UserError(f"the {meta['column']} benchmark has {len(stream)} tokens, fewer than one row of "
+                      f"data.seq_len={seq_len}")
+  return rows
+
+
+def evaluate(experiment, params, tokenizer, rows: dict) -> dict:
+  """{name: bound values + documents, rows, dropped_tail_tokens} for each benchmark of `rows`."""
+  results = {}
+  for name, (benchmark_rows, meta) in rows.items():
+    data = pipeline.Data(tokenizer, train=None, eval=benchmark_rows)
+    values = loop.evaluate(experiment, params, data, max_sequences=0)
+    nats_stderr = values["bpt_stderr"] * math.log(2)
+    results[name] = {**values, "ppl_stderr": values["ppl"] * nats_stderr, "column": meta["column"],
+                     "documents": meta["documents"], "rows": len(benchmark_rows),
+                     "dropped_tail_tokens": meta["tokens"] - len(benchmark_rows) * benchmark_rows.seq_len}
+  return results
+
+
+# Published rows of MD4's Table 1 (Shi et al. 2024; GPT-2 = OpenAI's WebText checkpoint, not trained
+# on OWT), in benchmark order: lambada, wikitext2, ptb, wikitext103, lm1b. Printed under this run's
+# row for orientation; they were computed by other code under the same convention.
+PUBLISHED = {
+    "GPT-2 small (WebText), published": ("", (45.04, 42.43, 138.43, 41.60, 75.20)),
+    "SEDD Absorb small, published": ("≤ ", (50.92, 41.84, 114.24, 40.62, 79.29)),
+    "MD4 small, published": ("≤ ", (48.43, 34.94, 102.26, 35.90, 68.10)),
+    "MD4 medium, published": ("≤ ", (44.12, 25.84, 66.07, 25.84, 51.45)),
+}
+
+
+def table(results: dict, label: str, exact: bool) -> str:
+  """MD4's layout (a column per benchmark, perplexity per cell; published rows below this run's), then
+  the details per benchmark."""
+  relation = "" if exact else "≤ "
+  columns = [results[name]["column"] for name in results]
+  order = list(benchmarks.BENCHMARKS)
+  published = [f"| {method} | " + " | ".join(f"{sign}{values[order.index(name)]:.2f}" for name in results) + " |"
+               for method, (sign, values) in PUBLISHED.items()]
+  lines = ["| Method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|",
+           f"| {label} | " + " | ".join(f"{relation}{v['ppl']:.2f}" for v in results.values()) + " |",
+           *published, "",
+           "| benchmark | documents | rows | tokens | dropped tail tokens | nats/token | perplexity (+- std error) |",
+           "|---|---|---|---|---|---|---|"]
+  for v in results.values():
+    lines.append(f"| {v['column']} | {v['documents']:,} | {v['rows']:,} | {v['num_tokens']:,} | "
+                 f"{v['dropped_tail_tokens']:,} | {v['nats']:.4f} | {relation}{v['ppl']:.2f} +- {v['ppl_stderr']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def metrics(results: dict) -> dict:
+  """metrics.jsonl keys: zero_shot/<name>/{ppl,nats,bpt,bpt_stderr,num_tokens}."""
+  return {f"zero_shot/{name}/{key}": v[key] for name, v in results.items()
+          for key in ("ppl", "nats", "bpt", "bpt_stderr", "num_tokens")}
+
