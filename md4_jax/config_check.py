@@ -114,13 +114,10 @@ def _check_sampler(sampler, seq_len: int) -> None:
   if sampler.choice_temperature < 0:
     raise UserError(f"sampler.choice_temperature={sampler.choice_temperature} must be >= 0")
   if sampler.name == "semi_ar":
-    if sampler.block_length <= 0 or seq_len % sampler.block_length:
-      raise UserError(f"sampler.block_length={sampler.block_length} must divide data.seq_len={seq_len} "
-                      "for sampler.name='semi_ar' (e.g. --config.sampler.block_length=32)")
-    blocks = seq_len // sampler.block_length
-    if sampler.steps % blocks:
-      raise UserError(f"sampler.steps={sampler.steps} must be a multiple of the {blocks} semi_ar blocks "
-                      f"(data.seq_len / sampler.block_length); e.g. --config.sampler.steps={blocks * 8}")
+    try:
+      sampling.semi_ar_blocks(sampler.block_length, sampler.steps, seq_len)
+    except ValueError as error:
+      raise UserError(str(error)) from None
 
 
 def check_resumable(saved: dict, config, workdir, reference=None) -> None:

@@ -53,6 +53,18 @@ def time_grid(steps: int, grid: str = "cosine"):
   raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS}")
 
 
+def semi_ar_blocks(block_length: int, steps: int, length: int) -> int:
+  """The number of semi_ar blocks; ValueError unless the blocks tile the length and share the steps evenly."""
+  if block_length <= 0 or length % block_length:
+    raise ValueError(f"sampler.block_length={block_length} must divide the sequence length {length} "
+                     "(data.seq_len) for sampler.name='semi_ar'")
+  num_blocks = length // block_length
+  if steps % num_blocks:
+    raise ValueError(f"sampler.steps={steps} must be a multiple of the {num_blocks} semi_ar blocks "
+                     f"(sequence length / block_length), e.g. {num_blocks * 8}")
+  return num_blocks
+
+
 def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int, time_dependent: bool = True):
   """Fills the mask ids of z_BxL (tokens elsewhere are clamped). Returns (tokens_BxL, NFE as an int32 scalar).
 
@@ -67,11 +79,7 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
     return _SAMPLERS[settings.name](denoise, key, schedule, z_BxL, is_masked_BxL, settings, vocab_size,
                                     time_dependent)
   length = z_BxL.shape[1]
-  if settings.block_length <= 0 or length % settings.block_length:
-    raise ValueError(f"semi_ar block_length={settings.block_length} must divide the length {length}")
-  num_blocks = length // settings.block_length
-  if settings.steps % num_blocks:
-    raise ValueError(f"semi_ar steps={settings.steps} must be a multiple of the {num_blocks} blocks")
+  num_blocks = semi_ar_blocks(settings.block_length, settings.steps, length)
   inner = dataclasses.replace(settings, name=settings.inner, steps=settings.steps // num_blocks)
   positions_L = jnp.arange(length)
   nfe = jnp.zeros((), jnp.int32)

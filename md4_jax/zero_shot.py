@@ -32,7 +32,7 @@ def evaluate(experiment, params, tokenizer, rows: dict) -> dict:
   for name, (benchmark_rows, meta) in rows.items():
     data = pipeline.Data(tokenizer, train=None, eval=benchmark_rows)
     values = loop.evaluate(experiment, params, data, max_sequences=0)
-    nats_stderr = values["bpt_stderr"] * math.log(2)
+    nats_stderr = values["bpt_stderr"] * math.log(2)  # perplexity's std error: exp's slope times this (delta method)
     results[name] = {**values, "ppl_stderr": values["ppl"] * nats_stderr, "column": meta["column"],
                      "documents": meta["documents"], "rows": len(benchmark_rows),
                      "dropped_tail_tokens": meta["tokens"] - len(benchmark_rows) * benchmark_rows.seq_len}
@@ -65,12 +65,13 @@ def table(results: dict, label: str, exact: bool) -> str:
            "|---|---|---|---|---|---|---|"]
   for v in results.values():
     lines.append(f"| {v['column']} | {v['documents']:,} | {v['rows']:,} | {v['num_tokens']:,} | "
-                 f"{v['dropped_tail_tokens']:,} | {v['nats']:.4f} | {relation}{v['ppl']:.2f} +- {v['ppl_stderr']:.2f} |")
+                 f"{v['dropped_tail_tokens']:,} | {v['nats']:.4f} | "
+                 f"{relation}{v['ppl']:.2f} +- {v['ppl_stderr']:.2f} |")
   return "\n".join(lines) + "\n"
 
 
 def metrics(results: dict) -> dict:
-  """metrics.jsonl keys: zero_shot/<name>/{ppl,nats,bpt,bpt_stderr,num_tokens}."""
-  return {f"zero_shot/{name}/{key}": v[key] for name, v in results.items()
+  """metrics.jsonl keys (evaluation lives under eval/): eval/zero_shot/<name>/{ppl,nats,bpt,bpt_stderr,num_tokens}."""
+  return {f"eval/zero_shot/{name}/{key}": v[key] for name, v in results.items()
           for key in ("ppl", "nats", "bpt", "bpt_stderr", "num_tokens")}
 

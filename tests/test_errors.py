@@ -82,7 +82,7 @@ def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, mess
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(sampler__name="semi_ar", sampler__block_length=5), "block_length=5 must divide data.seq_len=16"),
+    (dict(sampler__name="semi_ar", sampler__block_length=5), "block_length=5 must divide the sequence length 16"),
     (dict(sampler__name="semi_ar", sampler__block_length=4, sampler__steps=6), "multiple of the 4 semi_ar blocks"),
 ])
 def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):

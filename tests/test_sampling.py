@@ -193,7 +193,7 @@ def test_semi_ar_fills_blocks_left_to_right():
 
 
 def test_semi_ar_rejects_blocks_that_do_not_tile_the_sequence():
-  with pytest.raises(ValueError, match="block_length=4 must divide the length 6"):
+  with pytest.raises(ValueError, match="block_length=4 must divide the sequence length 6"):
     sampling.sample(markov_denoiser, jax.random.key(0), get_schedule("linear"), all_masked(1),
                     SETTINGS("semi_ar", block_length=4), vocab_size=V)
 

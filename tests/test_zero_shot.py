@@ -45,7 +45,8 @@ def test_zero_shot_eval_covers_every_row_of_every_benchmark(gpt2_run):
     rows = len(stream) // seq_len  # every full row, though eval.max_sequences=1
     assert rows >= 2 and values["rows"] == rows and values["num_tokens"] == rows * seq_len
     assert values["dropped_tail_tokens"] == len(stream) - rows * seq_len and values["documents"] == meta["documents"]
-    assert math.isclose(values["ppl"], math.exp(values["nats"])) and result[f"zero_shot/{name}/ppl"] == values["ppl"]
+    assert math.isclose(values["ppl"], math.exp(values["nats"]))
+    assert result[f"eval/zero_shot/{name}/ppl"] == values["ppl"]
   # The two WikiText columns read the same test file, so with the same eval key they must agree exactly.
   assert written["benchmarks"]["wikitext2"]["nats"] == written["benchmarks"]["wikitext103"]["nats"]
   table = (workdir / "eval" / "zero_shot_step_2.md").read_text()
@@ -53,7 +54,7 @@ def test_zero_shot_eval_covers_every_row_of_every_benchmark(gpt2_run):
   assert f"| run (step 2) | ≤ {written['benchmarks']['lambada']['ppl']:.2f} |" in table
   assert table in (workdir / "eval" / "report.md").read_text()
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
-  assert last["step"] == 2 and last["zero_shot/ptb/num_tokens"] == written["benchmarks"]["ptb"]["num_tokens"]
+  assert last["step"] == 2 and last["eval/zero_shot/ptb/num_tokens"] == written["benchmarks"]["ptb"]["num_tokens"]
 
 
 def test_zero_shot_eval_before_prepare_names_the_prepare_command(gpt2_run, tmp_path):
