@@ -1,9 +1,9 @@
 """`W/eval/report.md`: what `--mode eval` found, readable without TensorBoard (Markdown tables, PNG plots).
 
 Rewritten by every `--mode eval` (each suite) from the files in W/eval and W/metrics.jsonl: the
-latest bound table (step_N.md) and its bound for each number of sampling steps T (step_N.json's
-bound_by_steps), the latest sample-quality table (samples_step_N.md), the latest zero-shot table
-(zero_shot_step_N.md), and the train / eval curves.
+most recently written bound table (step_N.md) and its bound for each number of sampling steps T (step_N.json's
+bound_by_steps), the most recent sample-quality table (samples_step_N.md) and zero-shot table
+(zero_shot_step_N.md), each headed by its file name, and the train / eval curves.
 """
 
 import json
@@ -18,10 +18,9 @@ from md4_jax import files  # noqa: E402
 
 
 def _latest(directory: pathlib.Path, prefix: str, suffix: str) -> pathlib.Path | None:
-  """directory/<prefix><N><suffix> with the largest step N, or None."""
-  steps = [(int(p.name[len(prefix):-len(suffix)]), p) for p in directory.glob(f"{prefix}*{suffix}")
-           if p.name[len(prefix):-len(suffix)].isdigit()]
-  return max(steps)[1] if steps else None
+  """The most recently written directory/<prefix><step><suffix> (an eval of an older --step counts), or None."""
+  found = [p for p in directory.glob(f"{prefix}*{suffix}") if p.name[len(prefix):-len(suffix)].isdigit()]
+  return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def write(workdir: pathlib.Path, config) -> pathlib.Path:
