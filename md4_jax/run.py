@@ -120,6 +120,14 @@ def _check_workdir(config, workdir: pathlib.Path, training: bool, reference=None
     raise UserError(f"{workdir} has checkpoints but no config.json, so its config is unknown; use a new --workdir")
 
 
+def _bound_name(config) -> str:
+  """What --mode eval computes: the AR model's exact likelihood, or MD4's continuous / T-step bound."""
+  if config.model.kind == "ar":
+    return "exact likelihood (autoregressive)"
+  timesteps = eval_timesteps(config)
+  return "continuous-time negative-ELBO bound" if timesteps == 0 else f"{timesteps}-step negative-ELBO bound"
+
+
 def _evaluate(config, experiment, state, data, workdir, step) -> dict:
   """--mode eval: the bound over every held-out split; eval/step_N.json and .md, and a metrics.jsonl line.
 
@@ -137,7 +145,7 @@ def _evaluate(config, experiment, state, data, workdir, step) -> dict:
     prefix = "eval/" if split == config.eval.split else f"eval/{split}/"
     result.update({prefix + key: value for key, value in values.items()})
   timesteps = eval_timesteps(config)
-  bound = "continuous-time" if timesteps == 0 else f"{timesteps}-step discrete-time"
+  bound = _bound_name(config)
   main = per_split[config.eval.split]
   bound_by_steps = [{"steps": timesteps, "bpt": main["bpt"], "bpt_stderr": main["bpt_stderr"]}]
   if config.model.kind == "md4":  # the AR likelihood has no steps
@@ -197,9 +205,7 @@ def _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, wo
   params = _chosen_params(state, config.eval.params)
   results = zero_shot.evaluate(experiment, params, tokenizer, benchmark_rows)
   exact = config.model.kind == "ar"
-  timesteps = eval_timesteps(config)
-  bound = ("exact likelihood (autoregressive)" if exact else
-           "continuous-time bound" if timesteps == 0 else f"{timesteps}-step discrete-time bound")
+  bound = _bound_name(config)
   heading = (f"Zero-shot perplexity, step {step}, {config.eval.params} params: {bound}, "
              f"{config.eval.time_samples} time sample(s) per row, rows of {config.data.seq_len} tokens.\n\n")
   table = heading + zero_shot.table(results, f"{workdir.name} (step {step})", exact)
@@ -220,7 +226,7 @@ def _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, wo
 
 
 def _markdown_table(per_split: dict, step: int, params: str, bound: str, time_samples: int) -> str:
-  lines = [f"Step {step}, {params} params: {bound} negative-ELBO bound, {time_samples} time sample(s) per sequence.",
+  lines = [f"Step {step}, {params} params: {bound}, {time_samples} time sample(s) per sequence.",
            "", "| split | tokens | nats/token | bits/token (+- std error) | perplexity <= |", "|---|---|---|---|---|"]
   for split, v in per_split.items():
     lines.append(f"| {split} | {v['num_tokens']:,} | {v['nats']:.4f} | {v['bpt']:.4f} +- {v['bpt_stderr']:.4f} | "

@@ -1,6 +1,7 @@
 """The autoregressive baseline: an exact, normalised likelihood, left-to-right sampling, and a full run."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,9 @@ def test_ar_run_trains_evaluates_and_samples(tmp_path, corpus_file):
   assert np.isfinite(result["eval/bpt"]) and result["eval/prior_bpt"] == 0.0
   evaluated = run.main(config, tmp_path / "run", "eval", reference=reference())
   assert evaluated["eval/bpt"] == result["eval/bpt"]  # exact likelihood: no random draws
+  step = max(int(p.stem.split("_")[1]) for p in (tmp_path / "run" / "eval").glob("step_*.json"))
+  assert json.loads((tmp_path / "run" / "eval" / f"step_{step}.json").read_text())["bound"] == \
+      "exact likelihood (autoregressive)"
   sampled = run.main(config, tmp_path / "run", "sample", reference=reference(), prompt="the", num_samples=2)
   assert all(text.startswith("the") and len(text) == 16 for text in sampled["samples"])
   assert sampled["nfe"] == 16 - 3
