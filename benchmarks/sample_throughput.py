@@ -56,9 +56,7 @@ def main(_):
 
   results = []
   for spec, overrides in zip(_SAMPLERS.value, sample_quality.parse_variants(",".join(_SAMPLERS.value))):
-    variant = config.copy_and_resolve_references()  # one Experiment per sampler: settings are compiled in
-    variant.sampler.update(overrides)
-    experiment = Experiment(variant, _VOCAB.value, mesh)
+    experiment = base_experiment.with_overrides("sampler", overrides)
     _, nfe, seconds = loop.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
     results.append({"sampler": spec, "seconds_per_batch": round(seconds, 3), "nfe": nfe,
                     "seconds_per_call": round(seconds / nfe, 4)})

@@ -150,9 +150,7 @@ def _evaluate(config, experiment, state, data, workdir, step) -> dict:
   bound_by_steps = [{"steps": timesteps, "bpt": main["bpt"], "bpt_stderr": main["bpt_stderr"]}]
   if config.model.kind == "md4":  # the AR likelihood has no steps
     for steps in config_check.bound_steps(config.eval.bound_steps):
-      variant = config.copy_and_resolve_references()
-      variant.eval.timesteps = steps
-      values = loop.evaluate(Experiment(variant, experiment.vocab_size, experiment.mesh), params, data)
+      values = loop.evaluate(experiment.with_overrides("eval", {"timesteps": steps}), params, data)
       bound_by_steps.append({"steps": steps, "bpt": values["bpt"], "bpt_stderr": values["bpt_stderr"]})
   bound_by_steps.sort(key=lambda row: row["steps"] or float("inf"))
   if jax.process_index() == 0:
@@ -176,7 +174,7 @@ def _evaluate_samples(config, experiment, state, data, workdir, step) -> dict:
   """--mode eval --eval.suite=samples: eval/samples_step_N.json and .md (see md4_jax.sample_quality)."""
   params = _chosen_params(state, config.eval.params)
   key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, loop.SAMPLE_SALT), step)
-  rows, judge = sample_quality.evaluate(config, params, data, experiment.mesh, key)
+  rows, judge = sample_quality.evaluate(experiment, params, data, key)
   data_entropy = sample_quality.held_out_unigram_entropy_bits(data.eval, data.tokenizer.vocab_size)
   judge_text = f"judge {judge.workdir} (step {judge.step})" if judge else "no judge (set eval.judge)"
   lines = [f"Step {step}, {config.eval.params} params, {config.sampler.num_samples} samples per sampler; "

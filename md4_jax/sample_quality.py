@@ -88,15 +88,14 @@ class Judge:
     return math.exp(nll / tokens_NxL.size)
 
 
-def evaluate(config, params, data, mesh, key) -> tuple[list[dict], Judge | None]:
-  """One row per sampler variant (sampler, NFE, seconds, generative perplexity, unigram entropy, a sample),
-  and the judge used (None without eval.judge)."""
-  judge = Judge(config.eval.judge, data.tokenizer, mesh) if config.eval.judge else None
+def evaluate(base: Experiment, params, data, key) -> tuple[list[dict], Judge | None]:
+  """One row per sampler variant of base's eval.samplers (sampler, NFE, seconds, generative perplexity,
+  unigram entropy, a sample), and the judge used (None without eval.judge)."""
+  config = base.config
+  judge = Judge(config.eval.judge, data.tokenizer, base.mesh) if config.eval.judge else None
   rows = []
   for index, overrides in enumerate(parse_variants(config.eval.samplers)):
-    variant = config.copy_and_resolve_references()
-    variant.sampler.update(overrides)
-    experiment = Experiment(variant, data.tokenizer.vocab_size, mesh)
+    experiment = base.with_overrides("sampler", overrides)
     start = loop.unconditional_start(experiment, config.sampler.num_samples)
     tokens, nfe, seconds = loop.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = ":".join(str(v) for v in overrides.values())

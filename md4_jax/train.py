@@ -121,6 +121,12 @@ class Experiment:
     # sample(params, key, z_BxL) -> (tokens_BxL, NFE): fills z's mask ids (vocab_size), keeps its other tokens.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
 
+  def with_overrides(self, group: str, overrides: dict) -> "Experiment":
+    """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""
+    config = self.config.copy_and_resolve_references()
+    config[group].update(overrides)
+    return Experiment(config, self.vocab_size, self.mesh)
+
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
 
