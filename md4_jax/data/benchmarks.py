@@ -35,7 +35,7 @@ class Benchmark:
   """One zero-shot benchmark: where its release file is and how its documents are read."""
 
   column: str  # the column of MD4's zero-shot table
-  url: str  # the release file (pinned: a fixed file or a commit)
+  url: str  # the release file (its content pinned by sha256; PTB is on a branch, the others are fixed files)
   sha256: str  # the release file's published SHA-256: the download is refused unless it matches
   file_name: str  # name under downloads/
   documents: int  # records in the test split (a reader or file that gives another count is refused)
