@@ -7,7 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from md4_jax import distributed, run, sweeps
+from md4_jax import distributed, errors, run, sweeps
 from md4_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -92,6 +92,13 @@ def main(argv):
                num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as error:
+    if not errors.disk_full(error):
+      raise
+    print(f"error: the disk is full ({error}). Free space, or give --workdir / --config.data.dir a disk with room, "
+          "then run the same command again: a run resumes from its last complete checkpoint (checkpoints and "
+          "prepared data are committed only when whole).", file=sys.stderr)
     sys.exit(2)
 
 

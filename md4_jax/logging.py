@@ -25,11 +25,12 @@ class MetricsLog:
     self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
   def _truncate_after(self, step: int) -> None:
-    """A resumed run recomputes the steps after its checkpoint; drop their stale lines."""
+    """A resumed run recomputes the steps after its checkpoint; drop their stale lines, and a line torn
+    by a full disk or a kill (it does not parse)."""
     if not self.path.exists():
       return
     lines = self.path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
     if len(kept) != len(lines):
       self.path.write_text("".join(line + "\n" for line in kept))
 
@@ -47,6 +48,25 @@ class MetricsLog:
   def close(self) -> None:
     if self.active:
       self.tensorboard.close()
+
+
+def _row_of(line: str) -> dict | None:
+  """A metrics line's row, or None for a blank or torn line."""
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return None
+  return row if isinstance(row, dict) and "step" in row else None
+
+
+def _step_of(line: str) -> int | None:
+  row = _row_of(line)
+  return None if row is None else row["step"]
+
+
+def read_rows(path: pathlib.Path) -> list[dict]:
+  """metrics.jsonl's rows in order, skipping a line torn by a full disk or a kill."""
+  return [row for row in map(_row_of, path.read_text().splitlines()) if row is not None]
 
 
 def _plain(value):

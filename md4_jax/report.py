@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from md4_jax import files  # noqa: E402
+from md4_jax.logging import read_rows  # noqa: E402
 
 
 def _latest(directory: pathlib.Path, prefix: str, suffix: str) -> pathlib.Path | None:
@@ -77,7 +78,7 @@ def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path) -> None:
 def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path) -> bool:
   if not metrics_path.exists():
     return False
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+  rows = read_rows(metrics_path)
   train = [(r["step"], r["train/bits"]) for r in rows if "train/bits" in r]
   held_out = sorted({r["step"]: r["eval/bpt"] for r in rows if "eval/bpt" in r}.items())
   if not train and not held_out:

@@ -1,10 +1,12 @@
 """download.fetch: checksums, reuse, atomic writes, and failing fast (seconds) when offline."""
 
+import errno
 import hashlib
 import time
 
 import pytest
 
+from md4_jax import errors
 from md4_jax.data import download
 from md4_jax.errors import UserError
 
@@ -91,3 +93,25 @@ def test_slow_resolver_is_abandoned(monkeypatch):
   start = time.monotonic()
   assert not download.host_reachable("http://example.com/x.zip", timeout_s=0.5)
   assert time.monotonic() - start < 2.0
+
+
+def test_a_full_disk_is_not_reported_as_a_failed_download(source, tmp_path, monkeypatch):
+  class FullDiskFile:  # what open(..., "wb") gives on a full disk: writes fail with ENOSPC
+    def __init__(self, *args, **kwargs):
+      pass
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def write(self, data):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(download, "open", FullDiskFile, raising=False)  # the module's own `open` only
+  dest = tmp_path / "out" / "thing.zip"
+  with pytest.raises(OSError) as raised:
+    download.fetch(source.as_uri(), dest, sha256=None, what="thing", manual_hint=HINT)
+  assert errors.disk_full(raised.value) and not isinstance(raised.value, UserError)
+  assert not dest.exists() and not dest.with_suffix(".zip.partial").exists()

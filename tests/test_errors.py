@@ -1,15 +1,18 @@
 """Bad inputs end in one clear message (exit status 2 or a flags error), never a traceback."""
 
+import errno
 import json
 import re
+import subprocess
+import sys
 
 import ml_collections
 import pytest
 
-from md4_jax import run
+from md4_jax import errors, run
 from md4_jax.errors import UserError
 from md4_jax.loop import NonFiniteLoss
-from tests.conftest import launch, launch_tiny, make_config, reference
+from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 
 
 def assert_clear_error(result, *fragments):
@@ -126,6 +129,51 @@ def test_nan_loss_from_the_command_line_is_one_message(tmp_path, corpus_file):
   assert result.returncode == 2
 
 
+
+
+# Runs launch.py with the disk "filling up" at the metrics line of step 10: half the line is written,
+# then the write fails with ENOSPC, as a real full disk does.
+_FULL_DISK_AT_STEP_10 = """
+import errno, runpy, sys
+from md4_jax import logging as metrics_logging
+write = metrics_logging.MetricsLog.write
+def write_until_full(self, step, metrics):
+  if step >= 10:
+    with self.path.open("a") as file:
+      file.write('{"step": %d, "train/lo' % step)
+    raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+  write(self, step, metrics)
+metrics_logging.MetricsLog.write = write_until_full
+sys.argv = ["launch.py"] + sys.argv[1:]
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
+def test_full_disk_is_one_message_and_the_run_resumes(tmp_path, corpus_file):
+  workdir = tmp_path / "run"
+  args = ["--config", ROOT / "tests/tiny_config.py", "--workdir", workdir, f"--config.data.path={corpus_file}"]
+  full = subprocess.run([sys.executable, "-c", _FULL_DISK_AT_STEP_10, *map(str, args)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert_clear_error(full, "error: the disk is full", "No space left on device", "run the same command again")
+  assert full.returncode == 2
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+  resumed = launch(*args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step 8" in resumed.stderr + resumed.stdout
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == 12  # the torn step-10 line is gone; 10 and 12 were rewritten
+
+
+def test_disk_full_is_found_through_wrapping_errors():
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as cause:
+      raise ValueError("checkpoint save failed") from cause
+  except ValueError as wrapped:
+    assert errors.disk_full(wrapped)
+  assert errors.disk_full(RuntimeError("tensorstore: write failed: No space left on device"))
+  assert not errors.disk_full(OSError(errno.EACCES, "Permission denied"))
 
 
 def test_partial_multihost_flags(tmp_path, corpus_file):

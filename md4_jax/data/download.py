@@ -15,7 +15,7 @@ import threading
 import urllib.parse
 import urllib.request
 
-from md4_jax.errors import UserError
+from md4_jax.errors import UserError, disk_full
 
 REACH_TIMEOUT_S = 3.0  # for resolving the host, and again for opening the connection
 READ_TIMEOUT_S = 60.0  # a stalled transfer fails instead of hanging forever
@@ -101,6 +101,8 @@ def fetch(url: str, dest: pathlib.Path, *, sha256: str | None, what: str, manual
         out.write(chunk)
   except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
     partial.unlink(missing_ok=True)
+    if disk_full(error):
+      raise  # not the download's fault: launch.py says the disk is full
     raise UserError(f"downloading {what} from {url} failed ({error}). Instead, {instructions}") from error
   if sha256 is not None and digest.hexdigest() != sha256:
     partial.unlink()
