@@ -55,3 +55,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_state(directory: pathlib.Path, step: int | None, abstract_state):
+  """The train state of `step` (None: the latest) in `directory`, for eval, sampling or a judge."""
+  checkpointer = Checkpointer(directory)
+  try:
+    return checkpointer.restore(step, abstract_state)[0]
+  finally:
+    checkpointer.close()

@@ -30,7 +30,7 @@ class MetricsLog:
     if not self.path.exists():
       return
     lines = self.path.read_text().splitlines()
-    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    kept = [line for line in lines if (row := _row_of(line)) is not None and row["step"] <= step]
     if len(kept) != len(lines):
       self.path.write_text("".join(line + "\n" for line in kept))
 
@@ -57,11 +57,6 @@ def _row_of(line: str) -> dict | None:
   except ValueError:
     return None
   return row if isinstance(row, dict) and "step" in row else None
-
-
-def _step_of(line: str) -> int | None:
-  row = _row_of(line)
-  return None if row is None else row["step"]
 
 
 def read_rows(path: pathlib.Path) -> list[dict]:

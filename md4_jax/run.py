@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from md4_jax import conditioning, config_check, files, loop, report, sample_quality, sharding, zero_shot
-from md4_jax.checkpoints import Checkpointer
+from md4_jax.checkpoints import restore_state
 from md4_jax.data import benchmarks, pipeline, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.logging import MetricsLog
@@ -73,11 +73,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
       tokenizers.save_tokenizer(data.tokenizer, workdir / "tokenizer.json")
     return loop.train(config, workdir, data)
   experiment = Experiment(config, tokenizer.vocab_size, sharding.make_mesh(config.mesh))
-  checkpointer = Checkpointer(workdir / "checkpoints")
-  try:
-    state, _ = checkpointer.restore(step, experiment.abstract_state)
-  finally:
-    checkpointer.close()
+  state = restore_state(workdir / "checkpoints", step, experiment.abstract_state)
   restored_step = int(state["step"])
   if mode == "eval" and config.eval.suite == "zero_shot":
     return _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, workdir, restored_step)
@@ -154,19 +150,10 @@ def _evaluate(config, experiment, state, data, workdir, step) -> dict:
       bound_by_steps.append({"steps": steps, "bpt": values["bpt"], "bpt_stderr": values["bpt_stderr"]})
   bound_by_steps.sort(key=lambda row: row["steps"] or float("inf"))
   if jax.process_index() == 0:
-    out = workdir / "eval" / f"step_{step}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(
-        {"step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
-         **result, "splits": per_split, "bound_by_steps": bound_by_steps}, indent=2))
-    table = _markdown_table(per_split, step, config.eval.params, bound, config.eval.time_samples)
-    files.write_text_atomically(out.with_name(out.name + ".md"), table)
-    log = MetricsLog(workdir, resume_step=None)
-    log.write(step, result)
-    log.close()
-    report_path = report.write(workdir, config)
-    print(table)
-    print(f"wrote {out}.json, {out}.md, {report_path} and a line in {workdir / 'metrics.jsonl'}")
+    _write_eval_files(workdir, config, f"step_{step}", table=_markdown_table(
+        per_split, step, config.eval.params, bound, config.eval.time_samples), record={
+            "step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
+            **result, "splits": per_split, "bound_by_steps": bound_by_steps}, metrics=(step, result))
   return result
 
 
@@ -189,12 +176,7 @@ def _evaluate_samples(config, experiment, state, data, workdir, step) -> dict:
   result = {"step": step, "params": config.eval.params, "judge": judge and judge.workdir,
             "held_out_unigram_entropy_bits": data_entropy, "samplers": rows}
   if jax.process_index() == 0:
-    out = workdir / "eval" / f"samples_step_{step}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(result, indent=2))
-    files.write_text_atomically(out.with_name(out.name + ".md"), table)
-    print(table)
-    print(f"wrote {out}.json, {out}.md and {report.write(workdir, config)}")
+    _write_eval_files(workdir, config, f"samples_step_{step}", table=table, record=result)
   return result
 
 
@@ -209,18 +191,28 @@ def _evaluate_zero_shot(config, experiment, state, tokenizer, benchmark_rows, wo
   table = heading + zero_shot.table(results, f"{workdir.name} (step {step})", exact)
   result = zero_shot.metrics(results)
   if jax.process_index() == 0:
-    out = workdir / "eval" / f"zero_shot_step_{step}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomically(out.with_name(out.name + ".json"), json.dumps(
-        {"step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
-         "seq_len": config.data.seq_len, "benchmarks": results}, indent=2))
-    files.write_text_atomically(out.with_name(out.name + ".md"), table)
-    log = MetricsLog(workdir, resume_step=None)
-    log.write(step, result)
-    log.close()
-    print(table)
-    print(f"wrote {out}.json, {out}.md, {report.write(workdir, config)} and a line in {workdir / 'metrics.jsonl'}")
+    _write_eval_files(workdir, config, f"zero_shot_step_{step}", table=table, record={
+        "step": step, "params": config.eval.params, "bound": bound, "time_samples": config.eval.time_samples,
+        "seq_len": config.data.seq_len, "benchmarks": results}, metrics=(step, result))
   return result
+
+
+def _write_eval_files(workdir, config, name: str, *, table: str, record: dict, metrics=None) -> None:
+  """An eval suite's outputs (process 0): eval/<name>.json and .md, a metrics.jsonl line when `metrics`
+  = (step, values) is given, the rewritten eval/report.md; prints the table and what was written."""
+  out = workdir / "eval" / name
+  out.parent.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomically(out.with_name(name + ".json"), json.dumps(record, indent=2))
+  files.write_text_atomically(out.with_name(name + ".md"), table)
+  written = [f"{out}.json", f"{out}.md"]
+  if metrics is not None:
+    log = MetricsLog(workdir, resume_step=None)
+    log.write(*metrics)
+    log.close()
+    written.append(f"a line in {workdir / 'metrics.jsonl'}")
+  written.append(str(report.write(workdir, config)))
+  print(table)
+  print(f"wrote {', '.join(written)}")
 
 
 def _markdown_table(per_split: dict, step: int, params: str, bound: str, time_samples: int) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from md4_jax import autoregressive, loop, sharding
-from md4_jax.checkpoints import Checkpointer
+from md4_jax.checkpoints import restore_state
 from md4_jax.data import tokenizers
 from md4_jax.errors import UserError
 from md4_jax.train import Experiment
@@ -67,11 +67,7 @@ class Judge:
       raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({judge_tokenizer.name}, "
                       f"{judge_tokenizer.vocab_size} ids); it must read the same token ids as this run")
     self.experiment = Experiment(config, judge_tokenizer.vocab_size, mesh)
-    checkpointer = Checkpointer(path / "checkpoints")
-    try:
-      state, _ = checkpointer.restore(None, self.experiment.abstract_state)
-    finally:
-      checkpointer.close()
+    state = restore_state(path / "checkpoints", None, self.experiment.abstract_state)
     self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
     vocab_size = judge_tokenizer.vocab_size
     graphdef = self.experiment.graphdef

@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -21,6 +23,16 @@ def corpus_file(tmp_path) -> pathlib.Path:
   path = tmp_path / "corpus.txt"
   path.write_text(CORPUS, encoding="utf-8")
   return path
+
+
+@pytest.fixture
+def offline_dns(monkeypatch):
+  """Name lookups hang for a minute, then fail: what this machine's resolver does offline."""
+  def hanging_dns(*args, **kwargs):
+    time.sleep(60)
+    raise socket.gaierror("no network")
+
+  monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
 
 
 def make_config(corpus: pathlib.Path, **overrides):

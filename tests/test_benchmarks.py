@@ -4,7 +4,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import socket
 import tarfile
 import time
 import zipfile
@@ -131,12 +130,8 @@ def test_prepare_is_kept_and_a_changed_release_is_refused(releases, monkeypatch)
   assert not (releases / "zero_shot" / "bytes_eos" / "lambada.json").exists()
 
 
-def test_offline_prepare_fails_within_seconds_naming_where_to_put_the_file(tmp_path, monkeypatch):
-  def hanging_dns(*args, **kwargs):  # what this machine's resolver does offline, for minutes
-    time.sleep(60)
-    raise socket.gaierror("no network")
-
-  monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
+@pytest.mark.usefixtures("offline_dns")
+def test_offline_prepare_fails_within_seconds_naming_where_to_put_the_file(tmp_path):
   start = time.monotonic()
   dest = tmp_path / "zero_shot" / "downloads" / "ptb.test.txt"
   with pytest.raises(UserError, match=f"unreachable.*ptb.test.txt.*put it at {dest}"):

@@ -4,7 +4,6 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import socket
 import sys
 import time
 
@@ -154,12 +153,8 @@ def test_a_tokenizer_without_end_of_text_is_refused(tmp_path):
                          manual_dir=str(tmp_path))
 
 
-def test_offline_prepare_fails_within_seconds_naming_manual_dir(tmp_path, monkeypatch):
-  def hanging_dns(*args, **kwargs):  # what this machine's resolver does offline, for minutes
-    time.sleep(60)
-    raise socket.gaierror("no network")
-
-  monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
+@pytest.mark.usefixtures("offline_dns")
+def test_offline_prepare_fails_within_seconds_naming_manual_dir(tmp_path):
   start = time.monotonic()
   with pytest.raises(UserError, match="huggingface.co.*sample/10BT.*--config.data.manual_dir=DIR"):
     hub_datasets.prepare("fineweb_edu", tmp_path / "data", tokenizer=ByteTokenizer())
