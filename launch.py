@@ -1,5 +1,6 @@
 """Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
-[--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
+[--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE | --complete top|left|center]
+[--class_label N[,N...]] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
 import sys
 
@@ -7,7 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from md4_jax import distributed, errors, run, sweeps
+from md4_jax import conditioning, config_check, distributed, errors, run, sweeps
 from md4_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -22,6 +23,10 @@ _PROMPT = flags.DEFINE_string("prompt", None, "--mode sample: text every sample 
 _INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in which each '_' is one token to "
                               "generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
 _SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
+_CLASS_LABEL = flags.DEFINE_string("class_label", None, "--mode sample, class-conditional image runs: the class of "
+                                   "every sample, or a list (e.g. 1,4,7) given to the samples in turn.")
+_COMPLETE = flags.DEFINE_enum("complete", None, list(conditioning.COMPLETION_REGIONS), "--mode sample, image runs: "
+                              "keep that part of held-out images (top or left half, the center) and sample the rest.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run every variant of the config's sweep(add), each in WORKDIR/<name>.")
 _SWEEP_INDEX = flags.DEFINE_integer("sweep_index", None, "Run only variant I (0-based) of the config's sweep.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --sweep: list the variants (index, name, overrides) and stop.")
@@ -42,6 +47,11 @@ def expand_shorthand(argv: list[str]) -> list[str]:
 
 def parse_flags(argv):
   """absl's parser, with config-override mistakes (unknown key, wrong type) reported in one line."""
+  for arg in argv:
+    for old_key, (new_key, how) in config_check.RENAMED.items():
+      if arg.startswith(f"--config.{old_key}="):
+        print(f"error: bad command line: config key {old_key!r} was replaced by {new_key!r}: {how}", file=sys.stderr)
+        sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
@@ -89,7 +99,8 @@ def main(argv):
         workdir = str(sweeps.run_directory(workdir, name))
         print(f"=== sweep run {name} in {workdir}")
       run.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
-               num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value)
+               num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value,
+               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -9,33 +9,60 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
+  # What a step optimises: "md4" (masked diffusion, the negative ELBO) | "ar" (causal next-token baseline,
+  # exact likelihood; needs model.backbone="transformer"). Replaces model.kind.
+  config.objective = "md4"
 
   config.data = ml_collections.ConfigDict()
-  # "embedded" (Wikipedia excerpt shipped in gensim) | "textfile" | "tokens" (your token ids) |
-  # "text8" | "openwebtext" | "fineweb_edu" (these three are downloaded once by `--mode prepare`)
-  config.data.source = "embedded"  # which data (see the two lines above)
+  # Text: "embedded" (Wikipedia excerpt shipped in gensim) | "textfile" | "tokens" (your token ids) | "text8" |
+  # "openwebtext" | "fineweb_edu" | "lm1b". Images: "digits" (shipped in scikit-learn) | "cifar10" | "imagenet64".
+  # text8, the hub sets, cifar10 and imagenet64 are downloaded once by `--mode prepare`.
+  config.data.source = "embedded"  # which data (see the lines above)
   config.data.path = ""  # the file for source="textfile" (UTF-8 text) or "tokens" (.npy, or raw .bin)
   config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file)
   config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy inside an installed mlx-whisper
   config.data.vocab_size = 0  # source="tokens" only: ids are in [0, vocab_size)
   config.data.token_dtype = ""  # source="tokens", .bin files: "uint16" (default), "uint32" or "int32"
-  config.data.seq_len = 128  # tokens per training sequence
+  config.data.seq_len = 128  # tokens per training sequence (text; an image's length is H * W * C)
   config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
   config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
   config.data.manual_dir = ""  # already-downloaded raw files (text8.zip, hub shards); "" = download
-  config.data.subset = ""  # fineweb_edu: the hub subset ("" = its default, sample-10BT)
-  config.data.max_documents = 0  # prepare only the first N documents (0 = all); for small trials
+  # fineweb_edu: the hub subset ("" = its default, sample-10BT); imagenet64: "" = van den Oord et al.'s release
+  # (the likelihood tables', no labels) or "labeled" (Chrabaszcz et al.'s npz release, 1000 classes)
+  config.data.subset = ""
+  config.data.max_documents = 0  # prepare only the first N documents (images: per split); 0 = all; small trials
 
   config.model = ml_collections.ConfigDict()
-  config.model.kind = "md4"  # "md4" (masked diffusion) | "ar" (causal next-token baseline, exact likelihood)
+  config.model.backbone = "transformer"  # the network: "transformer" (tokens) | "unet" | "uvit" (images)
+  # model.num_layers .. model.positions: the transformer backbone's keys.
   config.model.num_layers = 4  # transformer blocks
   config.model.width = 128  # model dimension
   config.model.num_heads = 4  # attention heads (width / num_heads must be even)
   config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width
   config.model.positions = "rope"  # "rope" | "learned"
-  config.model.time_conditioning = True  # adaLN-zero on t; False = time-independent network
+  # Every backbone:
+  config.model.time_conditioning = True  # condition on t (adaLN-zero / added embedding); False = time-independent
+  config.model.class_conditional = False  # image sources with labels: condition on the class (label embedding)
+  config.model.label_dropout = 0.1  # class_conditional: share of training labels replaced by the null class (for guidance)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params, optimizer, softmax, loss stay float32)
   config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
+
+  config.model.unet = ml_collections.ConfigDict()  # backbone="unet": residual blocks at full resolution
+  config.model.unet.channels = 128  # width of every residual block
+  config.model.unet.num_res_blocks = 32  # blocks going down (num_res_blocks + 1 coming up), around attention
+  config.model.unet.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
+  config.model.unet.dropout = 0.1  # dropout inside every residual block
+
+  config.model.uvit = ml_collections.ConfigDict()  # backbone="uvit": residual blocks around a DiT middle
+  config.model.uvit.channels = 256  # width of the residual blocks and of the condition
+  config.model.uvit.num_res_blocks = 8  # blocks going down (num_res_blocks + 1 coming up)
+  config.model.uvit.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
+  config.model.uvit.patch_size = 2  # DiT patch size (64x64 -> 1,024 tokens)
+  config.model.uvit.width = 768  # DiT width
+  config.model.uvit.num_layers = 20  # DiT blocks (adaLN-zero)
+  config.model.uvit.num_heads = 12  # DiT attention heads
+  config.model.uvit.mlp_ratio = 4.0  # DiT GELU MLP hidden size = mlp_ratio * width
+  config.model.uvit.dropout = 0.1  # dropout in the residual blocks and the DiT
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
@@ -70,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.suite = "bound"  # --mode eval: "bound" (likelihood bound) | "samples" (sample quality) | "zero_shot"
   config.eval.zero_shot = "lambada,wikitext2,ptb,wikitext103,lm1b"  # suite=zero_shot: benchmarks to evaluate
   config.eval.samplers = "ancestral:128,exact:1"  # suite=samples: variants, name:steps or exact:tokens_per_call
-  config.eval.judge = ""  # suite=samples: workdir of an AR run (model.kind=ar) that scores samples; "" = none
+  config.eval.judge = ""  # suite=samples: workdir of an AR run (objective=ar) that scores samples; "" = none
   config.eval.bound_steps = "16,64,256"  # --mode eval also reports the T-step bound for these T (report.md plot)
   config.eval.params = "ema"  # --mode eval evaluates "ema" or "raw" weights
   config.eval.split = "validation"  # split evaluated in training, logged as eval/...: "validation" or "test" (text8)
@@ -89,6 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampler.block_length = 0  # semi_ar: positions per block (divides data.seq_len)
   config.sampler.inner = "confidence"  # semi_ar: "ancestral" | "mean" | "exact" | "confidence" within a block
   config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
+  config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
 

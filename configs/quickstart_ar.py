@@ -6,5 +6,5 @@ from configs import quickstart
 
 def get_config():
   config = quickstart.get_config()
-  config.model.kind = "ar"
+  config.objective = "ar"
   return config

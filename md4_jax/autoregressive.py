@@ -1,4 +1,4 @@
-"""The autoregressive baseline (`model.kind = "ar"`): exact next-token likelihood and left-to-right sampling.
+"""The autoregressive baseline (`objective = "ar"`): exact next-token likelihood and left-to-right sampling.
 
 The network is the same transformer with causal attention. Its input is the sequence shifted right by
 one, with the mask id (= vocab_size, an embedding row the model has anyway) as the start token, so the
@@ -32,12 +32,13 @@ def nll_terms(network, x0_BxL, *, vocab_size: int, token_mask_BxL=None) -> dict:
           "num_tokens": jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)}
 
 
-def sample(network, key, z_BxL, settings: sampling.Settings, *, vocab_size: int):
+def sample(network, key, z_BxL, settings: sampling.Settings, *, vocab_size: int, return_order: bool = False):
   """Fills z's mask ids left to right, each from p(x_n | x_<n) after temperature / top-k / top-p.
 
   Known tokens are kept and condition every later position (the model cannot see to its right, so
   a token after a gap does not inform the gap). A column with nothing to fill costs no call.
-  Returns (tokens_BxL, NFE).
+  Returns (tokens_BxL, NFE), and with `return_order` the position + 1 at which each token was filled
+  (0: given), as `sampling.sample` does.
   """
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
 
@@ -53,4 +54,7 @@ def sample(network, key, z_BxL, settings: sampling.Settings, *, vocab_size: int)
     needed = jnp.any(to_fill_B)
     return jax.lax.cond(needed, fill, lambda: z_BxL), nfe + needed.astype(jnp.int32)
 
-  return jax.lax.fori_loop(0, z_BxL.shape[1], position, (z_BxL, jnp.zeros((), jnp.int32)))
+  tokens_BxL, nfe = jax.lax.fori_loop(0, z_BxL.shape[1], position, (z_BxL, jnp.zeros((), jnp.int32)))
+  if not return_order:
+    return tokens_BxL, nfe
+  return tokens_BxL, nfe, jnp.where(z_BxL == vocab_size, jnp.arange(1, z_BxL.shape[1] + 1), 0)

@@ -1,4 +1,5 @@
-"""What `--mode sample` conditions on: a prompt or an infill template -> the sampler's start state.
+"""What `--mode sample` conditions on -> the sampler's start state: a prompt or an infill template (text),
+a region of held-out images to complete, class labels (class-conditional image runs).
 
 The start state is one row of token ids of length data.seq_len with the mask id
 (= vocab_size) where the sampler generates; every other id stays as given.
@@ -35,3 +36,33 @@ def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: st
     raise UserError(f"{flag} is {len(known)} tokens but data.seq_len is {length}, leaving nothing to generate; "
                     "shorten it")
   return np.concatenate([known, np.full(length - len(known), mask_id, np.int32)])
+
+
+COMPLETION_REGIONS = ("top", "left", "center")
+
+
+def kept_region(image, region: str) -> np.ndarray:
+  """[D] bool: the sub-pixels `--complete region` keeps (top half, left half, or the centre half-size
+  square); the sampler generates the rest."""
+  if region not in COMPLETION_REGIONS:
+    raise UserError(f"--complete={region!r}; choose one of {COMPLETION_REGIONS}")
+  rows, columns = np.meshgrid(np.arange(image.height), np.arange(image.width), indexing="ij")
+  keep = {"top": rows < image.height // 2, "left": columns < image.width // 2,
+          "center": (abs(2 * rows + 1 - image.height) <= image.height // 2)
+          & (abs(2 * columns + 1 - image.width) <= image.width // 2)}[region]
+  return np.repeat(keep.reshape(-1), image.channels)  # every channel of a kept pixel
+
+
+def completion_start(tokens_NxD: np.ndarray, image, region: str) -> np.ndarray:
+  """[N, D]: the images' tokens where `region` is kept, the mask id (image.levels) elsewhere."""
+  return np.where(kept_region(image, region)[None], tokens_NxD, image.levels).astype(np.int32)
+
+
+def parse_class_labels(spec: str, num_classes: int) -> list[int]:
+  """--class_label "3" or "1,4,7" -> [labels], each in [0, num_classes)."""
+  if not num_classes:
+    raise UserError("--class_label needs a class-conditional run (model.class_conditional=True on labelled images)")
+  items = [item.strip() for item in spec.split(",") if item.strip()]
+  if not items or not all(item.isdigit() and int(item) < num_classes for item in items):
+    raise UserError(f"--class_label={spec!r}: give class numbers in 0..{num_classes - 1}, e.g. 3 or 1,4,7")
+  return [int(item) for item in items]

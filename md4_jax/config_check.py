@@ -3,12 +3,17 @@
 Every problem is a `UserError` that names the key and the fix.
 """
 
+import json
+
 import ml_collections
 
-from md4_jax import sampling, schedules
-from md4_jax.data import benchmarks, pipeline, tokenizers
+from md4_jax import evals, modality, models, objectives, sampling, schedules
+from md4_jax.data import benchmarks, image_sources, sources, tokenizers
 from md4_jax.errors import UserError
-from md4_jax.train import build_model_config
+
+# Keys that were renamed: old -> (new, what to write instead). Saved workdirs are migrated (`migrate`);
+# a config or command line that still uses the old name is refused with the replacement.
+RENAMED = {"model.kind": ("objective", "set config.objective (or --config.objective=ar); same values: 'md4' | 'ar'")}
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 # grad_accum changes only which random numbers are drawn; remat and logits_capacity change only cost.
@@ -19,7 +24,8 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
                  "train.keep_checkpoints", "train.grad_accum", "eval.batch_size", "eval.time_samples", "sampler.steps",
-                 "sampler.num_samples")
+                 "sampler.num_samples", "model.unet.channels", "model.uvit.channels", "model.uvit.patch_size",
+                 "model.uvit.width", "model.uvit.num_layers", "model.uvit.num_heads")
 
 
 def flatten(config, prefix="") -> dict:
@@ -45,6 +51,9 @@ def check_keys(config, reference) -> None:
   """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type."""
   flat, known = flatten(config), flatten(reference)
   for key, value in flat.items():
+    if key in RENAMED:
+      new_key, how = RENAMED[key]
+      raise UserError(f"config key {key!r} was replaced by {new_key!r}: {how}")
     if key not in known:
       group = key.rpartition(".")[0]
       siblings = sorted(k for k in known if k.rpartition(".")[0] == group)
@@ -68,20 +77,30 @@ def check_values(config) -> None:
     raise UserError(f"eval.timesteps={config.eval.timesteps}: use -1 (as trained), 0 (continuous) or T > 0 steps")
   if config.diffusion.timesteps < 0:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
-  try:
-    schedules.get_schedule(config.diffusion.schedule)
-    sampling.time_grid(1, config.sampler.grid)
-    build_model_config(config, vocab_size=1)
-  except ValueError as error:
-    raise UserError(f"bad config value: {error}") from error
-  choices = {"data.source": pipeline.SOURCES, "data.tokenizer": tokenizers.NAMES,
+  source = sources.get(config.data.source)
+  choices = {"objective": objectives.NAMES, "model.backbone": models.BACKBONES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
              "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw"),
-             "eval.suite": ("bound", "samples", "zero_shot")}
+             "eval.suite": evals.NAMES}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
-  _check_sampler(config.sampler, config.data.seq_len)
+  # The backbone's own checks, on the source's shape (text: any vocabulary; images: known without data).
+  shape = image_sources.nominal_modality(config.data) if source.kind == "image" else modality.Text(2, config.data.seq_len)
+  try:
+    schedules.get_schedule(config.diffusion.schedule)
+    sampling.time_grid(1, config.sampler.grid)
+    models.backbone_factory(config, shape, objectives.get(config.objective).network_requirements)
+  except ValueError as error:
+    raise UserError(f"bad config value: {error}") from error
+  if not 0.0 <= config.model.label_dropout < 1.0:
+    raise UserError(f"model.label_dropout={config.model.label_dropout} must be in [0, 1)")
+  if config.sampler.guidance < 0:
+    raise UserError(f"sampler.guidance={config.sampler.guidance} must be >= 0 (0 = no guidance)")
+  if config.sampler.guidance and not config.model.class_conditional:
+    raise UserError(f"sampler.guidance={config.sampler.guidance} needs a class-conditional model "
+                    "(model.class_conditional=True, trained with label dropout)")
+  _check_sampler(config.sampler, shape.length)
   bound_steps(config.eval.bound_steps)
   benchmarks.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
@@ -120,13 +139,23 @@ def _check_sampler(sampler, seq_len: int) -> None:
       raise UserError(str(error)) from None
 
 
+def migrate(saved: dict) -> dict:
+  """A workdir's config.json in today's key names (RENAMED): a run from before a rename stays usable."""
+  saved = json.loads(json.dumps(saved))  # a copy
+  for old_key, (new_key, _) in RENAMED.items():
+    group, _, name = old_key.rpartition(".")
+    if name in saved.get(group, {}):
+      saved[new_key] = saved[group].pop(name)
+  return saved
+
+
 def check_resumable(saved: dict, config, workdir, reference=None) -> None:
   """Refuses to continue a workdir whose run was made with a config that changes its meaning.
 
   A key the saved config lacks (added to configs/base.py since) counts as its default.
   """
   new = flatten(config.to_dict())
-  old = {**(flatten(reference) if reference is not None else {}), **flatten(saved)}
+  old = {**(flatten(reference) if reference is not None else {}), **flatten(migrate(saved))}
   changed = [key for key in sorted(set(old) | set(new))
              if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
   if changed:

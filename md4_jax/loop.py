@@ -5,26 +5,24 @@ after step N+1 is queued, except before a hook (eval, checkpoint), which first
 checks that the state it is about to use came from finite losses.
 """
 
-import dataclasses
-import json
 import math
 import pathlib
 import signal
 import time
 
 import jax
-import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from md4_jax import files, sharding
+from md4_jax import generate, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
+from md4_jax.evals import bound, output
 from md4_jax.logging import MetricsLog, progress_bar
-from md4_jax.train import Experiment, summarize_eval
+from md4_jax.train import Experiment
 
-EVAL_SALT, SAMPLE_SALT = 1, 2  # fold_in tags: evaluation and sample keys are apart from training keys
+SAMPLE_SALT = 2  # fold_in tag: sample keys are apart from training and evaluation keys (bound.EVAL_SALT = 1)
 
 
 class NonFiniteLoss(UserError):
@@ -55,57 +53,16 @@ class MetricWindow:
     return {"sums": self.sums, "count": self.count}
 
 
-def evaluate(experiment: Experiment, params, data: pipeline.Data, max_sequences: int | None = None) -> dict:
-  """The negative-ELBO bound over the whole held-out split, or its first `max_sequences` (default
-  eval.max_sequences; 0 = all)."""
-  cfg = experiment.config
-  base = jax.random.fold_in(experiment.base_key, EVAL_SALT)
-  totals = {}
-  max_sequences = cfg.eval.max_sequences if max_sequences is None else max_sequences
-  batches = pipeline.eval_batches(data.eval, cfg.eval.batch_size, max_sequences)
-  for index, batch in enumerate(batches):
-    sums = experiment.eval_step(params, sharding.global_batch(batch, experiment.mesh), jax.random.fold_in(base, index))
-    for key, value in jax.device_get(sums).items():
-      totals[key] = totals.get(key, 0.0) + float(value)
-  return summarize_eval(totals)
-
-
-def write_samples(experiment: Experiment, params, tokenizer, stem: pathlib.Path, key, start_NxL: np.ndarray,
-                  record: dict) -> tuple[list[str], int, float]:
-  """Fills the mask ids of start_NxL with the configured sampler; writes stem.txt (readable) and stem.jsonl
-  (one object per sample: text, NFE, sampler settings and `record`). Returns (texts, NFE, seconds)."""
-  tokens_NxL, nfe, seconds = draw_samples(experiment, params, key, start_NxL)
-  texts = [tokenizer.decode(row) for row in np.asarray(tokens_NxL)]
-  if jax.process_index() == 0:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    settings = dataclasses.asdict(experiment.sampler_settings)
-    files.write_text_atomically(stem.with_name(stem.name + ".txt"),
-                                "".join(f"=== sample {i} ===\n{text}\n\n" for i, text in enumerate(texts)))
-    files.write_text_atomically(stem.with_name(stem.name + ".jsonl"), "".join(
-        json.dumps({"index": i, "text": text, **record, "sampler": settings, "nfe": nfe,
-                    "seconds": round(seconds, 3)}) + "\n" for i, text in enumerate(texts)))
-  return texts, nfe, seconds
-
-
-def draw_samples(experiment: Experiment, params, key, start_NxL: np.ndarray) -> tuple[np.ndarray, int, float]:
-  """(tokens_NxL, NFE, seconds of the call without compilation): start_NxL's mask ids filled."""
-  start_NxL = sharding.replicated_array(start_NxL, experiment.mesh)
-  experiment.sample.lower(params, key, start_NxL).compile()  # compiled apart from the timed call (jit reuses it)
-  start_time = time.perf_counter()
-  tokens_NxL, nfe = jax.device_get(experiment.sample(params, key, start_NxL))
-  return np.asarray(tokens_NxL), int(nfe), time.perf_counter() - start_time
-
-
-def unconditional_start(experiment: Experiment, num_samples: int) -> np.ndarray:
-  """[num_samples, seq_len] of mask ids: generate everything."""
-  return np.full((num_samples, experiment.config.data.seq_len), experiment.vocab_size, np.int32)
+def sample_key(base_key, step: int):
+  """The key of the samples drawn at `step` (training dumps, the samples suite, --mode sample)."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, SAMPLE_SALT), step)
 
 
 def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
-  experiment = Experiment(config, data.tokenizer.vocab_size, mesh)
+  experiment = Experiment(config, data.modality, mesh)
   checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
   start = checkpointer.latest_step() or 0
@@ -129,7 +86,8 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   last_good, last_eval, pending = start or None, {}, None
   bar = progress_bar(start, cfg.num_steps)
-  window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * config.data.seq_len
+  window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * data.modality.length
+  unit = output.unit(data.modality)
 
   def read(step, metrics):
     """Host side of step `step`: NaN check, window sums, a log line every log_every steps."""
@@ -169,14 +127,14 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         read(*pending)
         pending = None
       if do_eval:
-        last_eval = {f"eval/{k}": v for k, v in evaluate(experiment, state["ema_params"], data).items()}
+        last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
         log.write(step, last_eval)
-        sample_key = jax.random.fold_in(jax.random.fold_in(experiment.base_key, SAMPLE_SALT), step)
-        write_samples(experiment, state["ema_params"], data.tokenizer, workdir / "samples" / f"step_{step}",
-                      sample_key, unconditional_start(experiment, config.sampler.num_samples),
-                      {"step": step, "params": "ema", "seed": config.seed})
-        say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} bits/token "
-                  f"(ppl {last_eval['eval/ppl']:.3f}); samples in {workdir / 'samples'}")
+        generate.write_samples(experiment, state["ema_params"], workdir / "samples" / f"step_{step}",
+                               sample_key(experiment.base_key, step),
+                               generate.unconditional_start(experiment, config.sampler.num_samples),
+                               {"step": step, "params": "ema", "seed": config.seed})
+        ppl = f" (ppl {last_eval['eval/ppl']:.3f})" if "eval/ppl" in last_eval else ""
+        say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
       if do_save:
         checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
         last_good = step

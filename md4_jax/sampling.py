@@ -37,6 +37,7 @@ class Settings:
   block_length: int = 0  # semi_ar: positions per left-to-right block
   inner: str = "confidence"  # semi_ar: the sampler within a block
   cache: bool = True  # reuse the last output when the input did not change (time-independent networks)
+  guidance: float = 0.0  # classifier-free guidance scale w (class-conditional models); 0 = none
 
   @classmethod
   def from_config(cls, sampler_cfg) -> "Settings":
@@ -65,8 +66,12 @@ def semi_ar_blocks(block_length: int, steps: int, length: int) -> int:
   return num_blocks
 
 
-def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int, time_dependent: bool = True):
-  """Fills the mask ids of z_BxL (tokens elsewhere are clamped). Returns (tokens_BxL, NFE as an int32 scalar).
+def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int, time_dependent: bool = True,
+           return_order: bool = False):
+  """Fills the mask ids of z_BxL (tokens elsewhere are clamped). Returns (tokens_BxL, NFE as an int32 scalar),
+  and with `return_order` also order_BxL: the sampler's clock (grid step or unmasking event, counted
+  from 1 across semi_ar blocks) at which each position was filled, 0 for given tokens. Filled tokens
+  never change, so `order` replays the reverse process exactly (the image strips draw it).
 
   `time_dependent=False` declares that `denoise` ignores t, which lets `settings.cache` skip a call whose
   input z equals the previous call's.
@@ -74,22 +79,44 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
   if settings.name not in NAMES:
     raise ValueError(f"unknown sampler {settings.name!r}; choose one of {NAMES}")
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
-  is_masked_BxL = z_BxL == vocab_size
-  if settings.name != "semi_ar":
-    return _SAMPLERS[settings.name](denoise, key, schedule, z_BxL, is_masked_BxL, settings, vocab_size,
-                                    time_dependent)
-  length = z_BxL.shape[1]
-  num_blocks = semi_ar_blocks(settings.block_length, settings.steps, length)
-  inner = dataclasses.replace(settings, name=settings.inner, steps=settings.steps // num_blocks)
-  positions_L = jnp.arange(length)
+  order_BxL = jnp.zeros_like(z_BxL)
+  blocks = [(settings, z_BxL == vocab_size)]
+  if settings.name == "semi_ar":
+    length = z_BxL.shape[1]
+    num_blocks = semi_ar_blocks(settings.block_length, settings.steps, length)
+    inner = dataclasses.replace(settings, name=settings.inner, steps=settings.steps // num_blocks)
+    block_L = jnp.arange(length) // settings.block_length
+    blocks = [(inner, block_L == block) for block in range(num_blocks)]  # static: left to right
   nfe = jnp.zeros((), jnp.int32)
-  for block in range(num_blocks):  # static: each block is its own loop, left to right
-    in_block_L = (positions_L // settings.block_length) == block
-    z_BxL, block_nfe = _SAMPLERS[inner.name](denoise, jax.random.fold_in(key, block), schedule, z_BxL,
-                                             (z_BxL == vocab_size) & in_block_L, inner, vocab_size,
-                                             time_dependent)
+  for index, (block_settings, in_block) in enumerate(blocks):
+    block_key = key if len(blocks) == 1 else jax.random.fold_in(key, index)
+    z_BxL, block_nfe, order_BxL = _SAMPLERS[block_settings.name](
+        denoise, block_key, schedule, z_BxL, (z_BxL == vocab_size) & in_block, block_settings, vocab_size,
+        time_dependent, order_BxL)
     nfe += block_nfe
-  return z_BxL, nfe
+  return (z_BxL, nfe, order_BxL) if return_order else (z_BxL, nfe)
+
+
+def _record_order(order_BxL, old_z_BxL, new_z_BxL, clock, vocab_size: int):
+  """Marks the positions filled between old and new z with the sampler's clock."""
+  return jnp.where((old_z_BxL == vocab_size) & (new_z_BxL != vocab_size), clock, order_BxL)
+
+
+def guided(denoise_labelled, label_B, null_B, scale: float):
+  """Classifier-free guidance: a `denoise(z, t)` whose log-probabilities are
+  (1 + w) log p(x | z, label) - w log p(x | z, null class), renormalised by the sampler.
+
+  `denoise_labelled(z, t, label)` is the class-conditional network; both predictions come from one
+  call over the doubled batch (one network call in NFE). w = 0 gives the conditional model itself.
+  """
+
+  def denoise(z_BxL, t_B):
+    logits = denoise_labelled(jnp.concatenate([z_BxL, z_BxL]), jnp.concatenate([t_B, t_B]),
+                              jnp.concatenate([label_B, null_B]))
+    conditional, unconditional = jnp.split(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 2)
+    return (1.0 + scale) * conditional - scale * unconditional
+
+  return denoise
 
 
 def process_logits(logits_BxLxV, settings: Settings):
@@ -133,25 +160,29 @@ def _grid_sampler(update):
   (the last output reused) when caching is allowed and the previous step changed nothing.
   `update(key, z, is_masked, initial_count, logits, t, s, step, settings, schedule)` returns the new z."""
 
-  def run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent):
+  def run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
     steps, batch_size = settings.steps, z_BxL.shape[0]
     times = time_grid(steps, settings.grid)
     reuse_allowed = settings.cache and not time_dependent
     initial_B = active_BxL.sum(-1)
+    clock_start = jnp.max(order_BxL)  # semi_ar: later blocks continue the clock
 
     def step(i, carry):
-      z_BxL, last_logits, changed, nfe = carry
+      z_BxL, last_logits, changed, nfe, order_BxL = carry
       t, s = times[steps - i], times[steps - i - 1]
       call = lambda: denoise(z_BxL, jnp.full((batch_size,), t)).astype(jnp.float32)  # noqa: E731
       logits = jax.lax.cond(changed, call, lambda: last_logits) if reuse_allowed else call()
       is_masked_BxL = (z_BxL == vocab_size) & active_BxL
       new_z = update(jax.random.fold_in(key, i), z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings,
                      schedule)
-      return new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32)
+      order_BxL = _record_order(order_BxL, z_BxL, new_z, clock_start + i + 1, vocab_size)
+      return (new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32),
+              order_BxL)
 
-    start = (z_BxL, jnp.zeros(z_BxL.shape + (vocab_size,), jnp.float32), jnp.array(True), jnp.zeros((), jnp.int32))
-    z_BxL, _, _, nfe = jax.lax.fori_loop(0, steps, step, start)
-    return z_BxL, nfe
+    start = (z_BxL, jnp.zeros(z_BxL.shape + (vocab_size,), jnp.float32), jnp.array(True), jnp.zeros((), jnp.int32),
+             order_BxL)
+    z_BxL, _, _, nfe, order_BxL = jax.lax.fori_loop(0, steps, step, start)
+    return z_BxL, nfe, order_BxL
 
   return run
 
@@ -219,7 +250,7 @@ def time_of_mask_prob(schedule, mask_prob_B, iterations: int = 32):
   return jax.lax.fori_loop(0, iterations, halve, bounds, unroll=True)[1]  # unrolled: one fused kernel
 
 
-def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent):
+def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
   """The continuous-time reverse process simulated event by event (first-hitting).
 
   With n positions masked at time t, each unmasks independently at a time tau with
@@ -230,12 +261,13 @@ def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time
   """
   k, batch_size = settings.tokens_per_call, z_BxL.shape[0]
   log_mask_prob_B = jnp.full((batch_size,), jnp.log(schedule.mask_prob(1.0)))
+  clock_start = jnp.max(order_BxL)
 
   def unmasking(carry):
     return jnp.any((carry[0] == vocab_size) & active_BxL)
 
   def event(carry):
-    z_BxL, log_mask_prob_B, nfe = carry
+    z_BxL, log_mask_prob_B, nfe, order_BxL = carry
     step_key = jax.random.fold_in(key, nfe)
     time_key, position_key, token_key = jax.random.split(step_key, 3)
     is_masked_BxL = (z_BxL == vocab_size) & active_BxL
@@ -250,10 +282,13 @@ def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time
     score_BxL = jnp.where(is_masked_BxL, uniform(position_key, z_BxL.shape), -1.0)
     chosen_BxK = jax.lax.top_k(score_BxL, k)[1]  # k uniformly chosen masked positions (fewer if n < k)
     unmask_BxL = is_masked_BxL & jnp.any(jax.nn.one_hot(chosen_BxK, z_BxL.shape[1], dtype=bool), axis=1)
-    return jnp.where(unmask_BxL, tokens_BxL, z_BxL), log_after_BxK[:, -1], nfe + 1
+    new_z = jnp.where(unmask_BxL, tokens_BxL, z_BxL)
+    return new_z, log_after_BxK[:, -1], nfe + 1, _record_order(order_BxL, z_BxL, new_z, clock_start + nfe + 1,
+                                                               vocab_size)
 
-  z_BxL, _, nfe = jax.lax.while_loop(unmasking, event, (z_BxL, log_mask_prob_B, jnp.zeros((), jnp.int32)))
-  return z_BxL, nfe
+  z_BxL, _, nfe, order_BxL = jax.lax.while_loop(
+      unmasking, event, (z_BxL, log_mask_prob_B, jnp.zeros((), jnp.int32), order_BxL))
+  return z_BxL, nfe, order_BxL
 
 
 _SAMPLERS = {"ancestral": _grid_sampler(_ancestral_update), "mean": _grid_sampler(_mean_update),

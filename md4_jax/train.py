@@ -13,58 +13,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from md4_jax import autoregressive, diffusion, sampling, sharding
-from md4_jax.models.transformer import Transformer, TransformerConfig
-from md4_jax.schedules import get_schedule
+from md4_jax import diffusion, models, objectives, sampling, sharding
+from md4_jax.errors import UserError
 
-
-MODEL_KINDS = ("md4", "ar")
-
-
-def build_model_config(config, vocab_size: int) -> TransformerConfig:
-  """model.* -> the network's config. model.kind="ar" is causal and has no time input."""
-  model = dict(config.model)
-  kind = model.pop("kind")
-  if kind not in MODEL_KINDS:
-    raise ValueError(f"model.kind={kind!r}: choose one of {MODEL_KINDS}")
-  if kind == "ar":
-    model.update(causal=True, time_conditioning=False)
-  return TransformerConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **model)
+DROPOUT_SALT, LABEL_SALT = 101, 102  # fold_in tags of the step key: network dropout, label dropout
 
 
 def eval_timesteps(config) -> int:
   """The bound eval reports: eval.timesteps, or (at -1) the training objective's diffusion.timesteps."""
   return config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
-
-
-GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
-
-
-def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int) -> float:
-  """Share of a block of `rows` sequences given to the output layer: train.logits_capacity, or (at -1) auto.
-
-  Auto: 1 (every position) for vocabularies under GATHER_MIN_VOCAB or i.i.d. times. With
-  antithetic times a block's expected masked share is known for each offset u of the draw,
-  so auto takes its worst case over u plus 4 binomial standard deviations: the exact
-  fallback then almost never runs.
-  """
-  if config.model.kind == "ar":  # every position is a target
-    return 1.0
-  fraction = config.train.logits_capacity
-  if fraction != -1:
-    return float(fraction)
-  if vocab_size < GATHER_MIN_VOCAB or not config.diffusion.antithetic:
-    return 1.0
-  batch, length = config.train.batch_size // config.train.grad_accum, config.data.seq_len
-  u = np.arange(256) / 256
-  worst = 0.0
-  for block in np.split(diffusion.spread_order(batch) / batch, batch // rows):
-    t = jnp.asarray(np.mod(u[:, None] + block[None, :], 1.0))
-    if config.diffusion.timesteps:
-      t = diffusion.discretize_times(t, config.diffusion.timesteps)
-    worst = max(worst, float(jnp.max(jnp.mean(schedule.mask_prob(t), axis=1))))
-  noise = 4.0 * math.sqrt(0.25 / (rows * length))  # binomial std of a share is at most sqrt(1/4 / n)
-  return min(1.0, worst + noise)
 
 
 def learning_rate_schedule(train_cfg):
@@ -90,14 +47,21 @@ def ema_decay(step, max_decay: float):
 
 
 class Experiment:
-  """Everything a run needs that follows from the config: model, optimizer, shardings, jitted steps."""
+  """Everything a run needs that follows from the config and the modality: model, objective, optimizer,
+  shardings, jitted steps. Nothing here depends on which objective, backbone or modality it is."""
 
-  def __init__(self, config, vocab_size: int, mesh):
-    self.config, self.mesh, self.vocab_size = config, mesh, vocab_size
-    self.model_config = build_model_config(config, vocab_size)
-    self.schedule = get_schedule(config.diffusion.schedule)
+  def __init__(self, config, modality, mesh):
+    self.config, self.mesh, self.modality = config, mesh, modality
+    self.vocab_size = modality.vocab_size
+    self.objective = objectives.get(config.objective)(config, self.vocab_size)
+    try:
+      self.make_model = models.backbone_factory(config, modality, self.objective.network_requirements)
+    except ValueError as error:
+      raise UserError(f"bad config value: {error}") from error
+    self.model_config = self.make_model.args[0]
+    self.num_classes = self.model_config.num_classes if hasattr(self.model_config, "num_classes") else 0
     self.optimizer = make_optimizer(config.train)
-    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(self.model_config, nnx.Rngs(0))))
+    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
     self.base_key = jax.random.key(config.seed)
     self.grad_accum = config.train.grad_accum
     # Rows per device-local block of the batch: the masked-position gather runs per block.
@@ -105,8 +69,10 @@ class Experiment:
     micro_batch = config.train.batch_size // config.train.grad_accum
     if micro_batch % self.batch_groups:
       self.batch_groups = 1
-    self.capacity_fraction = logits_capacity_fraction(config, vocab_size, self.schedule,
-                                                      micro_batch // self.batch_groups)
+    self.capacity_fraction = self.objective.capacity_fraction(micro_batch // self.batch_groups, modality.length)
+    if self.capacity_fraction < 1.0 and not hasattr(self.make_model.func, "head_logits"):
+      raise UserError(f"train.logits_capacity={config.train.logits_capacity} needs a backbone with a separate "
+                      f"output layer; model.backbone={config.model.backbone!r} has none: set train.logits_capacity=-1")
     abstract = jax.eval_shape(self._init, self.base_key)
     sharding.check_declared_sharding(abstract["params"], mesh)
     self.state_shardings = sharding.state_shardings(abstract, mesh)
@@ -118,45 +84,50 @@ class Experiment:
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.sampler_settings = sampling.Settings.from_config(config.sampler)
-    # sample(params, key, z_BxL) -> (tokens_BxL, NFE): fills z's mask ids (vocab_size), keeps its other tokens.
+    # sample(params, key, z_BxD, label_B) -> (tokens_BxD, NFE, order_BxD): fills z's mask ids (vocab_size),
+    # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
 
   def with_overrides(self, group: str, overrides: dict) -> "Experiment":
     """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""
     config = self.config.copy_and_resolve_references()
     config[group].update(overrides)
-    return Experiment(config, self.vocab_size, self.mesh)
+    return Experiment(config, self.modality, self.mesh)
 
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
 
   def _init(self, key):
-    model = Transformer(self.model_config, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+    model = self.make_model(nnx.Rngs(params=jax.random.fold_in(key, 0)))
     _, params = nnx.split(model)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
             "opt_state": self.optimizer.init(params)}
 
-  def _terms(self, params, batch, key, t_B=None, timesteps=None):
-    model = nnx.merge(self.graphdef, params)
-    if self.config.model.kind == "ar":
-      return autoregressive.nll_terms(model, batch["tokens"], vocab_size=self.vocab_size,
-                                      token_mask_BxL=batch["token_mask"])
+  def _network(self, params, batch, key=None):
+    """The backbone with the batch's labels bound; with a (training) key, dropout on and labels dropped to
+    the null class with probability model.label_dropout (so the model also learns p(x), for guidance)."""
+    label_B = batch.get("label") if self.num_classes else None
+    dropout_key = None
+    if key is not None:
+      dropout_key = jax.random.fold_in(key, DROPOUT_SALT)
+      if label_B is not None:
+        dropped_B = jax.random.bernoulli(jax.random.fold_in(key, LABEL_SALT), self.config.model.label_dropout,
+                                         label_B.shape)
+        label_B = jnp.where(dropped_B, self.num_classes, label_B)
+    return models.Network(nnx.merge(self.graphdef, params), label_B, dropout_key)
+
+  def _terms(self, params, batch, key, t_B=None, timesteps=None, training=False):
     timesteps = self.config.diffusion.timesteps if timesteps is None else timesteps
-    batch_size, length = batch["tokens"].shape
-    gather = {}
-    if self.capacity_fraction < 1.0:
-      capacity = max(1, math.ceil(self.capacity_fraction * (batch_size // self.batch_groups) * length))
-      gather = {"head": model.head_logits, "capacity": capacity, "groups": self.batch_groups}
-    return diffusion.elbo_terms(
-        model.features if gather else model, batch["tokens"], key, self.schedule, vocab_size=self.vocab_size,
-        timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=batch["token_mask"],
-        t_B=t_B, **gather)
+    return self.objective.terms(
+        self._network(params, batch, key if training else None), batch["tokens"], key,
+        token_mask_BxD=batch["token_mask"], timesteps=timesteps, t_B=t_B,
+        capacity_fraction=self.capacity_fraction, groups=self.batch_groups)
 
   def _loss_and_grads(self, params, batch, key, total_tokens):
     """Gradient of (sum of per-example losses) / total_tokens, and the metric sums, for one microbatch."""
 
     def loss_fn(params):
-      terms = self._terms(params, batch, key)
+      terms = self._terms(params, batch, key, training=True)
       sums = {name: jnp.sum(terms[name]) for name in ("loss", "diffusion", "reconstruction", "prior")}
       sums["fallback"] = terms.get("fallback", jnp.zeros(()))
       return sums["loss"] / total_tokens, sums
@@ -212,7 +183,7 @@ class Experiment:
     """
     cfg = self.config.eval
     timesteps = eval_timesteps(self.config)
-    draws = 1 if self.config.model.kind == "ar" else cfg.time_samples  # the AR likelihood is exact
+    draws = 1 if self.objective.exact else cfg.time_samples  # an exact likelihood needs no draws of t
     time_key, mask_key = jax.random.split(key)
     t_KxB = diffusion.stratified_times(time_key, batch["tokens"].shape[0], draws, self.config.diffusion.antithetic)
 
@@ -229,12 +200,17 @@ class Experiment:
     sums["num_sequences"] = jnp.sum(real_B)
     return sums
 
-  def _sample(self, params, key, z_BxL):
+  def _sample(self, params, key, z_BxD, label_B):
+    """The objective's sampler over the network with labels label_B; sampler.guidance > 0 (class-conditional
+    models) mixes in the unconditional prediction (classifier-free guidance, see sampling.guided)."""
     model = nnx.merge(self.graphdef, params)
-    if self.config.model.kind == "ar":
-      return autoregressive.sample(model, key, z_BxL, self.sampler_settings, vocab_size=self.vocab_size)
-    return sampling.sample(model, key, self.schedule, z_BxL, self.sampler_settings, vocab_size=self.vocab_size,
-                           time_dependent=self.config.model.time_conditioning)
+    denoise = models.Network(model, label_B if self.num_classes else None)
+    if self.num_classes and self.sampler_settings.guidance:
+      null_B = jnp.full_like(label_B, self.num_classes)
+      denoise = sampling.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
+                                self.sampler_settings.guidance)
+    return self.objective.sample(denoise, key, z_BxD, self.sampler_settings,
+                                 time_dependent=self.model_config.time_conditioning)
 
 
 def summarize_eval(sums) -> dict:

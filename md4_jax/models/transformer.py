@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from md4_jax.models.layers import Dense, RMSNorm, normal, param, timestep_embedding
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -40,49 +42,9 @@ class TransformerConfig:
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
 
-
-def _param(rngs, init, shape, names):
-  # eager_sharding=False: parameters are created without a mesh and placed later by sharding.py.
-  return nnx.Param(init(rngs.params(), shape), out_sharding=names, eager_sharding=False)
-
-
-_normal = nnx.initializers.normal
-
-
-class Dense(nnx.Module):
-  """x @ kernel with fan-in scaled init; `names` label the kernel's axes.
-
-  The float32 kernel is cast to x's dtype, so a bfloat16 activation gives a bfloat16
-  matmul; `out_dtype` asks for a wider result (the logits are float32).
-  """
-
-  def __init__(self, in_shape, out_shape, names, rngs, zero_init=False):
-    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    fan_in = math.prod(in_shape)
-    init = nnx.initializers.zeros if zero_init else _normal(1.0 / math.sqrt(fan_in))
-    self.kernel = _param(rngs, init, in_shape + out_shape, names)
-    self.num_in = len(in_shape)
-
-  def __call__(self, x, out_dtype=None):
-    # One 2-D matmul [tokens, fan_in] @ [fan_in, fan_out]: XLA's CPU backend runs these (and their
-    # gradients) far faster than contractions over several axes.
-    kernel = self.kernel[...].astype(x.dtype)
-    in_shape, out_shape = kernel.shape[: self.num_in], kernel.shape[self.num_in:]
-    lead = x.shape[: x.ndim - self.num_in]
-    y = jnp.matmul(x.reshape(-1, math.prod(in_shape)), kernel.reshape(math.prod(in_shape), -1),
-                   preferred_element_type=out_dtype)
-    return y.reshape(*lead, *out_shape)
-
-
-class RMSNorm(nnx.Module):
-
-  def __init__(self, width, rngs):
-    self.scale = _param(rngs, nnx.initializers.ones, (width,), ("embed",))
-
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
-    return (normed * self.scale[...]).astype(x.dtype)
+  def summary(self) -> str:
+    return (f"{self.num_layers} layers, width {self.width}, {self.num_heads} heads, vocab {self.vocab_size}, "
+            f"sequence {self.seq_len}")
 
 
 def rope(x_BxLxHxK):
@@ -151,14 +113,6 @@ class Block(nnx.Module):
     return x_BxLxD + (1 + gate2) * self.mlp(h)
 
 
-def timestep_embedding(t_B, width, max_period=10_000.0):
-  """Sinusoidal features of 1000 t, as in diffusion models."""
-  half = width // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
-  args_BxH = 1000.0 * t_B[:, None].astype(jnp.float32) * freqs[None, :]
-  return jnp.concatenate([jnp.cos(args_BxH), jnp.sin(args_BxH)], axis=-1)
-
-
 class Transformer(nnx.Module):
   """`model(z_BxL, t_B) -> logits_BxLxV` (float32) = `model.head_logits(model.features(z_BxL, t_B))`.
 
@@ -167,8 +121,8 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = _param(rngs, _normal(1.0), (cfg.vocab_size + 1, cfg.width), ("vocab", "embed"))
-    self.pos_embed = (_param(rngs, _normal(0.02), (cfg.seq_len, cfg.width), (None, "embed"))
+    self.embed = param(rngs, normal(1.0), (cfg.vocab_size + 1, cfg.width), ("vocab", "embed"))
+    self.pos_embed = (param(rngs, normal(0.02), (cfg.seq_len, cfg.width), (None, "embed"))
                       if cfg.positions == "learned" else None)
     if cfg.time_conditioning:
       self.time_mlp = Dense((cfg.width,), (cfg.width,), ("embed", "embed_out"), rngs)
@@ -179,11 +133,13 @@ class Transformer(nnx.Module):
     # Zero init: the untrained model predicts uniformly, so its loss starts at D log V.
     self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
 
-  def __call__(self, z_BxL, t_B):
-    return self.head_logits(self.features(z_BxL, t_B))
+  def __call__(self, z_BxL, t_B, label_B=None, *, dropout_key=None):
+    return self.head_logits(self.features(z_BxL, t_B, label_B, dropout_key=dropout_key))
 
-  def features(self, z_BxL, t_B):
-    """The final normalised hidden states h_BxLxD, in the compute dtype."""
+  def features(self, z_BxL, t_B, label_B=None, *, dropout_key=None):
+    """The final normalised hidden states h_BxLxD, in the compute dtype. The transformer has no class
+    input and no dropout (label_B and dropout_key are accepted for the common backbone protocol)."""
+    del label_B, dropout_key
     dtype = jnp.dtype(self.cfg.dtype)
     x_BxLxD = self.embed[...][z_BxL]
     if self.pos_embed is not None:

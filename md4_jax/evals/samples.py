@@ -1,4 +1,4 @@
-"""Sample quality (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
+"""The `samples` suite (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
 
 For each sampler variant in eval.samplers ("ancestral:100,exact:1": name:steps, or exact:k tokens per
 call) it draws sampler.num_samples unconditional samples from the checkpoint and reports
@@ -18,10 +18,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import autoregressive, loop, sharding
+from md4_jax import autoregressive, config_check, generate, modality as modalities, sharding
 from md4_jax.checkpoints import restore_state
-from md4_jax.data import tokenizers
+from md4_jax.data import pipeline
 from md4_jax.errors import UserError
+from md4_jax.evals import output
 from md4_jax.train import Experiment
 
 
@@ -54,22 +55,24 @@ def parse_variants(spec: str) -> list[dict]:
 class Judge:
   """An autoregressive run restored from its workdir; scores token sequences by their exact NLL."""
 
-  def __init__(self, workdir: str, tokenizer, mesh):
+  def __init__(self, workdir: str, modality, mesh):
     path = pathlib.Path(workdir).expanduser()
     if not (path / "config.json").is_file():
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
-    config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-    if config.model.get("kind", "md4") != "ar":
-      raise UserError(f"eval.judge={workdir!r} is an MD4 run; the judge must be autoregressive (model.kind='ar')")
-    judge_tokenizer = tokenizers.load_tokenizer(path / "tokenizer.json")
-    if judge_tokenizer.to_json() != tokenizer.to_json():
-      raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({judge_tokenizer.name}, "
-                      f"{judge_tokenizer.vocab_size} ids); it must read the same token ids as this run")
-    self.experiment = Experiment(config, judge_tokenizer.vocab_size, mesh)
+    config = ml_collections.ConfigDict(config_check.migrate(json.loads((path / "config.json").read_text())))
+    if config.get("objective", "md4") != "ar":
+      raise UserError(f"eval.judge={workdir!r} is an MD4 run; the judge must be autoregressive (objective='ar')")
+    judge_modality = modalities.load(path, config.data.seq_len)
+    token_ids = lambda m: {k: v for k, v in m.to_json().items() if k != "length"}  # noqa: E731 (any length scores)
+    if judge_modality is None or token_ids(judge_modality) != token_ids(modality):
+      described = f"{judge_modality.kind}, {judge_modality.vocab_size} ids" if judge_modality else "none saved"
+      raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({described}); it must read the same token ids "
+                      "as this run")
+    self.experiment = Experiment(config, judge_modality, mesh)
     state = restore_state(path / "checkpoints", None, self.experiment.abstract_state)
     self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
-    vocab_size = judge_tokenizer.vocab_size
+    vocab_size = judge_modality.vocab_size
     graphdef = self.experiment.graphdef
 
     def total_nll(params, tokens_NxL):
@@ -84,19 +87,45 @@ class Judge:
     return math.exp(nll / tokens_NxL.size)
 
 
-def evaluate(base: Experiment, params, data, key) -> tuple[list[dict], Judge | None]:
+def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
   """One row per sampler variant of base's eval.samplers (sampler, NFE, seconds, generative perplexity,
   unigram entropy, a sample), and the judge used (None without eval.judge)."""
-  config = base.config
-  judge = Judge(config.eval.judge, data.tokenizer, base.mesh) if config.eval.judge else None
+  config, modality = base.config, base.modality
+  judge = Judge(config.eval.judge, modality, base.mesh) if config.eval.judge else None
   rows = []
   for index, overrides in enumerate(parse_variants(config.eval.samplers)):
     experiment = base.with_overrides("sampler", overrides)
-    start = loop.unconditional_start(experiment, config.sampler.num_samples)
-    tokens, nfe, seconds = loop.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
+    start = generate.unconditional_start(experiment, config.sampler.num_samples)
+    samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = ":".join(str(v) for v in overrides.values())
-    rows.append({"sampler": label, "nfe": nfe, "seconds": round(seconds, 3),
-                 "gen_ppl": judge.perplexity(tokens) if judge else None,
-                 "unigram_entropy_bits": unigram_entropy_bits(tokens, data.tokenizer.vocab_size),
-                 "sample": data.tokenizer.decode(tokens[0])})
+    rows.append({"sampler": label, "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
+                 "gen_ppl": judge.perplexity(samples.tokens) if judge else None,
+                 "unigram_entropy_bits": unigram_entropy_bits(samples.tokens, modality.vocab_size),
+                 **modality.describe(samples.tokens[0])})
   return rows, judge
+
+
+def load(config, workdir, modality):
+  return pipeline.load_data(config.data, config.eval.split, modality)
+
+
+def run(context) -> dict:
+  """eval/samples_step_N.json and .md."""
+  config, experiment, data, step = context.config, context.experiment, context.inputs, context.step
+  rows, judge = evaluate(experiment, context.params, context.sample_key)
+  data_entropy = held_out_unigram_entropy_bits(data.eval, experiment.vocab_size)
+  judge_text = f"judge {judge.workdir} (step {judge.step})" if judge else "no judge (set eval.judge)"
+  lines = [f"Step {step}, {config.eval.params} params, {config.sampler.num_samples} samples per sampler; "
+           f"{judge_text}. Held-out data's unigram entropy: {data_entropy:.3f} bits.", "",
+           "| sampler | network calls | seconds | generative perplexity | unigram entropy (bits) |",
+           "|---|---|---|---|---|"]
+  for row in rows:
+    ppl = f"{row['gen_ppl']:.3f}" if row["gen_ppl"] is not None else "-"
+    lines.append(f"| {row['sampler']} | {row['nfe']} | {row['seconds']:.1f} | {ppl} | "
+                 f"{row['unigram_entropy_bits']:.3f} |")
+  table = "\n".join(lines) + "\n"
+  result = {"step": step, "params": config.eval.params, "judge": judge and judge.workdir,
+            "held_out_unigram_entropy_bits": data_entropy, "samplers": rows}
+  if jax.process_index() == 0:
+    output.write_eval_files(context.workdir, config, f"samples_step_{step}", table=table, record=result)
+  return result

@@ -1,4 +1,4 @@
-"""`--mode eval --eval.suite=zero_shot`: perplexity on the zero-shot benchmarks, in MD4's table layout.
+"""The `zero_shot` suite (`--mode eval --eval.suite=zero_shot`): perplexity on the zero-shot benchmarks, in MD4's table layout.
 
 Each benchmark's token stream (md4_jax/data/benchmarks.py: documents detokenized, each followed
 by end-of-text, joined) is cut into rows of data.seq_len; the final partial row is dropped, as in
@@ -9,34 +9,58 @@ perplexity. End-of-text tokens count as tokens, as in those tables.
 
 import math
 
-from md4_jax import loop
-from md4_jax.data import benchmarks, pipeline
+import jax
+
+from md4_jax.data import benchmarks, data_dir
+from md4_jax.data.rows import StreamRows
 from md4_jax.errors import UserError
+from md4_jax.evals import bound, output
 
 
-def load_rows(config, tokenizer) -> dict:
-  """{name: (rows of seq_len tokens, meta)} of eval.zero_shot; fails before any restore if one is missing."""
+def load(config, workdir, modality) -> dict:
+  """{name: (rows of seq_len tokens, meta)} of eval.zero_shot; fails before any restore if one is missing.
+  The run's saved tokenizer tokenizes (not its training data, which need not be here)."""
+  del workdir
+  if modality.kind != "text":
+    raise UserError(f"the zero-shot suite evaluates text benchmarks; this run models {modality.kind}s "
+                    "(use --eval.suite=bound or samples)")
   seq_len, rows = config.data.seq_len, {}
   for name in benchmarks.parse_names(config.eval.zero_shot):
-    stream, meta = benchmarks.load(name, pipeline.data_dir(config.data), tokenizer)
-    rows[name] = (pipeline.StreamRows(stream, seq_len), meta)
+    stream, meta = benchmarks.load(name, data_dir(config.data), modality.tokenizer)
+    rows[name] = (StreamRows(stream, seq_len), meta)
     if not len(rows[name][0]):
       raise UserError(f"the {meta['column']} benchmark has {len(stream)} tokens, fewer than one row of "
                       f"data.seq_len={seq_len}")
   return rows
 
 
-def evaluate(experiment, params, tokenizer, rows: dict) -> dict:
+def evaluate(experiment, params, rows: dict) -> dict:
   """{name: bound values + documents, rows, dropped_tail_tokens} for each benchmark of `rows`."""
   results = {}
   for name, (benchmark_rows, meta) in rows.items():
-    data = pipeline.Data(tokenizer, train=None, eval=benchmark_rows)
-    values = loop.evaluate(experiment, params, data, max_sequences=0)
+    values = bound.evaluate(experiment, params, benchmark_rows, max_sequences=0)
     nats_stderr = values["bpt_stderr"] * math.log(2)  # perplexity's std error: exp's slope times this (delta method)
     results[name] = {**values, "ppl_stderr": values["ppl"] * nats_stderr, "column": meta["column"],
                      "documents": meta["documents"], "rows": len(benchmark_rows),
                      "dropped_tail_tokens": meta["tokens"] - len(benchmark_rows) * benchmark_rows.seq_len}
   return results
+
+
+def run(context) -> dict:
+  """eval/zero_shot_step_N.json and .md, a metrics.jsonl line."""
+  config, experiment, step, workdir = context.config, context.experiment, context.step, context.workdir
+  results = evaluate(experiment, context.params, context.inputs)
+  exact = experiment.objective.exact
+  name = experiment.objective.bound_name(output.eval_timesteps(config))
+  heading = (f"Zero-shot perplexity, step {step}, {config.eval.params} params: {name}, "
+             f"{config.eval.time_samples} time sample(s) per row, rows of {config.data.seq_len} tokens.\n\n")
+  table_text = heading + table(results, f"{workdir.name} (step {step})", exact)
+  result = metrics(results)
+  if jax.process_index() == 0:
+    output.write_eval_files(workdir, config, f"zero_shot_step_{step}", table=table_text, record={
+        "step": step, "params": config.eval.params, "bound": name, "time_samples": config.eval.time_samples,
+        "seq_len": config.data.seq_len, "benchmarks": results}, metrics=(step, result))
+  return result
 
 
 # Published rows of MD4's Table 1 (Shi et al. 2024; GPT-2 = OpenAI's WebText checkpoint, not trained

@@ -1,0 +1,62 @@
+"""The image sources' loaders and preparers: images as rows of H * W * C sub-pixel tokens.
+
+digits: the 1,797 8x8 handwritten digits shipped inside scikit-learn (17 grey levels 0-16,
+labels 0-9); nothing to download. Held out: every tenth image (index 0, 10, 20, ...: 180
+images), the other 1,617 train. cifar10 and imagenet64 are prepared once from their releases
+(image_datasets.py) into array_record files read through tfds.
+"""
+
+import numpy as np
+
+from md4_jax import modality as modalities
+from md4_jax.data import data_dir
+from md4_jax.data.rows import ArrayRows, Data, RecordRows
+
+DIGITS = modalities.Image(height=8, width=8, channels=1, levels=17, num_classes=10)
+DIGITS_HELD_OUT_EVERY = 10  # image i is held out when i % 10 == 0
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """(images [1797, 64] int32 in 0..16, labels [1797]) in scikit-learn's order."""
+  from sklearn import datasets  # noqa: PLC0415 (a second or two to import; only digits runs need it)
+
+  digits = datasets.load_digits()
+  return digits.images.reshape(len(digits.images), -1).astype(np.int32), digits.target.astype(np.int32)
+
+
+def load_digits(data_config, split: str, saved) -> Data:
+  del data_config, split, saved
+  images, labels = digits_arrays()
+  held_out = np.arange(len(images)) % DIGITS_HELD_OUT_EVERY == 0
+  return Data(DIGITS, ArrayRows(images[~held_out], labels[~held_out]), ArrayRows(images[held_out], labels[held_out]))
+
+
+def _modality(meta: dict) -> modalities.Image:
+  return modalities.Image(meta["height"], meta["width"], meta["channels"], meta["levels"], meta["num_classes"])
+
+
+def load_release(data_config, split: str, saved) -> Data:
+  """cifar10, imagenet64: the prepared release (labels kept where it has them)."""
+  del split, saved
+  from md4_jax.data import image_datasets  # noqa: PLC0415  TODO(top-level once written)
+  splits, meta = image_datasets.load(data_config.source, data_dir(data_config), subset=data_config.subset)
+  labelled = meta["num_classes"] > 0
+  return Data(_modality(meta), RecordRows(splits["train"], labelled), RecordRows(splits["validation"], labelled))
+
+
+def prepare_release(data_config) -> str:
+  from md4_jax.data import image_datasets  # noqa: PLC0415  TODO(top-level once written)
+  return str(image_datasets.prepare(data_config.source, data_dir(data_config), manual_dir=data_config.manual_dir,
+                                    subset=data_config.subset, max_images=data_config.max_documents))
+
+
+# Shapes known without reading data (--mode params).
+NOMINAL = {"cifar10": modalities.Image(32, 32, 3, 256, 10), "imagenet64": modalities.Image(64, 64, 3, 256, 0)}
+
+
+def nominal_modality(data_config) -> modalities.Image:
+  if data_config.source == "digits":
+    return DIGITS
+  if data_config.source == "imagenet64" and data_config.subset == "labeled":
+    return modalities.Image(64, 64, 3, 256, 1000)
+  return NOMINAL[data_config.source]

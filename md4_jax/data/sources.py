@@ -1,0 +1,45 @@
+"""Data sources by name (`data.source`): each one entry that knows its held-out splits, its modality,
+how to prepare it (None: it reads its files directly) and how to load it.
+
+`load(data_config, split, saved_modality) -> rows.Data`: `saved_modality` is a run's own (from its
+workdir) or None; text sources reuse its tokenizer. `modality(data_config)` gives the vocabulary and
+shape without reading data (for --mode params).
+"""
+
+import dataclasses
+from typing import Callable
+
+from md4_jax.data import image_sources, text_sources
+from md4_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  name: str
+  kind: str  # "text" | "image"
+  load: Callable
+  modality: Callable
+  prepare: Callable | None = None  # None: nothing to download or preprocess
+  held_out: tuple = ("validation",)  # the held-out splits; eval.split picks the one evaluated in training
+
+
+_SOURCES = (
+    Source("embedded", "text", text_sources.load_text, text_sources.nominal_modality),
+    Source("textfile", "text", text_sources.load_text, text_sources.nominal_modality),
+    Source("tokens", "text", text_sources.load_token_file, text_sources.nominal_modality),
+    Source("text8", "text", text_sources.load_text8, text_sources.nominal_modality, text_sources.prepare_text8,
+           held_out=("validation", "test")),
+    *(Source(name, "text", text_sources.load_packed, text_sources.nominal_modality, text_sources.prepare_packed)
+      for name in ("openwebtext", "fineweb_edu", "lm1b")),
+    Source("digits", "image", image_sources.load_digits, image_sources.nominal_modality),
+    *(Source(name, "image", image_sources.load_release, image_sources.nominal_modality,
+             image_sources.prepare_release) for name in ("cifar10", "imagenet64")),
+)
+SOURCES = {source.name: source for source in _SOURCES}
+NAMES = tuple(SOURCES)
+
+
+def get(name: str) -> Source:
+  if name not in SOURCES:
+    raise UserError(f"data.source={name!r} is not known; choose one of {NAMES}")
+  return SOURCES[name]

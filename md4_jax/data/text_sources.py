@@ -1,0 +1,99 @@
+"""The text sources' loaders and preparers: token streams cut into rows of data.seq_len.
+
+embedded / textfile / tokens hold out the last data.eval_fraction of their stream; text8 has its
+90M / 5M / 5M split; the packed hub sources (openwebtext, fineweb_edu, lm1b) their own rules
+(hub_datasets.py). A run's saved tokenizer (in its modality) is reused when given, so a textfile's
+character vocabulary stays the one training built.
+"""
+
+from md4_jax import modality as modalities
+from md4_jax.data import corpora, data_dir, hub_datasets, text8, token_files, tokenizers
+from md4_jax.data.rows import Data, RecordRows, StreamRows
+from md4_jax.errors import UserError
+
+
+def _tokenizer(data_config, train_text: str | None = None):
+  if data_config.tokenizer == "char":
+    if data_config.source == "textfile":
+      return tokenizers.CharTokenizer.from_text(train_text)
+    return tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET)
+  return tokenizers.make_tokenizer(data_config.tokenizer, bpe_path=data_config.tokenizer_path)
+
+
+def _text_data(tokenizer, train_tokens, eval_tokens, seq_len: int) -> Data:
+  """Streams -> rows; the held-out stream keeps its final partial row, padded."""
+  return Data(modalities.Text.of(tokenizer, seq_len), StreamRows(train_tokens, seq_len),
+              StreamRows(eval_tokens, seq_len, pad_last=True))
+
+
+def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
+  if not 0.0 < eval_fraction < 1.0:
+    raise UserError(f"data.eval_fraction={eval_fraction} must be strictly between 0 and 1")
+  num_eval = max(1, int(len(text) * eval_fraction))
+  return text[:-num_eval], text[-num_eval:]
+
+
+def load_text(data_config, split: str, saved) -> Data:
+  """embedded (the Wikipedia excerpt shipped in gensim) or textfile (data.path)."""
+  del split
+  text = corpora.embedded_wikipedia() if data_config.source == "embedded" else corpora.read_text_file(data_config.path)
+  train_text, eval_text = split_text(text, data_config.eval_fraction)
+  tokenizer = saved.tokenizer if saved else _tokenizer(data_config, train_text)
+  if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
+    known = set(tokenizer.alphabet)
+    eval_text = "".join(c for c in eval_text if c in known)
+  return _text_data(tokenizer, tokenizer.encode(train_text), tokenizer.encode(eval_text), data_config.seq_len)
+
+
+def load_token_file(data_config, split: str, saved) -> Data:
+  """tokens: a user's .npy / .bin of ids in [0, data.vocab_size)."""
+  del split
+  if data_config.tokenizer == "char":
+    raise UserError("data.source='tokens' holds token ids, not text: set data.tokenizer to 'byte' or "
+                    "'gpt2' (whichever made the ids)")
+  tokens = token_files.load_token_file(data_config.path, data_config.vocab_size, data_config.token_dtype)
+  tokenizer = saved.tokenizer if saved else _tokenizer(data_config)
+  if tokenizer.vocab_size != data_config.vocab_size:
+    raise UserError(f"data.vocab_size={data_config.vocab_size} but the {tokenizer.name} tokenizer has "
+                    f"{tokenizer.vocab_size} ids; set data.vocab_size={tokenizer.vocab_size}")
+  return _text_data(tokenizer, *token_files.split_tail(tokens, data_config.eval_fraction), data_config.seq_len)
+
+
+def load_text8(data_config, split: str, saved) -> Data:
+  del saved
+  splits = text8.load(data_dir(data_config))
+  return _text_data(tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET), splits["train"], splits[split],
+                    data_config.seq_len)
+
+
+def prepare_text8(data_config) -> str:
+  return str(text8.prepare(data_dir(data_config), data_config.manual_dir))
+
+
+def load_packed(data_config, split: str, saved) -> Data:
+  """openwebtext, fineweb_edu, lm1b: rows packed by `prepare_packed` (every position a real token)."""
+  del split
+  splits, meta = hub_datasets.load(data_config.source, data_dir(data_config), seq_len=data_config.seq_len,
+                                   subset=data_config.subset)
+  tokenizer = saved.tokenizer if saved else tokenizers.tokenizer_from_json(meta["tokenizer"])
+  return Data(modalities.Text.of(tokenizer, data_config.seq_len), RecordRows(splits["train"]),
+              RecordRows(splits["validation"]))
+
+
+def prepare_packed(data_config) -> str:
+  return str(hub_datasets.prepare(data_config.source, data_dir(data_config), tokenizer=_tokenizer(data_config),
+                                  seq_len=data_config.seq_len, manual_dir=data_config.manual_dir,
+                                  subset=data_config.subset, max_documents=data_config.max_documents))
+
+
+def nominal_modality(data_config) -> modalities.Text:
+  """The vocabulary and length without reading data (a textfile's character set needs the file)."""
+  if data_config.source == "tokens":
+    vocab_size = data_config.vocab_size
+  elif data_config.tokenizer == "char":
+    if data_config.source == "textfile":
+      return load_text(data_config, "validation", None).modality
+    vocab_size = len(tokenizers.TEXT8_ALPHABET)
+  else:
+    vocab_size = {"byte": 256, "gpt2": 50257}[data_config.tokenizer]
+  return modalities.Text(vocab_size, data_config.seq_len)

@@ -1,0 +1,32 @@
+"""What every eval suite writes (process 0): eval/<name>.json and .md, an optional metrics.jsonl line,
+the rewritten eval/report.md; and the names of units and bounds the tables use."""
+
+import json
+
+from md4_jax import files
+from md4_jax.evals import report
+from md4_jax.logging import MetricsLog
+from md4_jax.train import eval_timesteps  # noqa: F401 (the suites' one definition of the evaluated bound)
+
+
+def unit(modality) -> str:
+  """'bits/token' (text) or 'bits/dim' (images)."""
+  return f"bits/{modality.unit}"
+
+
+def write_eval_files(workdir, config, name: str, *, table: str, record: dict, metrics=None) -> None:
+  """An eval suite's outputs: eval/<name>.json and .md, a metrics.jsonl line when `metrics` = (step, values)
+  is given, the rewritten eval/report.md; prints the table and what was written."""
+  out = workdir / "eval" / name
+  out.parent.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomically(out.with_name(name + ".json"), json.dumps(record, indent=2))
+  files.write_text_atomically(out.with_name(name + ".md"), table)
+  written = [f"{out}.json", f"{out}.md"]
+  if metrics is not None:
+    log = MetricsLog(workdir, resume_step=None)
+    log.write(*metrics)
+    log.close()
+    written.append(f"a line in {workdir / 'metrics.jsonl'}")
+  written.append(str(report.write(workdir, config)))
+  print(table)
+  print(f"wrote {', '.join(written)}")

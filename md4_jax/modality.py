@@ -1,0 +1,123 @@
+"""What a token is: text (a tokenizer's ids) or image (sub-pixel values), and how samples look on disk.
+
+A modality fixes the network's vocabulary V (the mask id is V) and the length D of a sequence,
+the unit of the bound (bits per token, or per image dimension), how samples are decoded and
+written (text files, PNG grids), and whether examples carry class labels. The workdir keeps it
+as `modality.json` (text runs also keep `tokenizer.json`), so eval and sampling decode exactly as
+training did.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from md4_jax import files, pictures
+from md4_jax.data import tokenizers
+from md4_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  """Token sequences of `length` ids; `tokenizer` decodes them (None: ids only, e.g. in benchmarks)."""
+
+  vocab_size: int
+  length: int
+  tokenizer: object = None
+  kind = "text"
+  unit = "token"  # bits per token; perplexity is exp(nats per token)
+  shows_perplexity = True
+  num_classes = 0  # text examples carry no class labels
+
+  @classmethod
+  def of(cls, tokenizer, length: int) -> "Text":
+    return cls(tokenizer.vocab_size, length, tokenizer)
+
+  def to_json(self) -> dict:
+    return {"kind": "text", "length": self.length, "tokenizer": self.tokenizer.to_json()}
+
+  def describe(self, tokens_D) -> dict:
+    """What a samples .jsonl line says of one sample."""
+    return {"text": self.tokenizer.decode(tokens_D)}
+
+  def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD) -> list[pathlib.Path]:
+    """stem.txt: the samples, readable."""
+    del order_NxD
+    path = stem.with_name(stem.name + ".txt")
+    files.write_text_atomically(path, "".join(f"=== sample {i} ===\n{self.tokenizer.decode(row)}\n\n"
+                                              for i, row in enumerate(np.asarray(tokens_NxD))))
+    return [path]
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+  """H x W x C images with `levels` values per sub-pixel, flattened channel-interleaved per pixel:
+  token (h W + w) C + c is channel c of pixel (h, w). `num_classes` > 0: examples carry labels 0..n-1."""
+
+  height: int
+  width: int
+  channels: int
+  levels: int
+  num_classes: int = 0
+  kind = "image"
+  unit = "dim"  # bits per dimension (sub-pixel), the image-likelihood convention
+  shows_perplexity = False
+  tokenizer = None
+
+  @property
+  def vocab_size(self) -> int:
+    return self.levels
+
+  @property
+  def length(self) -> int:
+    return self.height * self.width * self.channels
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.height, self.width, self.channels)
+
+  def to_json(self) -> dict:
+    return {"kind": "image", "height": self.height, "width": self.width, "channels": self.channels,
+            "levels": self.levels, "num_classes": self.num_classes}
+
+  def describe(self, tokens_D) -> dict:
+    return {"tokens": np.asarray(tokens_D).tolist()}
+
+  def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD, strip_rows: int = 4) -> list[pathlib.Path]:
+    """stem.png: the samples in a grid; stem_process.png: the reverse process of the first `strip_rows`
+    samples, from all masked (magenta) to finished."""
+    grid_path, strip_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + "_process.png")
+    files.write_png_atomically(grid_path, pictures.sample_grid(tokens_NxD, self))
+    files.write_png_atomically(strip_path, pictures.reverse_process_strip(
+        np.asarray(tokens_NxD)[:strip_rows], np.asarray(order_NxD)[:strip_rows], self))
+    return [grid_path, strip_path]
+
+
+def from_json(spec: dict):
+  kind = spec.get("kind") if isinstance(spec, dict) else None
+  if kind == "text":
+    return Text.of(tokenizers.tokenizer_from_json(spec["tokenizer"]), spec["length"])
+  if kind == "image":
+    return Image(spec["height"], spec["width"], spec["channels"], spec["levels"], spec.get("num_classes", 0))
+  raise UserError(f"unknown modality description {spec!r}: its 'kind' must be 'text' or 'image'")
+
+
+def save(modality, workdir: pathlib.Path) -> None:
+  """workdir/modality.json, and for text workdir/tokenizer.json (the workdir contract keeps it)."""
+  files.write_text_atomically(workdir / "modality.json", json.dumps(modality.to_json(), indent=1))
+  if modality.kind == "text":
+    tokenizers.save_tokenizer(modality.tokenizer, workdir / "tokenizer.json")
+
+
+def load(workdir: pathlib.Path, length: int | None = None):
+  """The workdir's modality; a workdir from before modality.json holds only tokenizer.json (text of `length`)."""
+  path = workdir / "modality.json"
+  if path.exists():
+    try:
+      return from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as error:
+      raise UserError(f"cannot read {path} ({error}); restore it from a copy of the run") from None
+  if (workdir / "tokenizer.json").exists() and length is not None:
+    return Text.of(tokenizers.load_tokenizer(workdir / "tokenizer.json"), length)
+  return None

@@ -1,0 +1,161 @@
+"""Layers of the image backbones (U-Net, U-ViT): convolutions, group norms, pixel embedding and head.
+
+Images arrive flat, as the diffusion sees them: z_BxD with D = H * W * C sub-pixel tokens,
+channel-interleaved per pixel (index (h W + w) C + c), each in [0, V] (V = the mask id).
+Activations are NHWC; convolution kernels HWIO with logical names on their channel axes.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from md4_jax.models.layers import Dense, dropout, normal, param, timestep_embedding
+
+
+class Conv(nnx.Module):
+  """A 2-D convolution, NHWC; 'SAME' padding (stride 1) or non-overlapping patches (stride = kernel)."""
+
+  def __init__(self, in_channels, out_channels, rngs, kernel=3, stride=1, zero_init=False,
+               names=("embed", "mlp")):
+    fan_in = kernel * kernel * in_channels
+    init = nnx.initializers.zeros if zero_init else normal(1.0 / math.sqrt(fan_in))
+    self.kernel = param(rngs, init, (kernel, kernel, in_channels, out_channels), (None, None) + names)
+    self.bias = param(rngs, nnx.initializers.zeros, (out_channels,), names[1:])
+    self.stride = stride
+
+  def __call__(self, x_BxHxWxC):
+    padding = "SAME" if self.stride == 1 else "VALID"
+    y = jax.lax.conv_general_dilated(x_BxHxWxC, self.kernel[...].astype(x_BxHxWxC.dtype), (self.stride,) * 2,
+                                     padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + self.bias[...].astype(y.dtype)
+
+
+def num_groups(channels: int, groups: int = 32) -> int:
+  """GroupNorm's group count: 32 where the channels allow it (tiny test models have fewer)."""
+  return math.gcd(channels, groups)
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over NHWC, in float32. With `cond_dim`, its scale and shift come from the condition
+  (a zero-initialised dense layer: identity at init) instead of learned constants."""
+
+  def __init__(self, channels, rngs, cond_dim: int = 0):
+    self.groups = num_groups(channels)
+    if cond_dim:
+      self.scale = self.shift = None
+      self.modulation = Dense((cond_dim,), (2, channels), ("embed_out", None, "embed"), rngs, zero_init=True,
+                              bias=True)
+    else:
+      self.scale = param(rngs, nnx.initializers.ones, (channels,), ("embed",))
+      self.shift = param(rngs, nnx.initializers.zeros, (channels,), ("embed",))
+      self.modulation = None
+
+  def __call__(self, x_BxHxWxC, cond_BxE=None):
+    batch, height, width, channels = x_BxHxWxC.shape
+    x = x_BxHxWxC.astype(jnp.float32).reshape(batch, height * width, self.groups, channels // self.groups)
+    mean = jnp.mean(x, axis=(1, 3), keepdims=True)
+    variance = jnp.mean(jnp.square(x - mean), axis=(1, 3), keepdims=True)
+    x = ((x - mean) * jax.lax.rsqrt(variance + 1e-6)).reshape(batch, height, width, channels)
+    if self.modulation is None:
+      x = x * self.scale[...] + self.shift[...]
+    else:
+      scale, shift = jnp.moveaxis(self.modulation(cond_BxE.astype(jnp.float32)), 1, 0)[:, :, None, None]
+      x = x * (1 + scale) + shift
+    return x.astype(x_BxHxWxC.dtype)
+
+
+class ResBlock(nnx.Module):
+  """norm -> swish -> conv -> (+ condition) -> norm -> swish -> dropout -> zero-init conv, plus the input
+  (through a 1x1 projection when the channel count changes): identity at init.
+
+  cond_mode "add" (the U-Net): the condition enters through a zero-initialised dense layer added
+  after the first conv. "norm" (the U-ViT): both norms are conditional GroupNorms.
+  """
+
+  def __init__(self, in_channels, out_channels, rngs, *, cond_dim: int, cond_mode: str, dropout_rate: float):
+    norm_cond = cond_dim if cond_mode == "norm" else 0
+    self.norm1 = GroupNorm(in_channels, rngs, norm_cond)
+    self.conv1 = Conv(in_channels, out_channels, rngs)
+    self.cond = (Dense((cond_dim,), (out_channels,), ("embed_out", "mlp"), rngs, zero_init=True)
+                 if cond_dim and cond_mode == "add" else None)
+    self.norm2 = GroupNorm(out_channels, rngs, norm_cond)
+    self.conv2 = Conv(out_channels, out_channels, rngs, zero_init=True, names=("mlp", "embed"))
+    self.skip = (Dense((in_channels,), (out_channels,), ("embed", "mlp"), rngs, bias=True)
+                 if in_channels != out_channels else None)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x_BxHxWxC, cond_BxE, dropout_key=None):
+    h = self.conv1(jax.nn.swish(self.norm1(x_BxHxWxC, cond_BxE)))
+    if self.cond is not None and cond_BxE is not None:
+      h = h + self.cond(cond_BxE.astype(h.dtype))[:, None, None, :]
+    h = dropout(dropout_key, jax.nn.swish(self.norm2(h, cond_BxE)), self.dropout_rate)
+    h = self.conv2(h)
+    return (x_BxHxWxC if self.skip is None else self.skip(x_BxHxWxC)) + h
+
+
+class SelfAttention(nnx.Module):
+  """Residual self-attention over the H * W positions (multi-head, biased projections)."""
+
+  def __init__(self, channels, num_heads, rngs, *, cond_dim: int = 0, zero_init_out: bool = False):
+    head_dim = channels // num_heads
+    self.norm = GroupNorm(channels, rngs, cond_dim)
+    self.qkv = Dense((channels,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs, bias=True)
+    self.out = Dense((num_heads, head_dim), (channels,), ("heads", "kv", "embed"), rngs, zero_init=zero_init_out,
+                     bias=True)
+
+  def __call__(self, x_BxHxWxC, cond_BxE=None):
+    batch, height, width, channels = x_BxHxWxC.shape
+    h = self.norm(x_BxHxWxC, cond_BxE).reshape(batch, height * width, channels)
+    q, k, v = jnp.moveaxis(self.qkv(h), 2, 0)  # [B, HW, heads, head_dim] each
+    return x_BxHxWxC + self.out(jax.nn.dot_product_attention(q, k, v)).reshape(x_BxHxWxC.shape)
+
+
+class PixelEmbedding(nnx.Module):
+  """Each sub-pixel token (V levels + mask) embedded; a pixel's C embeddings concatenated; a 3x3 conv to the width."""
+
+  def __init__(self, image_shape, levels, embed_dim, width, rngs):
+    self.image_shape = tuple(image_shape)  # (H, W, C)
+    self.table = param(rngs, normal(1.0), (levels + 1, embed_dim), ("vocab", "embed"))
+    self.conv = Conv(self.image_shape[2] * embed_dim, width, rngs)
+
+  def __call__(self, z_BxD, dtype):
+    height, width, channels = self.image_shape
+    x = self.table[...][z_BxD].astype(dtype)  # [B, D, E]
+    return self.conv(x.reshape(z_BxD.shape[0], height, width, -1))  # [B, H, W, C * E] -> [B, H, W, width]
+
+
+class PixelHead(nnx.Module):
+  """norm -> swish -> zero-initialised 3x3 conv to C * V, read as per-sub-pixel float32 logits [B, D, V]
+  (zero init: an untrained model predicts uniformly, so its bound starts at log V per dimension)."""
+
+  def __init__(self, width, image_shape, levels, rngs, cond_dim: int = 0):
+    self.norm = GroupNorm(width, rngs, cond_dim)
+    self.conv = Conv(width, image_shape[2] * levels, rngs, zero_init=True, names=("embed", "vocab"))
+    self.levels = levels
+
+  def __call__(self, h_BxHxWxF, cond_BxE=None):
+    logits = self.conv(jax.nn.swish(self.norm(h_BxHxWxF, cond_BxE))).astype(jnp.float32)
+    return logits.reshape(h_BxHxWxF.shape[0], -1, self.levels)
+
+
+class Condition(nnx.Module):
+  """The conditioning vector: sinusoidal features of 1000 t through an MLP (width -> 4 width -> width),
+  plus a learned label embedding when the model is class-conditional (row num_classes = the null
+  class, used for label dropout and classifier-free guidance). None when there is nothing to condition on."""
+
+  def __init__(self, width, rngs, *, time_conditioning: bool, num_classes: int):
+    self.width = width
+    self.time_in = Dense((width,), (4 * width,), ("embed", "mlp"), rngs, bias=True) if time_conditioning else None
+    self.time_out = Dense((4 * width,), (width,), ("mlp", "embed"), rngs, bias=True) if time_conditioning else None
+    self.labels = param(rngs, normal(1.0), (num_classes + 1, width), (None, "embed")) if num_classes else None
+
+  def __call__(self, t_B, label_B, dtype):
+    cond = None
+    if self.time_in is not None:
+      cond = self.time_out(jax.nn.swish(self.time_in(timestep_embedding(t_B, self.width).astype(dtype))))
+    if self.labels is not None:
+      label_emb = self.labels[...][label_B].astype(dtype)
+      cond = label_emb if cond is None else cond + label_emb
+    return cond

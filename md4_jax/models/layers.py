@@ -1,0 +1,77 @@
+"""Layers every backbone shares: parameters with logical axis names, dense layers, norms, time features.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) that
+sharding.py maps onto the mesh; parameters are created without a mesh and placed later.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+normal = nnx.initializers.normal
+
+
+def param(rngs, init, shape, names):
+  # eager_sharding=False: parameters are created without a mesh and placed later by sharding.py.
+  return nnx.Param(init(rngs.params(), shape), out_sharding=names, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+  """x @ kernel (+ bias) with fan-in scaled init; `names` label the kernel's axes.
+
+  The float32 kernel is cast to x's dtype, so a bfloat16 activation gives a bfloat16
+  matmul; `out_dtype` asks for a wider result (the logits are float32).
+  """
+
+  def __init__(self, in_shape, out_shape, names, rngs, zero_init=False, bias=False):
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    fan_in = math.prod(in_shape)
+    init = nnx.initializers.zeros if zero_init else normal(1.0 / math.sqrt(fan_in))
+    self.kernel = param(rngs, init, in_shape + out_shape, names)
+    self.bias = param(rngs, nnx.initializers.zeros, out_shape, names[len(in_shape):]) if bias else None
+    self.num_in = len(in_shape)
+
+  def __call__(self, x, out_dtype=None):
+    # One 2-D matmul [tokens, fan_in] @ [fan_in, fan_out]: XLA's CPU backend runs these (and their
+    # gradients) far faster than contractions over several axes.
+    kernel = self.kernel[...].astype(x.dtype)
+    in_shape, out_shape = kernel.shape[: self.num_in], kernel.shape[self.num_in:]
+    lead = x.shape[: x.ndim - self.num_in]
+    y = jnp.matmul(x.reshape(-1, math.prod(in_shape)), kernel.reshape(math.prod(in_shape), -1),
+                   preferred_element_type=out_dtype)
+    y = y.reshape(*lead, *out_shape)
+    return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, width, rngs):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), ("embed",))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+    return (normed * self.scale[...]).astype(x.dtype)
+
+
+def timestep_embedding(t_B, width, max_period=10_000.0):
+  """Sinusoidal features of 1000 t, as in diffusion models."""
+  half = width // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+  args_BxH = 1000.0 * t_B[:, None].astype(jnp.float32) * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args_BxH), jnp.sin(args_BxH)], axis=-1)
+
+
+def dropout(key, x, rate: float):
+  """Inverted dropout; no key (evaluation, sampling) or rate 0 is the identity."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+  """Bidirectional softmax attention through jax.nn.dot_product_attention (a GPU gets its fused kernel)."""
+  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)

@@ -1,0 +1,82 @@
+"""The U-Net denoiser for images (`model.backbone = "unet"`; MD4's CIFAR-10 network).
+
+No down-sampling: `num_res_blocks` residual blocks at full resolution going down (their outputs
+kept), a middle of residual block, single-head self-attention and residual block, then
+`num_res_blocks + 1` blocks coming up, each taking the matching kept output concatenated to
+its input. GroupNorm + swish throughout; the condition (time, class) is added in every block
+through a zero-initialised dense layer. `model(z_BxD, t_B, label_B) -> logits_BxDxV`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from md4_jax.models import image_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  image_shape: tuple  # (H, W, C)
+  levels: int  # V values per sub-pixel; the input vocabulary is V + 1 (mask id V)
+  channels: int = 128  # width of every block
+  num_res_blocks: int = 32  # blocks going down (and this plus one coming up)
+  embed_dim: int = 0  # per-sub-pixel embedding size; 0 = channels
+  dropout: float = 0.1
+  time_conditioning: bool = True
+  num_classes: int = 0  # 0 = unconditional
+  dtype: str = "float32"
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.channels <= 0 or self.num_res_blocks < 0:
+      raise ValueError(f"model.unet: channels={self.channels} must be positive and num_res_blocks="
+                       f"{self.num_res_blocks} at least 0")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.unet.dropout={self.dropout} must be in [0, 1)")
+
+  def summary(self) -> str:
+    height, width, channels = self.image_shape
+    return (f"U-Net, {self.num_res_blocks} + 3 + {self.num_res_blocks + 1} residual blocks of {self.channels} "
+            f"channels; {height}x{width}x{channels} images, {self.levels} levels"
+            + (f", {self.num_classes} classes" if self.num_classes else ""))
+
+
+class UNet(nnx.Module):
+
+  def __init__(self, cfg: UNetConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    width = cfg.channels
+    self.embed = image_layers.PixelEmbedding(cfg.image_shape, cfg.levels, cfg.embed_dim or width, width, rngs)
+    self.condition = image_layers.Condition(width, rngs, time_conditioning=cfg.time_conditioning,
+                                            num_classes=cfg.num_classes)
+    cond_dim = width if (cfg.time_conditioning or cfg.num_classes) else 0
+    block = lambda in_channels: image_layers.ResBlock(  # noqa: E731
+        in_channels, width, rngs, cond_dim=cond_dim, cond_mode="add", dropout_rate=cfg.dropout)
+    self.down = nnx.List([block(width) for _ in range(cfg.num_res_blocks)])
+    self.middle_in, self.middle_out = block(width), block(width)
+    self.attention = image_layers.SelfAttention(width, 1, rngs)
+    self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
+    self.head = image_layers.PixelHead(width, cfg.image_shape, cfg.levels, rngs)
+
+  def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    if label_B is None and cfg.num_classes:
+      label_B = jnp.full(z_BxD.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
+    cond = self.condition(t_B, label_B, dtype)
+    keys = iter(jax.random.split(dropout_key, 2 * cfg.num_res_blocks + 3)) if dropout_key is not None else None
+    apply = lambda block, x, cond, key: block(x, cond, key)  # noqa: E731
+    if cfg.remat == "block":
+      apply = nnx.remat(apply)
+    next_key = lambda: next(keys) if keys is not None else None  # noqa: E731
+    h = self.embed(z_BxD, dtype)
+    kept = [h]
+    for block in self.down:
+      h = apply(block, h, cond, next_key())
+      kept.append(h)
+    h = self.attention(apply(self.middle_in, h, cond, next_key()))
+    h = apply(self.middle_out, h, cond, next_key())
+    for block in self.up:
+      h = apply(block, jnp.concatenate([h, kept.pop()], axis=-1), cond, next_key())
+    return self.head(h)

@@ -1,0 +1,77 @@
+"""MD4: the continuous-time (or T-step) negative ELBO of masked diffusion, and its reverse-process samplers."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from md4_jax import diffusion, sampling
+from md4_jax.schedules import get_schedule
+
+GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
+
+
+def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int, length: int) -> float:
+  """Share of a block of `rows` sequences given to the output layer: train.logits_capacity, or (at -1) auto.
+
+  Auto: 1 (every position) for vocabularies under GATHER_MIN_VOCAB or i.i.d. times. With
+  antithetic times a block's expected masked share is known for each offset u of the draw,
+  so auto takes its worst case over u plus 4 binomial standard deviations: the exact
+  fallback then almost never runs.
+  """
+  fraction = config.train.logits_capacity
+  if fraction != -1:
+    return float(fraction)
+  if vocab_size < GATHER_MIN_VOCAB or not config.diffusion.antithetic:
+    return 1.0
+  batch = config.train.batch_size // config.train.grad_accum
+  u = np.arange(256) / 256
+  worst = 0.0
+  for block in np.split(diffusion.spread_order(batch) / batch, batch // rows):
+    t = jnp.asarray(np.mod(u[:, None] + block[None, :], 1.0))
+    if config.diffusion.timesteps:
+      t = diffusion.discretize_times(t, config.diffusion.timesteps)
+    worst = max(worst, float(jnp.max(jnp.mean(schedule.mask_prob(t), axis=1))))
+  noise = 4.0 * math.sqrt(0.25 / (rows * length))  # binomial std of a share is at most sqrt(1/4 / n)
+  return min(1.0, worst + noise)
+
+
+class MD4:
+  """The MD4 objective; `diffusion.*` keys pick the schedule, time sampling and bound."""
+
+  name = "md4"
+  exact = False  # --mode eval reports an upper bound on the negative log-likelihood
+  network_requirements = {}  # any backbone, time-conditioned or not
+
+  def __init__(self, config, vocab_size: int):
+    self.config, self.vocab_size = config, vocab_size
+    self.schedule = get_schedule(config.diffusion.schedule)
+
+  def capacity_fraction(self, rows: int, length: int) -> float:
+    """Share of a block of `rows` sequences of `length` tokens given to the output layer (1 = every position)."""
+    return logits_capacity_fraction(self.config, self.vocab_size, self.schedule, rows, length)
+
+  def bound_name(self, timesteps: int) -> str:
+    return "continuous-time negative-ELBO bound" if timesteps == 0 else f"{timesteps}-step negative-ELBO bound"
+
+  def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+            groups: int = 1) -> dict:
+    """One-sample estimate of the bound's terms per example (see `diffusion.elbo_terms`).
+
+    capacity_fraction < 1 applies the output layer only at masked positions (up to that share of
+    each of `groups` row blocks), through the network's features / head_logits split.
+    """
+    gather = {}
+    if capacity_fraction < 1.0:
+      batch_size, length = x0_BxD.shape
+      capacity = max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
+      gather = {"head": net.head_logits, "capacity": capacity, "groups": groups}
+    return diffusion.elbo_terms(
+        net.features if gather else net, x0_BxD, key, self.schedule, vocab_size=self.vocab_size,
+        timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxD,
+        t_B=t_B, **gather)
+
+  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool):
+    """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see sampling.py)."""
+    return sampling.sample(denoise, key, self.schedule, z_BxD, settings, vocab_size=self.vocab_size,
+                           time_dependent=time_dependent, return_order=True)
