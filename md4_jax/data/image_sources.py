@@ -9,7 +9,7 @@ images), the other 1,617 train. cifar10 and imagenet64 are prepared once from th
 import numpy as np
 
 from md4_jax import modality as modalities
-from md4_jax.data import data_dir
+from md4_jax.data import data_dir, image_datasets
 from md4_jax.data.rows import ArrayRows, Data, RecordRows
 
 DIGITS = modalities.Image(height=8, width=8, channels=1, levels=17, num_classes=10)
@@ -38,14 +38,12 @@ def _modality(meta: dict) -> modalities.Image:
 def load_release(data_config, split: str, saved) -> Data:
   """cifar10, imagenet64: the prepared release (labels kept where it has them)."""
   del split, saved
-  from md4_jax.data import image_datasets  # noqa: PLC0415  TODO(top-level once written)
   splits, meta = image_datasets.load(data_config.source, data_dir(data_config), subset=data_config.subset)
   labelled = meta["num_classes"] > 0
   return Data(_modality(meta), RecordRows(splits["train"], labelled), RecordRows(splits["validation"], labelled))
 
 
 def prepare_release(data_config) -> str:
-  from md4_jax.data import image_datasets  # noqa: PLC0415  TODO(top-level once written)
   return str(image_datasets.prepare(data_config.source, data_dir(data_config), manual_dir=data_config.manual_dir,
                                     subset=data_config.subset, max_images=data_config.max_documents))
 
