@@ -1,10 +1,32 @@
-"""Shared by the benchmark scripts: the machine's matmul ceiling, model FLOPs, peak memory."""
+"""Shared by the benchmark scripts: the modality to benchmark, random batches, the machine's matmul ceiling,
+model FLOPs, peak memory."""
 
 import resource
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from md4_jax import modality as modalities
+from md4_jax.data import sources
+
+
+def modality(config, vocab_size: int):
+  """Image sources: their own shape (known without data); text: random tokens of `vocab_size` ids."""
+  if sources.get(config.data.source).kind == "image":
+    return sources.get(config.data.source).modality(config.data)
+  return modalities.Text(vocab_size, config.data.seq_len)
+
+
+def random_batch(modality, batch_size: int, seed: int = 0) -> dict:
+  """Uniform random tokens (throughput does not depend on the data), with labels for labelled images."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, modality.vocab_size, (batch_size, modality.length), dtype=np.int32)
+  batch = {"tokens": tokens, "token_mask": np.ones_like(tokens)}
+  if modality.num_classes:
+    batch["label"] = rng.integers(0, modality.num_classes, (batch_size,), dtype=np.int32)
+  return batch
 
 
 def matmul_ceiling_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -19,8 +41,15 @@ def matmul_ceiling_flops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
+def compiled_flops(compiled) -> float:
+  """FLOPs XLA counts in a compiled computation (convolutions and attention included)."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", 0.0))
+
+
 def train_flops_per_token(model_config) -> float:
-  """6 x (matmul params applied per token) + attention (12 x layers x width x length), fwd + bwd.
+  """Transformer: 6 x (matmul params applied per token) + attention (12 x layers x width x length), fwd + bwd.
 
   The embedding (a gather) and the per-sequence adaLN/time parameters do no per-token matmul work.
   """

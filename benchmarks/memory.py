@@ -15,7 +15,6 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -34,10 +33,10 @@ def step_bytes(config, num_layers: int, remat: str) -> tuple[int, int]:
   """(peak bytes of one compiled train step, parameter count) for the config with these layers."""
   config = config.copy_and_resolve_references()
   config.model.num_layers, config.model.remat = num_layers, remat
-  experiment = Experiment(config, _VOCAB.value, sharding.make_mesh(config.mesh))
-  shape = (config.train.batch_size, config.data.seq_len)
-  batch = {key: jax.ShapeDtypeStruct(shape, np.int32, sharding=sharding.batch_sharding(experiment.mesh))
-           for key in ("tokens", "token_mask")}
+  modality = common.modality(config, _VOCAB.value)
+  experiment = Experiment(config, modality, sharding.make_mesh(config.mesh))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(experiment.mesh)),
+                       common.random_batch(modality, config.train.batch_size))
   memory = experiment.train_step.lower(experiment.abstract_state, batch).compile().memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
           - memory.alias_size_in_bytes)

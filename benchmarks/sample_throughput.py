@@ -22,7 +22,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from md4_jax import loop, sample_quality, sharding  # noqa: E402
+from md4_jax import generate, sharding  # noqa: E402
+from md4_jax.evals import samples as sample_suite  # noqa: E402
 from md4_jax.train import Experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
@@ -37,10 +38,11 @@ flags.mark_flag_as_required("config")
 def main(_):
   config = _CONFIG.value
   mesh = sharding.make_mesh(config.mesh)
-  base_experiment = Experiment(config, _VOCAB.value, mesh)
+  modality = common.modality(config, _VOCAB.value)
+  base_experiment = Experiment(config, modality, mesh)
   params = base_experiment.init_state(base_experiment.base_key)["ema_params"]
-  length = config.data.seq_len
-  all_masked = np.full((_BATCH.value, length), _VOCAB.value, np.int32)
+  length = modality.length
+  all_masked = generate.unconditional_start(base_experiment, _BATCH.value)
   z_BxL = sharding.replicated_array(all_masked, mesh)
   t_B = sharding.replicated_array(np.full((_BATCH.value,), 0.5, np.float32), mesh)
 
@@ -51,23 +53,26 @@ def main(_):
     out = model_call(params, z_BxL, t_B)
   jax.block_until_ready(out)
   call_seconds = (time.perf_counter() - start) / _CALL_REPEATS.value
-  forward_flops = common.train_flops_per_token(base_experiment.model_config) / 3 * _BATCH.value * length
+  if config.model.backbone == "transformer":
+    forward_flops = common.train_flops_per_token(base_experiment.model_config) / 3 * _BATCH.value * length
+  else:
+    forward_flops = common.compiled_flops(model_call.lower(params, z_BxL, t_B).compile())
   ceiling = common.matmul_ceiling_flops()
 
   results = []
-  for spec, overrides in zip(_SAMPLERS.value, sample_quality.parse_variants(",".join(_SAMPLERS.value))):
+  for spec, overrides in zip(_SAMPLERS.value, sample_suite.parse_variants(",".join(_SAMPLERS.value))):
     experiment = base_experiment.with_overrides("sampler", overrides)
-    _, nfe, seconds = loop.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
-    results.append({"sampler": spec, "seconds_per_batch": round(seconds, 3), "nfe": nfe,
-                    "seconds_per_call": round(seconds / nfe, 4)})
+    samples = generate.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
+    results.append({"sampler": spec, "seconds_per_batch": round(samples.seconds, 3), "nfe": samples.nfe,
+                    "seconds_per_call": round(samples.seconds / samples.nfe, 4)})
   baseline = next((r for r in results if r["sampler"] == "ancestral:1000"), None)
   for result in results:
     if baseline:
       result["speedup_vs_ancestral_1000"] = round(baseline["seconds_per_batch"] / result["seconds_per_batch"], 2)
   print(json.dumps({
       "benchmark": "sample_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "params": base_experiment.num_params(), "batch": _BATCH.value, "seq_len": length, "vocab": _VOCAB.value,
-      "width": config.model.width, "layers": config.model.num_layers, "devices": len(jax.devices()),
+      "backbone": config.model.backbone, "params": base_experiment.num_params(), "batch": _BATCH.value,
+      "seq_len": length, "vocab": modality.vocab_size, "devices": len(jax.devices()),
       "network_call_seconds": round(call_seconds, 4),
       "network_call_gflops_per_sec": round(forward_flops / call_seconds / 1e9, 2),
       "matmul_ceiling_gflops_per_sec": round(ceiling / 1e9, 2),

@@ -3,6 +3,9 @@
   python benchmarks/train_throughput.py --config configs/quickstart.py [--config.a.b=v ...] [--steps 20]
 
 Random tokens (throughput does not depend on the data); timed after warm-up steps that include compilation.
+Model FLOPs: the transformer's analytic count (6 x matmul parameters per token + attention); image
+backbones' from XLA's cost analysis of the compiled step (convolutions, attention). Throughput is in
+tokens/s for text and dims/s (sub-pixels) for images.
 """
 
 import json
@@ -13,7 +16,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -31,11 +33,11 @@ flags.mark_flag_as_required("config")
 def main(_):
   config = _CONFIG.value
   mesh = sharding.make_mesh(config.mesh)
-  experiment = Experiment(config, _VOCAB.value, mesh)
+  modality = common.modality(config, _VOCAB.value)
+  experiment = Experiment(config, modality, mesh)
   state = experiment.init_state(experiment.base_key)
-  shape = (config.train.batch_size, config.data.seq_len)
-  tokens = np.random.default_rng(0).integers(0, _VOCAB.value, shape, dtype=np.int32)
-  batch = sharding.global_batch({"tokens": tokens, "token_mask": np.ones_like(tokens)}, mesh)
+  batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+  compiled = experiment.train_step.lower(state, batch).compile()
   for _ in range(_WARMUP.value):
     state, metrics = experiment.train_step(state, batch)
   jax.block_until_ready(metrics)
@@ -44,14 +46,20 @@ def main(_):
     state, metrics = experiment.train_step(state, batch)
   jax.block_until_ready(metrics)
   step_seconds = (time.perf_counter() - start) / _STEPS.value
-  tokens_per_step = shape[0] * shape[1]
-  model_flops = common.train_flops_per_token(experiment.model_config) * tokens_per_step / step_seconds
+  tokens_per_step = config.train.batch_size * modality.length
+  if config.model.backbone == "transformer":
+    step_flops, flops_source = common.train_flops_per_token(experiment.model_config) * tokens_per_step, "analytic"
+  else:
+    step_flops, flops_source = common.compiled_flops(compiled), "xla_cost_analysis"
+  model_flops = step_flops / step_seconds
   ceiling = common.matmul_ceiling_flops()
   print(json.dumps({
       "benchmark": "train_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "params": experiment.num_params(), "batch": shape[0], "seq_len": shape[1], "vocab": _VOCAB.value,
-      "width": config.model.width, "layers": config.model.num_layers, "devices": len(jax.devices()),
-      "step_seconds": round(step_seconds, 4), "tokens_per_sec": round(tokens_per_step / step_seconds, 1),
+      "backbone": config.model.backbone, "params": experiment.num_params(), "batch": config.train.batch_size,
+      "seq_len": modality.length, "vocab": modality.vocab_size, "dtype": config.model.dtype,
+      "devices": len(jax.devices()), "step_seconds": round(step_seconds, 4),
+      f"{modality.unit}s_per_sec": round(tokens_per_step / step_seconds, 1),
+      "model_gflops_per_step": round(step_flops / 1e9, 2), "flops_from": flops_source,
       "model_gflops_per_sec": round(model_flops / 1e9, 2), "matmul_ceiling_gflops_per_sec": round(ceiling / 1e9, 2),
       "fraction_of_ceiling": round(model_flops / ceiling, 3), "peak_rss_gib": round(common.peak_rss_gib(), 3),
       "jax": jax.__version__, "backend": jax.default_backend()}))

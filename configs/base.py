@@ -9,9 +9,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
-  # What a step optimises: "md4" (masked diffusion, the negative ELBO) | "ar" (causal next-token baseline,
-  # exact likelihood; needs model.backbone="transformer"). Replaces model.kind.
-  config.objective = "md4"
+  # "md4": masked diffusion, the negative ELBO | "ar": causal next-token baseline, exact likelihood (needs
+  # model.backbone="transformer"). Replaces model.kind.
+  config.objective = "md4"  # what a step optimises (see the lines above)
 
   config.data = ml_collections.ConfigDict()
   # Text: "embedded" (Wikipedia excerpt shipped in gensim) | "textfile" | "tokens" (your token ids) | "text8" |
@@ -27,9 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
   config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
   config.data.manual_dir = ""  # already-downloaded raw files (text8.zip, hub shards); "" = download
-  # fineweb_edu: the hub subset ("" = its default, sample-10BT); imagenet64: "" = van den Oord et al.'s release
-  # (the likelihood tables', no labels) or "labeled" (Chrabaszcz et al.'s npz release, 1000 classes)
-  config.data.subset = ""
+  # imagenet64: "" = van den Oord et al.'s release (the likelihood tables', no labels) or "labeled" (Chrabaszcz
+  # et al.'s npz release, 1000 classes)
+  config.data.subset = ""  # fineweb_edu: the hub subset ("" = sample-10BT); imagenet64: see the line above
   config.data.max_documents = 0  # prepare only the first N documents (images: per split); 0 = all; small trials
 
   config.model = ml_collections.ConfigDict()
@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 0.03  # AdamW decoupled weight decay, matrices only
   config.train.b1 = 0.9  # Adam beta1
   config.train.b2 = 0.99  # Adam beta2
-  config.train.grad_clip = 1.0  # global gradient-norm clip
+  config.train.grad_clip = 1.0  # global gradient-norm clip; 0 = none
   config.train.ema_decay = 0.999  # EMA of params (warmed up as (1 + n) / (10 + n)); eval and samples use it
   config.train.log_every = 50  # steps between train metric lines (means over the window)
   config.train.eval_every = 500  # steps between held-out evaluations and sample dumps (and at the end)

@@ -109,6 +109,8 @@ def check_values(config) -> None:
   capacity = config.train.logits_capacity
   if capacity != -1 and not 0.0 < capacity <= 1.0:
     raise UserError(f"train.logits_capacity={capacity}: use -1 (automatic) or a share of positions in (0, 1]")
+  if config.train.grad_clip < 0:
+    raise UserError(f"train.grad_clip={config.train.grad_clip} must be >= 0 (0 = no clipping)")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
 

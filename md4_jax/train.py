@@ -33,9 +33,9 @@ def learning_rate_schedule(train_cfg):
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only) after global-norm clipping."""
+  """AdamW (decay on matrices only) after global-norm clipping (train.grad_clip = 0: none)."""
   return optax.chain(
-      optax.clip_by_global_norm(train_cfg.grad_clip),
+      optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip else optax.identity(),
       optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                   weight_decay=train_cfg.weight_decay,
                   mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))

@@ -35,14 +35,22 @@ def offline_dns(monkeypatch):
   monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
 
 
+def override(config, **overrides):
+  """Dotted overrides like `train__num_steps=20`, `model__unet__channels=32` or `objective="ar"`."""
+  for key, value in overrides.items():
+    *groups, name = key.split("__")
+    target = config
+    for group in groups:
+      target = target[group]
+    target[name] = value
+  return config
+
+
 def make_config(corpus: pathlib.Path, **overrides):
-  """The tiny config on `corpus`, with dotted overrides like `train__num_steps=20`."""
+  """The tiny config on `corpus`, with overrides as in `override`."""
   config = tiny_config.get_config()
   config.data.path = str(corpus)
-  for key, value in overrides.items():
-    group, name = key.split("__")
-    config[group][name] = value
-  return config
+  return override(config, **overrides)
 
 
 def reference():

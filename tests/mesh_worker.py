@@ -2,7 +2,7 @@
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/mesh_worker.py OUT.json
 Writes, per mesh, the losses of 3 steps on fixed batches and the mesh axes and local shard
-shape of a few parameters.
+shape of a few parameters; under "images", the same for tiny class-conditional U-Net and U-ViT models.
 """
 
 import json
@@ -15,9 +15,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax import sharding  # noqa: E402
+from md4_jax import modality, sharding  # noqa: E402
 from md4_jax.train import Experiment  # noqa: E402
-from tests import tiny_config  # noqa: E402
+from md4_jax.data import image_sources  # noqa: E402
+from tests import tiny_config, tiny_image_config  # noqa: E402
 
 MESHES = {"1 device": (1, 1, 1), "(8,1,1)": (8, 1, 1), "(2,4,1)": (2, 4, 1), "(2,2,2)": (2, 2, 2)}
 VOCAB = 28
@@ -33,7 +34,7 @@ def config():
 def run(mesh_sizes):
   devices = jax.devices()[: int(np.prod(mesh_sizes))]
   mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
-  experiment = Experiment(config(), VOCAB, mesh)
+  experiment = Experiment(config(), modality.Text(VOCAB, 16), mesh)
   state = experiment.init_state(experiment.base_key)
   rng = np.random.default_rng(0)
   losses, fallbacks = [], []
@@ -53,4 +54,28 @@ def run(mesh_sizes):
           "opt_mu_gate": describe(jax.tree.leaves(state["opt_state"][1][0].mu["blocks"][0]["mlp"]["gate"])[0])}
 
 
-pathlib.Path(sys.argv[1]).write_text(json.dumps({name: run(sizes) for name, sizes in MESHES.items()}))
+def run_image(mesh_sizes, backbone):
+  """Losses of 3 steps of a tiny image model on fixed digit-like batches, and one conv kernel's sharding."""
+  devices = jax.devices()[: int(np.prod(mesh_sizes))]
+  mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
+  cfg = tiny_image_config.get_config()
+  cfg.model.backbone, cfg.model.class_conditional = backbone, True
+  experiment = Experiment(cfg, image_sources.DIGITS, mesh)
+  state = experiment.init_state(experiment.base_key)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(3):
+    tokens = rng.integers(0, 17, (8, 64), dtype=np.int32)
+    batch = {"tokens": tokens, "token_mask": np.ones_like(tokens), "label": rng.integers(0, 10, 8, dtype=np.int32)}
+    state, metrics = experiment.train_step(state, sharding.global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  kernel = state["params"]["down"][0]["conv1"]["kernel"][...]
+  return {"losses": losses, "conv_spec": [a for a in kernel.sharding.spec],
+          "conv_shard_shape": list(kernel.addressable_shards[0].data.shape)}
+
+
+IMAGE_MESHES = {name: MESHES[name] for name in ("1 device", "(2,2,2)")}
+results = {name: run(sizes) for name, sizes in MESHES.items()}
+results["images"] = {backbone: {name: run_image(sizes, backbone) for name, sizes in IMAGE_MESHES.items()}
+                     for backbone in ("unet", "uvit")}
+pathlib.Path(sys.argv[1]).write_text(json.dumps(results))

@@ -69,7 +69,7 @@ def test_a_prompt_is_kept_and_costs_no_calls(ar_sampler):
 
 
 def test_ar_run_trains_evaluates_and_samples(tmp_path, corpus_file):
-  config = make_config(corpus_file, model__kind="ar")
+  config = make_config(corpus_file, objective="ar")
   result = run.main(config, tmp_path / "run", "train", reference=reference())
   assert np.isfinite(result["eval/bpt"]) and result["eval/prior_bpt"] == 0.0
   evaluated = run.main(config, tmp_path / "run", "eval", reference=reference())

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from md4_jax import modality
 from md4_jax.data import corpora, pipeline
 from md4_jax.data.tokenizers import TEXT8_ALPHABET, CharTokenizer
 from md4_jax.errors import UserError
@@ -67,8 +68,7 @@ def test_textfile_splits_from_the_end_and_builds_vocab_from_train(tmp_path):
 def test_textfile_reuses_a_saved_tokenizer(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text("ab" * 40, encoding="utf-8")
-  CharTokenizer("abc").save(tmp_path / "tok.json")
-  data = pipeline.load_data(data_config(path=str(path)), tokenizer_file=tmp_path / "tok.json")
+  data = pipeline.load_data(data_config(path=str(path)), saved_modality=modality.Text.of(CharTokenizer("abc"), 8))
   assert data.tokenizer.alphabet == "abc"
 
 

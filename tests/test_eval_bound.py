@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import sharding
+from md4_jax import modality, sharding
 from md4_jax.train import Experiment
 from tests import tiny_config
 
@@ -29,7 +29,7 @@ def experiment(**eval_overrides) -> Experiment:
   config.model.width = 16
   config.eval.batch_size = len(X0)
   config.eval.update(eval_overrides)
-  return Experiment(config, V, sharding.make_mesh(config.mesh))
+  return Experiment(config, modality.Text(V, L), sharding.make_mesh(config.mesh))
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +54,14 @@ def expected_cross_entropy(exp, params, t_Q):
                                                                 z_QxBxMxL.shape + (1,)), axis=-1)[..., 0]
   cross_entropy_QxBxM = -np.sum(np.where(MASKS, true_log_prob, 0.0), axis=-1)
   masked = MASKS.sum(-1)
-  mask_prob = np.asarray(exp.schedule.mask_prob(t_Q), np.float64)[:, None]
+  mask_prob = np.asarray(exp.objective.schedule.mask_prob(t_Q), np.float64)[:, None]
   p_QxM = mask_prob**masked * (1 - mask_prob) ** (L - masked)
   return np.einsum("qbm,qm->qb", cross_entropy_QxBxM, p_QxM)
 
 
 def exact_bound(exp, params, timesteps: int) -> float:
   """Mean over X0's rows of the negative ELBO, in nats per sequence."""
-  schedule = exp.schedule
+  schedule = exp.objective.schedule
   if timesteps == 0:
     nodes, weights = np.polynomial.legendre.leggauss(8)
     edges = np.linspace(0.0, 1.0, 401)

@@ -1,4 +1,4 @@
-"""Hub datasets (OpenWebText, FineWeb-Edu): packing, the held-out rule, meta.json, errors; never the network."""
+"""Hub datasets (OpenWebText, FineWeb-Edu, LM1B): packing, shards, the held-out rule, meta.json, errors; no network."""
 
 import gzip
 import hashlib
@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from md4_jax.data import hub_datasets, tokenizers
+from md4_jax.data import hub_datasets, records, tokenizers
 from md4_jax.errors import UserError
 
 SEQ_LEN = 16
@@ -95,6 +97,56 @@ def test_rows_are_the_documents_packed_in_order(prepared):
   assert json.loads((out_dir / "meta.json").read_text()) == meta
 
 
+def test_a_split_spans_many_shards_in_stream_order_without_tfds_shuffle_buffers(prepared, tmp_path, monkeypatch):
+  """Gigabyte splits in miniature: shards of 3 rows, and tfds's shuffle buffer cut from 1 GB to 1 KB.
+
+  A writer going through tfds's shuffler would spill its buffer through tf.io.gfile here and fail for
+  want of TensorFlow, as OpenWebText did at 1 GB.
+  """
+  root, _, texts = prepared
+  monkeypatch.setattr(records, "SHARD_BYTES", 3 * SEQ_LEN * 4)  # 3 rows of int32 tokens
+  monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 1024)
+  out_dir = hub_datasets.prepare("openwebtext", tmp_path / "data", tokenizer=ByteTokenizer(), seq_len=SEQ_LEN,
+                                 manual_dir=str(root / "shards"))
+  splits, meta = hub_datasets.load("openwebtext", tmp_path / "data", seq_len=SEQ_LEN)
+  for split, held in (("train", False), ("validation", True)):
+    expected, tail, _ = packed(texts, held)
+    num_rows = len(expected) // SEQ_LEN
+    shards = sorted((out_dir / "packed_tokens/1.0.0").glob(f"packed_tokens-{split}.array_record-*"))
+    lengths = splits[split].dataset_info.splits[split].shard_lengths
+    assert len(shards) == len(lengths) == -(-num_rows // 3) >= {"train": 10, "validation": 2}[split]
+    assert set(lengths[:-1]) == {3} and sum(lengths) == num_rows
+    rows_NxL = rows_of(splits[split])
+    assert rows_NxL.dtype == np.int32 and rows_NxL.shape == (num_rows, SEQ_LEN)
+    np.testing.assert_array_equal(rows_NxL.reshape(-1), expected)  # in order across every shard boundary
+    assert (meta["rows_per_split"][split], meta["dropped_tail_tokens_per_split"][split]) == (num_rows, tail)
+  assert not list(out_dir.rglob("*.tmp"))
+
+
+def test_prepare_goes_through_no_tfds_builder(prepared, tmp_path, monkeypatch):
+  """tfds builders send rows through the shuffler (see above); prepare must not define or call one."""
+  def refuse(*args, **kwargs):
+    raise AssertionError("prepare called a tfds builder's download_and_prepare")
+
+  for builder_class in (tfds.core.DatasetBuilder, tfds.core.GeneratorBasedBuilder):
+    monkeypatch.setattr(builder_class, "download_and_prepare", refuse)
+  root, _, _ = prepared
+  hub_datasets.prepare("openwebtext", tmp_path / "data", tokenizer=ByteTokenizer(), seq_len=SEQ_LEN,
+                       manual_dir=str(root / "shards"))
+  assert len(hub_datasets.load("openwebtext", tmp_path / "data", seq_len=SEQ_LEN)[0]["train"]) > 0
+  assert not [value for value in vars(hub_datasets).values()
+              if isinstance(value, type) and issubclass(value, tfds.core.DatasetBuilder)]
+
+
+def test_a_split_too_short_for_one_row_is_a_clear_error_and_leaves_nothing(prepared, tmp_path):
+  """Train fills rows of 200 tokens, validation (3 short documents) does not: the train shards are removed too."""
+  root, _, _ = prepared
+  with pytest.raises(UserError, match=r"the validation split got \d+ tokens from 3 documents, fewer than one row"):
+    hub_datasets.prepare("openwebtext", tmp_path / "data", tokenizer=ByteTokenizer(), seq_len=200,
+                         manual_dir=str(root / "shards"))
+  assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+
+
 def test_held_out_rule_is_the_documented_hash():
   texts = [f"text {i}" for i in range(3000)]
   assert [hub_datasets.is_held_out(t) for t in texts] == [held_out(t) for t in texts]
@@ -104,7 +156,7 @@ def test_held_out_rule_is_the_documented_hash():
 def test_prepare_again_returns_at_once_and_refuses_a_different_tokenizer(prepared, monkeypatch):
   root, out_dir, _ = prepared
   before = (out_dir / "meta.json").read_text()
-  monkeypatch.setattr(hub_datasets, "PackedTokens", None)  # any rebuild would fail
+  monkeypatch.setattr(records, "write", None)  # any rebuild would fail
   assert hub_datasets.prepare("openwebtext", root / "data", tokenizer=ByteTokenizer(), seq_len=SEQ_LEN,
                               manual_dir=str(root / "shards")) == out_dir
   assert (out_dir / "meta.json").read_text() == before

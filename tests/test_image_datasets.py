@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from md4_jax.data import download, image_datasets
+from md4_jax.data import download, image_datasets, records
 from md4_jax.errors import UserError
 
 CIFAR_SIZES = {"train": 5, "validation": 3}  # per split; train spread over the five data_batch files
@@ -176,13 +176,28 @@ def test_cifar_prepare_load_round_trip_and_meta(cifar):
   assert (out_dir / "meta.json").is_file() and not list(out_dir.rglob("*.tmp"))
 
 
+def test_splits_span_several_shards_in_release_order(cifar, monkeypatch):
+  root, path, expected = cifar
+  monkeypatch.setattr(records, "SHARD_BYTES", 2 * 32 * 32 * 3)  # 2 images per shard; the label is not counted
+  out_dir = image_datasets.prepare("cifar10", root / "shards", manual_dir=str(path.parent), split_sizes=CIFAR_SIZES,
+                                   checksums=checksums_of(path.parent, md5=True))
+  splits, _ = image_datasets.load("cifar10", root / "shards")
+  for split, (images, labels) in expected.items():
+    assert splits[split].dataset_info.splits[split].shard_lengths == {"train": [2, 2, 1], "validation": [2, 1]}[split]
+    assert len(list((out_dir / "pixel_tokens/1.0.0").glob(f"pixel_tokens-{split}.array_record-*"))) == len(
+        splits[split].dataset_info.splits[split].shard_lengths)
+    tokens, read_labels = rows(splits[split])
+    np.testing.assert_array_equal(tokens, images.reshape(len(images), -1))
+    assert read_labels == labels
+
+
 def test_prepare_again_is_a_no_op_and_other_settings_are_refused(cifar, monkeypatch):
   root, path, _ = cifar
   sums = checksums_of(path.parent, md5=True)
   kwargs = dict(manual_dir=str(path.parent), split_sizes=CIFAR_SIZES, checksums=sums)
   out_dir = image_datasets.prepare("cifar10", root / "again", **kwargs)
   mtimes = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")}
-  monkeypatch.setattr(image_datasets, "_write_split", None)  # any rebuild would fail
+  monkeypatch.setattr(records, "write", None)  # any rebuild would fail
   monkeypatch.setattr(download, "digests_of", None)  # so would reading the archive again
   assert image_datasets.prepare("cifar10", root / "again", **kwargs) == out_dir
   assert {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")} == mtimes

@@ -32,6 +32,15 @@ def test_meshes_give_one_devices_losses(mesh_results, mesh):
     assert abs(loss - reference) / abs(reference) < 1e-5
 
 
+@pytest.mark.parametrize("backbone", ["unet", "uvit"])
+def test_image_models_shard_on_the_same_mesh_with_one_devices_losses(mesh_results, backbone):
+  results = mesh_results["images"][backbone]
+  for loss, reference in zip(results["(2,2,2)"]["losses"], results["1 device"]["losses"]):
+    assert abs(loss - reference) / abs(reference) < 1e-5
+  cube = results["(2,2,2)"]
+  assert cube["conv_spec"] == [None, None, "fsdp", "tensor"] and cube["conv_shard_shape"] == [3, 3, 16, 16]
+
+
 def test_output_layer_gather_ran_on_a_sharded_mesh(mesh_results):
   # One gather per device block of rows; on (2,2,2) (4 blocks of 2 rows) some steps fit the capacity.
   assert mesh_results["(2,2,2)"]["batch_groups"] == 4

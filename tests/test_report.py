@@ -3,7 +3,7 @@
 import json
 import os
 
-from md4_jax import report
+from md4_jax.evals import report
 from tests.conftest import reference
 
 

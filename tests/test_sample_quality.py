@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import autoregressive, run, sample_quality, sharding
-from md4_jax.data import tokenizers
+from md4_jax import autoregressive, modality, run, sharding
+from md4_jax.evals import samples as sample_quality
 from md4_jax.errors import UserError
 from tests.conftest import CORPUS, make_config, reference
 
@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
   run.main(make_config(corpus), root / "md4", "train", reference=reference())
-  run.main(make_config(corpus, model__kind="ar"), root / "ar", "train", reference=reference())
+  run.main(make_config(corpus, objective="ar"), root / "ar", "train", reference=reference())
   return corpus, root
 
 
@@ -54,8 +54,9 @@ def test_samples_suite_writes_a_table_per_sampler(runs):
 
 def test_judge_perplexity_is_the_exact_likelihood(runs):
   corpus, root = runs
-  tokenizer = tokenizers.load_tokenizer(root / "ar" / "tokenizer.json")
-  judge = sample_quality.Judge(str(root / "ar"), tokenizer, sharding.make_mesh(make_config(corpus).mesh))
+  saved = modality.load(root / "ar")
+  tokenizer = saved.tokenizer
+  judge = sample_quality.Judge(str(root / "ar"), saved, sharding.make_mesh(make_config(corpus).mesh))
   tokens = np.asarray([tokenizer.encode("the cat sat on t"), tokenizer.encode("a fat rat ate th")])
   network = nnx.merge(judge.experiment.graphdef, judge.params)
   nll = float(autoregressive.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"].sum())

@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import loop, run, sharding
+from md4_jax import loop, modality, run, sharding
 from md4_jax.train import Experiment
 from tests import tiny_config
-from tests.conftest import make_config, reference
+from tests.conftest import make_config, override, reference
 
 VOCAB = 28
 
 
 def experiment(**overrides) -> Experiment:
   config = tiny_config.get_config()
-  for key, value in overrides.items():
-    group, name = key.split("__")
-    config[group][name] = value
-  return Experiment(config, VOCAB, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  override(config, **overrides)
+  return Experiment(config, modality.Text(VOCAB, config.data.seq_len), sharding.make_mesh(config.mesh, jax.devices()[:1]))
 
 
 def batch(seed=0, rows=8):

@@ -6,7 +6,8 @@ import math
 import ml_collections
 import pytest
 
-from md4_jax import run, zero_shot
+from md4_jax import run
+from md4_jax.evals import zero_shot
 from md4_jax.data import benchmarks, tokenizers
 from md4_jax.errors import UserError
 from tests.conftest import CORPUS, make_config, reference

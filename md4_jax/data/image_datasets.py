@@ -4,9 +4,9 @@ An HxWxC uint8 image becomes one row of H*W*C tokens (256 levels), channel-inter
 token (h*W + w)*C + c is channel c of pixel (h, w). Rows keep the release's order; the splits are
 "train" and "validation" (the held-out set). `prepare` checks the release files' checksums first
 (CIFAR's batches are pickles: only a file that matches is unpickled), reads them without extracting,
-checks the image counts, writes array_record shards and describes them with
-`tfds.folder_dataset.write_metadata`; `load` opens them with tfds as random-access sources. Not a
-tfds builder: without TensorFlow its shuffler fails once a split passes 1 GB (tf.io.gfile buckets).
+checks the image counts and writes the rows with records.py (array_record shards described by tfds
+metadata); `load` opens them with tfds as random-access sources. Not a tfds builder: without
+TensorFlow its shuffler fails once a split passes 1 GB (tf.io.gfile buckets).
 
 On disk, under `data_dir/<source>[/<subset>]/`:
   meta.json             what was prepared (written last: its presence means complete)
@@ -42,24 +42,21 @@ import itertools
 import json
 import pathlib
 import pickle
-import shutil
 import tarfile
 import zipfile
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from PIL import Image
 
-from md4_jax.data import download
+from md4_jax.data import download, records
 from md4_jax.errors import UserError
 from md4_jax.files import write_text_atomically
 
 SPLITS = ("train", "validation")
 LEVELS = 256
 _BUILDER_DIR = "pixel_tokens/1.0.0"  # <dataset name>/<version>, the layout tfds.builder_from_directory expects
-_SHARD_BYTES = 1 << 30  # bytes of tokens per array_record shard, about what tfds aims for
 _CIFAR_MEMBERS = {"train": [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
                   "validation": ["cifar-10-batches-py/test_batch"]}
 _NPZ_FILES = {"train": [f"train_data_batch_{i}.npz" for i in range(1, 11)], "validation": ["val_data.npz"]}
@@ -272,30 +269,14 @@ def features(shape: tuple) -> tfds.features.FeaturesDict:
       "label": tfds.features.Tensor(shape=(), dtype=np.int32)})
 
 
-def _write_split(builder_dir: pathlib.Path, split: str, images, row_features) -> tfds.core.SplitInfo:
-  """Writes (image, label) rows in order into array_record shards of ~1 GB; returns the split's SplitInfo."""
-  shard_lengths, num_bytes, writer = [], 0, None
-  shard_rows = max(1, _SHARD_BYTES // row_features["tokens"].shape[0])
-  try:
-    for index, (image_HxWxC, label) in enumerate(images):
-      if index % shard_rows == 0:  # shards get their final names once their number is known
-        if writer:
-          writer.close()
-        writer = array_record_module.ArrayRecordWriter(str(builder_dir / f"{split}-{len(shard_lengths)}.tmp"),
-                                                       "group_size:1")  # as tfds writes them: random access
-        shard_lengths.append(0)
-      record = row_features.serialize_example({"tokens": image_HxWxC.reshape(-1), "label": np.int32(label)})
-      writer.write(record)
-      shard_lengths[-1] += 1
-      num_bytes += len(record)
-  finally:
-    if writer:
-      writer.close()
-  template = tfds.core.ShardedFileTemplate(data_dir=builder_dir, dataset_name=_BUILDER_DIR.split("/")[0],
-                                           split=split, filetype_suffix="array_record")
-  for shard, path in enumerate(template.sharded_filepaths(len(shard_lengths))):
-    (builder_dir / f"{split}-{shard}.tmp").rename(path)
-  return tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths, num_bytes=num_bytes, filename_template=template)
+def _rows(images, split: str, release: Release, expected: int, exact: bool):
+  """(image, label) pairs as rows; after the last, the count is checked: not zero, and `expected` when `exact`."""
+  count = 0
+  for count, (image_HxWxC, label) in enumerate(images, 1):
+    yield {"tokens": image_HxWxC.reshape(-1), "label": np.int32(label)}
+  if not count or (exact and count != expected):  # raised inside records.write, which then removes its files
+    raise UserError(f"the {split} split of {release.description} has {count:,} images, expected {expected:,}: the "
+                    "release files are incomplete or not the official ones")
 
 
 def prepare(source: str, data_dir: pathlib.Path, *, manual_dir: str = "", subset: str = "", max_images: int = 0,
@@ -320,30 +301,16 @@ def prepare(source: str, data_dir: pathlib.Path, *, manual_dir: str = "", subset
     raise UserError(f"{out_dir} already holds {source} prepared with a different {', '.join(differ)}; delete that "
                     "directory or choose another --config.data.dir")
   locations, used = _release_files(release, out_dir, manual_dir, checksums or {})
-  builder_dir = out_dir / _BUILDER_DIR
-  shutil.rmtree(builder_dir.parent, ignore_errors=True)  # a run cut off before meta.json was written
-  builder_dir.mkdir(parents=True)
-  row_features, sizes, split_infos = features(release.shape), dict(split_sizes or release.split_sizes), []
-  try:
-    for split in SPLITS:
-      images = itertools.islice(release.reader(locations, split), max_images or None)
-      split_infos.append(_write_split(builder_dir, split, images, row_features))
-      count = split_infos[-1].num_examples
-      if not count or (not max_images and count != sizes[split]):
-        raise UserError(f"the {split} split of {release.description} has {count:,} images, expected "
-                        f"{sizes[split]:,}: the release files are incomplete or not the official ones")
-    # The documented way to describe files tfds did not write; check_data=False: that check needs TensorFlow.
-    tfds.folder_dataset.write_metadata(
-        data_dir=builder_dir, features=row_features, split_infos=split_infos, check_data=False,
-        filename_template=split_infos[0].filename_template.template, disable_shuffling=True,
-        description=f"{release.description}, flattened channel-interleaved per pixel: token (h*W + w)*C + c.")
-  except BaseException:
-    shutil.rmtree(builder_dir.parent, ignore_errors=True)  # nothing half-written stays behind
-    raise
+  sizes = dict(split_sizes or release.split_sizes)
+  split_rows = {split: _rows(itertools.islice(release.reader(locations, split), max_images or None), split, release,
+                             sizes[split], exact=not max_images) for split in SPLITS}
+  split_infos = records.write(
+      out_dir / _BUILDER_DIR, features(release.shape), split_rows,
+      description=f"{release.description}, flattened channel-interleaved per pixel: token (h*W + w)*C + c.")
   height, width, channels = release.shape
   meta = {**request, "height": height, "width": width, "channels": channels, "levels": LEVELS,
           "num_classes": release.num_classes, "files": used,
-          "images_per_split": {info.name: info.num_examples for info in split_infos}}
+          "images_per_split": {split: info.num_examples for split, info in split_infos.items()}}
   write_text_atomically(meta_path, json.dumps(meta, indent=2))
   return out_dir
 

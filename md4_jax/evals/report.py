@@ -3,7 +3,9 @@
 Rewritten by every `--mode eval` (each suite) from the files in W/eval and W/metrics.jsonl: the
 most recently written bound table (step_N.md) and its bound for each number of sampling steps T (step_N.json's
 bound_by_steps), the most recent sample-quality table (samples_step_N.md) and zero-shot table
-(zero_shot_step_N.md), each headed by its file name, and the train / eval curves.
+(zero_shot_step_N.md), each headed by its file name, for image runs the latest sample grid and
+reverse-process strip (samples/step_N.png), and the train / eval curves. Units come from the
+run's modality (bits/token or bits/dim).
 """
 
 import json
@@ -14,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from md4_jax import files  # noqa: E402
+from md4_jax import files, modality as modalities  # noqa: E402
 from md4_jax.logging import read_rows  # noqa: E402
 
 
@@ -27,10 +29,13 @@ def _latest(directory: pathlib.Path, prefix: str, suffix: str) -> pathlib.Path |
 def write(workdir: pathlib.Path, config) -> pathlib.Path:
   """Writes eval/report.md (+ PNGs beside it) from the eval files present; returns its path."""
   out = workdir / "eval"
+  modality = modalities.load(workdir, config.data.seq_len)
+  unit = f"bits/{modality.unit}" if modality else "bits/token"
+  shape = (f"{modality.height}x{modality.width}x{modality.channels} images, {modality.levels} levels"
+           if modality and modality.kind == "image" else f"seq_len {config.data.seq_len}")
   lines = [f"# Evaluation report: {workdir.name}", "",
-           f"{config.model.kind} model, {config.model.num_layers} layers, width {config.model.width}, "
-           f"data.source={config.data.source}, seq_len {config.data.seq_len}, "
-           f"schedule {config.diffusion.schedule}.", ""]
+           f"{config.objective} objective, {config.model.backbone} backbone, data.source={config.data.source}, "
+           f"{shape}, schedule {config.diffusion.schedule}.", ""]
   bound_table = _latest(out, "step_", ".md")
   if bound_table:
     lines += [f"## Held-out bound ({bound_table.name})", "", bound_table.read_text()]
@@ -39,23 +44,30 @@ def write(workdir: pathlib.Path, config) -> pathlib.Path:
       lines += ["## Bound versus sampling steps", "",
                 "The T-step discrete-time bound is the likelihood bound of a T-step ancestral sampler; "
                 "T = infinity is the continuous-time bound.", "",
-                "| steps T | bits/token (+- std error) |", "|---|---|"]
+                f"| steps T | {unit} (+- std error) |", "|---|---|"]
       lines += [f"| {'infinity' if row['steps'] == 0 else row['steps']} | {row['bpt']:.4f} +- "
                 f"{row['bpt_stderr']:.4f} |" for row in bound_by_steps]
-      _plot_bound_by_steps(bound_by_steps, out / "bound_vs_steps.png")
+      _plot_bound_by_steps(bound_by_steps, out / "bound_vs_steps.png", unit)
       lines += ["", "![bound versus steps](bound_vs_steps.png)", ""]
   for prefix, title in (("samples_step_", "Sample quality"), ("zero_shot_step_", "Zero-shot perplexity")):
     table = _latest(out, prefix, ".md")
     if table:
       lines += [f"## {title} ({table.name})", "", table.read_text()]
-  if _plot_curves(workdir / "metrics.jsonl", out / "curves.png"):
+  grid = _latest(workdir / "samples", "step_", ".png")
+  if grid:  # image runs: the latest training-time samples and their reverse process
+    lines += [f"## Samples ({grid.name})", "", f"![samples](../samples/{grid.name})", ""]
+    strip = grid.with_name(grid.stem + "_process.png")
+    if strip.exists():
+      lines += ["Reverse process, all masked (magenta) to finished:", "", f"![reverse process](../samples/{strip.name})",
+                ""]
+  if _plot_curves(workdir / "metrics.jsonl", out / "curves.png", unit):
     lines += ["## Training curves", "", "![train and eval curves](curves.png)", ""]
   path = out / "report.md"
   files.write_text_atomically(path, "\n".join(lines))
   return path
 
 
-def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path) -> None:
+def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path, unit: str) -> None:
   finite = [row for row in rows if row["steps"] > 0]
   figure, axes = plt.subplots(figsize=(5, 3.5))
   if finite:
@@ -68,14 +80,14 @@ def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path) -> None:
     if row["steps"] == 0:
       axes.axhline(row["bpt"], linestyle="--", color="gray", label="continuous time")
   axes.set_xlabel("sampling steps T")
-  axes.set_ylabel("bits / token")
+  axes.set_ylabel(unit)
   axes.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
 
 
-def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path) -> bool:
+def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path, unit: str) -> bool:
   if not metrics_path.exists():
     return False
   rows = read_rows(metrics_path)
@@ -84,11 +96,11 @@ def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path) -> bool:
   if not train and not held_out:
     return False
   figure, axes = plt.subplots(figsize=(6, 3.5))
-  for points, label in ((train, "train (bits/token)"), (held_out, "held-out bound (bits/token)")):
+  for points, label in ((train, f"train ({unit})"), (held_out, f"held-out bound ({unit})")):
     if points:
       axes.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
   axes.set_xlabel("step")
-  axes.set_ylabel("bits / token")
+  axes.set_ylabel(unit)
   axes.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)

@@ -38,8 +38,8 @@ class UNetConfig:
 
   def summary(self) -> str:
     height, width, channels = self.image_shape
-    return (f"U-Net, {self.num_res_blocks} + 3 + {self.num_res_blocks + 1} residual blocks of {self.channels} "
-            f"channels; {height}x{width}x{channels} images, {self.levels} levels"
+    return (f"U-Net, {self.num_res_blocks} + 2 + {self.num_res_blocks + 1} residual blocks of {self.channels} "
+            f"channels, attention in the middle; {height}x{width}x{channels} images, {self.levels} levels"
             + (f", {self.num_classes} classes" if self.num_classes else ""))
 
 
