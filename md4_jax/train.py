@@ -211,18 +211,3 @@ class Experiment:
                                 self.sampler_settings.guidance)
     return self.objective.sample(denoise, key, z_BxD, self.sampler_settings,
                                  time_dependent=self.model_config.time_conditioning)
-
-
-def summarize_eval(sums) -> dict:
-  """Eval sums over the held-out split -> per-token bound in nats and bits, perplexity, std error."""
-  tokens, sequences = sums["num_tokens"], sums["num_sequences"]
-  nats = sums["loss_sum"] / tokens
-  mean_loss = sums["loss_sum"] / sequences
-  variance = max(sums["loss_sq_sum"] / sequences - mean_loss**2, 0.0)
-  stderr_nats = math.sqrt(variance * sequences) / tokens
-  return {"nats": nats, "bpt": nats / math.log(2), "bpt_stderr": stderr_nats / math.log(2),
-          "ppl": math.exp(nats), "diffusion_bpt": sums["diffusion_sum"] / tokens / math.log(2),
-          "reconstruction_bpt": sums["reconstruction_sum"] / tokens / math.log(2),
-          "prior_bpt": sums["prior_sum"] / tokens / math.log(2), "num_tokens": int(tokens)}
-
-

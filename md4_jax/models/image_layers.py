@@ -136,7 +136,8 @@ class PixelHead(nnx.Module):
     self.levels = levels
 
   def __call__(self, h_BxHxWxF, cond_BxE=None):
-    logits = self.conv(jax.nn.swish(self.norm(h_BxHxWxF, cond_BxE))).astype(jnp.float32)
+    logits = self.conv(jax.nn.swish(self.norm(h_BxHxWxF, cond_BxE if self.norm.modulation else None)))
+    logits = logits.astype(jnp.float32)
     return logits.reshape(h_BxHxWxF.shape[0], -1, self.levels)
 
 
@@ -159,3 +160,30 @@ class Condition(nnx.Module):
       label_emb = self.labels[...][label_B].astype(dtype)
       cond = label_emb if cond is None else cond + label_emb
     return cond
+
+
+class ResidualTrunk(nnx.Module):
+  """What the U-Net and U-ViT share: pixel embedding -> residual blocks going down (outputs kept) ->
+  a middle -> blocks coming up, each over its input concatenated with the matching kept output ->
+  pixel head. Subclasses build `embed`, `condition`, `down`, `middle`, `up`, `head` and set `cfg`;
+  `middle(h, cond, dropout_key)` is the part that differs."""
+
+  def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    if label_B is None and cfg.num_classes:
+      label_B = jnp.full(z_BxD.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
+    cond = self.condition(t_B, label_B, dtype)
+    count = len(self.down) + len(self.up) + 1
+    keys = list(jax.random.split(dropout_key, count)) if dropout_key is not None else [None] * count
+    apply = lambda block, x, cond, key: block(x, cond, key)  # noqa: E731
+    if cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
+      apply = nnx.remat(apply)
+    h = self.embed(z_BxD, dtype)
+    kept = [h]
+    for block in self.down:
+      h = apply(block, h, cond, keys.pop())
+      kept.append(h)
+    h = self.middle(h, cond, keys.pop())
+    for block in self.up:
+      h = apply(block, jnp.concatenate([h, kept.pop()], axis=-1), cond, keys.pop())
+    return self.head(h, cond)

@@ -10,7 +10,6 @@ through a zero-initialised dense layer. `model(z_BxD, t_B, label_B) -> logits_Bx
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from md4_jax.models import image_layers
@@ -43,7 +42,18 @@ class UNetConfig:
             + (f", {self.num_classes} classes" if self.num_classes else ""))
 
 
-class UNet(nnx.Module):
+class AttentionMiddle(nnx.Module):
+  """Residual block, single-head self-attention, residual block."""
+
+  def __init__(self, block, width, rngs):
+    self.first, self.attention, self.second = block(width), image_layers.SelfAttention(width, 1, rngs), block(width)
+
+  def __call__(self, h, cond, dropout_key=None):
+    keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    return self.second(self.attention(self.first(h, cond, keys[0])), cond, keys[1])
+
+
+class UNet(image_layers.ResidualTrunk):
 
   def __init__(self, cfg: UNetConfig, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -55,28 +65,6 @@ class UNet(nnx.Module):
     block = lambda in_channels: image_layers.ResBlock(  # noqa: E731
         in_channels, width, rngs, cond_dim=cond_dim, cond_mode="add", dropout_rate=cfg.dropout)
     self.down = nnx.List([block(width) for _ in range(cfg.num_res_blocks)])
-    self.middle_in, self.middle_out = block(width), block(width)
-    self.attention = image_layers.SelfAttention(width, 1, rngs)
+    self.middle = AttentionMiddle(block, width, rngs)
     self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
     self.head = image_layers.PixelHead(width, cfg.image_shape, cfg.levels, rngs)
-
-  def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
-    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-    if label_B is None and cfg.num_classes:
-      label_B = jnp.full(z_BxD.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
-    cond = self.condition(t_B, label_B, dtype)
-    keys = iter(jax.random.split(dropout_key, 2 * cfg.num_res_blocks + 3)) if dropout_key is not None else None
-    apply = lambda block, x, cond, key: block(x, cond, key)  # noqa: E731
-    if cfg.remat == "block":
-      apply = nnx.remat(apply)
-    next_key = lambda: next(keys) if keys is not None else None  # noqa: E731
-    h = self.embed(z_BxD, dtype)
-    kept = [h]
-    for block in self.down:
-      h = apply(block, h, cond, next_key())
-      kept.append(h)
-    h = self.attention(apply(self.middle_in, h, cond, next_key()))
-    h = apply(self.middle_out, h, cond, next_key())
-    for block in self.up:
-      h = apply(block, jnp.concatenate([h, kept.pop()], axis=-1), cond, next_key())
-    return self.head(h)

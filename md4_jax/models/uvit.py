@@ -141,7 +141,7 @@ class DiT(nnx.Module):
     return h.reshape(batch, grid_h * patch, grid_w * patch, self.channels)
 
 
-class UViT(nnx.Module):
+class UViT(image_layers.ResidualTrunk):
 
   def __init__(self, cfg: UViTConfig, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -156,23 +156,3 @@ class UViT(nnx.Module):
     self.middle = DiT(cfg, cond_dim, rngs)
     self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
     self.head = image_layers.PixelHead(width, cfg.image_shape, cfg.levels, rngs, cond_dim=cond_dim)
-
-  def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
-    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-    if label_B is None and cfg.num_classes:
-      label_B = jnp.full(z_BxD.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
-    cond = self.condition(t_B, label_B, dtype)
-    count = 2 * cfg.num_res_blocks + 2
-    keys = list(jax.random.split(dropout_key, count)) if dropout_key is not None else [None] * count
-    apply = lambda block, x, cond, key: block(x, cond, key)  # noqa: E731
-    if cfg.remat == "block":
-      apply = nnx.remat(apply)
-    h = self.embed(z_BxD, dtype)
-    kept = [h]
-    for block in self.down:
-      h = apply(block, h, cond, keys.pop())
-      kept.append(h)
-    h = self.middle(h, cond, keys.pop())
-    for block in self.up:
-      h = apply(block, jnp.concatenate([h, kept.pop()], axis=-1), cond, keys.pop())
-    return self.head(h, cond)
