@@ -109,6 +109,34 @@ def test_incompatible_workdir_is_refused(tmp_path, corpus_file):
   assert json.loads((workdir / "config.json").read_text()) == saved  # nothing overwritten
 
 
+def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--model.kind=ar")
+  assert_clear_error(result, "'model.kind' was replaced by 'objective'", "--config.objective=ar")
+  assert result.returncode == 2
+  config = make_config(corpus_file).to_dict()
+  config["model"]["kind"] = "ar"  # a config file that still sets it
+  with pytest.raises(UserError, match="'model.kind' was replaced by 'objective'"):
+    run.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
+
+
+def test_a_workdir_saved_with_model_kind_still_resumes(tmp_path, corpus_file):
+  """Runs from before the objective key hold model.kind in config.json: read as `objective`."""
+  workdir = tmp_path / "run"
+  run.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "train", reference=reference())
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["model"]["kind"] = saved.pop("objective")
+  (workdir / "config.json").write_text(json.dumps(saved))
+  (workdir / "modality.json").unlink()  # nor did they write modality.json: tokenizer.json says what a token is
+  evaluated = run.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "eval",
+                       reference=reference())
+  assert evaluated["eval/bpt"] > 0
+  result = run.main(make_config(corpus_file, objective="ar", train__num_steps=6), workdir, "train",
+                    reference=reference())
+  assert "eval/bpt" in result
+  with pytest.raises(UserError, match="objective: 'ar' in the workdir, 'md4' now"):
+    run.main(make_config(corpus_file, train__num_steps=8), workdir, "train", reference=reference())
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
   # A learning rate this large overflows the parameters within a few steps.
   config = make_config(corpus_file, train__learning_rate=1e30, train__warmup_steps=0, train__grad_clip=1e30,
