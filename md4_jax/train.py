@@ -59,7 +59,7 @@ class Experiment:
     except ValueError as error:
       raise UserError(f"bad config value: {error}") from error
     self.model_config = self.make_model.args[0]
-    self.num_classes = self.model_config.num_classes if hasattr(self.model_config, "num_classes") else 0
+    self.num_classes = getattr(self.model_config, "num_classes", 0)  # 0: the network reads no labels
     self.optimizer = make_optimizer(config.train)
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
     self.base_key = jax.random.key(config.seed)

@@ -70,10 +70,6 @@ class Network:
   def __call__(self, z_BxD, t_B):
     return self.module(z_BxD, t_B, self.label_B, dropout_key=self.dropout_key)
 
-  @property
-  def splits_head(self) -> bool:
-    return hasattr(self.module, "head_logits")
-
   def features(self, z_BxD, t_B):
     return self.module.features(z_BxD, t_B, self.label_B, dropout_key=self.dropout_key)
 
