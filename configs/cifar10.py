@@ -3,8 +3,8 @@
 Prepare once: python launch.py --config configs/cifar10.py --mode prepare
 (downloads cifar-10-python.tar.gz, 163 MiB, or --config.data.manual_dir=DIR holding it).
 
-Settings and their sources (the paper's appendix and the reference code's configs/md4/cifar10.py agree
-on all but the marked ones):
+Settings, from the reference code's configs/md4/cifar10.py and networks/unet.py (the paper's appendix
+could not be read offline; arXiv v1 reported 2.78 bits/dim, the later version 2.75):
 - U-Net without down-sampling: 32 residual blocks down, 33 up, 128 channels, single-head attention in
   the middle, dropout 0.1; 256 levels per sub-pixel, 3,072 dimensions.
 - AdamW, learning rate 2e-4, 100 warm-up steps, weight decay 0.01, b2 0.99; EMA 0.9999; batch 256;
