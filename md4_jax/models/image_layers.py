@@ -163,10 +163,27 @@ class Condition(nnx.Module):
 
 
 class ResidualTrunk(nnx.Module):
-  """What the U-Net and U-ViT share: pixel embedding -> residual blocks going down (outputs kept) ->
-  a middle -> blocks coming up, each over its input concatenated with the matching kept output ->
-  pixel head. Subclasses build `embed`, `condition`, `down`, `middle`, `up`, `head` and set `cfg`;
-  `middle(h, cond, dropout_key)` is the part that differs."""
+  """What the U-Net and U-ViT share: pixel embedding -> `cfg.num_res_blocks` residual blocks going down
+  (outputs kept) -> a middle -> `num_res_blocks + 1` blocks coming up, each over its input concatenated
+  with the matching kept output -> pixel head, all of width `cfg.channels`.
+
+  cond_mode: how blocks take the condition ("add" or "norm", see ResBlock); make_middle(block, cond_dim)
+  builds the middle, called as middle(h, cond, dropout_key); conditioned_head: the head's GroupNorm is
+  conditional too.
+  """
+
+  def __init__(self, cfg, rngs, *, cond_mode: str, make_middle, conditioned_head: bool):
+    self.cfg = cfg
+    width = cfg.channels
+    self.embed = PixelEmbedding(cfg.image_shape, cfg.levels, cfg.embed_dim or width, width, rngs)
+    self.condition = Condition(width, rngs, time_conditioning=cfg.time_conditioning, num_classes=cfg.num_classes)
+    cond_dim = width if (cfg.time_conditioning or cfg.num_classes) else 0
+    block = lambda in_channels: ResBlock(  # noqa: E731
+        in_channels, width, rngs, cond_dim=cond_dim, cond_mode=cond_mode, dropout_rate=cfg.dropout)
+    self.down = nnx.List([block(width) for _ in range(cfg.num_res_blocks)])
+    self.middle = make_middle(block, cond_dim)
+    self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
+    self.head = PixelHead(width, cfg.image_shape, cfg.levels, rngs, cond_dim=cond_dim if conditioned_head else 0)
 
   def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)

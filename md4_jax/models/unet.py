@@ -56,15 +56,5 @@ class AttentionMiddle(nnx.Module):
 class UNet(image_layers.ResidualTrunk):
 
   def __init__(self, cfg: UNetConfig, rngs: nnx.Rngs):
-    self.cfg = cfg
-    width = cfg.channels
-    self.embed = image_layers.PixelEmbedding(cfg.image_shape, cfg.levels, cfg.embed_dim or width, width, rngs)
-    self.condition = image_layers.Condition(width, rngs, time_conditioning=cfg.time_conditioning,
-                                            num_classes=cfg.num_classes)
-    cond_dim = width if (cfg.time_conditioning or cfg.num_classes) else 0
-    block = lambda in_channels: image_layers.ResBlock(  # noqa: E731
-        in_channels, width, rngs, cond_dim=cond_dim, cond_mode="add", dropout_rate=cfg.dropout)
-    self.down = nnx.List([block(width) for _ in range(cfg.num_res_blocks)])
-    self.middle = AttentionMiddle(block, width, rngs)
-    self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
-    self.head = image_layers.PixelHead(width, cfg.image_shape, cfg.levels, rngs)
+    super().__init__(cfg, rngs, cond_mode="add", conditioned_head=False,
+                     make_middle=lambda block, cond_dim: AttentionMiddle(block, cfg.channels, rngs))
