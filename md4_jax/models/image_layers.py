@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import Dense, dropout, normal, param, timestep_embedding
+from md4_jax.models.layers import Dense, attention, dropout, normal, param, timestep_embedding
 
 
 class Conv(nnx.Module):
@@ -109,7 +109,7 @@ class SelfAttention(nnx.Module):
     batch, height, width, channels = x_BxHxWxC.shape
     h = self.norm(x_BxHxWxC, cond_BxE).reshape(batch, height * width, channels)
     q, k, v = jnp.moveaxis(self.qkv(h), 2, 0)  # [B, HW, heads, head_dim] each
-    return x_BxHxWxC + self.out(jax.nn.dot_product_attention(q, k, v)).reshape(x_BxHxWxC.shape)
+    return x_BxHxWxC + self.out(attention(q, k, v)).reshape(x_BxHxWxC.shape)
 
 
 class PixelEmbedding(nnx.Module):

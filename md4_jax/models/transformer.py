@@ -8,13 +8,12 @@ maps onto the mesh.
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import Dense, RMSNorm, normal, param, timestep_embedding
+from md4_jax.models.layers import Dense, RMSNorm, attention, normal, param, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +71,7 @@ class Attention(nnx.Module):
     q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
     if self.use_rope:
       q, k = rope(q), rope(k)
-    scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
-    if self.causal:
-      length = scores_BxHxLxL.shape[-1]
-      scores_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores_BxHxLxL, -jnp.inf)
-    probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL / math.sqrt(q.shape[-1]), axis=-1).astype(v.dtype)
-    return self.out(jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v))
+    return self.out(attention(q, k, v, causal=self.causal))
 
 
 class GluMlp(nnx.Module):

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from md4_jax.models import image_layers
-from md4_jax.models.layers import Dense, dropout, param
+from md4_jax.models.layers import Dense, attention, dropout, param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ class DiTBlock(nnx.Module):
       gate1 = gate2 = 1.0
     keys = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
     q, k, v = jnp.moveaxis(self.qkv(layer_norm(x_BxNxD) * (1 + scale1) + shift1), 2, 0)
-    attended = dropout(keys[0], self.out(jax.nn.dot_product_attention(q, k, v)), self.dropout_rate)
+    attended = dropout(keys[0], self.out(attention(q, k, v)), self.dropout_rate)
     x_BxNxD = x_BxNxD + gate1 * attended
     h = dropout(keys[1], jax.nn.gelu(self.fc1(layer_norm(x_BxNxD) * (1 + scale2) + shift2)), self.dropout_rate)
     return x_BxNxD + gate2 * dropout(keys[2], self.fc2(h), self.dropout_rate)
