@@ -68,6 +68,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
   config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
   config.diffusion.antithetic = True  # low-discrepancy t across the batch (unbiased, lower variance)
+  config.diffusion.genmd4 = ml_collections.ConfigDict()  # objective="genmd4": a learned schedule per token
+  config.diffusion.genmd4.initial_power = 1.0  # w_v at the start: alpha_{t,v} = 1 - t^w_v (1 = linear)
+  config.diffusion.genmd4.t_min = 1e-3  # times drawn in [t_min, 1]; the reconstruction term is taken at t_min
+  config.diffusion.genmd4.network_draws = 2  # draws of z_t the network's gradient uses (the schedule's: always 2)
+  config.diffusion.genmd4.learning_rate = -1.0  # the schedule's peak learning rate; -1 = train.learning_rate
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 2000  # total optimizer steps

@@ -113,6 +113,24 @@ def check_values(config) -> None:
     raise UserError(f"train.grad_clip={config.train.grad_clip} must be >= 0 (0 = no clipping)")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
+  _check_genmd4(config)
+
+
+def _check_genmd4(config) -> None:
+  settings = config.diffusion.genmd4
+  if settings.initial_power <= 0:
+    raise UserError(f"diffusion.genmd4.initial_power={settings.initial_power} must be > 0 (1 = the linear schedule)")
+  if not 0.0 <= settings.t_min < 1.0:
+    raise UserError(f"diffusion.genmd4.t_min={settings.t_min} must be in [0, 1) (the reference uses 1e-3)")
+  if settings.network_draws not in (1, 2):
+    raise UserError(f"diffusion.genmd4.network_draws={settings.network_draws}: choose 1 or 2 (draws of z_t the "
+                    "network's gradient uses; the schedule's always uses both)")
+  if settings.learning_rate != -1 and settings.learning_rate < 0:
+    raise UserError(f"diffusion.genmd4.learning_rate={settings.learning_rate}: use -1 (train.learning_rate) or "
+                    "a peak learning rate >= 0")
+  if config.objective == "genmd4" and config.diffusion.schedule != "linear":
+    raise UserError(f"diffusion.schedule={config.diffusion.schedule!r} has no effect with objective='genmd4' (its "
+                    "schedule is learned, starting from diffusion.genmd4.initial_power): leave it 'linear'")
 
 
 def bound_steps(spec: str) -> list[int]:

@@ -70,8 +70,12 @@ def masked_cross_entropy(logits_BxLxV, x0_BxL, z_BxL, mask_id: int):
   return jnp.sum(jnp.where(z_BxL == mask_id, token_nll(logits_BxLxV, x0_BxL), 0.0), axis=-1)
 
 
-def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *, capacity: int, groups: int = 1):
+def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *, capacity: int, groups: int = 1,
+                                  token_loss=None, row_values_BxR=None):
   """`masked_cross_entropy(head(h), ...)`, applying `head` ([..., D] -> [..., V]) only at masked positions.
+
+  token_loss(logits_NxV, x0_N, values_NxR) replaces -log p(x0) when given, values being each position's
+  row of row_values_BxR (a per-example table, e.g. GenMD4's per-token rates).
 
   The B rows form `groups` contiguous blocks (one per batch shard, so gathers stay on
   their device); each block's first `capacity` masked positions are gathered to
@@ -86,20 +90,25 @@ def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *,
   rows = batch_size // groups
   masked_GxN = (z_BxL == mask_id).reshape(groups, rows * length)
   overflow = jnp.any(jnp.sum(masked_GxN, axis=-1) > capacity)
+  if token_loss is None:
+    token_loss, row_values_BxR = (lambda logits, x0, values: token_nll(logits, x0)), jnp.zeros((batch_size, 1))
 
   def gathered():
-    def one_group(masked_N, h_NxD, x0_N):
+    def one_group(masked_N, h_NxD, x0_N, values_RxV):
       (index_C,) = jnp.nonzero(masked_N, size=capacity, fill_value=0)
       valid_C = jnp.arange(capacity) < jnp.sum(masked_N)
-      nll_C = jnp.where(valid_C, token_nll(head(h_NxD[index_C]), x0_N[index_C]), 0.0)
-      return jax.ops.segment_sum(nll_C, index_C // length, num_segments=rows)
+      row_C = index_C // length
+      loss_C = jnp.where(valid_C, token_loss(head(h_NxD[index_C]), x0_N[index_C], values_RxV[row_C]), 0.0)
+      return jax.ops.segment_sum(loss_C, row_C, num_segments=rows)
 
-    nll_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
-                                  x0_BxL.reshape(groups, rows * length))
-    return nll_GxR.reshape(batch_size)
+    loss_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
+                                   x0_BxL.reshape(groups, rows * length),
+                                   row_values_BxR.reshape(groups, rows, -1))
+    return loss_GxR.reshape(batch_size)
 
   def every_position():
-    return masked_cross_entropy(head(h_BxLxD), x0_BxL, z_BxL, mask_id)
+    loss_BxL = token_loss(head(h_BxLxD), x0_BxL, row_values_BxR[:, None, :])
+    return jnp.sum(jnp.where(z_BxL == mask_id, loss_BxL, 0.0), axis=-1)
 
   # Under autodiff a cond keeps the residuals of both branches (zeros for the one not taken); the
   # fallback's would be full [B, L, V] logits, so it recomputes them in its backward pass instead.

@@ -18,7 +18,7 @@ from md4_jax import generate, sharding
 from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
-from md4_jax.evals import bound, output
+from md4_jax.evals import bound, output, powers, report
 from md4_jax.logging import MetricsLog, progress_bar
 from md4_jax.train import Experiment
 
@@ -133,6 +133,9 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
                                sample_key(experiment.base_key, step),
                                generate.unconditional_start(experiment, config.sampler.num_samples),
                                {"step": step, "params": "ema", "seed": config.seed})
+        learned = powers.learned_powers(experiment, state["ema_params"])
+        if learned is not None and powers.write(workdir, step, learned, data.modality):
+          report.write(workdir, config)
         ppl = f" (ppl {last_eval['eval/ppl']:.3f})" if "eval/ppl" in last_eval else ""
         say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
       if do_save:

@@ -41,6 +41,13 @@ class Text:
     """What a samples .jsonl line says of one sample."""
     return {"text": self.tokenizer.decode(tokens_D)}
 
+  token_kind = "token"
+
+  def token_name(self, token: int) -> str:
+    """A token as a label: its text, with spaces and newlines made visible."""
+    text = self.tokenizer.decode([token]) if self.tokenizer is not None else str(token)
+    return text.replace(" ", "␣").replace("\n", "\\n") or repr(text)
+
   def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD) -> list[pathlib.Path]:
     """stem.txt: the samples, readable."""
     del order_NxD
@@ -83,6 +90,11 @@ class Image:
 
   def describe(self, tokens_D) -> dict:
     return {"tokens": np.asarray(tokens_D).tolist()}
+
+  token_kind = "pixel level"
+
+  def token_name(self, token: int) -> str:
+    return str(token)
 
   def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD, strip_rows: int = 4) -> list[pathlib.Path]:
     """stem.png: the samples in a grid; stem_process.png: the reverse process of the first `strip_rows`

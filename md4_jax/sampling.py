@@ -90,14 +90,14 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
   nfe = jnp.zeros((), jnp.int32)
   for index, (block_settings, in_block) in enumerate(blocks):
     block_key = key if len(blocks) == 1 else jax.random.fold_in(key, index)
-    z_BxL, block_nfe, order_BxL = _SAMPLERS[block_settings.name](
+    z_BxL, block_nfe, order_BxL = _sampler(block_settings.name, schedule)(
         denoise, block_key, schedule, z_BxL, (z_BxL == vocab_size) & in_block, block_settings, vocab_size,
         time_dependent, order_BxL)
     nfe += block_nfe
   return (z_BxL, nfe, order_BxL) if return_order else (z_BxL, nfe)
 
 
-def _record_order(order_BxL, old_z_BxL, new_z_BxL, clock, vocab_size: int):
+def record_order(order_BxL, old_z_BxL, new_z_BxL, clock, vocab_size: int):
   """Marks the positions filled between old and new z with the sampler's clock."""
   return jnp.where((old_z_BxL == vocab_size) & (new_z_BxL != vocab_size), clock, order_BxL)
 
@@ -175,7 +175,7 @@ def _grid_sampler(update):
       is_masked_BxL = (z_BxL == vocab_size) & active_BxL
       new_z = update(jax.random.fold_in(key, i), z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings,
                      schedule)
-      order_BxL = _record_order(order_BxL, z_BxL, new_z, clock_start + i + 1, vocab_size)
+      order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + i + 1, vocab_size)
       return (new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32),
               order_BxL)
 
@@ -189,25 +189,37 @@ def _grid_sampler(update):
 
 def _unmask_prob(schedule, t, s):
   """P(a position masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); 1 at s = 0,
-  where the reverse process ends fully unmasked (alpha_0 = 1 - eps is only a numerical guard)."""
+  where the reverse process ends fully unmasked (alpha_0 = 1 - eps is only a numerical guard).
+  A scalar, or [V] (one per token it would become) for per-token schedules (GenMD4)."""
   return jnp.where(s == 0, 1.0, (schedule.alpha(s) - schedule.alpha(t)) / schedule.mask_prob(t))
 
 
+def _count_mask_prob(schedule, t):
+  """The share of positions masked at t that count-based samplers (confidence) keep: per-token
+  schedules use their vocabulary mean."""
+  return schedule.mean_mask_prob(t) if getattr(schedule, "per_token", False) else schedule.mask_prob(t)
+
+
 def _ancestral_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
-  """MD4's step: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q)."""
+  """MD4's step: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q); with
+  per-token q_v (GenMD4), (p_v q_v, sum_v p_v (1 - q_v))."""
   q = _unmask_prob(schedule, t, s)
   log_probs = process_logits(logits, settings)
-  stay = jnp.broadcast_to(jnp.log1p(-q), log_probs.shape[:-1] + (1,))
+  if jnp.ndim(q):
+    stay = jax.nn.logsumexp(log_probs + jnp.log1p(-q), axis=-1, keepdims=True)
+  else:
+    stay = jnp.broadcast_to(jnp.log1p(-q), log_probs.shape[:-1] + (1,))
   choice_BxL = categorical(key, jnp.concatenate([log_probs + jnp.log(q), stay], axis=-1))
   unmask_BxL = is_masked_BxL & (choice_BxL < log_probs.shape[-1])
   return jnp.where(unmask_BxL, choice_BxL, z_BxL)
 
 
 def _mean_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
-  """The same step in two stages: draw x0 at every position, then unmask each with probability q."""
+  """The same step in two stages: draw x0 at every position, then unmask each with probability q (q_x0)."""
   token_key, unmask_key = jax.random.split(key)
   x0_BxL = categorical(token_key, process_logits(logits, settings))
-  unmask_BxL = is_masked_BxL & (uniform(unmask_key, z_BxL.shape) < _unmask_prob(schedule, t, s))
+  q = _unmask_prob(schedule, t, s)
+  unmask_BxL = is_masked_BxL & (uniform(unmask_key, z_BxL.shape) < (q[x0_BxL] if jnp.ndim(q) else q))
   return jnp.where(unmask_BxL, x0_BxL, z_BxL)
 
 
@@ -231,7 +243,8 @@ def _confidence_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, se
   anneal = settings.choice_temperature * (1.0 - (i + 1) / settings.steps)
   score_BxL = confidence_BxL + anneal * jax.random.gumbel(noise_key, z_BxL.shape, mode="high")
   score_BxL = jnp.where(is_masked_BxL, score_BxL, -jnp.inf)
-  keep_masked_B = jnp.where(s == 0, 0, jnp.round(initial_B * schedule.mask_prob(s) / schedule.mask_prob(1.0)))
+  keep_masked_B = jnp.where(s == 0, 0, jnp.round(initial_B * _count_mask_prob(schedule, s)
+                                                 / _count_mask_prob(schedule, 1.0)))
   unmask_count_B = jnp.maximum(is_masked_BxL.sum(-1) - keep_masked_B.astype(jnp.int32), 0)
   unmask_BxL = is_masked_BxL & (_rank_desc(score_BxL) < unmask_count_B[:, None])
   return jnp.where(unmask_BxL, x0_BxL, z_BxL)
@@ -283,12 +296,19 @@ def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time
     chosen_BxK = jax.lax.top_k(score_BxL, k)[1]  # k uniformly chosen masked positions (fewer if n < k)
     unmask_BxL = is_masked_BxL & jnp.any(jax.nn.one_hot(chosen_BxK, z_BxL.shape[1], dtype=bool), axis=1)
     new_z = jnp.where(unmask_BxL, tokens_BxL, z_BxL)
-    return new_z, log_after_BxK[:, -1], nfe + 1, _record_order(order_BxL, z_BxL, new_z, clock_start + nfe + 1,
+    return new_z, log_after_BxK[:, -1], nfe + 1, record_order(order_BxL, z_BxL, new_z, clock_start + nfe + 1,
                                                                vocab_size)
 
   z_BxL, _, nfe, order_BxL = jax.lax.while_loop(
       unmasking, event, (z_BxL, log_mask_prob_B, jnp.zeros((), jnp.int32), order_BxL))
   return z_BxL, nfe, order_BxL
+
+
+def _sampler(name: str, schedule):
+  if name == "exact" and getattr(schedule, "per_token", False):
+    from md4_jax import thinning  # noqa: PLC0415 (thinning builds on this module's draws)
+    return thinning.exact
+  return _SAMPLERS[name]
 
 
 _SAMPLERS = {"ancestral": _grid_sampler(_ancestral_update), "mean": _grid_sampler(_mean_update),

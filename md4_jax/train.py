@@ -9,7 +9,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -24,21 +23,29 @@ def eval_timesteps(config) -> int:
   return config.diffusion.timesteps if config.eval.timesteps < 0 else config.eval.timesteps
 
 
-def learning_rate_schedule(train_cfg):
-  """Linear warm-up to train.learning_rate, then cosine decay to 10% of it at train.num_steps."""
+def learning_rate_schedule(train_cfg, peak: float | None = None):
+  """Linear warm-up to `peak` (default train.learning_rate), then cosine decay to 10% of it at train.num_steps."""
+  peak = train_cfg.learning_rate if peak is None else peak
   warmup = min(train_cfg.warmup_steps, max(train_cfg.num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      0.0, train_cfg.learning_rate, warmup, max(train_cfg.num_steps, warmup + 1),
-      end_value=0.1 * train_cfg.learning_rate)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(train_cfg.num_steps, warmup + 1),
+                                            end_value=0.1 * peak)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only) after global-norm clipping (train.grad_clip = 0: none)."""
-  return optax.chain(
-      optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip else optax.identity(),
-      optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                  weight_decay=train_cfg.weight_decay,
-                  mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
+def make_optimizer(train_cfg, own_rates: dict | None = None) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only) after global-norm clipping (train.grad_clip = 0: none).
+
+  own_rates {"schedule": peak}: the parameters under that top-level name get their own peak learning
+  rate (same warm-up and decay): their AdamW updates are scaled by peak / train.learning_rate.
+  """
+  chain = [optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip else optax.identity(),
+           optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                       weight_decay=train_cfg.weight_decay,
+                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))]
+  for name, peak in (own_rates or {}).items():
+    under_name = lambda params, name=name: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: path[0].key == name, params)
+    chain.append(optax.masked(optax.scale(peak / train_cfg.learning_rate), under_name))
+  return optax.chain(*chain)
 
 
 def ema_decay(step, max_decay: float):
@@ -55,12 +62,15 @@ class Experiment:
     self.vocab_size = modality.vocab_size
     self.objective = objectives.get(config.objective)(config, self.vocab_size)
     try:
-      self.make_model = models.backbone_factory(config, modality, self.objective.network_requirements)
+      make_backbone = models.backbone_factory(config, modality, self.objective.network_requirements)
     except ValueError as error:
       raise UserError(f"bad config value: {error}") from error
-    self.model_config = self.make_model.args[0]
+    self.model_config = make_backbone.args[0]
+    # An objective with parameters of its own (GenMD4's schedule) keeps them beside the backbone's.
+    wrap = getattr(self.objective, "wrap_model", None)
+    self.make_model = wrap(make_backbone) if wrap else make_backbone
     self.num_classes = getattr(self.model_config, "num_classes", 0)  # 0: the network reads no labels
-    self.optimizer = make_optimizer(config.train)
+    self.optimizer = make_optimizer(config.train, getattr(self.objective, "own_learning_rates", lambda: None)())
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
     self.base_key = jax.random.key(config.seed)
     self.grad_accum = config.train.grad_accum
@@ -70,7 +80,7 @@ class Experiment:
     if micro_batch % self.batch_groups:
       self.batch_groups = 1
     self.capacity_fraction = self.objective.capacity_fraction(micro_batch // self.batch_groups, modality.length)
-    if self.capacity_fraction < 1.0 and not hasattr(self.make_model.func, "head_logits"):
+    if self.capacity_fraction < 1.0 and not hasattr(make_backbone.func, "head_logits"):
       raise UserError(f"train.logits_capacity={config.train.logits_capacity} needs a backbone with a separate "
                       f"output layer; model.backbone={config.model.backbone!r} has none: set train.logits_capacity=-1")
     abstract = jax.eval_shape(self._init, self.base_key)
@@ -121,16 +131,18 @@ class Experiment:
     return self.objective.terms(
         self._network(params, batch, key if training else None), batch["tokens"], key,
         token_mask_BxD=batch["token_mask"], timesteps=timesteps, t_B=t_B,
-        capacity_fraction=self.capacity_fraction, groups=self.batch_groups)
+        capacity_fraction=self.capacity_fraction, groups=self.batch_groups, training=training)
 
   def _loss_and_grads(self, params, batch, key, total_tokens):
     """Gradient of (sum of per-example losses) / total_tokens, and the metric sums, for one microbatch."""
 
     def loss_fn(params):
       terms = self._terms(params, batch, key, training=True)
-      sums = {name: jnp.sum(terms[name]) for name in ("loss", "diffusion", "reconstruction", "prior")}
+      sums = {name: jnp.sum(value) for name, value in terms.items() if name not in ("num_tokens", "fallback")}
       sums["fallback"] = terms.get("fallback", jnp.zeros(()))
-      return sums["loss"] / total_tokens, sums
+      # What is optimised: the bound, or an objective's surrogate with the same value's gradient plus more
+      # (GenMD4: the REINFORCE term of its schedule). `loss` stays the bound either way.
+      return sums.get("surrogate", sums["loss"]) / total_tokens, sums
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, sums
@@ -171,6 +183,8 @@ class Experiment:
                "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
                "param_norm": optax.tree.norm(params), "ema_decay": decay, "logits_fallback": fallback,
                "learning_rate": learning_rate_schedule(self.config.train)(state["step"])}
+    if hasattr(self.objective, "state_metrics"):
+      metrics.update(self.objective.state_metrics(nnx.merge(self.graphdef, params)))
     new_state = {"step": state["step"] + 1, "params": params, "ema_params": ema_params, "opt_state": opt_state}
     return new_state, metrics
 
@@ -210,4 +224,4 @@ class Experiment:
       denoise = sampling.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
                                 self.sampler_settings.guidance)
     return self.objective.sample(denoise, key, z_BxD, self.sampler_settings,
-                                 time_dependent=self.model_config.time_conditioning)
+                                 time_dependent=self.model_config.time_conditioning, module=model)

@@ -60,6 +60,11 @@ def write(workdir: pathlib.Path, config) -> pathlib.Path:
     if strip.exists():
       lines += ["Reverse process, all masked (magenta) to finished:", "", f"![reverse process](../samples/{strip.name})",
                 ""]
+  powers = _latest(out, "powers_step_", ".png")
+  if powers:  # GenMD4: the learned schedule
+    lines += [f"## Learned schedule ({powers.name})", "", "Each token's power w in alpha_t = 1 - t^w, sorted "
+              "(w > 1: the token is masked later in the forward process, so unmasked earlier in sampling).", "",
+              f"![learned powers]({powers.name})", ""]
   if _plot_curves(workdir / "metrics.jsonl", out / "curves.png", unit):
     lines += ["## Training curves", "", "![train and eval curves](curves.png)", ""]
   path = out / "report.md"

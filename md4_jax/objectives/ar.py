@@ -24,10 +24,10 @@ class Autoregressive:
     return "exact likelihood (autoregressive)"
 
   def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
-            groups: int = 1) -> dict:
-    del key, timesteps, t_B, capacity_fraction, groups  # nothing is drawn; every position is a target
+            groups: int = 1, training: bool = False) -> dict:
+    del key, timesteps, t_B, capacity_fraction, groups, training  # nothing is drawn; every position is a target
     return autoregressive.nll_terms(net, x0_BxD, vocab_size=self.vocab_size, token_mask_BxL=token_mask_BxD)
 
-  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool):
-    del time_dependent
+  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
+    del time_dependent, module
     return autoregressive.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)

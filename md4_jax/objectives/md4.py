@@ -55,12 +55,13 @@ class MD4:
     return "continuous-time negative-ELBO bound" if timesteps == 0 else f"{timesteps}-step negative-ELBO bound"
 
   def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
-            groups: int = 1) -> dict:
+            groups: int = 1, training: bool = False) -> dict:
     """One-sample estimate of the bound's terms per example (see `diffusion.elbo_terms`).
 
     capacity_fraction < 1 applies the output layer only at masked positions (up to that share of
     each of `groups` row blocks), through the network's features / head_logits split.
     """
+    del training  # one draw of z_t per example, in training and evaluation alike
     gather = {}
     if capacity_fraction < 1.0:
       batch_size, length = x0_BxD.shape
@@ -71,7 +72,8 @@ class MD4:
         timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxD,
         t_B=t_B, **gather)
 
-  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool):
+  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
     """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see sampling.py)."""
+    del module  # the schedule is fixed: nothing to read from the parameters
     return sampling.sample(denoise, key, self.schedule, z_BxD, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True)

@@ -1,0 +1,155 @@
+"""GenMD4 (`objective = "genmd4"`): MD4 with a learned polynomial schedule per token, trained with the network.
+
+The powers w_v = softplus(theta_v) are parameters beside the backbone's (`WithSchedule`), so sharding,
+EMA, the optimizer, checkpoints and resume treat them like any weight. A training step draws two z_t at
+the same (x0, t): the bound (`loss`, logged as train/loss) is the mean of the two estimates, and the
+optimised `surrogate` adds the leave-one-out REINFORCE term that carries the gradient through the
+masking distribution to theta. `diffusion.genmd4.network_draws = 1` back-propagates the network through
+the first draw only (the second still serves the schedule's gradient). See md4_jax/genmd4.py.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from md4_jax import diffusion, genmd4, sampling
+from md4_jax.models.layers import param
+from md4_jax.objectives.md4 import logits_capacity_fraction
+from md4_jax.schedules import Poly
+
+
+def inverse_softplus(y: float) -> float:
+  return y + math.log(-math.expm1(-y))  # log(exp(y) - 1) without overflow
+
+
+class LearnedPowers(nnx.Module):
+  """theta[V]; the schedule powers are softplus(theta) (> 0), replicated on every device."""
+
+  def __init__(self, vocab_size: int, initial_power: float, rngs):
+    init = lambda key, shape: jnp.full(shape, inverse_softplus(initial_power), jnp.float32)  # noqa: E731
+    self.theta = param(rngs, init, (vocab_size,), (None,))
+
+  def __call__(self):
+    return jax.nn.softplus(self.theta[...])
+
+
+class WithSchedule(nnx.Module):
+  """A backbone and the learned powers in one module (one params tree); calls go to the backbone."""
+
+  def __init__(self, backbone, powers: LearnedPowers):
+    self.backbone, self.schedule = backbone, powers
+
+  def __call__(self, *args, **kwargs):
+    return self.backbone(*args, **kwargs)
+
+  def features(self, *args, **kwargs):
+    return self.backbone.features(*args, **kwargs)
+
+  def head_logits(self, h):
+    return self.backbone.head_logits(h)
+
+
+class GenMD4:
+  """`diffusion.genmd4.*` keys: initial_power, t_min, network_draws, learning_rate (see configs/base.py)."""
+
+  name = "genmd4"
+  exact = False
+  network_requirements = {}
+
+  def __init__(self, config, vocab_size: int):
+    self.config, self.vocab_size = config, vocab_size
+    self.settings = config.diffusion.genmd4
+    self.t_min = float(self.settings.t_min)
+
+  def wrap_model(self, make_backbone):
+    """`make(rngs)` for the backbone with the schedule's parameters beside it."""
+    initial_power, vocab_size = float(self.settings.initial_power), self.vocab_size
+    return lambda rngs: WithSchedule(make_backbone(rngs), LearnedPowers(vocab_size, initial_power, rngs))
+
+  def own_learning_rates(self) -> dict | None:
+    """diffusion.genmd4.learning_rate >= 0: the schedule's own peak learning rate (-1: the network's)."""
+    rate = float(self.settings.learning_rate)
+    return {"schedule": rate} if rate >= 0 else None
+
+  def capacity_fraction(self, rows: int, length: int) -> float:
+    # Sized for the initial powers; when learned powers mask more, the exact fallback runs more often.
+    return logits_capacity_fraction(self.config, self.vocab_size, Poly(float(self.settings.initial_power)),
+                                    rows, length)
+
+  def bound_name(self, timesteps: int) -> str:
+    kind = "continuous-time" if timesteps == 0 else f"{timesteps}-step"
+    return f"{kind} negative-ELBO bound (GenMD4, learned per-token schedule)"
+
+  @staticmethod
+  def schedule(module) -> genmd4.TokenPoly:
+    return genmd4.TokenPoly(module.schedule())
+
+  def powers(self, module):
+    return module.schedule()
+
+  def state_metrics(self, module) -> dict:
+    powers = module.schedule()
+    return {"power_min": jnp.min(powers), "power_mean": jnp.mean(powers), "power_max": jnp.max(powers)}
+
+  def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+            groups: int = 1, training: bool = False) -> dict:
+    """The bound's terms per example in nats; training adds the second draw and `surrogate`."""
+    schedule = self.schedule(net.module)
+    batch_size, length = x0_BxD.shape
+    time_key, mask_key = jax.random.split(key)  # as MD4's: with equal powers draw 1 is MD4's z_t
+    draw_keys = (mask_key, jax.random.fold_in(mask_key, 1))
+    u_B = diffusion.sample_times(time_key, batch_size, self.config.diffusion.antithetic) if t_B is None else t_B
+    if timesteps:
+      t_B = diffusion.discretize_times(u_B, timesteps)
+      keep_BxV = schedule.mask_prob(t_B - 1.0 / timesteps) / schedule.mask_prob(t_B)
+      token_loss, row_values, scale, recon_time = genmd4.step_kl, keep_BxV, float(timesteps), 0.0
+    else:
+      t_B = self.t_min + (1.0 - self.t_min) * u_B
+      token_loss, row_values = genmd4.integrand, schedule.rate(t_B)
+      scale, recon_time = 1.0 - self.t_min, self.t_min
+    mask_prob_BxD = genmd4.token_values(schedule.mask_prob(t_B), x0_BxD)
+    capacity = max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
+
+    def one_draw(draw_key, position_loss):
+      """(sum over masked positions of position_loss(logits, x0, row values) [B], log q(z | x0) [B])."""
+      z_BxD = genmd4.mask_tokens(draw_key, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+      if capacity_fraction < 1.0:
+        loss_B, _ = diffusion.gathered_masked_cross_entropy(
+            net.features(z_BxD, t_B), net.head_logits, x0_BxD, z_BxD, self.vocab_size, capacity=capacity,
+            groups=groups, token_loss=position_loss, row_values_BxR=row_values)
+      else:
+        loss_BxD = position_loss(net(z_BxD, t_B), x0_BxD, row_values[:, None])
+        loss_B = jnp.sum(jnp.where(z_BxD == self.vocab_size, loss_BxD, 0.0), axis=-1)
+      return scale * loss_B, genmd4.log_q(z_BxD, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+
+    terms = {"reconstruction": genmd4.reconstruction(schedule, x0_BxD, token_mask_BxD, recon_time),
+             "prior": genmd4.prior(schedule, x0_BxD, token_mask_BxD, self.vocab_size),
+             "num_tokens": jnp.sum(token_mask_BxD, axis=-1).astype(jnp.float32)}
+    if not training:
+      terms["diffusion"], _ = one_draw(draw_keys[0], token_loss)
+    elif self.settings.network_draws == 2:
+      loss_1, log_q_1 = one_draw(draw_keys[0], token_loss)
+      loss_2, log_q_2 = one_draw(draw_keys[1], token_loss)
+      terms["diffusion"] = 0.5 * (loss_1 + loss_2)
+      terms["surrogate"] = terms["diffusion"] + genmd4.rloo(loss_1, loss_2, log_q_1, log_q_2)
+    else:
+      # Each draw's half of the mean, arranged so the network's gradient comes from draw 1 alone (in full)
+      # while theta's comes from both: l(logits) - l(sg(logits)) / 2 has value l / 2 and the network
+      # gradient of l; l(sg(logits)) / 2 carries theta's half only (no backward pass through the network).
+      fixed = lambda loss: lambda lg, x0, v: loss(jax.lax.stop_gradient(lg), x0, v)  # noqa: E731
+      half_1, log_q_1 = one_draw(draw_keys[0], lambda lg, x0, v: token_loss(lg, x0, v)
+                                 - 0.5 * fixed(token_loss)(lg, x0, v))
+      half_2, log_q_2 = one_draw(draw_keys[1], lambda lg, x0, v: 0.5 * fixed(token_loss)(lg, x0, v))
+      terms["diffusion"] = half_1 + half_2
+      terms["surrogate"] = terms["diffusion"] + genmd4.rloo(2.0 * half_1, 2.0 * half_2, log_q_1, log_q_2)
+    terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
+    if training:
+      terms["surrogate"] = terms["surrogate"] + terms["reconstruction"] + terms["prior"]
+    return terms
+
+  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module):
+    """(tokens_BxD, NFE, order_BxD) from the state-dependent reverse process with the learned powers."""
+    return sampling.sample(denoise, key, self.schedule(module), z_BxD, settings, vocab_size=self.vocab_size,
+                           time_dependent=time_dependent, return_order=True)

@@ -1,0 +1,111 @@
+"""GenMD4 end to end with the tiny config: trains the schedule, resumes exactly, evaluates, samples."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from md4_jax import diffusion, genmd4, modality, run, sharding
+from md4_jax.train import Experiment
+from tests.conftest import CORPUS, launch_tiny, make_config, reference
+from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state
+
+GENMD4 = {"objective": "genmd4", "diffusion__genmd4__learning_rate": 0.05}
+
+
+@pytest.fixture(scope="module")
+def genmd4_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("genmd4")
+  corpus = root / "corpus.txt"
+  corpus.write_text(CORPUS)
+  workdir = root / "run"
+  result = run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
+  return corpus, workdir, result
+
+
+def test_the_schedule_trains_and_is_logged(genmd4_run):
+  corpus, workdir, result = genmd4_run
+  rows = metric_rows(workdir)
+  train = [r for r in rows if "train/loss" in r]
+  assert {"train/surrogate", "train/bits", "train/diffusion", "train/power_min", "train/power_mean",
+          "train/power_max"} <= set(train[-1])
+  assert train[-1]["train/power_min"] < 0.99 < 1.01 < train[-1]["train/power_max"]  # moved from 1.0 each way
+  assert train[-1]["train/surrogate"] != train[-1]["train/loss"]
+  assert np.isfinite(result["eval/bpt"])
+  saved = json.loads((workdir / "eval" / "powers_step_12.json").read_text())["powers"]
+  assert len(saved) == len(json.loads((workdir / "tokenizer.json").read_text())["alphabet"])
+  assert list(saved.values()) == sorted(saved.values())
+  assert (workdir / "eval" / "powers_step_6.png").is_file()
+  assert "powers_step_12.png" in (workdir / "eval" / "report.md").read_text()
+
+
+def test_train_loss_is_the_bound_of_the_step_batch(genmd4_run):
+  """train/loss of one step = the mean of the two draws' bounds, recomputed here from the pieces."""
+  corpus, _, _ = genmd4_run
+  config = make_config(corpus, **GENMD4)
+  mesh = sharding.make_mesh(config.mesh)
+  tokens = np.asarray([[ord(c) % 20 for c in CORPUS[i:i + 16]] for i in range(0, 128, 16)], np.int32)
+  batch = {"tokens": tokens, "token_mask": np.ones_like(tokens).astype(np.int32)}
+  experiment = Experiment(config, modality.Text(27, 16), mesh)
+  state = experiment.init_state(experiment.base_key)
+  params = jax.tree.map(np.asarray, state["params"])
+  _, metrics = experiment.train_step(state, sharding.global_batch(batch, mesh))
+
+  key = jax.random.fold_in(experiment.base_key, 0)
+  net = experiment._network(params, batch, key)
+  schedule = genmd4.TokenPoly(jax.nn.softplus(params["schedule"]["theta"][...]))
+  time_key, mask_key = jax.random.split(key)
+  t_B = 1e-3 + (1 - 1e-3) * diffusion.sample_times(time_key, 8, antithetic=True)
+  mask_prob = genmd4.token_values(schedule.mask_prob(t_B), tokens)
+  bounds = []
+  for draw_key in (mask_key, jax.random.fold_in(mask_key, 1)):
+    z = genmd4.mask_tokens(draw_key, tokens, mask_prob, 27, batch["token_mask"])
+    per_position = genmd4.integrand(net(z, t_B), tokens, schedule.rate(t_B)[:, None])
+    bounds.append((1 - 1e-3) * jnp.sum(jnp.where(z == 27, per_position, 0.0)))
+  fixed = genmd4.reconstruction(schedule, tokens, batch["token_mask"], 1e-3).sum() + 128 * 1e-4 * np.log(27)
+  want = (0.5 * (bounds[0] + bounds[1]) + fixed) / 128
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+  assert abs(float(metrics["surrogate"]) - float(metrics["loss"])) > 1e-6
+
+
+def test_resume_after_sigterm_is_bitwise_identical(genmd4_run, tmp_path, monkeypatch):
+  corpus, reference_dir, _ = genmd4_run
+  original = Experiment.__init__
+
+  def init_then_sigterm_at_step_7(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    step_fn = self.train_step
+
+    def step_with_sigterm(state, batch):
+      if int(state["step"]) == 6:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(state, batch)
+
+    self.train_step = step_with_sigterm
+
+  workdir = tmp_path / "run"
+  monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
+  with pytest.raises(SystemExit):
+    run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
+  monkeypatch.setattr(Experiment, "__init__", original)
+  run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
+  assert metric_rows(workdir) == metric_rows(reference_dir)
+  assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
+
+
+def test_eval_and_sampling_commands(genmd4_run):
+  corpus, workdir, result = genmd4_run
+  evaluated = run.main(make_config(corpus, **GENMD4), workdir, "eval", reference=reference())
+  assert evaluated["eval/bpt"] == result["eval/bpt"]
+  record = json.loads((workdir / "eval" / "step_12.json").read_text())
+  assert [row["steps"] for row in record["bound_by_steps"]] == [16, 64, 256, 0]
+  for sampler in ("exact", "ancestral", "confidence"):
+    done = launch_tiny(corpus, workdir, "--mode=sample", "--config.objective=genmd4", f"--sampler.name={sampler}",
+                       "--num_samples=2", "--prompt=the ", "--config.diffusion.genmd4.learning_rate=0.05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((workdir / "samples" / f"step_12_{sampler}.jsonl").read_text().splitlines()[0])
+    assert record["text"].startswith("the ") and record["nfe"] >= 1
