@@ -109,3 +109,28 @@ def test_eval_and_sampling_commands(genmd4_run):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((workdir / "samples" / f"step_12_{sampler}.jsonl").read_text().splitlines()[0])
     assert record["text"].startswith("the ") and record["nfe"] >= 1
+
+
+def test_genmd4_on_images_with_class_labels_completion_and_guidance(tmp_path):
+  """The same objective on pixels (a U-Net, class-conditional): trains, writes the powers per pixel level,
+  samples with class labels, completes held-out images, and guides the exact sampler."""
+  from md4_jax.data import pipeline
+  from tests import tiny_image_config
+  from tests.conftest import override
+
+  config = override(tiny_image_config.get_config(), objective="genmd4", model__class_conditional=True,
+                    train__num_steps=4, train__eval_every=4)
+  workdir = tmp_path / "run"
+  result = run.main(config, workdir, "train", reference=reference())
+  assert np.isfinite(result["eval/bpt"])
+  assert list(json.loads((workdir / "eval" / "powers_step_4.json").read_text())["powers"]) != []
+  labelled = run.main(config, workdir, "sample", reference=reference(), num_samples=2, class_label="7")
+  assert (np.asarray(labelled["tokens"]) < 17).all()
+  completed = run.main(config, workdir, "sample", reference=reference(), num_samples=2, complete="left")
+  held_out = pipeline.load_data(config.data).eval
+  for i, tokens in enumerate(completed["tokens"]):
+    kept = np.arange(64) % 8 < 4  # the left half of each 8x8 row
+    np.testing.assert_array_equal(np.asarray(tokens)[kept], np.asarray(held_out[i]["tokens"])[kept])
+  guided = run.main(override(config, sampler__guidance=1.0, sampler__name="exact"), workdir, "sample",
+                    reference=reference(), num_samples=2, class_label="1,2")
+  assert (np.asarray(guided["tokens"]) < 17).all() and guided["nfe"] >= 1
