@@ -1,6 +1,7 @@
 """GenMD4 end to end with the tiny config: trains the schedule, resumes exactly, evaluates, samples."""
 
 import json
+import pathlib
 import os
 import signal
 
@@ -134,3 +135,25 @@ def test_genmd4_on_images_with_class_labels_completion_and_guidance(tmp_path):
   guided = run.main(override(config, sampler__guidance=1.0, sampler__name="exact"), workdir, "sample",
                     reference=reference(), num_samples=2, class_label="1,2")
   assert (np.asarray(guided["tokens"]) < 17).all() and guided["nfe"] >= 1
+
+
+@pytest.mark.parametrize("network_draws", [1, 2])
+def test_the_network_gradient_is_that_of_the_draws_it_uses(network_draws):
+  """network_draws=1: the backbone's gradient is exactly that of draw 1's bound (the evaluation-mode
+  terms, which use draw 1); 2: the mean of both draws' gradients, not that of draw 1 alone."""
+  config = make_config(pathlib.Path("unused.txt"), **GENMD4, diffusion__genmd4__network_draws=network_draws)
+  experiment = Experiment(config, modality.Text(20, 16), sharding.make_mesh(config.mesh))
+  params = experiment.init_state(experiment.base_key)["params"]
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)  # non-zero head
+  tokens = jax.random.randint(jax.random.key(2), (8, 16), 0, 20)
+  batch = {"tokens": tokens, "token_mask": jnp.ones_like(tokens)}
+  key = jax.random.key(3)
+
+  def backbone_gradient(name, training):
+    grads = jax.grad(lambda p: experiment._terms(p, batch, key, training=training)[name].sum())(params)
+    return jax.tree.leaves(grads["backbone"])
+
+  surrogate = backbone_gradient("surrogate", True)
+  first_draw = backbone_gradient("loss", False)
+  close = all(np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(surrogate, first_draw))
+  assert close == (network_draws == 1)
