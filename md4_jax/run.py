@@ -98,10 +98,13 @@ def _chosen_params(state, which: str):
 def _describe(config) -> dict:
   """Parameter count from shapes alone (no data, no compute)."""
   modality = pipeline.nominal_modality(config.data)
-  make_model = models.backbone_factory(config, modality, objectives.get(config.objective).network_requirements)
+  objective = objectives.get(config.objective)(config, modality.vocab_size)
+  make_backbone = models.backbone_factory(config, modality, objective.network_requirements)
+  wrap = getattr(objective, "wrap_model", None)  # an objective's own parameters (GenMD4's schedule) count too
+  make_model = wrap(make_backbone) if wrap else make_backbone
   count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(nnx.eval_shape(
       lambda: make_model(nnx.Rngs(0))))))
-  print(f"{count:,} parameters ({make_model.args[0].summary()})")
+  print(f"{count:,} parameters ({make_backbone.args[0].summary()})")
   return {"params": count, "vocab_size": modality.vocab_size}
 
 

@@ -157,3 +157,9 @@ def test_the_network_gradient_is_that_of_the_draws_it_uses(network_draws):
   first_draw = backbone_gradient("loss", False)
   close = all(np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(surrogate, first_draw))
   assert close == (network_draws == 1)
+
+
+def test_the_parameter_count_includes_the_schedule(corpus_file):
+  md4 = run.main(make_config(corpus_file), None, "params", reference=reference())
+  with_schedule = run.main(make_config(corpus_file, **GENMD4), None, "params", reference=reference())
+  assert with_schedule["params"] == md4["params"] + md4["vocab_size"]
