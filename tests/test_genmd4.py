@@ -200,3 +200,17 @@ def test_the_schedule_can_have_its_own_learning_rate():
       updates, state = optimizer.update(grads, state, params)
     assert float(jnp.abs(updates["backbone"]["scale"]).max()) > 0
     np.testing.assert_allclose(updates["schedule"]["theta"], ratio * updates["backbone"]["scale"][0], rtol=1e-5)
+
+
+def test_genmd4_terms_and_gradients_are_finite_at_t_0_and_1_exactly():
+  x0 = jax.random.randint(jax.random.key(0), (2, 4000), 0, V)
+  table = jax.random.normal(jax.random.key(1), (4000, V + 1, V))
+  objective = GenMD4(config_with(t_min=0.0), V)
+  theta = jnp.asarray(np.log(np.expm1([0.3, 0.5, 1.0, 2.0, 4.0])), jnp.float32)  # powers below 1 included
+
+  def surrogate(theta):
+    return objective.terms(FixedNet(theta, table), x0, jax.random.key(2), token_mask_BxD=jnp.ones_like(x0),
+                           timesteps=0, t_B=jnp.array([0.0, 1.0]), training=True)["surrogate"].sum()
+
+  value, grad = jax.value_and_grad(surrogate)(theta)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
