@@ -1,4 +1,4 @@
-"""MD4 "medium" on OpenWebText: owt_small with 24 layers, 16 heads, width 1024 (MATH.md)."""
+"""MD4 "medium" on OpenWebText: owt_small with 24 layers, 16 heads, width 1024 (docs/method.md)."""
 
 from configs import owt_small
 

@@ -1,4 +1,4 @@
-"""MD4 "small" on OpenWebText with GPT-2 BPE: the published setting (MATH.md, "Published results").
+"""MD4 "small" on OpenWebText with GPT-2 BPE: the published setting (docs/method.md, "Published numbers").
 
 Prepare once: python launch.py --config configs/owt_small.py --mode prepare
 """

@@ -1,4 +1,4 @@
-"""MD4's forward process and negative ELBO (MATH.md), as pure jnp functions.
+"""MD4's forward process and negative ELBO (docs/method.md), as pure jnp functions.
 
 No Flax and no config here: the network enters only as a callable
 `denoise(z_BxL, t_B) -> logits_BxLxV` and the schedule as an object from

@@ -4,7 +4,7 @@
 (id = vocab_size) and never changes any other token, so a prompt, a suffix or
 any spans are clamped by writing them into z_BxL (rows may differ). Everything
 jits with static shapes and `lax` loops and returns (tokens_BxL, NFE), NFE
-being the number of network calls actually made. See MATH.md, "Sampling".
+being the number of network calls actually made. See docs/sampling.md.
 
 Draws are exact in float32: tokens come from `jax.random.categorical` in its
 high-dynamic-range mode, so a draw out of a (vocabulary + mask) distribution

@@ -4,7 +4,7 @@ Every schedule is elementwise on arrays and has
   alpha(t)   in (0, 1), decreasing, alpha(0) ~ 1, alpha(1) ~ 0,
   dalpha(t)  = d alpha / dt (written out analytically; tests check it against jax.grad),
   weight(t)  = dalpha(t) / (1 - alpha(t)), the (negative) ELBO weight.
-See MATH.md, "Schedules".
+See docs/method.md, "Schedules".
 """
 
 import dataclasses

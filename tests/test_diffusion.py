@@ -1,4 +1,4 @@
-"""Forward masking and the negative ELBO against exact oracles (MATH.md)."""
+"""Forward masking and the negative ELBO against exact oracles (docs/method.md)."""
 
 import math
 

@@ -43,7 +43,7 @@ def test_weight_and_mask_prob(name):
 
 @pytest.mark.parametrize("name, power", [("linear", 1.0), ("poly2", 2.0), ("poly3", 3.0)])
 def test_polynomial_weight_is_minus_k_over_t(name, power):
-  # MATH.md: for poly k the weight is -k/t before eps; with eps it is exactly the expression below.
+  # docs/method.md: for poly k the weight is -k/t before eps; with eps it is exactly the expression below.
   t = jnp.linspace(0.1, 1.0, 10)
   weight = get_schedule(name).weight(t)
   exact = -power * t ** (power - 1) * (1 - 2 * EPS) / ((1 - 2 * EPS) * t**power + EPS)
