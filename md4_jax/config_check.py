@@ -109,8 +109,18 @@ def check_values(config) -> None:
   capacity = config.train.logits_capacity
   if capacity != -1 and not 0.0 < capacity <= 1.0:
     raise UserError(f"train.logits_capacity={capacity}: use -1 (automatic) or a share of positions in (0, 1]")
-  if config.train.grad_clip < 0:
-    raise UserError(f"train.grad_clip={config.train.grad_clip} must be >= 0 (0 = no clipping)")
+  train = config.train
+  if train.learning_rate <= 0:
+    raise UserError(f"train.learning_rate={train.learning_rate} must be > 0 (a negative rate trains uphill)")
+  if train.warmup_steps < 0:
+    raise UserError(f"train.warmup_steps={train.warmup_steps} must be >= 0 (0 = no warm-up)")
+  if train.weight_decay < 0:
+    raise UserError(f"train.weight_decay={train.weight_decay} must be >= 0 (0 = none)")
+  for name in ("b1", "b2"):
+    if not 0.0 <= train[name] < 1.0:
+      raise UserError(f"train.{name}={train[name]} must be in [0, 1) (Adam's moment decay; defaults 0.9 and 0.99)")
+  if train.grad_clip < 0:
+    raise UserError(f"train.grad_clip={train.grad_clip} must be >= 0 (the largest global gradient norm; 0 = no clipping)")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
   _check_genmd4(config)

@@ -33,6 +33,10 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   """
   if mode not in MODES:
     raise UserError(f"--mode={mode!r}; choose one of {MODES}")
+  if mode == "train" and step is not None:
+    raise UserError(f"--step={step} applies to --mode eval and --mode sample. Training always resumes from the "
+                    "latest checkpoint in WORKDIR/checkpoints; to continue from step N instead, move the later "
+                    "checkpoint directories out of WORKDIR/checkpoints, then run the same command without --step")
   given = [name for name, value in (("--prompt", prompt), ("--infill", infill), ("--seed", seed),
                                     ("--num_samples", num_samples), ("--class_label", class_label),
                                     ("--complete", complete)) if value is not None]

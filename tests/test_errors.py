@@ -77,6 +77,16 @@ def test_type_error_inside_a_config_file(tmp_path, corpus_file):
     ("sampler__tokens_per_call", 0, "tokens_per_call"),
     ("sampler__params", "best", "sampler.params"),
     ("train__ema_decay", 1.0, "ema_decay"),
+    ("train__learning_rate", -1e-3, "learning_rate=-0.001 must be > 0"),
+    ("train__warmup_steps", -1, "warmup_steps=-1 must be >= 0"),
+    ("train__weight_decay", -0.1, "weight_decay"),
+    ("train__b1", 1.0, "b1=1.0 must be in"),
+    ("train__b2", -0.1, "b2=-0.1 must be in"),
+    ("train__grad_clip", -1.0, "grad_clip=-1.0 must be >= 0.*0 = no clipping"),
+    ("diffusion__genmd4__network_draws", 3, "network_draws=3: choose 1 or 2"),
+    ("diffusion__genmd4__t_min", 1.0, "t_min"),
+    ("diffusion__genmd4__initial_power", 0.0, "initial_power"),
+    ("diffusion__genmd4__learning_rate", -0.5, "genmd4.learning_rate"),
 ])
 def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, message):
   with pytest.raises(UserError, match=message):
@@ -209,3 +219,12 @@ def test_partial_multihost_flags(tmp_path, corpus_file):
                      "--coordinator_address=HOST:PORT")
   assert_clear_error(launch_tiny(corpus_file, tmp_path, "--coordinator_address=localhost:1", "--num_processes=2",
                                  "--process_id=2"), "--process_id=2 must be in [0, 2)")
+
+
+def test_optimizer_mistakes_and_a_step_in_train_mode_are_one_line_through_the_command(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--config.train.learning_rate=-0.01")
+  assert_clear_error(result, "train.learning_rate=-0.01 must be > 0")
+  assert not (tmp_path / "run").exists()
+  result = launch_tiny(corpus_file, tmp_path / "run", "--step=4")
+  assert_clear_error(result, "--step=4 applies to --mode eval and --mode sample", "move the later")
+  assert not (tmp_path / "run").exists()
