@@ -79,11 +79,13 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         f"checkpoints to {checkpointer.directory}, samples to {workdir / 'samples'}")
   log = MetricsLog(workdir, resume_step=start)
   stop = {"signal": None}
-  # One process notes SIGTERM itself. With several, JAX's preemption service (started by
-  # jax.distributed.initialize) catches SIGTERM on any of them and names one step at which all stop.
+  # One process notes SIGTERM and SIGINT (Ctrl-C) itself: the step in flight finishes, a checkpoint is
+  # written. With several, JAX's preemption service (started by jax.distributed.initialize) catches
+  # SIGTERM on any of them and names one step at which all stop.
   several_processes = jax.process_count() > 1
-  if not several_processes:
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  stop_signals = () if several_processes else (signal.SIGTERM, signal.SIGINT)
+  previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
+                       for signum in stop_signals}
   last_good, last_eval, pending = start or None, {}, None
   bar = progress_bar(start, cfg.num_steps)
   window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * data.modality.length
@@ -126,6 +128,9 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
       if do_eval or do_save:
         read(*pending)
         pending = None
+      if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
+        checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
+        last_good = step
       if do_eval:
         last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
         log.write(step, last_eval)
@@ -138,17 +143,16 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
           report.write(workdir, config)
         ppl = f" (ppl {last_eval['eval/ppl']:.3f})" if "eval/ppl" in last_eval else ""
         say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
-      if do_save:
-        checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
-        last_good = step
       if stop["signal"] is not None:
+        if not do_save:  # the signal came during this step's evaluation: keep the step's work too
+          checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
         checkpointer.wait()
-        say(f"SIGTERM: saved checkpoint {step}; run the same command to resume")
+        say(f"{signal.Signals(stop['signal']).name}: saved checkpoint {step}; run the same command to resume")
         raise SystemExit(128 + stop["signal"])
   finally:
     bar.close()
     checkpointer.close()
     log.close()
-    if not several_processes:
-      signal.signal(signal.SIGTERM, previous_handler)
+    for signum, handler in previous_handlers.items():
+      signal.signal(signum, handler)
   return last_eval

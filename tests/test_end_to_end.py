@@ -121,6 +121,30 @@ def test_resume_after_sigkill_is_bitwise_identical(reference_run, tmp_path):
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
 
 
+def test_ctrl_c_checkpoints_says_one_line_and_resumes_exactly(reference_run, tmp_path):
+  """SIGINT is handled like SIGTERM: the step in flight ends, a checkpoint is saved, exit status 130."""
+  corpus, reference_dir, _ = reference_run
+  workdir = tmp_path / "run"
+  command = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "tests/tiny_config.py"),
+             "--workdir", str(workdir), f"--config.data.path={corpus}"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not (workdir / "checkpoints" / "4").is_dir() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=240)
+  assert process.returncode == 130, stderr[-2000:]
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+  saved = [line for line in (stdout + stderr).splitlines() if line.startswith("SIGINT: saved checkpoint")]
+  assert len(saved) == 1, stdout[-2000:]
+  step = int(saved[0].split()[3].rstrip(";"))
+  assert 4 <= step < 12 and (workdir / "checkpoints" / str(step)).is_dir()
+  resumed = launch(*command[2:])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert metric_rows(workdir) == metric_rows(reference_dir)
+  assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
+
+
 def test_eval_mode_reproduces_the_training_eval(reference_run, capsys):
   corpus, workdir, result = reference_run
   evaluated = run.main(make_config(corpus), workdir, "eval", reference=reference())
