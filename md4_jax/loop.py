@@ -110,6 +110,10 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
       window.__init__()
       window_start = time.perf_counter()
 
+  def save(step, state):
+    """Starts checkpoint `step`: the state, the data iterator's position and the metric window."""
+    checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
+
   try:
     for step in range(start + 1, cfg.num_steps + 1):  # `step` counts completed updates
       # The steady state may not copy implicitly between host and device (a hidden sync per step);
@@ -129,7 +133,7 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         read(*pending)
         pending = None
       if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
-        checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
+        save(step, state)
         last_good = step
       if do_eval:
         last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
@@ -145,7 +149,7 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
       if stop["signal"] is not None:
         if not do_save:  # the signal came during this step's evaluation: keep the step's work too
-          checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
+          save(step, state)
         checkpointer.wait()
         say(f"{signal.Signals(stop['signal']).name}: saved checkpoint {step}; run the same command to resume")
         raise SystemExit(128 + stop["signal"])

@@ -74,8 +74,9 @@ def test_training_writes_the_workdir_and_learns(reference_run):
   assert {"eval/ppl", "eval/bpt_stderr", "eval/nats"} <= set(evals[-1])
 
 
-def test_resume_after_sigterm_is_bitwise_identical(reference_run, tmp_path, monkeypatch):
-  corpus, reference_dir, _ = reference_run
+def train_until_sigterm_at_step_7(config, workdir, monkeypatch) -> int:
+  """Trains `config` in this process with a SIGTERM sent during the 7th update (not a checkpoint or log
+  step); returns the exit status the run stopped with."""
   original = Experiment.__init__
 
   def init_then_sigterm_at_step_7(self, *args, **kwargs):
@@ -83,19 +84,26 @@ def test_resume_after_sigterm_is_bitwise_identical(reference_run, tmp_path, monk
     step_fn = self.train_step
 
     def step_with_sigterm(state, batch):
-      if int(state["step"]) == 6:  # the 7th update: not a checkpoint or log step
+      if int(state["step"]) == 6:  # the 7th update
         os.kill(os.getpid(), signal.SIGTERM)
       return step_fn(state, batch)
 
     self.train_step = step_with_sigterm
 
-  workdir = tmp_path / "run"
   monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
-  with pytest.raises(SystemExit) as stopped:
-    run.main(make_config(corpus), workdir, "train", reference=reference())
-  assert stopped.value.code == 128 + signal.SIGTERM
+  try:
+    with pytest.raises(SystemExit) as stopped:
+      run.main(config, workdir, "train", reference=reference())
+  finally:
+    monkeypatch.setattr(Experiment, "__init__", original)
+  return stopped.value.code
+
+
+def test_resume_after_sigterm_is_bitwise_identical(reference_run, tmp_path, monkeypatch):
+  corpus, reference_dir, _ = reference_run
+  workdir = tmp_path / "run"
+  assert train_until_sigterm_at_step_7(make_config(corpus), workdir, monkeypatch) == 128 + signal.SIGTERM
   assert (workdir / "checkpoints" / "7").is_dir()  # saved on SIGTERM
-  monkeypatch.setattr(Experiment, "__init__", original)
   run.main(make_config(corpus), workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))

@@ -2,8 +2,6 @@
 
 import json
 import pathlib
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import pytest
 from md4_jax import diffusion, genmd4, modality, run, sharding
 from md4_jax.train import Experiment
 from tests.conftest import CORPUS, launch_tiny, make_config, reference
-from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state
+from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
 GENMD4 = {"objective": "genmd4", "diffusion__genmd4__learning_rate": 0.05}
 
@@ -75,24 +73,8 @@ def test_train_loss_is_the_bound_of_the_step_batch(genmd4_run):
 
 def test_resume_after_sigterm_is_bitwise_identical(genmd4_run, tmp_path, monkeypatch):
   corpus, reference_dir, _ = genmd4_run
-  original = Experiment.__init__
-
-  def init_then_sigterm_at_step_7(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    step_fn = self.train_step
-
-    def step_with_sigterm(state, batch):
-      if int(state["step"]) == 6:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(state, batch)
-
-    self.train_step = step_with_sigterm
-
   workdir = tmp_path / "run"
-  monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
-  with pytest.raises(SystemExit):
-    run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
-  monkeypatch.setattr(Experiment, "__init__", original)
+  train_until_sigterm_at_step_7(make_config(corpus, **GENMD4), workdir, monkeypatch)
   run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from md4_jax import genmd4, sampling
 from md4_jax.schedules import get_schedule
+from tests import test_sampling
 
 V, L = 4, 4
 MASK = V
@@ -37,13 +37,7 @@ def true_denoiser(z_BxL, t_B):
 
 
 def chi_square_p_value(samples_NxL) -> float:
-  index = np.asarray(samples_NxL) @ (V ** np.arange(L - 1, -1, -1))
-  observed = np.bincount(index, minlength=V**L).astype(float)
-  expected = TRUE_PROBS * len(index)
-  small = expected < 5
-  observed = np.append(observed[~small], observed[small].sum())
-  expected = np.append(expected[~small], expected[small].sum())
-  return stats.chisquare(observed, expected).pvalue
+  return test_sampling.chi_square_p_value(samples_NxL, TRUE_PROBS, V)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,8 +5,6 @@ published configs' sizes."""
 import importlib
 import json
 import math
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,7 @@ from md4_jax.errors import UserError
 from md4_jax.train import Experiment
 from tests import tiny_image_config
 from tests.conftest import override, reference
-from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state
+from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
 
 def image_config(**overrides):
@@ -142,24 +140,8 @@ def test_image_run_writes_bits_per_dim_and_pictures(image_run):
 
 def test_image_run_resumes_exactly_after_sigterm(image_run, tmp_path, monkeypatch):
   config, reference_dir, _ = image_run
-  original = Experiment.__init__
-
-  def init_then_sigterm_at_step_7(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    step_fn = self.train_step
-
-    def step_with_sigterm(state, batch):
-      if int(state["step"]) == 6:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(state, batch)
-
-    self.train_step = step_with_sigterm
-
   workdir = tmp_path / "run"
-  monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
-  with pytest.raises(SystemExit):
-    run.main(config, workdir, "train", reference=reference())
-  monkeypatch.setattr(Experiment, "__init__", original)
+  train_until_sigterm_at_step_7(config, workdir, monkeypatch)
   run.main(config, workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)  # dropout and label dropout keys included
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))

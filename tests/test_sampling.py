@@ -47,11 +47,13 @@ SEQUENCES = np.array(list(itertools.product(range(V), repeat=L)))  # [V^L, L]
 TRUE_PROBS = INITIAL[SEQUENCES[:, 0]] * np.prod(TRANSITION[SEQUENCES[:, :-1], SEQUENCES[:, 1:]], axis=1)
 
 
-def chi_square_p_value(samples_NxL) -> float:
-  """Goodness of fit of sequences to the chain; cells expecting < 5 draws are pooled."""
-  index = np.asarray(samples_NxL) @ (V ** np.arange(L - 1, -1, -1))
-  observed = np.bincount(index, minlength=V**L).astype(float)
-  expected = TRUE_PROBS * len(index)
+def chi_square_p_value(samples_NxL, true_probs=TRUE_PROBS, vocab_size=V) -> float:
+  """Goodness of fit of sequences to the chain whose sequence probabilities (in itertools.product order)
+  are `true_probs`; cells expecting < 5 draws are pooled."""
+  length = np.shape(samples_NxL)[1]
+  index = np.asarray(samples_NxL) @ (vocab_size ** np.arange(length - 1, -1, -1))
+  observed = np.bincount(index, minlength=vocab_size**length).astype(float)
+  expected = true_probs * len(index)
   small = expected < 5
   observed = np.append(observed[~small], observed[small].sum())
   expected = np.append(expected[~small], expected[small].sum())
