@@ -63,11 +63,13 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
   experiment = Experiment(config, data.modality, mesh)
-  checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
+  checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints, training=True,
+                              summary=experiment.state_summary)
   iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
-  start = checkpointer.latest_step() or 0
-  if start:
-    state, loop_state = checkpointer.restore(start, experiment.abstract_state)
+  start = 0
+  if checkpointer.all_steps():  # the newest intact checkpoint (damaged newer ones are moved aside)
+    state, loop_state = checkpointer.restore(None, experiment.abstract_state)
+    start = int(state["step"])
     iterator.set_state(loop_state["data"])
     window = MetricWindow(**loop_state["window"])
     say(f"resuming from step {start} ({checkpointer.directory / str(start)})")
@@ -95,11 +97,11 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
     """Host side of step `step`: NaN check, window sums, a log line every log_every steps."""
     nonlocal window_start
     metrics = jax.device_get(metrics)
-    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-      where = f"step {last_good} in {checkpointer.directory}" if last_good else "none yet"
-      raise NonFiniteLoss(f"the loss or gradient became {metrics['loss']} at step {step}; training stopped. "
-                          f"The last good checkpoint ({where}) is kept. Lower train.learning_rate or "
-                          "train.grad_clip, or check the data, then resume with the same command.")
+    bad = [f"the {name} became {metrics[key]}" for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"))
+           if not math.isfinite(metrics[key])]
+    if bad:
+      stop_for_non_finite(" and ".join(bad) + f" at step {step}" + (
+          f" (the loss was still {metrics['loss']:.4g})" if math.isfinite(metrics["loss"]) else ""))
     window.add(metrics)
     bar.update(1)
     bar.set_postfix(loss=f"{metrics['loss']:.4f}", bits=f"{metrics['bits']:.3f}", refresh=False)
@@ -110,9 +112,24 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
       window.__init__()
       window_start = time.perf_counter()
 
+  def stop_for_non_finite(what):
+    kept = (f"The last good checkpoint (step {last_good} in {checkpointer.directory}; its parameters and "
+            "optimizer state are finite) is kept. Resume from it" if last_good else
+            "No checkpoint was saved yet. Start again")
+    raise NonFiniteLoss(f"{what}; training stopped. {kept} with a lower --config.train.learning_rate, a smaller "
+                        "--config.train.grad_clip or longer --config.train.warmup_steps (these may change on "
+                        "resume), or check the data.")
+
   def save(step, state):
     """Starts checkpoint `step`: the state, the data iterator's position and the metric window."""
-    checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json()})
+    nonlocal last_good
+    summary = jax.device_get(experiment.state_summary(state))
+    if not summary["finite"]:
+      stop_for_non_finite(f"the parameters or optimizer state hold NaN or Inf at step {step} (loss and gradient "
+                          "were finite)")
+    checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json(),
+                                    "state_checksum": int(summary["checksum"])})
+    last_good = step
 
   try:
     for step in range(start + 1, cfg.num_steps + 1):  # `step` counts completed updates
@@ -134,7 +151,6 @@ def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
         pending = None
       if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
         save(step, state)
-        last_good = step
       if do_eval:
         last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
         log.write(step, last_eval)

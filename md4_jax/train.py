@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from md4_jax import diffusion, models, objectives, sampling, sharding
+from md4_jax import checkpoints, diffusion, models, objectives, sampling, sharding
 from md4_jax.errors import UserError
 
 DROPOUT_SALT, LABEL_SALT = 101, 102  # fold_in tags of the step key: network dropout, label dropout
@@ -93,6 +93,7 @@ class Experiment:
                               out_shardings=(self.state_shardings, sharding.replicated(mesh)))
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
+    self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
     self.sampler_settings = sampling.Settings.from_config(config.sampler)
     # sample(params, key, z_BxD, label_B) -> (tokens_BxD, NFE, order_BxD): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.

@@ -70,7 +70,8 @@ class Judge:
       raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({described}); it must read the same token ids "
                       "as this run")
     self.experiment = Experiment(config, judge_modality, mesh)
-    state = restore_state(path / "checkpoints", None, self.experiment.abstract_state)
+    state = restore_state(path / "checkpoints", None, self.experiment.abstract_state,
+                         self.experiment.state_summary)
     self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
     vocab_size = judge_modality.vocab_size
     graphdef = self.experiment.graphdef
