@@ -1,11 +1,14 @@
 """Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
-[--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE | --complete top|left|center]
+[--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE [--gap_char C] | --complete top|left|center]
 [--class_label N[,N...]] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
+import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_module
 
 from configs import base
 from md4_jax import conditioning, config_check, distributed, errors, run, sweeps
@@ -20,8 +23,10 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (def
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
                                     "config.sampler.num_samples).")
 _PROMPT = flags.DEFINE_string("prompt", None, "--mode sample: text every sample starts with.")
-_INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in which each '_' is one token to "
-                              "generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
+_INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in which each '_' (or --gap_char) is one "
+                              "token to generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
+_GAP_CHAR = flags.DEFINE_string("gap_char", conditioning.GAP_CHAR, "With --infill: the character that marks a token "
+                                "to generate, for an alphabet that holds '_' or a template that needs a literal '_'.")
 _SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
 _CLASS_LABEL = flags.DEFINE_string("class_label", None, "--mode sample, class-conditional image runs: the class of "
                                    "every sample, or a list (e.g. 1,4,7) given to the samples in turn.")
@@ -45,6 +50,52 @@ def expand_shorthand(argv: list[str]) -> list[str]:
   return [f"--config.{arg[2:]}" if arg.startswith(SHORTHAND_GROUPS) else arg for arg in argv]
 
 
+# ml_collections' function that loads a --config file and calls its get_config().
+_LOAD_CONFIG_FILE = config_flags_module.ConfigFileFlagParser.parse.__code__
+
+
+def config_path(argv: list[str]) -> str | None:
+  """The --config file named in argv (without a `:ARGS` suffix for get_config), or None."""
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+      return value.split(":", 1)[0] or None
+  return None
+
+
+def config_file_failure(error: BaseException, path: str | None) -> str | None:
+  """"error in the config file PATH, line N: Type: text" if `error` was raised while PATH loaded or its
+  get_config() ran, else None.
+
+  ml_collections re-raises a TypeError / ValueError with the traceback as text, and absl wraps that again, so
+  the exception the file raised is found along the chain of causes and contexts.
+  """
+  if not path:
+    return None
+  here = os.path.realpath(path)
+  inside = False  # whether the chain passed through ml_collections' loading of the file
+  seen, last = set(), error
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    last = error
+    frames = list(traceback.walk_tb(error.__traceback__))
+    inside = inside or any(frame.f_code is _LOAD_CONFIG_FILE for frame, _ in frames)
+    if isinstance(error, SyntaxError) and error.filename and os.path.realpath(error.filename) == here:
+      return f"error in the config file {path}, line {error.lineno}: {type(error).__name__}: {error.msg}"
+    lines = [line for frame, line in frames if os.path.realpath(frame.f_code.co_filename) == here]
+    if lines:  # the file's last line on the way to the error: its own, or the call into a library that raised
+      return f"error in the config file {path}, line {lines[-1]}: {type(error).__name__}: {error}"
+    error = error.__cause__ or error.__context__
+  if not inside:
+    return None
+  if not os.path.isfile(path):
+    return f"cannot load the config file: {path} does not exist (--config takes a path, e.g. configs/quickstart.py)"
+  # Without a line of the file: e.g. no get_config(), or an open() of a missing file, which ml_collections takes for
+  # the config file missing and reports in several lines, the last one the reason.
+  return f"error in the config file {path}: {type(last).__name__}: {str(last).strip().splitlines()[-1].strip()}"
+
+
 def parse_flags(argv):
   """absl's parser, with config-override mistakes (unknown key, wrong type) reported in one line."""
   for arg in argv:
@@ -53,28 +104,36 @@ def parse_flags(argv):
         print(f"error: bad command line: config key {old_key!r} was replaced by {new_key!r}: {how}", file=sys.stderr)
         sys.exit(2)
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    message = str(error).strip("'\"").replace("\\'", "'").replace("\\n", "\n")
-    if "Traceback (most recent call last)" in message:  # an exception inside the config file: keep its last line
-      message = f"{message.split(':')[0]}: error in the config file: {message.strip().splitlines()[-1].strip()}"
-    message = message.replace("\n", " ")
+    argv = flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001 - anything the config file raises while it loads is the user's
+    failure = config_file_failure(error, config_path(argv))
+    if failure:
+      print(f"error: {failure}", file=sys.stderr)
+      sys.exit(2)
+    if not isinstance(error, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
+      raise
+    message = str(error).strip("'\"").replace("\\'", "'").replace("\\n", "\n").replace("\n", " ")
     if isinstance(error, (AttributeError, KeyError)):
       message = f"unknown config key {message}"
     print(f"error: bad command line: {message}\n(keys and defaults: configs/base.py; usage: --help)",
           file=sys.stderr)
     sys.exit(2)
+  if len(argv) > 1:  # absl would print the whole --help for this
+    print(f"error: unexpected argument{'s' * (len(argv) > 2)} {', '.join(map(repr, argv[1:]))}; flags look like "
+          "--config.train.num_steps=100 (usage: --help)", file=sys.stderr)
+    sys.exit(2)
+  return argv
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --config.train.num_steps=100")
+  del argv  # parse_flags refused any left over
   try:
     config = _CONFIG.value
-    config.to_dict()  # the file is loaded lazily; fail here, not deep inside the run
+    config.to_dict()  # an OSError while loading surfaces here, on first use, not deep inside the run
   except OSError as error:
-    print(f"error: cannot load the config file: {error}", file=sys.stderr)
+    print(f"error: {config_file_failure(error, config_path(sys.argv)) or f'cannot load the config file: {error}'}",
+          file=sys.stderr)
     sys.exit(2)
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -100,7 +159,8 @@ def main(argv):
         print(f"=== sweep run {name} in {workdir}")
       run.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
                num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value,
-               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value)
+               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value,
+               gap_char=_GAP_CHAR.value if flags.FLAGS["gap_char"].present else None)  # given, or the default
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

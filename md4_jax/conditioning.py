@@ -5,6 +5,7 @@ The start state is one row of token ids of length data.seq_len with the mask id
 (= vocab_size) where the sampler generates; every other id stays as given.
 Infill syntax: each underscore `_` in the template is one token to generate
 (`"the ____ sat on the ___"`); text between gaps is tokenized piece by piece.
+`--gap_char` picks another gap character, for alphabets that hold `_` or templates that need one.
 Positions after the prompt or template are generated too.
 """
 
@@ -15,18 +16,30 @@ import numpy as np
 from md4_jax.errors import UserError
 
 
-def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: str | None = None) -> np.ndarray:
-  """[length] int32: known ids, and the mask id (tokenizer.vocab_size) wherever the sampler generates."""
+GAP_CHAR = "_"  # the default gap character of an --infill template
+_GAP_CHOICES = "#*@~^|%+="  # suggested in its place when the alphabet holds it
+
+
+def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: str | None = None,
+                gap_char: str | None = None) -> np.ndarray:
+  """[length] int32: known ids, and the mask id (tokenizer.vocab_size) wherever the sampler generates.
+
+  gap_char: the character that marks a token to generate in `infill` (None: GAP_CHAR).
+  """
   mask_id = tokenizer.vocab_size
   if prompt and infill:
     raise UserError("--prompt and --infill both given; use one (an infill template may start with the prompt)")
-  if infill is not None and "_" not in infill:
-    raise UserError(f"--infill={infill!r} has no gaps: write each token to generate as '_' (e.g. 'the ___ sat')")
+  gap = _gap_char(tokenizer, infill, gap_char)
+  if infill is not None and gap not in infill:
+    raise UserError(f"--infill={infill!r} has no gaps: write each token to generate as {gap!r} "
+                    f"(e.g. 'the {gap * 3} sat')")
+  _check_characters(tokenizer, "--prompt", prompt or "")
+  _check_characters(tokenizer, "--infill", (infill or "").replace(gap, ""))
   pieces = []
   if prompt:
     pieces.append(np.asarray(tokenizer.encode(prompt), np.int32))
-  for piece in re.split(r"(_+)", infill or ""):
-    if piece.startswith("_"):
+  for piece in re.split(f"({re.escape(gap)}+)", infill or ""):
+    if piece.startswith(gap):
       pieces.append(np.full(len(piece), mask_id, np.int32))
     elif piece:
       pieces.append(np.asarray(tokenizer.encode(piece), np.int32))
@@ -36,6 +49,37 @@ def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: st
     raise UserError(f"{flag} is {len(known)} tokens but data.seq_len is {length}, leaving nothing to generate; "
                     "shorten it")
   return np.concatenate([known, np.full(length - len(known), mask_id, np.int32)])
+
+
+def _gap_char(tokenizer, infill: str | None, gap_char: str | None) -> str:
+  """The infill gap character, refused where it is ambiguous: a char tokenizer whose alphabet holds it."""
+  if gap_char is not None and infill is None:
+    raise UserError(f"--gap_char={gap_char!r} marks the gaps of an --infill template; give --infill too, or drop "
+                    "--gap_char")
+  if gap_char is not None and len(gap_char) != 1:
+    raise UserError(f"--gap_char={gap_char!r} must be one character, e.g. --gap_char='#'")
+  gap = GAP_CHAR if gap_char is None else gap_char
+  alphabet = getattr(tokenizer, "alphabet", "")  # byte and GPT-2 tokenizers encode any text: the gap always wins
+  if infill is not None and gap in alphabet:
+    raise UserError(f"the run's alphabet contains the gap character {gap!r}, so the --infill template cannot tell "
+                    f"gaps from literal {gap!r}s: pass --gap_char='{_free_character(alphabet)}' (not in the "
+                    "alphabet) and write each gap with it")
+  return gap
+
+
+def _free_character(alphabet: str) -> str:
+  """A printable character outside `alphabet`, to suggest as --gap_char (no quote or backslash: it goes in '...')."""
+  candidates = _GAP_CHOICES + "".join(chr(code) for code in range(33, 0x3000) if chr(code).isprintable())
+  return next(c for c in candidates if c not in alphabet and c not in "'\\")
+
+
+def _check_characters(tokenizer, flag: str, text: str) -> None:
+  """A char tokenizer knows only the run's characters: name the others, the flag and the alphabet."""
+  alphabet = getattr(tokenizer, "alphabet", None)
+  unknown = sorted(set(text) - set(alphabet)) if alphabet else []
+  if unknown:
+    raise UserError(f"{flag} has characters {unknown} that are not in the tokenizer's alphabet {alphabet!r} (the "
+                    "run's characters); use only those")
 
 
 COMPLETION_REGIONS = ("top", "left", "center")

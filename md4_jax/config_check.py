@@ -4,10 +4,12 @@ Every problem is a `UserError` that names the key and the fix.
 """
 
 import json
+import math
 
+import jax
 import ml_collections
 
-from md4_jax import evals, modality, models, objectives, sampling, schedules
+from md4_jax import evals, modality, models, objectives, sampling, schedules, sharding
 from md4_jax.data import benchmarks, image_sources, sources, tokenizers
 from md4_jax.errors import UserError
 
@@ -101,6 +103,9 @@ def check_values(config) -> None:
     raise UserError(f"sampler.guidance={config.sampler.guidance} needs a class-conditional model "
                     "(model.class_conditional=True, trained with label dropout)")
   _check_sampler(config.sampler, shape.length)
+  if config.eval.suite == "samples":  # its exact:k variants run the exact sampler with tokens_per_call=k
+    for variant in evals.samples.parse_variants(config.eval.samplers):
+      _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
   bound_steps(config.eval.bound_steps)
   benchmarks.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
@@ -167,11 +172,50 @@ def _check_sampler(sampler, seq_len: int) -> None:
       sampling.semi_ar_blocks(sampler.block_length, sampler.steps, seq_len)
     except ValueError as error:
       raise UserError(str(error)) from None
+  _check_tokens_per_call(sampler.inner if sampler.name == "semi_ar" else sampler.name, sampler.tokens_per_call,
+                         seq_len, "sampler.tokens_per_call=")
+
+
+def _check_tokens_per_call(sampler_name: str, tokens_per_call: int, seq_len: int, what: str) -> None:
+  """The exact sampler unmasks tokens_per_call positions per network call; more than a sample has fails
+  (jax.lax.top_k) at the first samples, minutes into a run."""
+  if sampler_name == "exact" and tokens_per_call > seq_len:
+    raise UserError(f"{what}{tokens_per_call} unmasks more positions per call than the {seq_len} of a sample "
+                    f"(data.seq_len; H x W x C for images): use 1 to {seq_len}")
+
+
+def check_against_devices(config, mode: str, mesh=None) -> None:
+  """Batch sizes against the mesh (default: config.mesh on the visible devices), before data or compilation.
+
+  Batch rows are split over the mesh.data x mesh.fsdp devices of every process (sharding.BATCH_AXES);
+  a size they do not divide would fail only at the first step or evaluation. Samples are replicated,
+  so sampler.num_samples may be any count, and so may a microbatch (train.grad_accum): XLA reshards it.
+  """
+  keys = {"train": ("train.batch_size", "eval.batch_size"),  # training evaluates the bound too
+          "eval": ("eval.batch_size",) if config.eval.suite in ("bound", "zero_shot") else ()}.get(mode, ())
+  if not keys:
+    return
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+  flat = flatten(config)
+  for key in keys:
+    size = flat[key]
+    if size % shards:
+      multiples = [m for m in (size // shards * shards, (size // shards + 1) * shards) if m > 0]
+      raise UserError(f"{key}={size} does not split over the mesh's {shards} data-parallel devices (mesh.data x "
+                      f"mesh.fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}, {jax.process_count()} process(es)): "
+                      f"use a multiple of {shards} such as {' or '.join(map(str, multiples))} "
+                      f"(--config.{key}={multiples[-1]}), or a config.mesh whose mesh.data x mesh.fsdp divides {size}")
+
+
+RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/workdir.py)
 
 
 def migrate(saved: dict) -> dict:
-  """A workdir's config.json in today's key names (RENAMED): a run from before a rename stays usable."""
+  """A workdir's config.json as a config in today's key names (RENAMED): a run from before a rename stays
+  usable. The run record (RUN_RECORD) is left out."""
   saved = json.loads(json.dumps(saved))  # a copy
+  saved.pop(RUN_RECORD, None)
   for old_key, (new_key, _) in RENAMED.items():
     group, _, name = old_key.rpartition(".")
     if name in saved.get(group, {}):
@@ -179,16 +223,22 @@ def migrate(saved: dict) -> dict:
   return saved
 
 
-def check_resumable(saved: dict, config, workdir, reference=None) -> None:
-  """Refuses to continue a workdir whose run was made with a config that changes its meaning.
+def differences(saved: dict, config, reference=None) -> dict:
+  """{key: (value in the workdir, value now)} for every key outside RESUMABLE_CHANGES that differs.
 
   A key the saved config lacks (added to configs/base.py since) counts as its default.
   """
   new = flatten(config.to_dict())
   old = {**(flatten(reference) if reference is not None else {}), **flatten(migrate(saved))}
-  changed = [key for key in sorted(set(old) | set(new))
-             if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+  return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+          if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)}
+
+
+def check_resumable(saved: dict, config, workdir, reference=None, allowed=()) -> None:
+  """Refuses to continue a workdir whose run was made with a config that changes its meaning
+  (keys in `allowed` may differ: the caller checks those)."""
+  changed = {key: values for key, values in differences(saved, config, reference).items() if key not in allowed}
   if changed:
-    diffs = "; ".join(f"{key}: {old.get(key)!r} in the workdir, {new.get(key)!r} now" for key in changed)
+    diffs = "; ".join(f"{key}: {old!r} in the workdir, {new!r} now" for key, (old, new) in changed.items())
     raise UserError(f"workdir {workdir} holds a run with a different config ({diffs}). Use a new --workdir, "
                     f"or pass the workdir's values (they are in {workdir}/config.json)")

@@ -5,7 +5,6 @@ metrics.jsonl, tensorboard/, samples/, eval/. This module only dispatches: data 
 objectives, eval suites and modalities each live in their own module.
 """
 
-import json
 import math
 import pathlib
 
@@ -14,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from md4_jax import conditioning, config_check, evals, files, generate, loop, models, objectives, pictures, sharding
+from md4_jax import workdir as workdirs
 from md4_jax import modality as modalities
 from md4_jax.checkpoints import restore_state
 from md4_jax.data import benchmarks, data_dir, pipeline, tokenizers
@@ -25,11 +25,12 @@ MODES = ("train", "eval", "sample", "prepare", "params")
 
 def main(config, workdir, mode: str = "train", *, reference, step: int | None = None,
          num_samples: int | None = None, prompt: str | None = None, infill: str | None = None,
-         seed: int | None = None, class_label: str | None = None, complete: str | None = None) -> dict:
+         seed: int | None = None, class_label: str | None = None, complete: str | None = None,
+         gap_char: str | None = None) -> dict:
   """Validates everything first, then runs `mode`. Returns the eval result (train, eval) or samples.
 
-  prompt / infill (text), complete / class_label (images) and seed condition and seed --mode sample
-  (see md4_jax.conditioning).
+  prompt / infill (text; gap_char marks infill's gaps), complete / class_label (images) and seed condition and
+  seed --mode sample (see md4_jax.conditioning).
   """
   if mode not in MODES:
     raise UserError(f"--mode={mode!r}; choose one of {MODES}")
@@ -39,7 +40,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
                     "checkpoint directories out of WORKDIR/checkpoints, then run the same command without --step")
   given = [name for name, value in (("--prompt", prompt), ("--infill", infill), ("--seed", seed),
                                     ("--num_samples", num_samples), ("--class_label", class_label),
-                                    ("--complete", complete)) if value is not None]
+                                    ("--complete", complete), ("--gap_char", gap_char)) if value is not None]
   if num_samples is not None and num_samples < 1:
     raise UserError(f"--num_samples={num_samples} must be positive")
   if given and mode != "sample":
@@ -47,6 +48,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
                     (" (the training seed is --config.seed)" if "--seed" in given else ""))
   config_check.check_keys(config, reference)
   config_check.check_values(config)
+  config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
   if mode == "prepare":
     return _prepare(config)
   if mode == "params":
@@ -54,31 +56,27 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  _check_workdir(config, workdir, training=mode == "train", reference=reference)
-  saved = modalities.load(workdir, config.data.seq_len)
+  workdirs.check_usable(workdir, mode)
   if mode == "train":
-    data = pipeline.load_data(config.data, config.eval.split, saved)
-    if jax.process_index() == 0:
-      workdir.mkdir(parents=True, exist_ok=True)
-      # Atomic: other processes may read config.json while process 0 writes it.
-      files.write_text_atomically(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
-      modalities.save(data.modality, workdir)
-    return loop.train(config, workdir, data)
+    with workdirs.training_lock(workdir):
+      return _train(config, workdir, reference)
+  workdirs.check_config(config, workdir, mode, reference)
+  saved = modalities.load(workdir, config.data.seq_len)
   if saved is None:
     raise UserError(f"{workdir} holds no modality.json or tokenizer.json; it was not written by a training run")
   if mode == "eval":
     suite = evals.SUITES[config.eval.suite]
     inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
   else:
-    request = _sample_request(config, saved, num_samples, prompt, infill, class_label, complete)
+    request = _sample_request(config, saved, num_samples, prompt, infill, class_label, complete, gap_char)
   experiment = Experiment(config, saved, sharding.make_mesh(config.mesh))
-  state = restore_state(workdir / "checkpoints", step, experiment.abstract_state)
+  state = restore_state(workdir / "checkpoints", step, experiment.abstract_state, experiment.state_summary)
   restored_step = int(state["step"])
   if mode == "eval":
     return suite.run(evals.Context(config, experiment, _chosen_params(state, config.eval.params), restored_step,
                                    workdir, inputs, loop.sample_key(experiment.base_key, restored_step)))
   record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
-            "prompt": prompt, "infill": infill, "complete": complete}
+            "prompt": prompt, "infill": infill, "gap_char": gap_char, "complete": complete}
   return _sample(experiment, _chosen_params(state, config.sampler.params), workdir, request, record)
 
 
@@ -112,24 +110,23 @@ def _describe(config) -> dict:
   return {"params": count, "vocab_size": modality.vocab_size}
 
 
-def _check_workdir(config, workdir: pathlib.Path, training: bool, reference=None) -> None:
-  saved = workdir / "config.json"
-  if saved.exists():
-    try:
-      saved_config = json.loads(saved.read_text())
-    except json.JSONDecodeError as error:
-      raise UserError(f"{saved} is not valid JSON ({error}); restore it or use a new --workdir") from error
-    config_check.check_resumable(saved_config, config, workdir, reference)
-  elif not training:
-    raise UserError(f"{workdir} holds no run (no config.json); train into it first or pass the run's --workdir")
-  elif (workdir / "checkpoints").exists():
-    raise UserError(f"{workdir} has checkpoints but no config.json, so its config is unknown; use a new --workdir")
+def _train(config, workdir: pathlib.Path, reference) -> dict:
+  """--mode train, holding the workdir's lock: a new run, or the resumed one (its saved tokenizer)."""
+  record = workdirs.check_config(config, workdir, "train", reference)
+  resuming = bool(workdirs.committed_steps(workdir / "checkpoints"))
+  data = pipeline.load_data(config.data, config.eval.split, modalities.load(workdir, config.data.seq_len)
+                            if resuming else None)  # a start that failed before any checkpoint binds nothing
+  workdirs.save_config(config, workdir, record)
+  if jax.process_index() == 0:
+    modalities.save(data.modality, workdir)
+  return loop.train(config, workdir, data)
 
 
-def _sample_request(config, modality, num_samples, prompt, infill, class_label, complete) -> dict:
+def _sample_request(config, modality, num_samples, prompt, infill, class_label, complete, gap_char=None) -> dict:
   """--mode sample's start state [N, D], labels [N] (or None) and held-out originals (--complete)."""
   count = num_samples or config.sampler.num_samples
-  text_flags = [flag for flag, value in (("--prompt", prompt), ("--infill", infill)) if value is not None]
+  text_flags = [flag for flag, value in (("--prompt", prompt), ("--infill", infill), ("--gap_char", gap_char))
+                if value is not None]
   if modality.kind == "image" and text_flags:
     raise UserError(f"{', '.join(text_flags)} condition text runs; this run models images (use --complete or "
                     "--class_label)")
@@ -147,7 +144,8 @@ def _sample_request(config, modality, num_samples, prompt, infill, class_label, 
             "originals": originals}
   start = np.full(modality.length, modality.vocab_size, np.int32)
   if modality.kind == "text":
-    start = conditioning.start_state(modality.tokenizer, modality.length, prompt=prompt, infill=infill)
+    start = conditioning.start_state(modality.tokenizer, modality.length, prompt=prompt, infill=infill,
+                                     gap_char=gap_char)
   return {"start": np.tile(start, (count, 1)), "labels": labels, "originals": None}
 
 

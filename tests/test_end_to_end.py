@@ -250,18 +250,6 @@ def test_eval_on_an_empty_workdir_is_a_clear_error(tmp_path, corpus_file):
   assert "holds no run" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_damaged_checkpoint_is_named_and_others_offered(reference_run, tmp_path):
-  corpus, workdir, _ = reference_run
-  copy = tmp_path / "run"
-  shutil.copytree(workdir, copy)
-  for path in (copy / "checkpoints" / "12" / "state").rglob("*"):
-    if path.is_file() and path.stat().st_size > 0 and "ocdbt" in str(path):
-      path.write_bytes(b"\0" * path.stat().st_size)
-  with pytest.raises(UserError, match=r"checkpoints/12 cannot be restored.*\[4, 8\]"):
-    run.main(make_config(corpus), copy, "eval", reference=reference())
-  assert run.main(make_config(corpus), copy, "eval", reference=reference(), step=8)["eval/bpt"] > 0
-
-
 def test_embedded_corpus_run(tmp_path):
   config = make_config(tmp_path / "unused.txt", data__source="embedded", data__path="", train__num_steps=2,
                        train__eval_every=2)

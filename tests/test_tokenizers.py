@@ -12,6 +12,7 @@ import pytest
 from md4_jax.data import tokenizers
 from md4_jax.data.tokenizers import ByteTokenizer, CharTokenizer, Gpt2Tokenizer
 from md4_jax.errors import UserError
+from tests.conftest import MISSING_BPE
 
 UNICODE_SENTENCE = "Grüße aus Köln: naïve café, 東京 and 🙂 emoji.\n  It's   spaced."
 
@@ -27,11 +28,11 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def real_bpe():
-  """GPT-2's real ranks file (CI installs mlx-whisper); skipped only when none is installed."""
+  """GPT-2's real ranks file (the README's test command installs it: a missing one fails, never skips)."""
   try:
     return tokenizers.find_gpt2_bpe()
   except UserError:
-    pytest.skip("no gpt2.tiktoken: pip install --no-deps mlx-whisper==0.4.3")
+    pytest.fail(MISSING_BPE)
 
 
 @pytest.fixture

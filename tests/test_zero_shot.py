@@ -10,7 +10,7 @@ from md4_jax import run
 from md4_jax.evals import zero_shot
 from md4_jax.data import benchmarks, tokenizers
 from md4_jax.errors import UserError
-from tests.conftest import CORPUS, make_config, reference
+from tests.conftest import CORPUS, MISSING_BPE, make_config, reference
 from tests.test_benchmarks import write_releases
 
 
@@ -20,7 +20,7 @@ def gpt2_run(tmp_path_factory):
   try:
     tokenizers.find_gpt2_bpe()
   except UserError:
-    pytest.skip("no gpt2.tiktoken: pip install --no-deps mlx-whisper==0.4.3")
+    pytest.fail(MISSING_BPE)
   root = tmp_path_factory.mktemp("zero_shot")
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)

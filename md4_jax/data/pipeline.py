@@ -35,6 +35,9 @@ def load_data(data_config, eval_split: str = "validation", saved_modality=None) 
   if len(data.train) == 0:
     raise UserError(f"the training split has fewer tokens than one sequence (data.seq_len={data_config.seq_len}); "
                     "use more data or a shorter data.seq_len")
+  if len(data.eval) == 0:  # else the first evaluation would find no token to score
+    raise UserError(f"the held-out split {eval_split!r} of data.source={source.name!r} is empty; use more data "
+                    "(or, for a text or token file, a larger data.eval_fraction)")
   return data
 
 

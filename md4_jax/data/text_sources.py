@@ -41,7 +41,14 @@ def load_text(data_config, split: str, saved) -> Data:
   tokenizer = saved.tokenizer if saved else _tokenizer(data_config, train_text)
   if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
     known = set(tokenizer.alphabet)
-    eval_text = "".join(c for c in eval_text if c in known)
+    kept = "".join(c for c in eval_text if c in known)
+    if not kept:  # else the first evaluation would find no token to score
+      where = f"data.path={data_config.path}" if data_config.source == "textfile" else "data.source='embedded'"
+      raise UserError(f"the held-out part of {where} (its last {len(eval_text)} characters, data.eval_fraction="
+                      f"{data_config.eval_fraction}) has only characters the training part never uses, so nothing "
+                      "is left to evaluate: use a longer file whose end is text like the rest, or a larger "
+                      "data.eval_fraction")
+    eval_text = kept
   return _text_data(tokenizer, tokenizer.encode(train_text), tokenizer.encode(eval_text), data_config.seq_len)
 
 
