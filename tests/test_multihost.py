@@ -159,3 +159,15 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   run_two_processes(corpus, workdir, f"--config.train.num_steps={step + 2}", "--config.train.log_every=1",
                     *long_run[1:])
   assert max(logged(workdir, "train/loss")) == step + 2
+
+
+def test_two_processes_skip_a_damaged_latest_checkpoint_together(runs, tmp_path):
+  """Both processes fail to read checkpoint 12, process 0 moves it aside, both resume from 8 and redo 9-12."""
+  corpus, paths, _, _ = runs
+  workdir = tmp_path / "run"
+  shutil.copytree(paths["two_hosts"], workdir)
+  (workdir / "checkpoints" / "12" / "state" / "_METADATA").write_text("{not json")
+  outputs = run_two_processes(corpus, workdir)
+  assert "moved it to 12.damaged" in outputs[0] and "resuming from step 8" in outputs[0]
+  assert (workdir / "checkpoints" / "12.damaged").is_dir() and (workdir / "checkpoints" / "12").is_dir()
+  assert_close(logged(workdir, "train/loss"), logged(paths["one_device"], "train/loss"))
