@@ -6,13 +6,17 @@ import os
 import sys
 import traceback
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-from ml_collections.config_flags import config_flags as config_flags_module
+from md4_jax import allocator
 
-from configs import base
-from md4_jax import conditioning, config_check, distributed, errors, run, sweeps
-from md4_jax.errors import UserError
+allocator.use_huge_pages()  # before jax is imported: restarts this process once with a glibc tunable
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from ml_collections.config_flags import config_flags as config_flags_module  # noqa: E402
+
+from configs import base  # noqa: E402
+from md4_jax import conditioning, config_check, distributed, errors, run, sweeps  # noqa: E402
+from md4_jax.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "

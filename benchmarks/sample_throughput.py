@@ -15,6 +15,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from md4_jax import allocator  # noqa: E402
+
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402

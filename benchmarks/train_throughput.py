@@ -15,6 +15,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from md4_jax import allocator  # noqa: E402
+
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -56,7 +60,8 @@ def main(_):
   print(json.dumps({
       "benchmark": "train_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
       "backbone": config.model.backbone, "params": experiment.num_params(), "batch": config.train.batch_size,
-      "seq_len": modality.length, "vocab": modality.vocab_size, "dtype": config.model.dtype,
+      "seq_len": modality.length, "vocab": modality.vocab_size, "width": config.model.width,
+      "layers": config.model.num_layers, "heads": config.model.num_heads, "dtype": config.model.dtype,
       "devices": len(jax.devices()), "step_seconds": round(step_seconds, 4),
       f"{modality.unit}s_per_sec": round(tokens_per_step / step_seconds, 1),
       "model_gflops_per_step": round(step_flops / 1e9, 2), "flops_from": flops_source,

@@ -1,30 +1,38 @@
-"""Keep XLA's large per-step temporary buffers in the heap instead of fresh mmap'd pages.
+"""Transparent huge pages for XLA's large per-step buffers: page faults by the 2 MiB instead of the 4 KiB.
 
-Each train step on the CPU allocates XLA's temp buffer (hundreds of MB) and frees it. glibc serves
-blocks that large with mmap/munmap (its mmap threshold stops adapting above 32 MiB, and XLA's worker
-threads allocate from per-thread arenas capped at 64 MiB), so the kernel maps and zeroes ~100k pages per
-step: a third of a quickstart's CPU time went to page faults. One arena, no mmap and no trimming keep
-the freed buffer for the next step; the cost is that the process holds its peak heap (the largest
-step's temporaries) until it exits. Linux with glibc only; set MD4_JAX_MALLOC=default to opt out.
+Each train step on the CPU allocates XLA's temporary buffer (hundreds of MB) and frees it. glibc serves
+blocks that large with mmap/munmap (its mmap threshold stops adapting at 32 MiB), so the kernel maps and
+zeroes the buffer afresh every step, ~100k page faults per quickstart step. glibc's tunable
+`glibc.malloc.hugetlb=1` makes malloc madvise such mappings for transparent huge pages (the kernel's
+default "madvise" mode grants them), so the same memory arrives in 512x fewer faults. Tunables are read
+only when a process starts: entry points (launch.py, benchmarks) call `use_huge_pages()` first, which
+restarts the interpreter once (execve: same pid, same arguments) with GLIBC_TUNABLES extended.
+
+Rejected after measuring (benchmarks/RESULTS.md, 2026-12-02): mallopt with one arena, no mmap and no
+trimming keeps the buffer in the heap (12% faster quickstart steps), but at larger shapes the single heap
+fragments on some machines (a Xeon: peak RSS 1.6 -> 4.7 GB, step 0.79 -> 1.14 s). Linux with glibc only;
+MD4_JAX_MALLOC=default opts out.
 """
 
-import ctypes
-import ctypes.util
 import os
+import platform
 import sys
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameter numbers
-_NEVER_TRIM = 2**31 - 1  # bytes of free heap top kept before returning it to the kernel (an int)
+TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-def configure() -> bool:
-  """Sets the three mallopt parameters (before jax starts its threads); True when they were applied."""
-  if not sys.platform.startswith("linux") or os.environ.get("MD4_JAX_MALLOC") == "default":
-    return False
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):  # musl and other libcs without glibc's mallopt
-    return False
-  return all(mallopt(option, value) == 1 for option, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM)))
+def wanted() -> bool:
+  return (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+          and os.environ.get("MD4_JAX_MALLOC") != "default")
+
+
+def use_huge_pages() -> None:
+  """Re-executes this process with TUNABLE in GLIBC_TUNABLES unless it is there (or not wanted): call it
+  before importing jax, at the top of a script run as `python script.py ...`."""
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  if not wanted() or TUNABLE in tunables.split(":"):
+    return
+  os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, (tunables, TUNABLE)))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
