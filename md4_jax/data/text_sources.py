@@ -42,7 +42,9 @@ def load_text(data_config, split: str, saved) -> Data:
   if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
     known = set(tokenizer.alphabet)
     kept = "".join(c for c in eval_text if c in known)
-    if not kept:  # else the first evaluation would find no token to score
+    # Else the first evaluation would find no token to score. (A file too short to train on gets that
+    # error instead, from load_data: a longer file is the fix either way, but that one says why.)
+    if not kept and len(train_text) >= data_config.seq_len:
       where = f"data.path={data_config.path}" if data_config.source == "textfile" else "data.source='embedded'"
       raise UserError(f"the held-out part of {where} (its last {len(eval_text)} characters, data.eval_fraction="
                       f"{data_config.eval_fraction}) has only characters the training part never uses, so nothing "
