@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import launch, launch_tiny
+from tests.conftest import ROOT, launch, launch_tiny
 from tests.test_errors import assert_clear_error
 
 # The corpus holds '_', so the default infill gap is ambiguous for a character-level run on it.
@@ -93,3 +93,10 @@ def test_gap_char_applies_only_to_infill_in_sample_mode(underscore_run, tmp_path
   assert_one_error_line(launch_tiny(corpus_file, tmp_path / "run", "--gap_char", "#"),
                         "--gap_char only apply to --mode sample")
   assert not (tmp_path / "run").exists()
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  readme = (ROOT / "README.md").read_text()
+  after = readme[readme.index("Run the test suite:"):]
+  command = after[after.index("```bash\n") + len("```bash\n"):].splitlines()[0]
+  assert command in (ROOT / ".ci/run").read_text().splitlines()
