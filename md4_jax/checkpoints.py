@@ -38,7 +38,7 @@ class Checkpointer:
 
   def __init__(self, directory: pathlib.Path, keep: int = 3, training: bool = False, summary=None):
     """training: this process holds the workdir's lock, so leftover temporary directories are stale.
-    summary: the jitted `state_summary` (Experiment.state_summary): checksums are then saved and checked."""
+    summary: the jitted `state_summary` (Experiment.state_summary): saved checksums are then checked."""
     self.directory, self.summary = pathlib.Path(directory).absolute(), summary
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=training))
@@ -50,9 +50,8 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, loop_state: dict) -> None:
-    """Starts an asynchronous save; `wait()` blocks until it is on disk."""
-    if self.summary is not None and "state_checksum" not in loop_state:
-      loop_state = {**loop_state, "state_checksum": int(jax.device_get(self.summary(state)["checksum"]))}
+    """Starts an asynchronous save; `wait()` blocks until it is on disk. loop_state carries the state's
+    "state_checksum" (the loop computes it with its finiteness check)."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop_state)), force=True)
 
