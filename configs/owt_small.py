@@ -12,6 +12,7 @@ def get_config():
   config.data.tokenizer = "gpt2"
   config.data.seq_len = 1024
   config.model.num_layers = 12
+  config.model.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
   config.model.width = 768
   config.model.num_heads = 12
   config.model.time_conditioning = True  # adaLN-zero

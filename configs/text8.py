@@ -13,6 +13,7 @@ def get_config():
   config.data.tokenizer = "char"
   config.data.seq_len = 256
   config.model.num_layers = 12
+  config.model.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
   config.model.width = 768
   config.model.num_heads = 12
   config.train.batch_size = 512

@@ -23,6 +23,7 @@ RULES = {
     "heads": "tensor",
     "kv": None,
     "mlp": "tensor",
+    "layers": None,  # the leading axis of scanned layers' stacked parameters (model.scan_layers)
 }
 
 BATCH_AXES = ("data", "fsdp")  # examples are split over both data-parallel axes

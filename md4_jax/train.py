@@ -31,6 +31,15 @@ def learning_rate_schedule(train_cfg, peak: float | None = None):
                                             end_value=0.1 * peak)
 
 
+def decays(params):
+  """Weight decay on matrices only: True where a parameter has two or more axes besides a scanned model's
+  stacked "layers" axis (a stacked norm scale [layers, D] is a vector per layer, so it is not decayed)."""
+  def is_matrix(leaf):
+    names = leaf.get_metadata().get("out_sharding") or () if isinstance(leaf, nnx.Variable) else ()
+    return leaf.ndim - tuple(names).count(models.LAYER_AXIS) > 1
+  return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def make_optimizer(train_cfg, own_rates: dict | None = None) -> optax.GradientTransformation:
   """AdamW (decay on matrices only) after global-norm clipping (train.grad_clip = 0: none).
 
@@ -40,7 +49,7 @@ def make_optimizer(train_cfg, own_rates: dict | None = None) -> optax.GradientTr
   chain = [optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip else optax.identity(),
            optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                        weight_decay=train_cfg.weight_decay,
-                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))]
+                       mask=decays)]
   for name, peak in (own_rates or {}).items():
     under_name = lambda params, name=name: jax.tree_util.tree_map_with_path(  # noqa: E731
         lambda path, _: path[0].key == name, params)

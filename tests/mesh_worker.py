@@ -2,7 +2,7 @@
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/mesh_worker.py OUT.json
 Writes, per mesh, the losses of 3 steps on fixed batches and the mesh axes and local shard
-shape of a few parameters; under "images", the same for tiny class-conditional U-Net and U-ViT models.
+shape of a few parameters; under "scanned", the same with model.scan_layers; under "images", the same for tiny class-conditional U-Net and U-ViT models.
 """
 
 import json
@@ -24,17 +24,20 @@ MESHES = {"1 device": (1, 1, 1), "(8,1,1)": (8, 1, 1), "(2,4,1)": (2, 4, 1), "(2
 VOCAB = 28
 
 
-def config():
+def config(scan_layers=False):
   cfg = tiny_config.get_config()
+  cfg.model.scan_layers = scan_layers
+  if scan_layers:
+    cfg.model.num_layers = 2
   cfg.model.width, cfg.model.num_heads = 64, 4
   cfg.train.logits_capacity = 0.7  # the gathered output layer, one gather per device block of rows
   return cfg
 
 
-def run(mesh_sizes):
+def run(mesh_sizes, scan_layers=False):
   devices = jax.devices()[: int(np.prod(mesh_sizes))]
   mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
-  experiment = Experiment(config(), modality.Text(VOCAB, 16), mesh)
+  experiment = Experiment(config(scan_layers), modality.Text(VOCAB, 16), mesh)
   state = experiment.init_state(experiment.base_key)
   rng = np.random.default_rng(0)
   losses, fallbacks = [], []
@@ -44,14 +47,15 @@ def run(mesh_sizes):
     losses.append(float(metrics["loss"]))
     fallbacks.append(float(metrics["logits_fallback"]))
   params = state["params"]
-  gate = params["blocks"][0]["mlp"]["gate"]["kernel"]
+  first_block = (lambda tree: tree["blocks"]) if scan_layers else (lambda tree: tree["blocks"][0])  # noqa: E731
+  gate = first_block(params)["mlp"]["gate"]["kernel"]  # scanned: all layers' gates stacked
   embed = params["embed"]
-  query = params["blocks"][0]["attention"]["query"]["kernel"]
+  query = first_block(params)["attention"]["query"]["kernel"]
   describe = lambda x: {"spec": [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec],  # noqa: E731
                         "shard_shape": list(x.addressable_shards[0].data.shape), "shape": list(x.shape)}
   return {"losses": losses, "fallbacks": fallbacks, "gate": describe(gate[...]), "embed": describe(embed[...]),
           "query": describe(query[...]), "batch_groups": experiment.batch_groups,
-          "opt_mu_gate": describe(jax.tree.leaves(state["opt_state"][1][0].mu["blocks"][0]["mlp"]["gate"])[0])}
+          "opt_mu_gate": describe(jax.tree.leaves(first_block(state["opt_state"][1][0].mu)["mlp"]["gate"])[0])}
 
 
 def run_image(mesh_sizes, backbone):
@@ -76,6 +80,7 @@ def run_image(mesh_sizes, backbone):
 
 IMAGE_MESHES = {name: MESHES[name] for name in ("1 device", "(2,2,2)")}
 results = {name: run(sizes) for name, sizes in MESHES.items()}
+results["scanned"] = {name: run(MESHES[name], scan_layers=True) for name in ("1 device", "(2,2,2)")}
 results["images"] = {backbone: {name: run_image(sizes, backbone) for name, sizes in IMAGE_MESHES.items()}
                      for backbone in ("unet", "uvit")}
 pathlib.Path(sys.argv[1]).write_text(json.dumps(results))

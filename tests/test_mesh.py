@@ -58,6 +58,16 @@ def test_parameters_and_optimizer_state_are_sharded_as_declared(mesh_results):
   assert cube["opt_mu_gate"]["shard_shape"] == cube["gate"]["shard_shape"]  # Adam moments follow the params
 
 
+def test_scanned_layers_shard_like_unrolled_ones_with_one_devices_losses(mesh_results):
+  scanned = mesh_results["scanned"]
+  for loss, reference in zip(scanned["(2,2,2)"]["losses"], scanned["1 device"]["losses"]):
+    assert abs(loss - reference) / abs(reference) < 1e-5
+  cube = scanned["(2,2,2)"]
+  assert cube["gate"]["spec"] == [None, "fsdp", "tensor"]  # the stacked "layers" axis is not sharded
+  assert cube["gate"]["shard_shape"] == [2, 32, 128]  # each device: both layers' slices
+  assert cube["opt_mu_gate"]["shard_shape"] == cube["gate"]["shard_shape"]
+
+
 def test_a_large_parameter_that_would_lose_its_sharding_is_refused():
   abstract = nnx.state(nnx.eval_shape(lambda: Transformer(TransformerConfig(vocab_size=27, seq_len=8, num_layers=1,
                                                                              width=32, num_heads=2), nnx.Rngs(0))))

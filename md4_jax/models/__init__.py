@@ -9,13 +9,14 @@ layer at masked positions only.
 
 | name | modality | keys |
 |---|---|---|
-| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, positions |
+| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, positions, scan_layers |
 | unet | image | model.unet.* |
 | uvit | image | model.uvit.* |
 """
 
 import functools
 
+from md4_jax.models.layers import LAYER_AXIS  # noqa: F401 (the optimizer reads it)
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from md4_jax.models.unet import UNet, UNetConfig
 from md4_jax.models.uvit import UViT, UViTConfig
@@ -46,7 +47,8 @@ def backbone_factory(config, modality, requirements: dict | None = None):
       raise ValueError("model.class_conditional=True needs an image backbone (model.backbone='unet' or 'uvit')")
     cfg = TransformerConfig(vocab_size=modality.vocab_size, seq_len=modality.length, num_layers=model.num_layers,
                             width=model.width, num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
-                            positions=model.positions, causal=causal, **common)
+                            positions=model.positions, causal=causal,
+                            scan_layers=model.scan_layers, **common)
     return functools.partial(Transformer, cfg)
   if modality.kind != "image":
     raise ValueError(f"model.backbone={name!r} models images, but data.source={config.data.source!r} is "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 normal = nnx.initializers.normal
+LAYER_AXIS = "layers"  # logical name of the leading axis of scanned (stacked) layers' parameters; never sharded
 
 
 def param(rngs, init, shape, names):

@@ -5,6 +5,12 @@ real tokens (never the mask). Pre-norm blocks, RoPE or learned positions,
 GLU MLP, optional adaLN-zero conditioning on t. Every parameter carries
 logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that sharding.py
 maps onto the mesh.
+
+With `scan_layers` the blocks are one Block whose parameters are stacked along
+a leading `layers` axis, run by `nnx.scan`: the program holds one block, so
+compile time does not grow with depth (benchmarks/compile_time.py). The two
+layouts compute the same function but their checkpoints differ, so the
+setting is part of a run's config.
 """
 
 import dataclasses
@@ -13,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import Dense, RMSNorm, attention, normal, param, timestep_embedding
+from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, attention, normal, param, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +35,7 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype of activations and matmuls; params stay float32
   remat: str = "none"  # "block": recompute each block's activations in the backward pass
   causal: bool = False  # attention to earlier positions only (the autoregressive baseline)
+  scan_layers: bool = False  # one Block program looped over stacked parameters (compile time flat in depth)
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -122,7 +129,12 @@ class Transformer(nnx.Module):
       self.time_mlp = Dense((cfg.width,), (cfg.width,), ("embed", "embed_out"), rngs)
       self.final_modulation = Dense((cfg.width,), (2, cfg.width), ("embed", None, "embed_out"), rngs,
                                     zero_init=True)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:  # one Block whose parameters carry a leading "layers" axis of num_layers
+      make_blocks = nnx.vmap(lambda rngs: Block(cfg, rngs), in_axes=0, out_axes=0,
+                             transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+      self.blocks = nnx.split_rngs(splits=cfg.num_layers)(make_blocks)(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.width, rngs)
     # Zero init: the untrained model predicts uniformly, so its loss starts at D log V.
     self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
@@ -145,8 +157,13 @@ class Transformer(nnx.Module):
     apply_block = lambda block, x, cond: block(x, cond)  # noqa: E731
     if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
       apply_block = nnx.remat(apply_block)
-    for block in self.blocks:
-      x_BxLxD = apply_block(block, x_BxLxD, cond_BxD)
+    if self.cfg.scan_layers:
+      scan = nnx.scan(apply_block, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry,
+                      transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+      x_BxLxD = scan(self.blocks, x_BxLxD, cond_BxD)
+    else:
+      for block in self.blocks:
+        x_BxLxD = apply_block(block, x_BxLxD, cond_BxD)
     x_BxLxD = self.final_norm(x_BxLxD)
     if cond_BxD is not None:
       shift, scale = jnp.moveaxis(self.final_modulation(cond_BxD), 1, 0)[:, :, None]  # [B, 1, D] each

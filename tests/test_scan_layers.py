@@ -1,0 +1,105 @@
+"""model.scan_layers: the scanned transformer is the unrolled one (same function of the same parameters,
+stacked), its program does not grow with depth, and its stacked vectors are not weight-decayed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from md4_jax import modality, sharding, train
+from md4_jax.models.transformer import Transformer, TransformerConfig
+from tests import tiny_config
+
+VOCAB, LENGTH, LAYERS = 11, 12, 3
+
+
+def models(**overrides):
+  """(unrolled, scanned) transformers holding the same parameters: the scanned one's are the unrolled
+  blocks' stacked along a leading axis."""
+  cfg = dict(vocab_size=VOCAB, seq_len=LENGTH, num_layers=LAYERS, width=32, num_heads=2, **overrides)
+  unrolled = Transformer(TransformerConfig(**cfg), nnx.Rngs(0))
+  scanned = Transformer(TransformerConfig(**cfg, scan_layers=True), nnx.Rngs(1))
+  # Zero-initialised adaLN would hide a wrong layer order: give every parameter a distinct random value.
+  params = nnx.to_pure_dict(nnx.state(unrolled))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  nnx.update(unrolled, params)
+  stacked = {**params, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *params["blocks"].values())}
+  scanned_state = nnx.state(scanned)
+  nnx.replace_by_pure_dict(scanned_state, stacked)  # fails unless the stacked tree has the scanned shape
+  nnx.update(scanned, scanned_state)
+  return unrolled, scanned
+
+
+def inputs():
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.integers(0, VOCAB + 1, (4, LENGTH)), jnp.int32),
+          jnp.asarray(rng.uniform(size=4), jnp.float32))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"remat": "block"}, {"causal": True, "time_conditioning": False}],
+                         ids=["plain", "remat", "causal"])
+def test_scanned_layers_compute_the_unrolled_function_and_gradient(overrides):
+  unrolled, scanned = models(**overrides)
+  z, t = inputs()
+
+  def logits_and_grads(model):  # jitted: eager op-by-op calls would dominate the test's time
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(z, t)))  # noqa: E731
+    logits, grads = jax.jit(lambda p: (nnx.merge(graphdef, p)(z, t), jax.grad(loss)(p)))(params)
+    return logits, nnx.to_pure_dict(grads)
+
+  (unrolled_logits, unrolled_grads), (scanned_logits, scanned_grads) = map(logits_and_grads, (unrolled, scanned))
+  np.testing.assert_allclose(scanned_logits, unrolled_logits, rtol=1e-5, atol=1e-5)
+  for i in range(LAYERS):
+    layer_i = jax.tree.map(lambda stacked: stacked[i], scanned_grads["blocks"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 layer_i, unrolled_grads["blocks"][i])  # layer i's gradient lands in slice i
+  np.testing.assert_allclose(scanned_grads["embed"], unrolled_grads["embed"], rtol=1e-4, atol=1e-5)
+
+
+def test_weight_decay_skips_stacked_vectors_as_it_skips_unrolled_ones():
+  unrolled, scanned = models()
+  unrolled_mask, scanned_mask = (train.decays(nnx.split(m)[1]) for m in (unrolled, scanned))
+  assert scanned_mask["blocks"]["attn_norm"]["scale"] is False  # [layers, D]: a vector per layer
+  assert scanned_mask["blocks"]["mlp"]["gate"]["kernel"] is True
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a, b), scanned_mask["blocks"], unrolled_mask["blocks"][0])
+  assert {k: v for k, v in scanned_mask.items() if k != "blocks"} == \
+      {k: v for k, v in unrolled_mask.items() if k != "blocks"}
+
+
+def _train_step_program(num_layers, scan_layers):
+  config = tiny_config.get_config()
+  config.model.num_layers, config.model.scan_layers = num_layers, scan_layers
+  mesh = sharding.make_mesh(config.mesh)
+  experiment = train.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
+  shape = (config.train.batch_size, LENGTH)
+  batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
+           for key in ("tokens", "token_mask")}
+  return experiment.train_step.lower(experiment.abstract_state, batch).as_text()
+
+
+def test_the_scanned_train_step_program_does_not_grow_with_depth():
+  scanned = [len(_train_step_program(layers, True)) for layers in (2, 6)]
+  unrolled = [len(_train_step_program(layers, False)) for layers in (2, 6)]
+  assert unrolled[1] > 1.5 * unrolled[0]  # the check can see growth
+  assert abs(scanned[1] - scanned[0]) < 0.01 * scanned[0]
+
+
+def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
+  """Its checkpoints hold the unrolled layout: a config that now scans is refused (naming the key), the
+  workdir's own value is accepted."""
+  from configs import base
+  from md4_jax import config_check
+  from md4_jax.errors import UserError
+  reference = base.get_config().to_dict()
+  saved = base.get_config().to_dict()
+  del saved["model"]["scan_layers"]  # a config.json written before the key existed
+  config = base.get_config()
+  config.model.scan_layers = True
+  with pytest.raises(UserError, match=r"model.scan_layers: False in the workdir, True now"):
+    config_check.check_resumable(saved, config, "/runs/old", reference)
+  config.model.scan_layers = False
+  config_check.check_resumable(saved, config, "/runs/old", reference)
