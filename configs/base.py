@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.label_dropout = 0.1  # class_conditional: share of training labels replaced by the null class (for guidance)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params, optimizer, softmax, loss stay float32)
   config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
+  config.model.attention = "auto"  # "auto" (cuDNN's fused kernel on a GPU in bfloat16, else XLA) | "xla" | "cudnn"
   config.model.scan_layers = False  # transformer: loop one block over stacked parameters (compile time flat in depth)
 
   config.model.unet = ml_collections.ConfigDict()  # backbone="unet": residual blocks at full resolution

@@ -22,6 +22,7 @@ RENAMED = {"model.kind": ("objective", "set config.objective (or --config.object
 # Data locations may move between machines (what is read there is checked: prepared meta, BPE checksum).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.grad_accum", "train.logits_capacity", "model.remat",
+                     "model.attention",
                      "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",

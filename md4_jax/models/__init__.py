@@ -41,7 +41,8 @@ def backbone_factory(config, modality, requirements: dict | None = None):
   if model.class_conditional and not num_classes:
     raise ValueError(f"model.class_conditional=True, but data.source={config.data.source!r} has no class labels; "
                      "set model.class_conditional=False or use a labelled image source")
-  common = {"time_conditioning": time_conditioning, "dtype": model.dtype, "remat": model.remat}
+  common = {"time_conditioning": time_conditioning, "dtype": model.dtype, "remat": model.remat,
+            "attention": model.attention}
   if name == "transformer":
     if num_classes:
       raise ValueError("model.class_conditional=True needs an image backbone (model.backbone='unet' or 'uvit')")

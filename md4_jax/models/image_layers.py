@@ -98,8 +98,9 @@ class ResBlock(nnx.Module):
 class SelfAttention(nnx.Module):
   """Residual self-attention over the H * W positions (multi-head, biased projections)."""
 
-  def __init__(self, channels, num_heads, rngs, *, cond_dim: int = 0, zero_init_out: bool = False):
+  def __init__(self, channels, num_heads, rngs, *, cond_dim: int = 0, zero_init_out: bool = False, kernel="xla"):
     head_dim = channels // num_heads
+    self.kernel = kernel  # layers.attention_kernel
     self.norm = GroupNorm(channels, rngs, cond_dim)
     self.qkv = Dense((channels,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs, bias=True)
     self.out = Dense((num_heads, head_dim), (channels,), ("heads", "kv", "embed"), rngs, zero_init=zero_init_out,
@@ -109,7 +110,7 @@ class SelfAttention(nnx.Module):
     batch, height, width, channels = x_BxHxWxC.shape
     h = self.norm(x_BxHxWxC, cond_BxE).reshape(batch, height * width, channels)
     q, k, v = jnp.moveaxis(self.qkv(h), 2, 0)  # [B, HW, heads, head_dim] each
-    return x_BxHxWxC + self.out(attention(q, k, v)).reshape(x_BxHxWxC.shape)
+    return x_BxHxWxC + self.out(attention(q, k, v, kernel=self.kernel)).reshape(x_BxHxWxC.shape)
 
 
 class PixelEmbedding(nnx.Module):

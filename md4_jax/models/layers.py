@@ -73,13 +73,39 @@ def dropout(key, x, rate: float):
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False):
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+
+
+def check_attention(name: str, dtype: str) -> None:
+  """ValueError unless model.attention=`name` can run here with model.dtype=`dtype`."""
+  if name not in ATTENTION_KERNELS:
+    raise ValueError(f"model.attention={name!r}: choose one of {ATTENTION_KERNELS}")
+  if name == "cudnn" and (jax.default_backend() != "gpu" or dtype == "float32"):
+    raise ValueError(f"model.attention='cudnn' needs a GPU and model.dtype='bfloat16' (this run: backend "
+                     f"{jax.default_backend()!r}, dtype {dtype!r}); use model.attention='auto'")
+
+
+def attention_kernel(name: str, dtype: str, head_dim: int) -> str:
+  """The kernel a layer runs: "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel) or "xla" (`attention`
+  below). "auto" takes cuDNN on a GPU in bfloat16 for head sizes it supports (multiples of 8 up to 128), else
+  XLA: the fused kernel does not materialise the [L, L] scores, and float32 has no cuDNN path."""
+  check_attention(name, dtype)
+  if name == "auto":
+    usable = jax.default_backend() == "gpu" and dtype != "float32" and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if usable else "xla"
+  return name
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, kernel: str = "xla"):
   """Softmax attention; scores and softmax in float32, the weighted sum in the values' dtype.
 
-  Both products are written heads-major ([B, H, L, K] operands): XLA:CPU compiles the equivalent einsum
-  "bhqs,bshk->bqhk" (and jax.nn.dot_product_attention, which uses it) into a dot that reads the softmax
-  output transposed, 2-4x slower per layer for the same numbers.
+  kernel "xla": both products are written heads-major ([B, H, L, K] operands): XLA:CPU compiles the
+  equivalent einsum "bhqs,bshk->bqhk" (and jax.nn.dot_product_attention's XLA form, which uses it) into a dot
+  that reads the softmax output transposed, 2-4x slower per layer for the same numbers. kernel "cudnn": the
+  fused GPU kernel (see attention_kernel), same function up to rounding.
   """
+  if kernel == "cudnn":
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal, implementation="cudnn")
   scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
   if causal:
     length = scores_BxHxLxL.shape[-1]

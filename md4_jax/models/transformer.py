@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, attention, normal, param, timestep_embedding
+from md4_jax.models.layers import (LAYER_AXIS, Dense, RMSNorm, attention, attention_kernel, check_attention, normal,
+                                   param, timestep_embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TransformerConfig:
   remat: str = "none"  # "block": recompute each block's activations in the backward pass
   causal: bool = False  # attention to earlier positions only (the autoregressive baseline)
   scan_layers: bool = False  # one Block program looped over stacked parameters (compile time flat in depth)
+  attention: str = "auto"  # "auto" | "xla" | "cudnn": the attention kernel (layers.attention_kernel)
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -47,6 +49,7 @@ class TransformerConfig:
       raise ValueError(f"model.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
+    check_attention(self.attention, self.dtype)
 
   def summary(self) -> str:
     return (f"{self.num_layers} layers, width {self.width}, {self.num_heads} heads, vocab {self.vocab_size}, "
@@ -73,12 +76,13 @@ class Attention(nnx.Module):
     self.value = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
     self.out = Dense(qkv_shape, (cfg.width,), ("heads", "kv", "embed"), rngs)
     self.use_rope, self.causal = cfg.positions == "rope", cfg.causal
+    self.kernel = attention_kernel(cfg.attention, cfg.dtype, head_dim)
 
   def __call__(self, x_BxLxD):
     q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
     if self.use_rope:
       q, k = rope(q), rope(k)
-    return self.out(attention(q, k, v, causal=self.causal))
+    return self.out(attention(q, k, v, causal=self.causal, kernel=self.kernel))
 
 
 class GluMlp(nnx.Module):

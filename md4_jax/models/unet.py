@@ -13,6 +13,7 @@ import jax
 from flax import nnx
 
 from md4_jax.models import image_layers
+from md4_jax.models.layers import attention_kernel, check_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,7 @@ class UNetConfig:
   num_classes: int = 0  # 0 = unconditional
   dtype: str = "float32"
   remat: str = "none"
+  attention: str = "auto"  # the middle's attention kernel (layers.attention_kernel)
 
   def __post_init__(self):
     if self.channels <= 0 or self.num_res_blocks < 0:
@@ -34,6 +36,7 @@ class UNetConfig:
                        f"{self.num_res_blocks} at least 0")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.unet.dropout={self.dropout} must be in [0, 1)")
+    check_attention(self.attention, self.dtype)
 
   def summary(self) -> str:
     height, width, channels = self.image_shape
@@ -45,8 +48,9 @@ class UNetConfig:
 class AttentionMiddle(nnx.Module):
   """Residual block, single-head self-attention, residual block."""
 
-  def __init__(self, block, width, rngs):
-    self.first, self.attention, self.second = block(width), image_layers.SelfAttention(width, 1, rngs), block(width)
+  def __init__(self, block, width, rngs, kernel="xla"):
+    self.first, self.second = block(width), block(width)
+    self.attention = image_layers.SelfAttention(width, 1, rngs, kernel=kernel)
 
   def __call__(self, h, cond, dropout_key=None):
     keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
@@ -57,4 +61,5 @@ class UNet(image_layers.ResidualTrunk):
 
   def __init__(self, cfg: UNetConfig, rngs: nnx.Rngs):
     super().__init__(cfg, rngs, cond_mode="add", conditioned_head=False,
-                     make_middle=lambda block, cond_dim: AttentionMiddle(block, cfg.channels, rngs))
+                     make_middle=lambda block, cond_dim: AttentionMiddle(
+                         block, cfg.channels, rngs, attention_kernel(cfg.attention, cfg.dtype, cfg.channels)))

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from md4_jax.models import image_layers
-from md4_jax.models.layers import Dense, attention, dropout, param
+from md4_jax.models.layers import Dense, attention, attention_kernel, check_attention, dropout, param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ class UViTConfig:
   num_classes: int = 0
   dtype: str = "float32"
   remat: str = "none"
+  attention: str = "auto"  # the DiT blocks' attention kernel (layers.attention_kernel)
 
   def __post_init__(self):
     height, width, _ = self.image_shape
@@ -46,6 +47,7 @@ class UViTConfig:
       raise ValueError(f"model.uvit.width={self.width} must be a multiple of 4 (2-D sin-cos positions)")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.uvit.dropout={self.dropout} must be in [0, 1)")
+    check_attention(self.attention, self.dtype)
 
   def summary(self) -> str:
     height, width, channels = self.image_shape
@@ -88,6 +90,7 @@ class DiTBlock(nnx.Module):
     self.modulation = (Dense((cond_dim,), (6, cfg.width), ("embed_out", None, "embed"), rngs, zero_init=True,
                              bias=True) if cond_dim else None)
     self.dropout_rate = cfg.dropout
+    self.kernel = attention_kernel(cfg.attention, cfg.dtype, head_dim)
 
   def __call__(self, x_BxNxD, cond_BxE, dropout_key=None):
     if self.modulation is not None:
@@ -98,7 +101,7 @@ class DiTBlock(nnx.Module):
       gate1 = gate2 = 1.0
     keys = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
     q, k, v = jnp.moveaxis(self.qkv(layer_norm(x_BxNxD) * (1 + scale1) + shift1), 2, 0)
-    attended = dropout(keys[0], self.out(attention(q, k, v)), self.dropout_rate)
+    attended = dropout(keys[0], self.out(attention(q, k, v, kernel=self.kernel)), self.dropout_rate)
     x_BxNxD = x_BxNxD + gate1 * attended
     h = dropout(keys[1], jax.nn.gelu(self.fc1(layer_norm(x_BxNxD) * (1 + scale2) + shift2)), self.dropout_rate)
     return x_BxNxD + gate2 * dropout(keys[2], self.fc2(h), self.dropout_rate)
