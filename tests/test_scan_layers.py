@@ -103,3 +103,31 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
     config_check.check_resumable(saved, config, "/runs/old", reference)
   config.model.scan_layers = False
   config_check.check_resumable(saved, config, "/runs/old", reference)
+
+
+def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws():
+  """The samplers call the network inside their own loops (a regression: nnx.scan refused a module made
+  outside that trace). Same parameters, same key: the same tokens, for a loop per step and per event."""
+  from md4_jax import generate
+  experiments = {}
+  for scan in (False, True):
+    config = tiny_config.get_config()
+    config.model.num_layers, config.model.scan_layers, config.sampler.name = 2, scan, "exact"
+    experiments[scan] = train.Experiment(config, modality.Text(VOCAB, LENGTH), sharding.make_mesh(config.mesh))
+  unrolled_params = experiments[False].init_state(jax.random.key(3))["ema_params"]
+  pure = nnx.to_pure_dict(unrolled_params)  # the output layer starts at zero: perturb, or every sample is noise
+  leaves, treedef = jax.tree.flatten(pure)
+  keys = jax.random.split(jax.random.key(6), len(leaves))
+  pure = jax.tree.unflatten(treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  nnx.replace_by_pure_dict(unrolled_params, pure)
+  pure = {**pure, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *pure["blocks"].values())}
+  scanned_params = experiments[True].init_state(jax.random.key(4))["ema_params"]
+  nnx.replace_by_pure_dict(scanned_params, pure)
+  for name in ("exact", "ancestral"):
+    drawn = []
+    for scan, params in ((False, unrolled_params), (True, scanned_params)):
+      experiment = experiments[scan].with_overrides("sampler", {"name": name, "steps": 8})
+      start = generate.unconditional_start(experiment, 4)
+      drawn.append(generate.draw_samples(experiment, params, jax.random.key(5), start).tokens)
+    assert (drawn[0] < VOCAB).all()
+    np.testing.assert_array_equal(drawn[1], drawn[0])

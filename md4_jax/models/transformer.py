@@ -7,7 +7,7 @@ logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that sharding.py
 maps onto the mesh.
 
 With `scan_layers` the blocks are one Block whose parameters are stacked along
-a leading `layers` axis, run by `nnx.scan`: the program holds one block, so
+a leading `layers` axis, run by `jax.lax.scan`: the program holds one block, so
 compile time does not grow with depth (benchmarks/compile_time.py). The two
 layouts compute the same function but their checkpoints differ, so the
 setting is part of a run's config.
@@ -158,14 +158,21 @@ class Transformer(nnx.Module):
     cond_BxD = None
     if self.cfg.time_conditioning:
       cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width).astype(dtype)))
-    apply_block = lambda block, x, cond: block(x, cond)  # noqa: E731
-    if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
-      apply_block = nnx.remat(apply_block)
     if self.cfg.scan_layers:
-      scan = nnx.scan(apply_block, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry,
-                      transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
-      x_BxLxD = scan(self.blocks, x_BxLxD, cond_BxD)
+      # jax.lax.scan over the stacked state, not nnx.scan: the samplers call the network inside their own
+      # loops, and nnx's transforms refuse a module created outside the trace they run in.
+      block_def, stacked = nnx.split(self.blocks)
+
+      def apply_layer(x_BxLxD, layer):
+        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxD), None
+
+      if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
+        apply_layer = jax.checkpoint(apply_layer)
+      x_BxLxD, _ = jax.lax.scan(apply_layer, x_BxLxD, stacked)
     else:
+      apply_block = lambda block, x, cond: block(x, cond)  # noqa: E731
+      if self.cfg.remat == "block":
+        apply_block = nnx.remat(apply_block)
       for block in self.blocks:
         x_BxLxD = apply_block(block, x_BxLxD, cond_BxD)
     x_BxLxD = self.final_norm(x_BxLxD)

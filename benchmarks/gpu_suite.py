@@ -1,0 +1,178 @@
+"""Issue 15's GPU measurements in one process, one JSON line each (stdout, flushed as they come).
+
+  python benchmarks/gpu_suite.py [--budget_seconds 270] [--smoke]
+
+Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, while the time budget lasts:
+  1. owt_small's train step in bfloat16 at its real shape (12 layers, width 768, GPT-2 vocabulary, 1,024
+     tokens; batch 64): as configured (masked-position output layer, scanned layers), with the output layer at
+     every position, and with remat; tokens/s and MFU;
+  2. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second;
+  3. the image configs' train steps (digits, cifar10, imagenet64) in bfloat16;
+  4. the largest owt_small batch (powers of two from 128) that fits, without and with remat.
+MFU = model FLOPs per second / the GPU's published dense bfloat16 peak (PEAK_BF16_TFLOPS; --peak_tflops for
+others). Model FLOPs: the transformer's analytic count (benchmarks/common.train_flops_per_token: every position
+through the output layer, whatever the run computes), images' from XLA's cost analysis. --smoke shrinks every
+shape so the script's paths can run on a CPU (tests/test_gpu_suite.py).
+"""
+
+import gc
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from configs import cifar10, digits, imagenet64, owt_small  # noqa: E402
+from md4_jax import generate, sharding  # noqa: E402
+from md4_jax.evals import samples as sample_suite  # noqa: E402
+from md4_jax.train import Experiment  # noqa: E402
+
+_BUDGET = flags.DEFINE_float("budget_seconds", 270.0, "Skip the remaining measurements after this long.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Dense bfloat16 peak of this device (0: from PEAK_BF16_TFLOPS).")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes (a check of the script on a CPU; numbers mean nothing).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per measurement.")
+
+# Published dense (not sparse) bfloat16 tensor-core peaks, TFLOP/s, by jax's device_kind prefix (NVIDIA data
+# sheets: H100/H200 SXM 989.4, H100 PCIe 756, A100 312).
+PEAK_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100": 989.4, "NVIDIA A100": 312.0}
+GPT2_VOCAB = 50_257
+START = time.perf_counter()
+
+
+def emit(record: dict) -> None:
+  print(json.dumps({"benchmark": "gpu_suite", **record}), flush=True)
+
+
+def peak_flops() -> float | None:
+  if _PEAK.value:
+    return _PEAK.value * 1e12
+  kind = jax.devices()[0].device_kind
+  return next((tflops * 1e12 for prefix, tflops in PEAK_BF16_TFLOPS.items() if kind.startswith(prefix)), None)
+
+
+def text_config(batch: int, **model):
+  config = owt_small.get_config()
+  config.model.dtype = "bfloat16"
+  config.train.batch_size = batch
+  if _SMOKE.value:
+    config.data.seq_len, config.model.width, config.model.num_layers, config.model.num_heads = 32, 32, 2, 2
+  for key, value in model.items():
+    group, _, name = key.partition("__")
+    config[group][name] = value
+  return config
+
+
+def image_config(module, batch: int):
+  config = module.get_config()
+  config.model.dtype, config.train.batch_size = "bfloat16", batch
+  if _SMOKE.value:
+    config.model.unet.channels, config.model.unet.num_res_blocks = 8, 1
+    config.model.uvit.channels, config.model.uvit.num_res_blocks, config.model.uvit.width = 8, 1, 32
+    config.model.uvit.num_layers, config.model.uvit.num_heads = 1, 2
+  return config
+
+
+def out_of_memory(error: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
+def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
+  """One measurement: compile, 2 warm-up steps, `--steps` timed steps of random data."""
+  mesh = sharding.make_mesh(config.mesh)
+  modality = common.modality(config, vocab_size)
+  record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
+            "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity}
+  try:
+    experiment = Experiment(config, modality, mesh)
+    state = experiment.init_state(experiment.base_key)
+    batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+    start = time.perf_counter()
+    compiled = experiment.train_step.lower(state, batch).compile()
+    record["compile_seconds"] = round(time.perf_counter() - start, 2)
+    for _ in range(2):
+      state, metrics = experiment.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+      state, metrics = experiment.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / _STEPS.value
+  except Exception as error:  # noqa: BLE001 (an out-of-memory batch is a result, not a failure)
+    if not out_of_memory(error):
+      raise
+    return {**record, "fits": False}
+  units = config.train.batch_size * modality.length
+  if config.model.backbone == "transformer":
+    flops = common.train_flops_per_token(experiment.model_config) * units
+  else:
+    flops = common.compiled_flops(compiled)
+  peak = peak_flops()
+  memory = jax.devices()[0].memory_stats() or {}
+  record.update({"fits": True, "params": experiment.num_params(), "step_seconds": round(seconds, 4),
+                 f"{modality.unit}s_per_sec": round(units / seconds, 1),
+                 "model_tflops_per_sec": round(flops / seconds / 1e12, 2),
+                 "mfu": round(flops / seconds / peak, 3) if peak else None,
+                 "peak_gib": round(memory.get("peak_bytes_in_use", 0) / 2**30, 2)})
+  del state, batch, compiled, experiment
+  gc.collect()
+  jax.clear_caches()
+  return record
+
+
+def sampling(name: str, spec: str, batch: int) -> dict:
+  config = text_config(batch)
+  mesh = sharding.make_mesh(config.mesh)
+  experiment = Experiment(config, common.modality(config, GPT2_VOCAB), mesh)
+  experiment = experiment.with_overrides("sampler", sample_suite.parse_variants(spec)[0])
+  params = experiment.init_state(experiment.base_key)["ema_params"]
+  start_NxD = generate.unconditional_start(experiment, batch)
+  generate.draw_samples(experiment, params, jax.random.key(0), start_NxD)  # compiles
+  samples = generate.draw_samples(experiment, params, jax.random.key(1), start_NxD)
+  tokens = batch * config.data.seq_len
+  return {"measurement": name, "sampler": spec, "batch": batch, "length": config.data.seq_len, "nfe": samples.nfe,
+          "seconds": round(samples.seconds, 3), "tokens_per_sec": round(tokens / samples.seconds, 1)}
+
+
+def largest_batch(remat: str) -> dict:
+  best, batch = None, 128 if not _SMOKE.value else 8
+  while time.perf_counter() - START < _BUDGET.value and batch <= (4096 if not _SMOKE.value else 16):
+    result = time_train_step(f"largest_batch_remat_{remat}", text_config(batch, model__remat=remat))
+    if not result["fits"]:
+      break
+    best, batch = result, batch * 2
+  return best or {"measurement": f"largest_batch_remat_{remat}", "fits": False, "tried_from": 128}
+
+
+def main(_):
+  device = jax.devices()[0]
+  emit({"measurement": "device", "device_kind": device.device_kind, "backend": jax.default_backend(),
+        "jax": jax.__version__, "published_bf16_peak_tflops": (peak_flops() or 0) / 1e12 or None})
+  batch = 8 if _SMOKE.value else 64
+  plan = [
+      lambda: time_train_step("owt_small_train", text_config(batch)),
+      lambda: time_train_step("owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0)),
+      lambda: time_train_step("owt_small_train_remat", text_config(batch, model__remat="block")),
+      lambda: time_train_step("owt_small_train_xla_attention", text_config(batch, model__attention="xla")),
+      lambda: sampling("owt_small_sample", "exact:1", 2 if _SMOKE.value else 16),
+      lambda: sampling("owt_small_sample", "ancestral:1000" if not _SMOKE.value else "ancestral:4",
+                       2 if _SMOKE.value else 16),
+      lambda: time_train_step("digits_train", image_config(digits, 256), 17),
+      lambda: time_train_step("cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256),
+      lambda: time_train_step("imagenet64_train", image_config(imagenet64, 2 if _SMOKE.value else 64), 256),
+      lambda: largest_batch("none"),
+      lambda: largest_batch("block"),
+  ]
+  for index, measure in enumerate(plan):
+    if time.perf_counter() - START > _BUDGET.value:
+      emit({"measurement": "skipped", "remaining": len(plan) - index, "budget_seconds": _BUDGET.value})
+      break
+    emit({**measure(), "elapsed_seconds": round(time.perf_counter() - START, 1)})
+
+
+if __name__ == "__main__":
+  app.run(main)
