@@ -36,6 +36,7 @@ _BUDGET = flags.DEFINE_float("budget_seconds", 270.0, "Skip the remaining measur
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Dense bfloat16 peak of this device (0: from PEAK_BF16_TFLOPS).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes (a check of the script on a CPU; numbers mean nothing).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per measurement.")
+_ONLY = flags.DEFINE_list("only", [], "Run only these measurements (names as in the output; default all).")
 
 # Published dense (not sparse) bfloat16 tensor-core peaks, TFLOP/s, by jax's device_kind prefix (NVIDIA data
 # sheets: H100/H200 SXM 989.4, H100 PCIe 756, A100 312).
@@ -153,20 +154,25 @@ def main(_):
   emit({"measurement": "device", "device_kind": device.device_kind, "backend": jax.default_backend(),
         "jax": jax.__version__, "published_bf16_peak_tflops": (peak_flops() or 0) / 1e12 or None})
   batch = 8 if _SMOKE.value else 64
+  samples = 2 if _SMOKE.value else 16
   plan = [
-      lambda: time_train_step("owt_small_train", text_config(batch)),
-      lambda: time_train_step("owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0)),
-      lambda: time_train_step("owt_small_train_remat", text_config(batch, model__remat="block")),
-      lambda: time_train_step("owt_small_train_xla_attention", text_config(batch, model__attention="xla")),
-      lambda: sampling("owt_small_sample", "exact:1", 2 if _SMOKE.value else 16),
-      lambda: sampling("owt_small_sample", "ancestral:1000" if not _SMOKE.value else "ancestral:4",
-                       2 if _SMOKE.value else 16),
-      lambda: time_train_step("digits_train", image_config(digits, 256), 17),
-      lambda: time_train_step("cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256),
-      lambda: time_train_step("imagenet64_train", image_config(imagenet64, 2 if _SMOKE.value else 64), 256),
-      lambda: largest_batch("none"),
-      lambda: largest_batch("block"),
+      ("owt_small_train", lambda: time_train_step("owt_small_train", text_config(batch))),
+      ("owt_small_train_every_position", lambda: time_train_step(
+          "owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0))),
+      ("owt_small_train_remat", lambda: time_train_step("owt_small_train_remat", text_config(batch, model__remat="block"))),
+      ("owt_small_train_xla_attention", lambda: time_train_step(
+          "owt_small_train_xla_attention", text_config(batch, model__attention="xla"))),
+      ("owt_small_sample", lambda: sampling("owt_small_sample", "exact:1", samples)),
+      ("owt_small_sample", lambda: sampling("owt_small_sample", "ancestral:4" if _SMOKE.value else "ancestral:1000",
+                                            samples)),
+      ("digits_train", lambda: time_train_step("digits_train", image_config(digits, 256), 17)),
+      ("cifar10_train", lambda: time_train_step("cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256)),
+      ("imagenet64_train", lambda: time_train_step(
+          "imagenet64_train", image_config(imagenet64, 2 if _SMOKE.value else 64), 256)),
+      ("largest_batch_remat_none", lambda: largest_batch("none")),
+      ("largest_batch_remat_block", lambda: largest_batch("block")),
   ]
+  plan = [measure for name, measure in plan if not _ONLY.value or name in _ONLY.value]
   for index, measure in enumerate(plan):
     if time.perf_counter() - START > _BUDGET.value:
       emit({"measurement": "skipped", "remaining": len(plan) - index, "budget_seconds": _BUDGET.value})
