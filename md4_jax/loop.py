@@ -6,12 +6,12 @@ checks that the state it is about to use came from finite losses.
 """
 
 import math
-import pathlib
 import signal
 import time
 
 import jax
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 
 from md4_jax import generate, sharding
@@ -58,7 +58,7 @@ def sample_key(base_key, step: int):
   return jax.random.fold_in(jax.random.fold_in(base_key, SAMPLE_SALT), step)
 
 
-def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
+def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
