@@ -181,3 +181,17 @@ def test_two_processes_train_one_bucket_path_and_one_machine_restores_it(gcs, lo
   run_one(corpus, pod, "--mode", "eval")
   reference_bpt = next(row["eval/bpt"] for row in reversed(reference) if "eval/bpt" in row)
   assert abs(eval_bpt(pod) - reference_bpt) <= 1e-5 * reference_bpt
+
+
+def test_what_cannot_live_in_a_bucket_is_refused_in_one_line():
+  import ml_collections  # noqa: PLC0415
+
+  from md4_jax import storage  # noqa: PLC0415
+  from md4_jax.data import data_dir  # noqa: PLC0415
+  from md4_jax.errors import UserError  # noqa: PLC0415
+
+  with pytest.raises(UserError, match="prepared data must be in a local directory"):
+    data_dir(ml_collections.ConfigDict({"dir": "gs://bucket/data"}))
+  with pytest.raises(UserError, match="s3:// is not yet"):
+    storage.path("s3://bucket/run")
+  assert os.fspath(storage.path("~/run")) == os.path.expanduser("~/run")  # local paths as before
