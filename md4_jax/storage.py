@@ -53,17 +53,18 @@ def check_bucket(location) -> None:
   bucket = bucket_of(location)
   endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "storage.googleapis.com")
   try:
-    filesystem = gcsfs.GCSFileSystem()
+    filesystem = gcsfs.GCSFileSystem(skip_instance_cache=True)  # credentials and endpoint as they are now
     fsspec.asyn.sync(filesystem.loop, filesystem._call, "GET", "b/{}", bucket, json_out=True,  # noqa: SLF001
                      timeout=PROBE_SECONDS)
   except FileNotFoundError:
     raise UserError(f"bucket gs://{bucket} does not exist (at {endpoint}); create it (gcloud storage buckets "
                     f"create gs://{bucket}) or fix the bucket name in {os.fspath(location)}") from None
   except fsspec.asyn.FSTimeoutError:
-    raise UserError(f"bucket gs://{bucket}: {endpoint} did not answer within {PROBE_SECONDS:.0f} s; check the "
-                    "network (or STORAGE_EMULATOR_HOST, if you meant an emulator)") from None
+    raise UserError(f"bucket gs://{bucket}: {endpoint} did not answer within {PROBE_SECONDS:.0f} s (retrying); check "
+                    f"the network (or STORAGE_EMULATOR_HOST, for an emulator), and if the credentials expired, "
+                    f"{CREDENTIALS_HINT}") from None
   except Exception as error:  # noqa: BLE001 (gcsfs raises HttpError, auth errors, client errors)
-    code = getattr(error, "code", None)
+    code = getattr(error, "code", None) or (403 if str(error).startswith("Forbidden") else None)
     if code in (401, 403):
       raise UserError(f"bucket gs://{bucket}: access denied (HTTP {code}) with the credentials found; "
                       f"{CREDENTIALS_HINT}, for an account that may read and write the bucket") from None

@@ -195,3 +195,39 @@ def test_what_cannot_live_in_a_bucket_is_refused_in_one_line():
   with pytest.raises(UserError, match="s3:// is not yet"):
     storage.path("s3://bucket/run")
   assert os.fspath(storage.path("~/run")) == os.path.expanduser("~/run")  # local paths as before
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_one_line_naming_the_bucket_and_what_to_set(monkeypatch, status):
+  """A server that refuses every request as GCS does a caller without valid credentials."""
+  import http.server  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+
+  from md4_jax import storage  # noqa: PLC0415
+  from md4_jax.errors import UserError  # noqa: PLC0415
+
+  class Refusing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (the http.server name)
+      body = json.dumps({"error": {"code": status, "message": "Anonymous caller does not have access"}}).encode()
+      self.send_response(status)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+  try:
+    started = time.monotonic()
+    with pytest.raises(UserError) as refused:
+      storage.check_bucket("gs://private-bucket/run")
+    assert time.monotonic() - started < 30
+  finally:
+    server.shutdown()
+  message = str(refused.value)
+  assert "\n" not in message and "gs://private-bucket" in message and f"HTTP {status}" in message
+  assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "gcloud auth application-default login" in message
