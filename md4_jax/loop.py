@@ -50,7 +50,8 @@ class MetricWindow:
     return {f"train/{key}": value / self.count for key, value in self.sums.items()}
 
   def to_json(self) -> dict:
-    return {"sums": self.sums, "count": self.count}
+    # A copy: the checkpoint's JSON is written asynchronously (later still on a bucket), while add() goes on.
+    return {"sums": dict(self.sums), "count": self.count}
 
 
 def sample_key(base_key, step: int):

@@ -155,7 +155,7 @@ def test_a_store_error_mid_save_keeps_the_previous_checkpoint(gcs, monkeypatch):
   with pytest.raises(OSError, match="injected"):
     checkpointer.wait()
   monkeypatch.setattr(epath.Path, "write_text", write_text)
-  assert any(name.startswith("midsave/checkpoints/2/") for name in gcs.objects(prefix="midsave/"))  # half written
+  assert "midsave/checkpoints/2/commit_success.txt" not in gcs.objects(prefix="midsave/")  # never committed
   state, loop_state = checkpoints.Checkpointer(directory, training=True).restore(None, {"w": jnp.zeros(4)})
   assert loop_state == {"step": 1} and state["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
@@ -231,3 +231,14 @@ def test_refused_credentials_are_one_line_naming_the_bucket_and_what_to_set(monk
   message = str(refused.value)
   assert "\n" not in message and "gs://private-bucket" in message and f"HTTP {status}" in message
   assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "gcloud auth application-default login" in message
+
+
+def test_a_checkpoints_metric_window_is_a_copy():
+  """Found on the bucket: the JSON item is serialised after the loop's next add(); a shared dict was then
+  saved with the following steps' sums (a resumed run's first log line counted them twice)."""
+  from md4_jax.loop import MetricWindow  # noqa: PLC0415
+
+  window = MetricWindow()
+  saved = window.to_json()
+  window.add({"loss": 1.0})
+  assert saved == {"sums": {}, "count": 0}
