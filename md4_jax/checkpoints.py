@@ -9,13 +9,13 @@ the latest is asked for: the newest that restores is used, the damaged ones are 
 aside to N.damaged, never deleted.
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
+from md4_jax import storage
 from md4_jax.errors import UserError
 
 
@@ -36,10 +36,10 @@ def state_summary(state) -> dict:
 
 class Checkpointer:
 
-  def __init__(self, directory: pathlib.Path, keep: int = 3, training: bool = False, summary=None):
+  def __init__(self, directory: epath.Path, keep: int = 3, training: bool = False, summary=None):
     """training: this process holds the workdir's lock, so leftover temporary directories are stale.
     summary: the jitted `state_summary` (Experiment.state_summary): saved checksums are then checked."""
-    self.directory, self.summary = pathlib.Path(directory).absolute(), summary
+    self.directory, self.summary = storage.path(directory), summary
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=training))
 
@@ -102,7 +102,10 @@ class Checkpointer:
     return restored.state, restored.loop
 
   def _move_aside(self, damaged: dict) -> None:
-    """Damaged checkpoints to N.damaged (process 0, once every process is past reading them)."""
+    """Damaged checkpoints to N.damaged (process 0, once every process is past reading them).
+
+    In a bucket a rename is a copy of every object, then a delete: a kill in between leaves both (the next
+    start finds N damaged again and moves it to N.damaged.2); nothing is lost either way."""
     if not damaged:
       return
     if jax.process_count() > 1:
@@ -128,7 +131,7 @@ def _short(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:200]}"
 
 
-def _unused(path: pathlib.Path) -> pathlib.Path:
+def _unused(path: epath.Path) -> epath.Path:
   """path, or path.2, path.3, ...: an earlier damaged copy is never overwritten."""
   candidate, index = path, 1
   while candidate.exists():
@@ -137,7 +140,7 @@ def _unused(path: pathlib.Path) -> pathlib.Path:
   return candidate
 
 
-def restore_state(directory: pathlib.Path, step: int | None, abstract_state, summary=None):
+def restore_state(directory: epath.Path, step: int | None, abstract_state, summary=None):
   """The train state of `step` (None: the newest intact) in `directory`, for eval, sampling or a judge."""
   checkpointer = Checkpointer(directory, summary=summary)
   try:

@@ -1,23 +1,43 @@
-"""Atomic file writes: a reader (another process, a resumed run) sees the old file or the new one, never half."""
+"""Atomic file writes: a reader (another process, a resumed run) sees the old file or the new one, never half.
+
+Locally: a temporary file renamed over the target. On an object store one object write is already atomic
+(the new object replaces the old one whole when the upload completes), and a rename is a copy, so the
+object is written directly.
+"""
 
 import io
-import pathlib
 
 import numpy as np
+from etils import epath
+
+from md4_jax import storage
 
 
-def write_text_atomically(path: pathlib.Path, text: str) -> None:
+def write_bytes_atomically(path: epath.Path, data: bytes) -> None:
+  path = epath.Path(path)
+  if storage.is_remote(path):
+    path.write_bytes(data)
+    return
   temporary = path.with_name(path.name + ".tmp")
-  temporary.write_text(text)
+  temporary.write_bytes(data)
   temporary.replace(path)
 
 
-def write_png_atomically(path: pathlib.Path, pixels_HxWx3: np.ndarray) -> None:
+def write_text_atomically(path: epath.Path, text: str) -> None:
+  write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_png_atomically(path: epath.Path, pixels_HxWx3: np.ndarray) -> None:
   """A uint8 RGB array as a PNG file."""
   from PIL import Image  # noqa: PLC0415 (only image runs write pictures)
 
   buffer = io.BytesIO()
   Image.fromarray(np.asarray(pixels_HxWx3, np.uint8), mode="RGB").save(buffer, format="PNG")
-  temporary = path.with_name(path.name + ".tmp")
-  temporary.write_bytes(buffer.getvalue())
-  temporary.replace(path)
+  write_bytes_atomically(path, buffer.getvalue())
+
+
+def write_figure_atomically(path: epath.Path, figure, dpi: int = 100) -> None:
+  """A matplotlib figure as a PNG file (rendered in memory: matplotlib writes only local files)."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=dpi)
+  write_bytes_atomically(path, buffer.getvalue())

@@ -7,11 +7,11 @@ tokens, its class label (class-conditional runs), the sampler settings, network 
 
 import dataclasses
 import json
-import pathlib
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from md4_jax import files, sharding
 
@@ -53,7 +53,7 @@ def draw_samples(experiment, params, key, start_NxD: np.ndarray, labels_N: np.nd
                  time.perf_counter() - start_time)
 
 
-def write_samples(experiment, params, stem: pathlib.Path, key, start_NxD: np.ndarray, record: dict,
+def write_samples(experiment, params, stem: epath.Path, key, start_NxD: np.ndarray, record: dict,
                   labels_N: np.ndarray | None = None) -> Samples:
   """Draws and writes one batch of samples (process 0 writes); `record` goes into every .jsonl line."""
   samples = draw_samples(experiment, params, key, start_NxD, labels_N)

@@ -6,12 +6,12 @@ checks that the state it is about to use came from finite losses.
 """
 
 import math
-import pathlib
 import signal
 import time
 
 import jax
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 
 from md4_jax import generate, sharding
@@ -50,7 +50,8 @@ class MetricWindow:
     return {f"train/{key}": value / self.count for key, value in self.sums.items()}
 
   def to_json(self) -> dict:
-    return {"sums": self.sums, "count": self.count}
+    # A copy: the checkpoint's JSON is written asynchronously (later still on a bucket), while add() goes on.
+    return {"sums": dict(self.sums), "count": self.count}
 
 
 def sample_key(base_key, step: int):
@@ -58,7 +59,7 @@ def sample_key(base_key, step: int):
   return jax.random.fold_in(jax.random.fold_in(base_key, SAMPLE_SALT), step)
 
 
-def train(config, workdir: pathlib.Path, data: pipeline.Data) -> dict:
+def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)

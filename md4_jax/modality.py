@@ -9,9 +9,9 @@ training did.
 
 import dataclasses
 import json
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from md4_jax import files, pictures
 from md4_jax.data import tokenizers
@@ -48,7 +48,7 @@ class Text:
     text = self.tokenizer.decode([token]) if self.tokenizer is not None else str(token)
     return text.replace(" ", "␣").replace("\n", "\\n") or repr(text)
 
-  def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD) -> list[pathlib.Path]:
+  def write_samples(self, stem: epath.Path, tokens_NxD, order_NxD) -> list[epath.Path]:
     """stem.txt: the samples, readable."""
     del order_NxD
     path = stem.with_name(stem.name + ".txt")
@@ -96,7 +96,7 @@ class Image:
   def token_name(self, token: int) -> str:
     return str(token)
 
-  def write_samples(self, stem: pathlib.Path, tokens_NxD, order_NxD, strip_rows: int = 4) -> list[pathlib.Path]:
+  def write_samples(self, stem: epath.Path, tokens_NxD, order_NxD, strip_rows: int = 4) -> list[epath.Path]:
     """stem.png: the samples in a grid; stem_process.png: the reverse process of the first `strip_rows`
     samples, from all masked (magenta) to finished."""
     grid_path, strip_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + "_process.png")
@@ -115,14 +115,14 @@ def from_json(spec: dict):
   raise UserError(f"unknown modality description {spec!r}: its 'kind' must be 'text' or 'image'")
 
 
-def save(modality, workdir: pathlib.Path) -> None:
+def save(modality, workdir: epath.Path) -> None:
   """workdir/modality.json, and for text workdir/tokenizer.json (the workdir contract keeps it)."""
   files.write_text_atomically(workdir / "modality.json", json.dumps(modality.to_json(), indent=1))
   if modality.kind == "text":
     tokenizers.save_tokenizer(modality.tokenizer, workdir / "tokenizer.json")
 
 
-def load(workdir: pathlib.Path, length: int | None = None):
+def load(workdir: epath.Path, length: int | None = None):
   """The workdir's modality; a workdir from before modality.json holds only tokenizer.json (text of `length`)."""
   path = workdir / "modality.json"
   if path.exists():

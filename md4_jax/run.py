@@ -6,13 +6,14 @@ objectives, eval suites and modalities each live in their own module.
 """
 
 import math
-import pathlib
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from md4_jax import conditioning, config_check, evals, files, generate, loop, models, objectives, pictures, sharding
+from md4_jax import storage
 from md4_jax import workdir as workdirs
 from md4_jax import modality as modalities
 from md4_jax.checkpoints import restore_state
@@ -55,7 +56,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
     return _describe(config)
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = storage.path(workdir)  # a local directory or gs://BUCKET/PATH
   workdirs.check_usable(workdir, mode)
   if mode == "train":
     with workdirs.training_lock(workdir):
@@ -110,7 +111,7 @@ def _describe(config) -> dict:
   return {"params": count, "vocab_size": modality.vocab_size}
 
 
-def _train(config, workdir: pathlib.Path, reference) -> dict:
+def _train(config, workdir: epath.Path, reference) -> dict:
   """--mode train, holding the workdir's lock: a new run, or the resumed one (its saved tokenizer)."""
   record = workdirs.check_config(config, workdir, "train", reference)
   resuming = bool(workdirs.committed_steps(workdir / "checkpoints"))
@@ -174,7 +175,7 @@ def _sample(experiment, params, workdir, request, record) -> dict:
           "paths": [str(path) for path in paths]}
 
 
-def _unused_stem(directory: pathlib.Path, name: str) -> pathlib.Path:
+def _unused_stem(directory: epath.Path, name: str) -> epath.Path:
   """directory/name, or name_2, name_3, ...: earlier samples are never overwritten."""
   stem, index = directory / name, 1
   while any(stem.with_name(stem.name + suffix).exists() for suffix in (".txt", ".jsonl", ".png")):

@@ -7,9 +7,10 @@ Overrides use dotted keys, written `add(**{"train.learning_rate": 1e-3})` or
 
 import copy
 import importlib.util
-import pathlib
 
-from md4_jax import config_check
+from etils import epath
+
+from md4_jax import config_check, storage
 from md4_jax.errors import UserError
 
 
@@ -57,5 +58,5 @@ def variants(config_path: str, config) -> list[tuple[str, object]]:
   return result
 
 
-def run_directory(workdir: str, name: str) -> pathlib.Path:
-  return pathlib.Path(workdir).expanduser() / name
+def run_directory(workdir: str, name: str) -> epath.Path:
+  return storage.path(workdir) / name

@@ -18,8 +18,9 @@ import sys
 import tempfile
 
 import jax
+from etils import epath
 
-from md4_jax import config_check, files
+from md4_jax import config_check, files, storage
 from md4_jax.errors import UserError
 
 # What a diverged run may change when it resumes (the NaN message suggests them): they change how the
@@ -27,8 +28,9 @@ from md4_jax.errors import UserError
 RECOVERY_KEYS = ("train.learning_rate", "train.grad_clip", "train.warmup_steps")
 
 
-def check_usable(workdir: pathlib.Path, mode: str) -> None:
+def check_usable(workdir: epath.Path, mode: str) -> None:
   """--workdir is a directory this process can write (train creates it), before any work."""
+  storage.check_bucket(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {workdir} is a file, not a directory; pass a directory (train creates it)")
   if mode == "train":
@@ -37,21 +39,42 @@ def check_usable(workdir: pathlib.Path, mode: str) -> None:
     except OSError as error:
       raise UserError(f"--workdir {workdir} cannot be created ({error.strerror}); pass a directory you can "
                       "write") from None
-  if not workdir.is_dir():
+  if not workdir.is_dir() and not storage.is_remote(workdir):  # a bucket prefix exists once an object is in it
     return  # eval / sample: check_config says there is no run
   try:
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
+    _probe_write(workdir)
   except OSError as error:  # a read-only mount passes os.access; only a write tells
     raise UserError(f"--workdir {workdir} cannot be written ({error.strerror}); --mode {mode} writes its results "
                     "there: make it writable, or copy the run to a writable directory and pass that") from None
 
 
+def _probe_write(workdir: epath.Path) -> None:
+  if not storage.is_remote(workdir):
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+    return
+  # A bucket: write and delete a probe object (the check_bucket request proved reading, not writing).
+  probe = workdir / f".write_probe.{socket.gethostname()}.{os.getpid()}"
+  probe.write_text("md4_jax write probe\n")
+  probe.unlink()
+
+
 @contextlib.contextmanager
-def training_lock(workdir: pathlib.Path):
+def training_lock(workdir: epath.Path):
   """Holds WORKDIR/train.lock (train.lock.I for process I > 0) while training: a second trainer of the
-  same workdir is refused. An flock, so a killed process leaves nothing stuck (the kernel drops it)."""
+  same workdir is refused. An flock, so a killed process leaves nothing stuck (the kernel drops it).
+
+  A bucket has no flock, and an object "lease" would outlive a killed process (the next start could not
+  tell a stale lease from a live one): a bucket workdir is not locked, with a warning, and two trainers
+  of one gs:// path are the user's to avoid (a pod's workers are one trainer).
+  """
   index = jax.process_index()
+  if storage.is_remote(workdir):
+    if index == 0:
+      print(f"warning: {workdir} is a bucket, which has no file locks: nothing stops a second trainer of this "
+            "workdir; make sure only this job trains it", flush=True)
+    yield
+    return
   path = workdir / ("train.lock" if index == 0 else f"train.lock.{index}")
   with open(path, "a+", encoding="utf-8") as handle:
     try:
@@ -70,14 +93,20 @@ def training_lock(workdir: pathlib.Path):
     yield
 
 
-def committed_steps(directory: pathlib.Path) -> list[int]:
-  """Steps with a checkpoint directory (Orbax names them by step once committed; damaged ones included)."""
+def committed_steps(directory: epath.Path) -> list[int]:
+  """Steps with a checkpoint directory (Orbax names them by step once committed; damaged ones included).
+
+  In a bucket Orbax writes into N/ directly and commits with N/commit_success.txt (there is no rename), so a
+  save cut short leaves an N/ without it, which is not a checkpoint.
+  """
   if not directory.is_dir():
     return []
-  return sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdigit() and entry.is_dir())
+  remote = storage.is_remote(directory)
+  return sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdigit() and entry.is_dir()
+                and (not remote or (entry / "commit_success.txt").exists()))
 
 
-def check_config(config, workdir: pathlib.Path, mode: str, reference=None) -> dict:
+def check_config(config, workdir: epath.Path, mode: str, reference=None) -> dict:
   """Checks the run in `workdir` against `config` and returns the run record to save with it (train).
 
   A training start replaces a config.json that no checkpoint was saved under (a start that failed
@@ -113,7 +142,7 @@ def check_config(config, workdir: pathlib.Path, mode: str, reference=None) -> di
   return record
 
 
-def save_config(config, workdir: pathlib.Path, record: dict) -> None:
+def save_config(config, workdir: epath.Path, record: dict) -> None:
   """config.json: the config and the run record (process 0; atomic, others may be reading it)."""
   if jax.process_index() == 0:
     values = {**config.to_dict(), config_check.RUN_RECORD: record}

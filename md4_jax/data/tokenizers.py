@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import tiktoken
+from etils import epath
 
 from md4_jax.data import download
 from md4_jax.errors import UserError
@@ -236,12 +237,13 @@ def tokenizer_from_json(spec: dict):
   raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be 'char', 'byte' or 'gpt2'")
 
 
-def save_tokenizer(tokenizer, path: pathlib.Path) -> None:
-  pathlib.Path(path).write_text(json.dumps(tokenizer.to_json()))
+def save_tokenizer(tokenizer, path) -> None:
+  """path: a local path or an epath.Path in a bucket (a run's tokenizer.json)."""
+  epath.Path(path).write_text(json.dumps(tokenizer.to_json()))
 
 
-def load_tokenizer(path: pathlib.Path):
-  path = pathlib.Path(path)
+def load_tokenizer(path):
+  path = epath.Path(path)
   try:
     spec = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as error:

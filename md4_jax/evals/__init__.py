@@ -13,7 +13,8 @@
 """
 
 import dataclasses
-import pathlib
+
+from etils import epath
 
 from md4_jax.evals import bound, samples, zero_shot
 
@@ -28,6 +29,6 @@ class Context:
   experiment: object  # train.Experiment
   params: object  # the restored EMA or raw params (eval.params)
   step: int
-  workdir: pathlib.Path
+  workdir: epath.Path
   inputs: object  # what the suite's `load` returned
   sample_key: object  # the key samples are drawn with (the training dumps' at this step)

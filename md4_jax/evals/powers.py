@@ -42,8 +42,6 @@ def write(workdir, step: int, powers_V: np.ndarray, modality) -> list:
   axes.set_title(f"GenMD4 schedule at step {step}: alpha = 1 - t^w (w = 1: linear)")
   axes.axhline(1.0, color="grey", linewidth=0.5)
   figure.tight_layout()
-  tmp = png_path.with_name(png_path.name + ".tmp.png")
-  figure.savefig(tmp, dpi=100)
+  files.write_figure_atomically(png_path, figure)
   plt.close(figure)
-  tmp.replace(png_path)
   return [png_path, json_path]

@@ -9,7 +9,8 @@ run's modality (bits/token or bits/dim).
 """
 
 import json
-import pathlib
+
+from etils import epath
 
 import matplotlib
 
@@ -20,13 +21,14 @@ from md4_jax import files, modality as modalities  # noqa: E402
 from md4_jax.logging import read_rows  # noqa: E402
 
 
-def _latest(directory: pathlib.Path, prefix: str, suffix: str) -> pathlib.Path | None:
+def _latest(directory: epath.Path, prefix: str, suffix: str) -> epath.Path | None:
   """The most recently written directory/<prefix><step><suffix> (an eval of an older --step counts), or None."""
+  directory = epath.Path(directory)  # callers may pass a pathlib.Path, whose stat() has no .mtime
   found = [p for p in directory.glob(f"{prefix}*{suffix}") if p.name[len(prefix):-len(suffix)].isdigit()]
-  return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+  return max(found, key=lambda p: p.stat().mtime) if found else None
 
 
-def write(workdir: pathlib.Path, config) -> pathlib.Path:
+def write(workdir: epath.Path, config) -> epath.Path:
   """Writes eval/report.md (+ PNGs beside it) from the eval files present; returns its path."""
   out = workdir / "eval"
   modality = modalities.load(workdir, config.data.seq_len)
@@ -72,7 +74,7 @@ def write(workdir: pathlib.Path, config) -> pathlib.Path:
   return path
 
 
-def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path, unit: str) -> None:
+def _plot_bound_by_steps(rows: list[dict], path: epath.Path, unit: str) -> None:
   finite = [row for row in rows if row["steps"] > 0]
   figure, axes = plt.subplots(figsize=(5, 3.5))
   if finite:
@@ -88,11 +90,11 @@ def _plot_bound_by_steps(rows: list[dict], path: pathlib.Path, unit: str) -> Non
   axes.set_ylabel(unit)
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  files.write_figure_atomically(path, figure)
   plt.close(figure)
 
 
-def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path, unit: str) -> bool:
+def _plot_curves(metrics_path: epath.Path, path: epath.Path, unit: str) -> bool:
   if not metrics_path.exists():
     return False
   rows = read_rows(metrics_path)
@@ -108,6 +110,6 @@ def _plot_curves(metrics_path: pathlib.Path, path: pathlib.Path, unit: str) -> b
   axes.set_ylabel(unit)
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  files.write_figure_atomically(path, figure)
   plt.close(figure)
   return True

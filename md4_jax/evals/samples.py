@@ -11,14 +11,13 @@ call) it draws sampler.num_samples unconditional samples from the checkpoint and
 
 import json
 import math
-import pathlib
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import autoregressive, config_check, generate, modality as modalities, sharding
+from md4_jax import autoregressive, config_check, generate, modality as modalities, sharding, storage
 from md4_jax.checkpoints import restore_state
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
@@ -56,7 +55,7 @@ class Judge:
   """An autoregressive run restored from its workdir; scores token sequences by their exact NLL."""
 
   def __init__(self, workdir: str, modality, mesh):
-    path = pathlib.Path(workdir).expanduser()
+    path = storage.path(workdir)
     if not (path / "config.json").is_file():
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
