@@ -59,6 +59,27 @@ def train_flops_per_token(model_config) -> float:
   return 6 * per_token_params + attention
 
 
+def time_train_steps(experiment, state, batch, warmup: int, steps: int):
+  """(state, seconds per step): `warmup` untimed steps (compilation included), then the mean of `steps` timed
+  ones on the same batch (the state is donated, so the returned one must be used)."""
+  for _ in range(warmup):
+    state, _ = experiment.train_step(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, _ = experiment.train_step(state, batch)
+  jax.block_until_ready(state)
+  return state, (time.perf_counter() - start) / steps
+
+
+def train_step_model_flops(experiment, compiled, units_per_step: int) -> tuple[float, str]:
+  """(FLOPs of one train step, where the count comes from): the transformer's analytic count, image
+  backbones' from XLA's cost analysis of the compiled step."""
+  if experiment.config.model.backbone == "transformer":
+    return train_flops_per_token(experiment.model_config) * units_per_step, "analytic"
+  return compiled_flops(compiled), "xla_cost_analysis"
+
+
 def peak_rss_gib() -> float:
   """Peak resident memory of this process (host RAM; on CPU it holds the device buffers too)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

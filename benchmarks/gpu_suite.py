@@ -95,23 +95,13 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
     start = time.perf_counter()
     compiled = experiment.train_step.lower(state, batch).compile()
     record["compile_seconds"] = round(time.perf_counter() - start, 2)
-    for _ in range(2):
-      state, metrics = experiment.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-      state, metrics = experiment.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / _STEPS.value
+    state, seconds = common.time_train_steps(experiment, state, batch, 2, _STEPS.value)
   except Exception as error:  # noqa: BLE001 (an out-of-memory batch is a result, not a failure)
     if not out_of_memory(error):
       raise
     return {**record, "fits": False}
   units = config.train.batch_size * modality.length
-  if config.model.backbone == "transformer":
-    flops = common.train_flops_per_token(experiment.model_config) * units
-  else:
-    flops = common.compiled_flops(compiled)
+  flops, _ = common.train_step_model_flops(experiment, compiled, units)
   peak = peak_flops()
   memory = jax.devices()[0].memory_stats() or {}
   record.update({"fits": True, "params": experiment.num_params(), "step_seconds": round(seconds, 4),

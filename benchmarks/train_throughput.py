@@ -11,7 +11,6 @@ tokens/s for text and dims/s (sub-pixels) for images.
 import json
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -42,19 +41,9 @@ def main(_):
   state = experiment.init_state(experiment.base_key)
   batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
   compiled = experiment.train_step.lower(state, batch).compile()
-  for _ in range(_WARMUP.value):
-    state, metrics = experiment.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = experiment.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  step_seconds = (time.perf_counter() - start) / _STEPS.value
+  state, step_seconds = common.time_train_steps(experiment, state, batch, _WARMUP.value, _STEPS.value)
   tokens_per_step = config.train.batch_size * modality.length
-  if config.model.backbone == "transformer":
-    step_flops, flops_source = common.train_flops_per_token(experiment.model_config) * tokens_per_step, "analytic"
-  else:
-    step_flops, flops_source = common.compiled_flops(compiled), "xla_cost_analysis"
+  step_flops, flops_source = common.train_step_model_flops(experiment, compiled, tokens_per_step)
   model_flops = step_flops / step_seconds
   ceiling = common.matmul_ceiling_flops()
   print(json.dumps({
