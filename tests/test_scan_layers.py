@@ -14,19 +14,24 @@ from tests import tiny_config
 VOCAB, LENGTH, LAYERS = 11, 12, 3
 
 
+def perturbed_and_stacked(params: dict, scale: float, seed: int) -> tuple[dict, dict]:
+  """(unrolled pure params + distinct noise, the same with the blocks stacked as a scanned model holds them).
+
+  Zero-initialised adaLN and output layers would hide a wrong layer order (or every difference)."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  params = jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return params, {**params, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *params["blocks"].values())}
+
+
 def models(**overrides):
   """(unrolled, scanned) transformers holding the same parameters: the scanned one's are the unrolled
   blocks' stacked along a leading axis."""
   cfg = dict(vocab_size=VOCAB, seq_len=LENGTH, num_layers=LAYERS, width=32, num_heads=2, **overrides)
   unrolled = Transformer(TransformerConfig(**cfg), nnx.Rngs(0))
   scanned = Transformer(TransformerConfig(**cfg, scan_layers=True), nnx.Rngs(1))
-  # Zero-initialised adaLN would hide a wrong layer order: give every parameter a distinct random value.
-  params = nnx.to_pure_dict(nnx.state(unrolled))
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params, stacked = perturbed_and_stacked(nnx.to_pure_dict(nnx.state(unrolled)), 0.1, seed=2)
   nnx.update(unrolled, params)
-  stacked = {**params, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *params["blocks"].values())}
   scanned_state = nnx.state(scanned)
   nnx.replace_by_pure_dict(scanned_state, stacked)  # fails unless the stacked tree has the scanned shape
   nnx.update(scanned, scanned_state)
@@ -115,14 +120,10 @@ def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws()
     config.model.num_layers, config.model.scan_layers, config.sampler.name = 2, scan, "exact"
     experiments[scan] = train.Experiment(config, modality.Text(VOCAB, LENGTH), sharding.make_mesh(config.mesh))
   unrolled_params = experiments[False].init_state(jax.random.key(3))["ema_params"]
-  pure = nnx.to_pure_dict(unrolled_params)  # the output layer starts at zero: perturb, or every sample is noise
-  leaves, treedef = jax.tree.flatten(pure)
-  keys = jax.random.split(jax.random.key(6), len(leaves))
-  pure = jax.tree.unflatten(treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  pure, stacked = perturbed_and_stacked(nnx.to_pure_dict(unrolled_params), 0.5, seed=6)
   nnx.replace_by_pure_dict(unrolled_params, pure)
-  pure = {**pure, "blocks": jax.tree.map(lambda *layers: jnp.stack(layers), *pure["blocks"].values())}
   scanned_params = experiments[True].init_state(jax.random.key(4))["ema_params"]
-  nnx.replace_by_pure_dict(scanned_params, pure)
+  nnx.replace_by_pure_dict(scanned_params, stacked)
   for name in ("exact", "ancestral"):
     drawn = []
     for scan, params in ((False, unrolled_params), (True, scanned_params)):
