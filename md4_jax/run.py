@@ -17,7 +17,7 @@ from md4_jax import storage
 from md4_jax import workdir as workdirs
 from md4_jax import modality as modalities
 from md4_jax.checkpoints import restore_state
-from md4_jax.data import benchmarks, data_dir, pipeline, tokenizers
+from md4_jax.data import benchmarks, data_dir, pipeline, prepare_into, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.train import Experiment
 
@@ -86,8 +86,10 @@ def _prepare(config) -> dict:
   if config.eval.suite == "zero_shot":
     tokenizer = tokenizers.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
                                           alphabet=tokenizers.TEXT8_ALPHABET)
-    paths = benchmarks.prepare(benchmarks.parse_names(config.eval.zero_shot), data_dir(config.data), tokenizer)
-    print("prepared the zero-shot benchmarks: " + ", ".join(str(path) for path in paths))
+    root, names = data_dir(config.data), benchmarks.parse_names(config.eval.zero_shot)
+    where = prepare_into(config.data, benchmarks.stream_dir(root, tokenizer),
+                         lambda: benchmarks.prepare(names, root, tokenizer)[0].parent)
+    print(f"prepared the zero-shot benchmarks {', '.join(names)} in {where}")
     return {}
   print(f"prepared data.source={config.data.source!r}: {pipeline.prepare(config.data)}")
   return {}

@@ -28,8 +28,9 @@ def path(text) -> epath.Path:
   if text.startswith(REMOTE_SCHEMES):
     return epath.Path(text)
   if text.startswith(UNSUPPORTED_SCHEMES):
-    raise UserError(f"{text}: only local paths and gs:// buckets are supported (s3:// is not yet: see "
-                    "docs/scaling.md); copy the run to a local directory or a gs:// bucket")
+    raise UserError(f"{text}: only local paths and gs:// buckets are supported (not s3://: Orbax 0.12.8 writes "
+                    "arrays to S3 through no TensorStore driver, see docs/scaling.md); use a local directory or a "
+                    "gs:// bucket")
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 

@@ -21,6 +21,7 @@ import jax
 from etils import epath
 
 from md4_jax import config_check, files, storage
+from md4_jax.data import data_file, mirror
 from md4_jax.errors import UserError
 
 # What a diverged run may change when it resumes (the NaN message suggests them): they change how the
@@ -150,7 +151,7 @@ def save_config(config, workdir: epath.Path, record: dict) -> None:
 
 
 def _new_record(config) -> dict:
-  file = pathlib.Path(config.data.path).expanduser() if config.data.path else None
+  file = pathlib.Path(data_file(config.data)).expanduser() if config.data.path else None
   return {"data_sha256": file_sha256(file)} if file and file.is_file() else {}
 
 
@@ -164,7 +165,7 @@ def file_sha256(path: pathlib.Path) -> str:
 
 def _check_same_data(record: dict, old_path: str, new_path: str) -> None:
   """A moved data file is accepted when its content is the one the run was trained on."""
-  new_file = pathlib.Path(new_path or "").expanduser()
+  new_file = pathlib.Path(mirror.local_file(new_path) if new_path else "").expanduser()
   if not new_path or not new_file.is_file():
     raise UserError(f"data.path={new_path!r} is not a file; this run was trained on data.path={old_path!r}: pass "
                     "that file, or a copy of it (its SHA-256 is checked)")

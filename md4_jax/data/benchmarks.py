@@ -137,7 +137,7 @@ def _tokenizer_identity(tokenizer) -> dict:
   return {key: value for key, value in tokenizer.to_json().items() if key != "bpe_path"}
 
 
-def _stream_dir(data_dir: pathlib.Path, tokenizer) -> pathlib.Path:
+def stream_dir(data_dir: pathlib.Path, tokenizer) -> pathlib.Path:
   return pathlib.Path(data_dir).expanduser() / "zero_shot" / tokenizer.name
 
 
@@ -152,7 +152,7 @@ def prepare(names: list[str], data_dir: pathlib.Path, tokenizer) -> list[pathlib
   the .npy paths. A benchmark already prepared with the same tokenizer is kept."""
   _check_tokenizer(tokenizer)
   root = pathlib.Path(data_dir).expanduser() / "zero_shot"
-  out_dir = _stream_dir(data_dir, tokenizer)
+  out_dir = stream_dir(data_dir, tokenizer)
   paths = []
   for name in names:
     benchmark, out = BENCHMARKS[name], out_dir / f"{name}.npy"
@@ -187,7 +187,7 @@ def prepare(names: list[str], data_dir: pathlib.Path, tokenizer) -> list[pathlib
 def load(name: str, data_dir: pathlib.Path, tokenizer) -> tuple[np.ndarray, dict]:
   """(token stream [tokens] int32, meta) of a prepared benchmark, for this tokenizer."""
   _check_tokenizer(tokenizer)
-  out = _stream_dir(data_dir, tokenizer) / f"{name}.npy"
+  out = stream_dir(data_dir, tokenizer) / f"{name}.npy"
   meta_path = out.with_suffix(".json")
   how = (f"run `python launch.py --config CONFIG --mode prepare --eval.suite=zero_shot --eval.zero_shot={name} "
          f"--data.dir={data_dir}` (with the run's config; it downloads the release file)")

@@ -9,7 +9,7 @@ images), the other 1,617 train. cifar10 and imagenet64 are prepared once from th
 import numpy as np
 
 from md4_jax import modality as modalities
-from md4_jax.data import data_dir, image_datasets
+from md4_jax.data import data_dir, image_datasets, prepare_into, read_prepared
 from md4_jax.data.rows import ArrayRows, Data, RecordRows
 
 DIGITS = modalities.Image(height=8, width=8, channels=1, levels=17, num_classes=10)
@@ -38,14 +38,18 @@ def _modality(meta: dict) -> modalities.Image:
 def load_release(data_config, split: str, saved) -> Data:
   """cifar10, imagenet64: the prepared release (labels kept where it has them)."""
   del split, saved
-  splits, meta = image_datasets.load(data_config.source, data_dir(data_config), subset=data_config.subset)
+  root = data_dir(data_config)
+  read_prepared(data_config, image_datasets.prepared_dir(data_config.source, root, data_config.subset))
+  splits, meta = image_datasets.load(data_config.source, root, subset=data_config.subset)
   labelled = meta["num_classes"] > 0
   return Data(_modality(meta), RecordRows(splits["train"], labelled), RecordRows(splits["validation"], labelled))
 
 
 def prepare_release(data_config) -> str:
-  return str(image_datasets.prepare(data_config.source, data_dir(data_config), manual_dir=data_config.manual_dir,
-                                    subset=data_config.subset, max_images=data_config.max_documents))
+  root = data_dir(data_config)
+  return prepare_into(data_config, image_datasets.prepared_dir(data_config.source, root, data_config.subset),
+                      lambda: image_datasets.prepare(data_config.source, root, manual_dir=data_config.manual_dir,
+                                                     subset=data_config.subset, max_images=data_config.max_documents))
 
 
 # Shapes known without reading data (--mode params).

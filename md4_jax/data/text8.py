@@ -53,8 +53,10 @@ def _zip_path(out_dir: pathlib.Path, manual_dir: str) -> pathlib.Path:
       raise UserError(f"data.manual_dir={manual_dir!r}: {path} does not exist; put {ZIP_NAME} (from {URL}) "
                       "there, or leave data.manual_dir empty to download it")
     return path
-  return download.fetch(URL, out_dir / ZIP_NAME, sha256=None, what="text8 (text8.zip, 31,344,016 bytes)",
-                        manual_hint=f"or pass --config.data.manual_dir=DIR holding {ZIP_NAME}")
+  if (out_dir / ZIP_NAME).is_file():  # where releases before downloads/ put it
+    return out_dir / ZIP_NAME
+  return download.fetch(URL, out_dir / "downloads" / ZIP_NAME, sha256=None,
+                        what="text8 (text8.zip, 31,344,016 bytes)", manual_hint=f"or pass --config.data.manual_dir=DIR holding {ZIP_NAME}")
 
 
 def _read_text(zip_path: pathlib.Path) -> bytes:
@@ -91,12 +93,17 @@ def _save_atomically(path: pathlib.Path, array: np.ndarray) -> None:
   temporary.replace(path)
 
 
+def prepared_dir(data_dir: pathlib.Path) -> pathlib.Path:
+  """data_dir/text8: where `prepare` writes and `load` reads."""
+  return pathlib.Path(data_dir).expanduser() / "text8"
+
+
 def prepare(data_dir: pathlib.Path, manual_dir: str = "", split_sizes=SPLIT_SIZES) -> pathlib.Path:
   """Writes DIR/text8/{train,validation,test}.npy and meta.json; returns DIR/text8. A no-op when already done.
 
   `split_sizes` (characters per split) is the official 90M/5M/5M; tests pass a small one.
   """
-  out_dir = pathlib.Path(data_dir).expanduser() / "text8"
+  out_dir = prepared_dir(data_dir)
   meta = _meta(split_sizes)
   if _read_meta(out_dir) == meta and all((out_dir / f"{name}.npy").is_file() for name in SPLITS):
     return out_dir
@@ -118,7 +125,7 @@ def prepare(data_dir: pathlib.Path, manual_dir: str = "", split_sizes=SPLIT_SIZE
 
 def load(data_dir: pathlib.Path) -> dict[str, np.ndarray]:
   """{"train", "validation", "test"} -> memory-mapped [num_chars] uint8 ids."""
-  out_dir = pathlib.Path(data_dir).expanduser() / "text8"
+  out_dir = prepared_dir(data_dir)
   meta = _read_meta(out_dir)
   if meta is None:
     raise UserError(f"text8 is not prepared in {out_dir}: run `{PREPARE_COMMAND}` first "

@@ -7,7 +7,8 @@ character vocabulary stays the one training built.
 """
 
 from md4_jax import modality as modalities
-from md4_jax.data import corpora, data_dir, hub_datasets, text8, token_files, tokenizers
+from md4_jax.data import (corpora, data_dir, data_file, hub_datasets, prepare_into, read_prepared, text8, token_files,
+                          tokenizers)
 from md4_jax.data.rows import Data, RecordRows, StreamRows
 from md4_jax.errors import UserError
 
@@ -36,7 +37,8 @@ def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
 def load_text(data_config, split: str, saved) -> Data:
   """embedded (the Wikipedia excerpt shipped in gensim) or textfile (data.path)."""
   del split
-  text = corpora.embedded_wikipedia() if data_config.source == "embedded" else corpora.read_text_file(data_config.path)
+  text = (corpora.embedded_wikipedia() if data_config.source == "embedded"
+          else corpora.read_text_file(data_file(data_config)))
   train_text, eval_text = split_text(text, data_config.eval_fraction)
   tokenizer = saved.tokenizer if saved else _tokenizer(data_config, train_text)
   if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
@@ -60,7 +62,7 @@ def load_token_file(data_config, split: str, saved) -> Data:
   if data_config.tokenizer == "char":
     raise UserError("data.source='tokens' holds token ids, not text: set data.tokenizer to 'byte' or "
                     "'gpt2' (whichever made the ids)")
-  tokens = token_files.load_token_file(data_config.path, data_config.vocab_size, data_config.token_dtype)
+  tokens = token_files.load_token_file(data_file(data_config), data_config.vocab_size, data_config.token_dtype)
   tokenizer = saved.tokenizer if saved else _tokenizer(data_config)
   if tokenizer.vocab_size != data_config.vocab_size:
     raise UserError(f"data.vocab_size={data_config.vocab_size} but the {tokenizer.name} tokenizer has "
@@ -70,29 +72,36 @@ def load_token_file(data_config, split: str, saved) -> Data:
 
 def load_text8(data_config, split: str, saved) -> Data:
   del saved
+  read_prepared(data_config, text8.prepared_dir(data_dir(data_config)))
   splits = text8.load(data_dir(data_config))
   return _text_data(tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET), splits["train"], splits[split],
                     data_config.seq_len)
 
 
 def prepare_text8(data_config) -> str:
-  return str(text8.prepare(data_dir(data_config), data_config.manual_dir))
+  root = data_dir(data_config)
+  return prepare_into(data_config, text8.prepared_dir(root), lambda: text8.prepare(root, data_config.manual_dir))
 
 
 def load_packed(data_config, split: str, saved) -> Data:
   """openwebtext, fineweb_edu, lm1b: rows packed by `prepare_packed` (every position a real token)."""
   del split
-  splits, meta = hub_datasets.load(data_config.source, data_dir(data_config), seq_len=data_config.seq_len,
-                                   subset=data_config.subset)
+  root = data_dir(data_config)
+  read_prepared(data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len,
+                                                       data_config.subset))
+  splits, meta = hub_datasets.load(data_config.source, root, seq_len=data_config.seq_len, subset=data_config.subset)
   tokenizer = saved.tokenizer if saved else tokenizers.tokenizer_from_json(meta["tokenizer"])
   return Data(modalities.Text.of(tokenizer, data_config.seq_len), RecordRows(splits["train"]),
               RecordRows(splits["validation"]))
 
 
 def prepare_packed(data_config) -> str:
-  return str(hub_datasets.prepare(data_config.source, data_dir(data_config), tokenizer=_tokenizer(data_config),
-                                  seq_len=data_config.seq_len, manual_dir=data_config.manual_dir,
-                                  subset=data_config.subset, max_documents=data_config.max_documents))
+  root = data_dir(data_config)
+  return prepare_into(
+      data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len, data_config.subset),
+      lambda: hub_datasets.prepare(data_config.source, root, tokenizer=_tokenizer(data_config),
+                                   seq_len=data_config.seq_len, manual_dir=data_config.manual_dir,
+                                   subset=data_config.subset, max_documents=data_config.max_documents))
 
 
 def nominal_modality(data_config) -> modalities.Text:

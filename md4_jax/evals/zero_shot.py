@@ -11,7 +11,7 @@ import math
 
 import jax
 
-from md4_jax.data import benchmarks, data_dir
+from md4_jax.data import benchmarks, data_dir, read_prepared
 from md4_jax.data.rows import StreamRows
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output
@@ -25,6 +25,8 @@ def load(config, workdir, modality) -> dict:
     raise UserError(f"the zero-shot suite evaluates text benchmarks; this run models {modality.kind}s "
                     "(use --eval.suite=bound or samples)")
   seq_len, rows = config.data.seq_len, {}
+  read_prepared(config.data, benchmarks.stream_dir(data_dir(config.data), modality.tokenizer),
+                f" --config.eval.suite=zero_shot --config.eval.zero_shot={config.eval.zero_shot}")
   for name in benchmarks.parse_names(config.eval.zero_shot):
     stream, meta = benchmarks.load(name, data_dir(config.data), modality.tokenizer)
     rows[name] = (StreamRows(stream, seq_len), meta)
