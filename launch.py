@@ -15,7 +15,7 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_flags as config_flags_module  # noqa: E402
 
 from configs import base  # noqa: E402
-from md4_jax import conditioning, config_check, distributed, errors, run, sweeps  # noqa: E402
+from md4_jax import conditioning, config_check, distributed, errors, run, storage, sweeps  # noqa: E402
 from md4_jax.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -169,6 +169,14 @@ def main(argv):
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   except Exception as error:
+    bucket = storage.unreachable_bucket([_WORKDIR.value, config.data.dir, config.data.path])
+    if bucket:
+      first = (str(error).strip().splitlines() or [""])[0][:200]
+      print(f"error: {bucket} stopped answering during the run ({type(error).__name__}: {first}). Checkpoints it "
+            "committed before stay restorable: run the same command again once it answers, and the run resumes "
+            "from the last one.", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)  # not sys.exit: Orbax's save threads would wait out 300 s signal timeouts for the gone store
     if not errors.disk_full(error):
       raise
     print(f"error: the disk is full ({error}). Free space, or give --workdir / --config.data.dir a disk with room, "

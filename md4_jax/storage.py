@@ -7,6 +7,7 @@ callers that care ask `is_remote`. Credentials come from the environment, as the
 VM's metadata server).
 """
 
+import logging
 import os
 
 import fsspec.asyn
@@ -20,6 +21,18 @@ UNSUPPORTED_SCHEMES = ("s3://", "az://", "hf://", "http://", "https://")
 PROBE_SECONDS = 10.0
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run "
                     "`gcloud auth application-default login`")
+
+
+class _WithoutTraceback(logging.Filter):
+  """gcsfs logs each request that ran out of retries with its traceback; one line says as much, and a run that
+  loses its bucket reports the outage itself (launch.py)."""
+
+  def filter(self, record):
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+logging.getLogger("gcsfs").addFilter(_WithoutTraceback())
 
 
 def path(text) -> epath.Path:
@@ -40,6 +53,18 @@ def is_remote(location) -> bool:
 
 def bucket_of(location) -> str:
   return os.fspath(location).split("://", 1)[1].split("/", 1)[0]
+
+
+def unreachable_bucket(locations) -> str:
+  """After an unexpected error: the first gs:// bucket among `locations` that no longer answers ("" if none),
+  so that an outage during a run is reported as one, not as whatever the request in flight raised."""
+  for location in locations:
+    if location and is_remote(location):
+      try:
+        check_bucket(location)
+      except UserError:
+        return f"gs://{bucket_of(location)}"
+  return ""
 
 
 def check_bucket(location) -> None:

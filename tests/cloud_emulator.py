@@ -43,13 +43,15 @@ def free_port() -> int:
 
 
 class Emulator:
-  """A running fake-gcs-server; `environment` is what a client process needs to use it."""
+  """A running fake-gcs-server; `environment` is what a client process needs to use it. In memory, or with
+  `root` in that directory, so that a server started again on the same `port` and `root` has the same objects."""
 
-  def __init__(self):
-    self.port = free_port()
+  def __init__(self, root=None, port=None):
+    self.port = port or free_port()
     self.url = f"http://localhost:{self.port}"
+    backend = ["-backend", "filesystem", "-filesystem-root", str(root)] if root else ["-backend", "memory"]
     self.process = subprocess.Popen([str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                                     "-backend", "memory", "-log-level", "error"],
+                                     *backend, "-log-level", "error"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not self._answers():
@@ -57,7 +59,8 @@ class Emulator:
         self.stop()
         raise AssertionError(f"fake-gcs-server did not start on port {self.port}")
       time.sleep(0.05)
-    self.create_bucket(BUCKET)
+    if BUCKET not in self.buckets():
+      self.create_bucket(BUCKET)
 
   @property
   def environment(self) -> dict:
@@ -70,6 +73,10 @@ class Emulator:
         return True
     except (urllib.error.URLError, OSError):
       return False
+
+  def buckets(self) -> list[str]:
+    with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=10) as response:
+      return [item["name"] for item in json.load(response).get("items", [])]
 
   def create_bucket(self, name: str) -> None:
     request = urllib.request.Request(f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),

@@ -128,6 +128,39 @@ def test_a_server_that_is_down_fails_within_seconds(gcs, local_run, monkeypatch)
   assert f"bucket gs://{cloud_emulator.BUCKET}" in error and "did not answer" in error
 
 
+def test_an_outage_during_a_run_is_one_line_and_the_same_command_resumes_once_the_store_is_back(
+    local_run, tmp_path, monkeypatch):
+  """The store goes away once checkpoint 4 is committed: the run stops in well under a minute with one line
+  naming the bucket (no traceback, no wait for Orbax's save threads); a server back with the same objects lets
+  the same command resume and end with the local run's metrics."""
+  store = tmp_path / "store"
+  emulator = cloud_emulator.Emulator(root=store)
+  for name, value in emulator.environment.items():
+    monkeypatch.setenv(name, value)
+  workdir, prefix = f"gs://{cloud_emulator.BUCKET}/outage", "outage/checkpoints/4/"
+  command = tiny_command(local_run[0], workdir)
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while f"{prefix}commit_success.txt" not in emulator.objects(prefix=prefix) and time.time() < deadline:
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    time.sleep(0.05)
+  emulator.stop()
+  started = time.monotonic()
+  _, stderr = process.communicate(timeout=240)
+  assert time.monotonic() - started < 150  # gcsfs: 6 tries over ~33 s per request in flight, then a 10 s probe
+  assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith(
+      f"error: gs://{cloud_emulator.BUCKET} stopped answering during the run (")
+  emulator = cloud_emulator.Emulator(root=store, port=emulator.port)  # the same objects, at the same address
+  try:
+    resumed = launch(*command[2:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stdout
+    assert metric_rows(epath.Path(workdir)) == metric_rows(local_run[1])
+  finally:
+    emulator.stop()
+
+
 def test_a_store_error_mid_save_keeps_the_previous_checkpoint(gcs, monkeypatch):
   directory = f"gs://{cloud_emulator.BUCKET}/midsave/checkpoints"
   checkpointer = checkpoints.Checkpointer(directory, training=True)
