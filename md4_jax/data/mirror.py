@@ -85,8 +85,8 @@ def pull(data_dir: str, directory: pathlib.Path, *, required: bool, prepare_flag
              if name and name != MANIFEST and name.split("/", 1)[0] != LOCAL_ONLY}
   if required and not objects:
     raise UserError(f"{url} holds no prepared data: run `python launch.py --config CONFIG --mode prepare "
-                    f"--config.data.dir={data_dir}{prepare_flags}` with this run's data settings first (it prepares locally "
-                    "and uploads)")
+                    f"--config.data.dir={data_dir}{prepare_flags}` with this run's data settings first (it "
+                    "prepares locally and uploads)")
   manifest = _read_manifest(directory)
   fresh = {}
   for name, info in sorted(objects.items()):
