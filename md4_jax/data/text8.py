@@ -56,7 +56,8 @@ def _zip_path(out_dir: pathlib.Path, manual_dir: str) -> pathlib.Path:
   if (out_dir / ZIP_NAME).is_file():  # where releases before downloads/ put it
     return out_dir / ZIP_NAME
   return download.fetch(URL, out_dir / "downloads" / ZIP_NAME, sha256=None,
-                        what="text8 (text8.zip, 31,344,016 bytes)", manual_hint=f"or pass --config.data.manual_dir=DIR holding {ZIP_NAME}")
+                        what="text8 (text8.zip, 31,344,016 bytes)",
+                        manual_hint=f"or pass --config.data.manual_dir=DIR holding {ZIP_NAME}")
 
 
 def _read_text(zip_path: pathlib.Path) -> bytes:
