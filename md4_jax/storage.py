@@ -41,8 +41,8 @@ def path(text) -> epath.Path:
   if text.startswith(REMOTE_SCHEMES):
     return epath.Path(text)
   if text.startswith(UNSUPPORTED_SCHEMES):
-    raise UserError(f"{text}: only local paths and gs:// buckets are supported (not s3://: Orbax 0.12.8 writes "
-                    "arrays to S3 through no TensorStore driver, see docs/scaling.md); use a local directory or a "
+    raise UserError(f"{text}: only local paths and gs:// buckets are supported (not s3://: Orbax 0.12.8 maps "
+                    "only gs:// checkpoint paths to a TensorStore driver, see docs/scaling.md); use a local directory or a "
                     "gs:// bucket")
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
 

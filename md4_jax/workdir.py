@@ -21,7 +21,7 @@ import jax
 from etils import epath
 
 from md4_jax import config_check, files, storage
-from md4_jax.data import data_file, mirror
+from md4_jax.data import mirror
 from md4_jax.errors import UserError
 
 # What a diverged run may change when it resumes (the NaN message suggests them): they change how the
@@ -151,7 +151,7 @@ def save_config(config, workdir: epath.Path, record: dict) -> None:
 
 
 def _new_record(config) -> dict:
-  file = pathlib.Path(data_file(config.data)).expanduser() if config.data.path else None
+  file = pathlib.Path(mirror.local_file(config.data.path)).expanduser() if config.data.path else None
   return {"data_sha256": file_sha256(file)} if file and file.is_file() else {}
 
 

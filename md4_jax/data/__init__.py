@@ -24,7 +24,7 @@ def read_prepared(data_config, directory: pathlib.Path, prepare_flags: str = "")
 def prepare_into(data_config, directory: pathlib.Path, prepare: Callable[[], pathlib.Path]) -> str:
   """Runs `prepare` (which writes `directory`, under data_dir) and, for a bucket data.dir, uploads it; the
   bucket's finished copy is pulled first, so a prepared dataset is kept, not redone. Returns where it is."""
-  if storage.is_remote(data_config.get("manual_dir", "")):
+  if storage.is_remote(data_config.manual_dir):
     raise UserError(f"data.manual_dir={data_config.manual_dir!r}: the release files must be in a local directory "
                     "(gcloud storage cp -r the files to one); data.dir may be a bucket")
   mirror.pull(data_config.dir, directory, required=False)

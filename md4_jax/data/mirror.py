@@ -63,6 +63,11 @@ def _write_manifest(directory: pathlib.Path, manifest: dict) -> None:
   partial.replace(directory / MANIFEST)
 
 
+def _is_current(target: pathlib.Path, version: list, recorded) -> bool:
+  """The mirror's copy is this version of the object (`recorded`: the manifest's entry when it was downloaded)."""
+  return recorded == version and target.is_file() and target.stat().st_size == version[0]
+
+
 def _download(filesystem, source: str, target: pathlib.Path) -> None:
   target.parent.mkdir(parents=True, exist_ok=True)
   partial = target.with_name(f"{target.name}.partial.{os.getpid()}")
@@ -79,10 +84,9 @@ def pull(data_dir: str, directory: pathlib.Path, *, required: bool, prepare_flag
   storage.check_bucket(data_dir)
   url = remote_of(data_dir, directory)
   filesystem, root = fsspec.core.url_to_fs(url)
-  objects = {name[len(root) + 1:]: info for name, info in filesystem.find(root, detail=True).items()
-             if info.get("type") == "file"}
-  objects = {name: info for name, info in objects.items()
-             if name and name != MANIFEST and name.split("/", 1)[0] != LOCAL_ONLY}
+  objects = {name: info for name, info in ((name[len(root) + 1:], info)
+                                           for name, info in filesystem.find(root, detail=True).items())
+             if info.get("type") == "file" and name and name != MANIFEST and name.split("/", 1)[0] != LOCAL_ONLY}
   if required and not objects:
     raise UserError(f"{url} holds no prepared data: run `python launch.py --config CONFIG --mode prepare "
                     f"--config.data.dir={data_dir}{prepare_flags}` with this run's data settings first (it "
@@ -91,7 +95,7 @@ def pull(data_dir: str, directory: pathlib.Path, *, required: bool, prepare_flag
   fresh = {}
   for name, info in sorted(objects.items()):
     target, version = directory / name, _version(info)
-    if manifest.get(name) != version or not target.is_file() or target.stat().st_size != version[0]:
+    if not _is_current(target, version, manifest.get(name)):
       _download(filesystem, f"{root}/{name}", target)
     fresh[name] = version
   for name in set(manifest) - set(fresh):  # gone from the bucket (a dataset prepared again): not kept stale
@@ -106,16 +110,17 @@ def push(data_dir: str, directory: pathlib.Path) -> None:
     return
   url = remote_of(data_dir, directory)
   filesystem, root = fsspec.core.url_to_fs(url)
-  names = sorted(path.relative_to(directory).as_posix() for path in pathlib.Path(directory).rglob("*")
-                 if path.is_file() and path.name != MANIFEST and ".partial." not in path.name
-                 and path.relative_to(directory).parts[0] != LOCAL_ONLY)
+  names = [path.relative_to(directory).as_posix() for path in pathlib.Path(directory).rglob("*")
+           if path.is_file() and path.name != MANIFEST and ".partial." not in path.name
+           and path.relative_to(directory).parts[0] != LOCAL_ONLY]
   manifest = _read_manifest(directory)
   for name in sorted(names, key=lambda name: (name.endswith(".json"), name)):
-    size = (directory / name).stat().st_size
-    if manifest.get(name, [None])[0] == size and filesystem.exists(f"{root}/{name}"):
-      remote_info = filesystem.info(f"{root}/{name}")
-      if _version(remote_info) == manifest[name]:
-        continue  # pulled from (or pushed to) the bucket as it is
+    if manifest.get(name, [None])[0] == (directory / name).stat().st_size:
+      try:
+        if _version(filesystem.info(f"{root}/{name}")) == manifest[name]:
+          continue  # pulled from (or pushed to) the bucket as it is
+      except FileNotFoundError:
+        pass
     filesystem.put_file(str(directory / name), f"{root}/{name}")
     manifest[name] = _version(filesystem.info(f"{root}/{name}"))
   _write_manifest(directory, manifest)
@@ -137,7 +142,7 @@ def local_file(location: str, what: str = "data.path") -> str:
                     f"{location}) or fix the path")
   target = local(location)
   manifest, version = _read_manifest(target.parent), _version(info)
-  if manifest.get(target.name) != version or not target.is_file() or target.stat().st_size != version[0]:
+  if not _is_current(target, version, manifest.get(target.name)):
     _download(filesystem, name, target)
     _write_manifest(target.parent, {**_read_manifest(target.parent), target.name: version})
   return str(target)

@@ -72,8 +72,9 @@ def load_token_file(data_config, split: str, saved) -> Data:
 
 def load_text8(data_config, split: str, saved) -> Data:
   del saved
-  read_prepared(data_config, text8.prepared_dir(data_dir(data_config)))
-  splits = text8.load(data_dir(data_config))
+  root = data_dir(data_config)
+  read_prepared(data_config, text8.prepared_dir(root))
+  splits = text8.load(root)
   return _text_data(tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET), splits["train"], splits[split],
                     data_config.seq_len)
 
