@@ -2,12 +2,25 @@
 
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+
+# Many tests start `launch.py` on the same tiny config in a fresh interpreter, and XLA's compile is most of such a
+# run. JAX's persistent compilation cache (set here, before jax is imported, and inherited by every subprocess) lets
+# them share compiled programs. Its key is the program, the compile options, the devices and the jax version, so a
+# hit is the executable a compile would have made: numerics are unchanged. One empty directory per session: the
+# pytest-xdist workers inherit the controller's. A size limit makes JAX lock the directory (filelock) around each
+# read and write, so one worker never reads an entry another is half-way through writing.
+COMPILE_CACHE = tempfile.mkdtemp(prefix="md4_jax_tests_xla_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILE_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,3 +82,7 @@ def launch(*args, timeout=300) -> subprocess.CompletedProcess:
 def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):
   return launch("--config", ROOT / "tests/tiny_config.py", "--workdir", workdir,
                 f"--config.data.path={corpus}", *args, **kwargs)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
