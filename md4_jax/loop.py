@@ -59,6 +59,18 @@ def sample_key(base_key, step: int):
   return jax.random.fold_in(jax.random.fold_in(base_key, SAMPLE_SALT), step)
 
 
+def steps_in_call(train_cfg, done: int) -> int:
+  """Steps the next call runs after `done` steps: train.steps_per_call (K) when `done` is a multiple of K and the
+  K steps end by num_steps with no evaluation or checkpoint due before their last; else 1. Which steps share
+  a call depends only on the step numbers and the config, so a resumed run makes the same calls."""
+  k = train_cfg.steps_per_call
+  if k == 1 or done % k or done + k > train_cfg.num_steps:
+    return 1
+  hooks_inside = any(step % every == 0 for step in range(done + 1, done + k)
+                     for every in (train_cfg.eval_every, train_cfg.checkpoint_every))
+  return 1 if hooks_inside else k
+
+
 def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
   cfg = config.train
@@ -94,10 +106,15 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
   window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * data.modality.length
   unit = output.unit(data.modality)
 
-  def read(step, metrics):
+  def read(first, count, metrics):
+    """Host side of steps first .. first + count - 1 (one call; with count > 1 each metric has a leading axis)."""
+    metrics = jax.device_get(metrics)
+    for index in range(count):
+      read_step(first + index, metrics if count == 1 else {key: value[index] for key, value in metrics.items()})
+
+  def read_step(step, metrics):
     """Host side of step `step`: NaN check, window sums, a log line every log_every steps."""
     nonlocal window_start
-    metrics = jax.device_get(metrics)
     bad = [f"the {name} became {metrics[key]}" for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"))
            if not math.isfinite(metrics[key])]
     if bad:
@@ -133,16 +150,23 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
     last_good = step
 
   try:
-    for step in range(start + 1, cfg.num_steps + 1):  # `step` counts completed updates
+    step = start  # counts completed updates
+    while step < cfg.num_steps:
+      count = steps_in_call(cfg, step)
       # The steady state may not copy implicitly between host and device (a hidden sync per step);
       # the batch upload and the metric download below are explicit.
       with jax.transfer_guard("disallow"):
-        batch = sharding.global_batch(next(iterator), mesh)
-        state, metrics = experiment.train_step(state, batch)
+        batches = tuple(sharding.global_batch(next(iterator), mesh) for _ in range(count))
+        if count == 1:
+          state, metrics = experiment.train_step(state, batches[0])
+        else:
+          state, metrics = experiment.train_steps(state, batches)
         if pending:
           read(*pending)
-      pending = (step, metrics)
-      if several_processes and multihost_utils.reached_preemption_sync_point(step):
+      pending, step = (step + 1, count, metrics), step + count
+      # Every process asks about every step, in order (a list, not a short-circuiting any()).
+      if several_processes and any([multihost_utils.reached_preemption_sync_point(done)
+                                    for done in range(step - count + 1, step + 1)]):
         stop["signal"] = signal.SIGTERM
       is_last = step == cfg.num_steps or stop["signal"] is not None
       do_eval = step % cfg.eval_every == 0 or is_last and stop["signal"] is None

@@ -100,6 +100,9 @@ class Experiment:
     self.init_state = jax.jit(self._init, out_shardings=self.state_shardings)
     self.train_step = jax.jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.state_shardings, sharding.replicated(mesh)))
+    # train_steps(state, batches) runs len(batches) steps in one call (the loop's train.steps_per_call).
+    self.train_steps = jax.jit(self._train_steps, donate_argnums=0,
+                               out_shardings=(self.state_shardings, sharding.replicated(mesh)))
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
@@ -181,6 +184,13 @@ class Experiment:
       sums["fallback"] = sums["fallback"] / self.grad_accum
     per_token = {name: value / total_tokens for name, value in sums.items() if name != "fallback"}
     return grads, per_token, sums["fallback"]
+
+  def _train_steps(self, state, batches):
+    """Steps over a tuple of batches in one program (`lax.scan`), metrics stacked along a leading axis. On the
+    CPU each executed program allocates XLA's temporaries afresh from the kernel (zeroed pages), so K steps per
+    call pay for that once instead of K times (benchmarks/RESULTS.md, 2026-12-03)."""
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
+    return jax.lax.scan(self._train_step, state, stacked)
 
   def _train_step(self, state, batch):
     key = jax.random.fold_in(self.base_key, state["step"])
