@@ -1,7 +1,8 @@
-"""The training loop: one jitted step, with hooks for metrics, evaluation, samples and checkpoints.
+"""The training loop: one jitted step (or train.steps_per_call of them per call), with hooks for metrics,
+evaluation, samples and checkpoints.
 
-The host never waits on the step it just dispatched: step N's metrics are read
-after step N+1 is queued, except before a hook (eval, checkpoint), which first
+The host never waits on the call it just dispatched: call N's metrics are read
+after call N+1 is queued, except before a hook (eval, checkpoint), which first
 checks that the state it is about to use came from finite losses.
 """
 
