@@ -80,10 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 2000  # total optimizer steps
   config.train.batch_size = 32  # global batch (sequences), split over the data axes of the mesh
   config.train.grad_accum = 1  # microbatches per step (each with its own times and masks); divides batch_size
-  # Optimizer steps per jitted call (one program scans over that many batches). Same updates; on the CPU each
-  # call allocates XLA's temporaries from the kernel afresh, so 10 cuts that cost (page zeroing) ~10x. Calls
-  # start at multiples of it and never straddle an evaluation or checkpoint; signals are seen between calls.
-  config.train.steps_per_call = 1
+  # On the CPU each jitted call allocates XLA's temporaries from the kernel afresh (zeroed pages), so 10 steps per
+  # call cut that cost ~10x. Calls start at multiples of it and never straddle an evaluation or checkpoint.
+  config.train.steps_per_call = 1  # optimizer steps per jitted call (a scan over that many batches); same updates
   # Only masked positions need the output layer. A step gathers at most this share of positions first and
   # falls back to every position when more are masked, so the loss is always exact; 1 = every position.
   config.train.logits_capacity = -1.0  # -1 = auto: 1 below a 1024-token vocabulary, else mean masked share + 0.1

@@ -22,10 +22,12 @@ from md4_jax.logging import read_rows  # noqa: E402
 
 
 def _latest(directory: epath.Path, prefix: str, suffix: str) -> epath.Path | None:
-  """The most recently written directory/<prefix><step><suffix> (an eval of an older --step counts), or None."""
+  """The most recently written directory/<prefix><step><suffix> (an eval of an older --step counts), or None.
+  epath's mtime is whole seconds, so files written within one second go by the higher step."""
   directory = epath.Path(directory)  # callers may pass a pathlib.Path, whose stat() has no .mtime
-  found = [p for p in directory.glob(f"{prefix}*{suffix}") if p.name[len(prefix):-len(suffix)].isdigit()]
-  return max(found, key=lambda p: p.stat().mtime) if found else None
+  steps = {p: int(p.name[len(prefix):-len(suffix)]) for p in directory.glob(f"{prefix}*{suffix}")
+           if p.name[len(prefix):-len(suffix)].isdigit()}
+  return max(steps, key=lambda p: (p.stat().mtime, steps[p])) if steps else None
 
 
 def write(workdir: epath.Path, config) -> epath.Path:
