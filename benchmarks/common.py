@@ -59,17 +59,23 @@ def train_flops_per_token(model_config) -> float:
   return 6 * per_token_params + attention
 
 
-def time_train_steps(experiment, state, batch, warmup: int, steps: int):
-  """(state, seconds per step): `warmup` untimed steps (compilation included), then the mean of `steps` timed
-  ones on the same batch (the state is donated, so the returned one must be used)."""
+def time_train_steps(experiment, state, batch, warmup: int, steps: int, steps_per_call: int = 1):
+  """(state, seconds per step): `warmup` untimed calls (compilation included), then the mean over `steps` timed
+  steps (rounded up to whole calls of `steps_per_call` steps, as train.steps_per_call runs them) on the same
+  batch (the state is donated, so the returned one must be used)."""
+  if steps_per_call == 1:
+    call, batches = experiment.train_step, batch
+  else:
+    call, batches = experiment.train_steps, (batch,) * steps_per_call
   for _ in range(warmup):
-    state, _ = experiment.train_step(state, batch)
+    state, _ = call(state, batches)
   jax.block_until_ready(state)
+  calls = -(-steps // steps_per_call)
   start = time.perf_counter()
-  for _ in range(steps):
-    state, _ = experiment.train_step(state, batch)
+  for _ in range(calls):
+    state, _ = call(state, batches)
   jax.block_until_ready(state)
-  return state, (time.perf_counter() - start) / steps
+  return state, (time.perf_counter() - start) / (calls * steps_per_call)
 
 
 def train_step_model_flops(experiment, compiled, units_per_step: int) -> tuple[float, str]:

@@ -2,7 +2,8 @@
 
   python benchmarks/train_throughput.py --config configs/quickstart.py [--config.a.b=v ...] [--steps 20]
 
-Random tokens (throughput does not depend on the data); timed after warm-up steps that include compilation.
+Random tokens (throughput does not depend on the data); timed after warm-up steps that include compilation,
+train.steps_per_call steps per jitted call as the training loop runs them.
 The steps are timed in rounds, each followed by a measurement of the machine's matmul ceiling: on a shared
 machine both swing by 10-20% within minutes, so the fastest round and the highest ceiling are reported (the
 machine's uncontended figures), beside the median of the rounds' own ratios.
@@ -49,7 +50,8 @@ def main(_):
   round_seconds, round_ceilings = [], []
   for round_index in range(_ROUNDS.value):
     warmup = _WARMUP.value if round_index == 0 else 0
-    state, seconds = common.time_train_steps(experiment, state, batch, warmup, _STEPS.value)
+    state, seconds = common.time_train_steps(experiment, state, batch, warmup, _STEPS.value,
+                                             config.train.steps_per_call)
     round_seconds.append(seconds)
     round_ceilings.append(common.matmul_ceiling_flops())
   tokens_per_step = config.train.batch_size * modality.length
@@ -62,7 +64,8 @@ def main(_):
       "backbone": config.model.backbone, "params": experiment.num_params(), "batch": config.train.batch_size,
       "seq_len": modality.length, "vocab": modality.vocab_size, "width": config.model.width,
       "layers": config.model.num_layers, "heads": config.model.num_heads, "dtype": config.model.dtype,
-      "devices": len(jax.devices()), "step_seconds": round(step_seconds, 4),
+      "devices": len(jax.devices()), "steps_per_call": config.train.steps_per_call,
+      "step_seconds": round(step_seconds, 4),
       f"{modality.unit}s_per_sec": round(tokens_per_step / step_seconds, 1),
       "model_gflops_per_step": round(step_flops / 1e9, 2), "flops_from": flops_source,
       "model_gflops_per_sec": round(model_flops / 1e9, 2), "matmul_ceiling_gflops_per_sec": round(ceiling / 1e9, 2),
