@@ -63,17 +63,14 @@ def time_train_steps(experiment, state, batch, warmup: int, steps: int, steps_pe
   """(state, seconds per step): `warmup` untimed calls (compilation included), then the mean over `steps` timed
   steps (rounded up to whole calls of `steps_per_call` steps, as train.steps_per_call runs them) on the same
   batch (the state is donated, so the returned one must be used)."""
-  if steps_per_call == 1:
-    call, batches = experiment.train_step, batch
-  else:
-    call, batches = experiment.train_steps, (batch,) * steps_per_call
+  batches = (batch,) * steps_per_call
   for _ in range(warmup):
-    state, _ = call(state, batches)
+    state, _ = experiment.train_call(state, batches)
   jax.block_until_ready(state)
   calls = -(-steps // steps_per_call)
   start = time.perf_counter()
   for _ in range(calls):
-    state, _ = call(state, batches)
+    state, _ = experiment.train_call(state, batches)
   jax.block_until_ready(state)
   return state, (time.perf_counter() - start) / (calls * steps_per_call)
 

@@ -34,7 +34,7 @@ from md4_jax.train import Experiment  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds of timed steps, each followed by a matmul-ceiling measurement.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation included).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls first (compilation included).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 27, "Vocabulary size of the random tokens.")
 flags.mark_flag_as_required("config")
 
@@ -72,7 +72,8 @@ def main(_):
       "fraction_of_ceiling": round(model_flops / ceiling, 3),
       "fraction_of_ceiling_median_round": round(float(np.median(round_fractions)), 3),
       "step_seconds_rounds": [round(x, 4) for x in round_seconds],
-      "ceiling_gflops_rounds": [round(x / 1e9, 1) for x in round_ceilings], "peak_rss_gib": round(common.peak_rss_gib(), 3),
+      "ceiling_gflops_rounds": [round(x / 1e9, 1) for x in round_ceilings],
+      "peak_rss_gib": round(common.peak_rss_gib(), 3),
       "jax": jax.__version__, "backend": jax.default_backend()}))
 
 

@@ -158,10 +158,7 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
       # the batch upload and the metric download below are explicit.
       with jax.transfer_guard("disallow"):
         batches = tuple(sharding.global_batch(next(iterator), mesh) for _ in range(count))
-        if count == 1:
-          state, metrics = experiment.train_step(state, batches[0])
-        else:
-          state, metrics = experiment.train_steps(state, batches)
+        state, metrics = experiment.train_call(state, batches)
         if pending:
           read(*pending)
       pending, step = (step + 1, count, metrics), step + count

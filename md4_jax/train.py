@@ -185,6 +185,13 @@ class Experiment:
     per_token = {name: value / total_tokens for name, value in sums.items() if name != "fallback"}
     return grads, per_token, sums["fallback"]
 
+  def train_call(self, state, batches):
+    """len(batches) optimizer steps in one jitted call: one batch through train_step, several through
+    train_steps. Returns (state, metrics); with several batches each metric has a leading axis."""
+    if len(batches) == 1:
+      return self.train_step(state, batches[0])
+    return self.train_steps(state, batches)
+
   def _train_steps(self, state, batches):
     """Steps over a tuple of batches in one program (`lax.scan`), metrics stacked along a leading axis. On the
     CPU each executed program allocates XLA's temporaries afresh from the kernel (zeroed pages), so K steps per
