@@ -5,6 +5,7 @@ channel-interleaved per pixel (index (h W + w) C + c), each in [0, V] (V = the m
 Activations are NHWC; convolution kernels HWIO with logical names on their channel axes.
 """
 
+import functools
 import math
 
 import jax
@@ -26,10 +27,58 @@ class Conv(nnx.Module):
     self.stride = stride
 
   def __call__(self, x_BxHxWxC):
-    padding = "SAME" if self.stride == 1 else "VALID"
-    y = jax.lax.conv_general_dilated(x_BxHxWxC, self.kernel[...].astype(x_BxHxWxC.dtype), (self.stride,) * 2,
-                                     padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kernel = self.kernel[...].astype(x_BxHxWxC.dtype)
+    # On the CPU the gradient is written out (conv2d); elsewhere autodiff's, which XLA:GPU maps onto cuDNN's
+    # backward-data and backward-filter kernels.
+    y = (conv2d(x_BxHxWxC, kernel, self.stride) if jax.default_backend() == "cpu"
+         else _conv_forward(x_BxHxWxC, kernel, self.stride)[0])
     return y + self.bias[...].astype(y.dtype)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _same_padding(size):
+  """'SAME' padding of a stride-1 window of `size` (XLA's: the odd one out goes after)."""
+  return (size - 1) // 2, size - 1 - (size - 1) // 2
+
+
+def _conv_forward(x_BxHxWxC, kernel_KxKxCxO, stride):
+  padding = [_same_padding(size) for size in kernel_KxKxCxO.shape[:2]] if stride == 1 else "VALID"
+  y = jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxO, (stride, stride), padding, dimension_numbers=_NHWC)
+  return y, (x_BxHxWxC, kernel_KxKxCxO)
+
+
+def _conv_backward(stride, residuals, dy_BxHxWxO):
+  """Autodiff's gradient, with each product a convolution in XLA:CPU's canonical (NHWC, HWIO) form. Autodiff's
+  own kernel gradient (channels as the batch, "f01b_i01o->01bf") is rewritten to that form by XLA:CPU only
+  outside loops: inside a lax.scan or fori_loop (train.steps_per_call, train.grad_accum) it runs 20-60x slower,
+  the input gradient 2.5x (benchmarks/RESULTS.md, 2026-12-03). Same sums in the same order: bitwise equal."""
+  x_BxHxWxC, kernel_KxKxCxO = residuals
+  kh, kw, _, _ = kernel_KxKxCxO.shape
+  if stride == 1:  # dx: dy correlated with the kernel flipped in space, its in/out channels swapped
+    flipped_KxKxOxC = jnp.flip(kernel_KxKxCxO, (0, 1)).swapaxes(2, 3)
+    padding = [_same_padding(size)[::-1] for size in (kh, kw)]
+    dx = jax.lax.conv_general_dilated(dy_BxHxWxO, flipped_KxKxOxC, (1, 1), padding, dimension_numbers=_NHWC)
+    window_padding, dilation = [_same_padding(size) for size in (kh, kw)], (1, 1)
+  else:  # patches: each output position is one matmul of its own patch
+    dx = jnp.einsum("bhwo,pqco->bhpwqc", dy_BxHxWxO, kernel_KxKxCxO).reshape(x_BxHxWxC.shape)
+    window_padding, dilation = [(0, 0), (0, 0)], (stride, stride)
+  # dkernel[p, q, c, o] = sum over b, h, w of x[b, h s + p, w s + q, c] dy[b, h, w, o]: a convolution of x with
+  # channels as its batch (C x H x W x B) by dy as the window (H' x W' x B x O, dilated by the stride).
+  dkernel_CxKxKxO = jax.lax.conv_general_dilated(
+      x_BxHxWxC.transpose(3, 1, 2, 0), dy_BxHxWxO.transpose(1, 2, 0, 3), (1, 1), window_padding,
+      rhs_dilation=dilation, dimension_numbers=_NHWC)
+  return dx, dkernel_CxKxKxO.transpose(1, 2, 0, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x_BxHxWxC, kernel_KxKxCxO, stride):
+  """'SAME' (stride 1) or patch (stride = kernel size) convolution with the hand-written gradient above."""
+  return _conv_forward(x_BxHxWxC, kernel_KxKxCxO, stride)[0]
+
+
+conv2d.defvjp(_conv_forward, _conv_backward)
 
 
 def num_groups(channels: int, groups: int = 32) -> int:
