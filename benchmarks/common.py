@@ -75,12 +75,17 @@ def time_train_steps(experiment, state, batch, warmup: int, steps: int, steps_pe
   return state, (time.perf_counter() - start) / (calls * steps_per_call)
 
 
-def train_step_model_flops(experiment, compiled, units_per_step: int) -> tuple[float, str]:
+def train_step_model_flops(experiment, state, batch, units_per_step: int) -> tuple[float, str]:
   """(FLOPs of one train step, where the count comes from): the transformer's analytic count, image
-  backbones' from XLA's cost analysis of the compiled step."""
+  backbones' from XLA's cost analysis of the compiled step. That analysis counts a loop's body once, so a
+  step with train.grad_accum > 1 (a scan over microbatches) is counted as the same step in one piece."""
   if experiment.config.model.backbone == "transformer":
     return train_flops_per_token(experiment.model_config) * units_per_step, "analytic"
-  return compiled_flops(compiled), "xla_cost_analysis"
+  if experiment.config.train.grad_accum > 1:
+    config = experiment.config.copy_and_resolve_references()
+    config.train.grad_accum = 1
+    experiment = type(experiment)(config, experiment.modality, experiment.mesh)
+  return compiled_flops(experiment.train_step.lower(state, batch).compile()), "xla_cost_analysis"
 
 
 def peak_rss_gib() -> float:

@@ -101,7 +101,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
       raise
     return {**record, "fits": False}
   units = config.train.batch_size * modality.length
-  flops, _ = common.train_step_model_flops(experiment, compiled, units)
+  flops, _ = common.train_step_model_flops(experiment, state, batch, units)
   peak = peak_flops()
   memory = jax.devices()[0].memory_stats() or {}
   record.update({"fits": True, "params": experiment.num_params(), "step_seconds": round(seconds, 4),

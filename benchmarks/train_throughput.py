@@ -46,7 +46,6 @@ def main(_):
   experiment = Experiment(config, modality, mesh)
   state = experiment.init_state(experiment.base_key)
   batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
-  compiled = experiment.train_step.lower(state, batch).compile()
   round_seconds, round_ceilings = [], []
   for round_index in range(_ROUNDS.value):
     warmup = _WARMUP.value if round_index == 0 else 0
@@ -55,7 +54,7 @@ def main(_):
     round_seconds.append(seconds)
     round_ceilings.append(common.matmul_ceiling_flops())
   tokens_per_step = config.train.batch_size * modality.length
-  step_flops, flops_source = common.train_step_model_flops(experiment, compiled, tokens_per_step)
+  step_flops, flops_source = common.train_step_model_flops(experiment, state, batch, tokens_per_step)
   step_seconds, ceiling = min(round_seconds), max(round_ceilings)
   model_flops = step_flops / step_seconds
   round_fractions = [step_flops / seconds / c for seconds, c in zip(round_seconds, round_ceilings)]
