@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import common
+from md4_jax import sharding
 from md4_jax.models import image_layers
+from md4_jax.train import Experiment
+from tests import tiny_image_config
+from tests.conftest import override
 
 CANONICAL = "b01f_01io->b01f"  # NHWC input, HWIO kernel, NHWC output
 
@@ -62,3 +67,17 @@ def test_autodiffs_kernel_gradient_in_a_loop_is_not_canonical():
   # The check above can fail: autodiff's own gradient leaves a channels-as-batch convolution inside the loop.
   # If XLA:CPU ever canonicalizes it there, this fails, and conv2d's custom gradient can go.
   assert any(layout != CANONICAL for layout in conv_layouts(scanned_gradient_hlo(autodiff_conv, 1)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the written-out gradient is the CPU's")
+@pytest.mark.parametrize("backbone", ["unet", "uvit"])
+def test_image_backbones_scanned_train_steps_have_only_canonical_convolutions(backbone):
+  # Catches a convolution added to a backbone that bypasses conv2d (K = 2 steps per call: the slow case).
+  config = override(tiny_image_config.get_config(), model__backbone=backbone, train__steps_per_call=2)
+  mesh = sharding.make_mesh(config.mesh)
+  modality = common.modality(config, 0)
+  experiment = Experiment(config, modality, mesh)
+  state = experiment.init_state(experiment.base_key)
+  batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+  layouts = conv_layouts(experiment.train_steps.lower(state, (batch, batch)).compile().as_text())
+  assert layouts and set(layouts) == {CANONICAL}, sorted(set(layouts))
