@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from md4_jax import modality as modalities
+from md4_jax import sharding
 from md4_jax.data import sources
+from md4_jax.train import Experiment
 
 
 def modality(config, vocab_size: int):
@@ -27,6 +29,13 @@ def random_batch(modality, batch_size: int, seed: int = 0) -> dict:
   if modality.num_classes:
     batch["label"] = rng.integers(0, modality.num_classes, (batch_size,), dtype=np.int32)
   return batch
+
+
+def random_train_setup(config, modality, mesh):
+  """(experiment, its initial state, a random global batch of train.batch_size) for timing or compiling steps."""
+  experiment = Experiment(config, modality, mesh)
+  state = experiment.init_state(experiment.base_key)
+  return experiment, state, sharding.global_batch(random_batch(modality, config.train.batch_size), mesh)
 
 
 def matmul_ceiling_flops(size: int = 2048, repeats: int = 10) -> float:

@@ -29,11 +29,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (afte
 SHAPES = ((32, 8, 8, 128, 128), (16, 32, 32, 128, 256))  # batch, height, width, in channels, out channels
 
 
-def autodiff_conv(x_BxHxWxC, kernel_KxKxCxO, stride):
-  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxO, (stride, stride), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def seconds_per_call(fn, *args) -> float:
   jax.block_until_ready(fn(*args))
   start = time.perf_counter()
@@ -46,7 +41,7 @@ def main(_):
   for batch, height, width, channels, out_channels in SHAPES:
     x_BxHxWxC = jax.random.normal(jax.random.key(0), (batch, height, width, channels))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, out_channels)) * 0.05
-    for name, conv in (("autodiff", autodiff_conv), ("conv2d", image_layers.conv2d)):
+    for name, conv in (("autodiff", image_layers.conv2d_autodiff), ("conv2d", image_layers.conv2d)):
       def step(kernel_KxKxCxO, x_BxHxWxC, conv=conv):
         grad = jax.grad(lambda k, x: jnp.sum(jnp.tanh(conv(x, k, 1))), (0, 1))(kernel_KxKxCxO, x_BxHxWxC)
         return kernel_KxKxCxO - 1e-3 * grad[0] - 1e-3 * jnp.mean(grad[1])

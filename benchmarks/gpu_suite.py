@@ -89,9 +89,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
             "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity}
   try:
-    experiment = Experiment(config, modality, mesh)
-    state = experiment.init_state(experiment.base_key)
-    batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+    experiment, state, batch = common.random_train_setup(config, modality, mesh)
     start = time.perf_counter()
     compiled = experiment.train_step.lower(state, batch).compile()
     record["compile_seconds"] = round(time.perf_counter() - start, 2)

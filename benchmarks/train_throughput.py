@@ -29,7 +29,6 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from md4_jax import sharding  # noqa: E402
-from md4_jax.train import Experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per round.")
@@ -43,9 +42,7 @@ def main(_):
   config = _CONFIG.value
   mesh = sharding.make_mesh(config.mesh)
   modality = common.modality(config, _VOCAB.value)
-  experiment = Experiment(config, modality, mesh)
-  state = experiment.init_state(experiment.base_key)
-  batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+  experiment, state, batch = common.random_train_setup(config, modality, mesh)
   round_seconds, round_ceilings = [], []
   for round_index in range(_ROUNDS.value):
     warmup = _WARMUP.value if round_index == 0 else 0

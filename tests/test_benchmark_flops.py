@@ -1,22 +1,16 @@
 """benchmarks/common.py's FLOP count of an image train step: the same work counts the same whether the batch
 goes through in one piece or in train.grad_accum microbatches (XLA's cost analysis counts a loop body once)."""
 
-import pytest
-
 from benchmarks import common
 from md4_jax import sharding
-from md4_jax.train import Experiment
 from tests import tiny_image_config
 from tests.conftest import override
 
 
 def image_step_flops(grad_accum):
   config = override(tiny_image_config.get_config(), train__grad_accum=grad_accum)
-  mesh = sharding.make_mesh(config.mesh)
   modality = common.modality(config, 0)
-  experiment = Experiment(config, modality, mesh)
-  state = experiment.init_state(experiment.base_key)
-  batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+  experiment, state, batch = common.random_train_setup(config, modality, sharding.make_mesh(config.mesh))
   return common.train_step_model_flops(experiment, state, batch, config.train.batch_size * modality.length)
 
 

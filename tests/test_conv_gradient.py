@@ -12,7 +12,6 @@ import pytest
 from benchmarks import common
 from md4_jax import sharding
 from md4_jax.models import image_layers
-from md4_jax.train import Experiment
 from tests import tiny_image_config
 from tests.conftest import override
 
@@ -74,10 +73,7 @@ def test_autodiffs_kernel_gradient_in_a_loop_is_not_canonical():
 def test_image_backbones_scanned_train_steps_have_only_canonical_convolutions(backbone):
   # Catches a convolution added to a backbone that bypasses conv2d (K = 2 steps per call: the slow case).
   config = override(tiny_image_config.get_config(), model__backbone=backbone, train__steps_per_call=2)
-  mesh = sharding.make_mesh(config.mesh)
   modality = common.modality(config, 0)
-  experiment = Experiment(config, modality, mesh)
-  state = experiment.init_state(experiment.base_key)
-  batch = sharding.global_batch(common.random_batch(modality, config.train.batch_size), mesh)
+  experiment, state, batch = common.random_train_setup(config, modality, sharding.make_mesh(config.mesh))
   layouts = conv_layouts(experiment.train_steps.lower(state, (batch, batch)).compile().as_text())
   assert layouts and set(layouts) == {CANONICAL}, sorted(set(layouts))

@@ -31,7 +31,7 @@ class Conv(nnx.Module):
     # On the CPU the gradient is written out (conv2d); elsewhere autodiff's, which XLA:GPU maps onto cuDNN's
     # backward-data and backward-filter kernels.
     y = (conv2d(x_BxHxWxC, kernel, self.stride) if jax.default_backend() == "cpu"
-         else _conv_forward(x_BxHxWxC, kernel, self.stride)[0])
+         else conv2d_autodiff(x_BxHxWxC, kernel, self.stride))
     return y + self.bias[...].astype(y.dtype)
 
 
@@ -49,11 +49,17 @@ def _conv_forward(x_BxHxWxC, kernel_KxKxCxO, stride):
   return y, (x_BxHxWxC, kernel_KxKxCxO)
 
 
+def conv2d_autodiff(x_BxHxWxC, kernel_KxKxCxO, stride):
+  """conv2d's forward, differentiated by autodiff (what other backends run)."""
+  return _conv_forward(x_BxHxWxC, kernel_KxKxCxO, stride)[0]
+
+
 def _conv_backward(stride, residuals, dy_BxHxWxO):
   """Autodiff's gradient, with each product a convolution in XLA:CPU's canonical (NHWC, HWIO) form. Autodiff's
   own kernel gradient (channels as the batch, "f01b_i01o->01bf") is rewritten to that form by XLA:CPU only
   outside loops: inside a lax.scan or fori_loop (train.steps_per_call, train.grad_accum) it runs 20-60x slower,
-  the input gradient 2.5x (benchmarks/RESULTS.md, 2026-12-03). Same sums in the same order: bitwise equal."""
+  the input gradient 2.5x (benchmarks/RESULTS.md, 2026-12-03). Same sums in the same order (bitwise equal on
+  the CPUs seen; tests/test_conv_gradient.py allows float rounding)."""
   x_BxHxWxC, kernel_KxKxCxO = residuals
   kh, kw, _, _ = kernel_KxKxCxO.shape
   if stride == 1:  # dx: dy correlated with the kernel flipped in space, its in/out channels swapped
@@ -75,7 +81,7 @@ def _conv_backward(stride, residuals, dy_BxHxWxO):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x_BxHxWxC, kernel_KxKxCxO, stride):
   """'SAME' (stride 1) or patch (stride = kernel size) convolution with the hand-written gradient above."""
-  return _conv_forward(x_BxHxWxC, kernel_KxKxCxO, stride)[0]
+  return conv2d_autodiff(x_BxHxWxC, kernel_KxKxCxO, stride)
 
 
 conv2d.defvjp(_conv_forward, _conv_backward)
