@@ -17,6 +17,7 @@ shape so the script's paths can run on a CPU (tests/test_gpu_suite.py).
 
 import gc
 import json
+import os
 import pathlib
 import sys
 import time
@@ -28,7 +29,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import cifar10, digits, imagenet64, owt_small  # noqa: E402
-from md4_jax import generate, sharding  # noqa: E402
+from md4_jax import allocator, generate, sharding  # noqa: E402
 from md4_jax.evals import samples as sample_suite  # noqa: E402
 from md4_jax.train import Experiment  # noqa: E402
 
@@ -87,7 +88,8 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   modality = common.modality(config, vocab_size)
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
-            "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity}
+            "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity,
+            "huge_pages": allocator.TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")}
   try:
     experiment, state, batch = common.random_train_setup(config, modality, mesh)
     start = time.perf_counter()
@@ -147,14 +149,16 @@ def main(_):
       ("owt_small_train", lambda: time_train_step("owt_small_train", text_config(batch))),
       ("owt_small_train_every_position", lambda: time_train_step(
           "owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0))),
-      ("owt_small_train_remat", lambda: time_train_step("owt_small_train_remat", text_config(batch, model__remat="block"))),
+      ("owt_small_train_remat", lambda: time_train_step(
+          "owt_small_train_remat", text_config(batch, model__remat="block"))),
       ("owt_small_train_xla_attention", lambda: time_train_step(
           "owt_small_train_xla_attention", text_config(batch, model__attention="xla"))),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "exact:1", samples)),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "ancestral:4" if _SMOKE.value else "ancestral:1000",
                                             samples)),
       ("digits_train", lambda: time_train_step("digits_train", image_config(digits, 256), 17)),
-      ("cifar10_train", lambda: time_train_step("cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256)),
+      ("cifar10_train", lambda: time_train_step(
+          "cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256)),
       ("imagenet64_train", lambda: time_train_step(
           "imagenet64_train", image_config(imagenet64, 2 if _SMOKE.value else 64), 256)),
       ("largest_batch_remat_none", lambda: largest_batch("none")),
