@@ -17,19 +17,22 @@ shape so the script's paths can run on a CPU (tests/test_gpu_suite.py).
 
 import gc
 import json
-import os
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from md4_jax import allocator  # noqa: E402
+
+allocator.use_huge_pages()  # before jax, as launch.py (gpu_suite.sh reruns one step without: MD4_JAX_MALLOC=default)
+
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import cifar10, digits, imagenet64, owt_small  # noqa: E402
-from md4_jax import allocator, generate, sharding  # noqa: E402
+from md4_jax import generate, sharding  # noqa: E402
 from md4_jax.evals import samples as sample_suite  # noqa: E402
 from md4_jax.train import Experiment  # noqa: E402
 
@@ -89,7 +92,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   modality = common.modality(config, vocab_size)
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
             "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity,
-            "huge_pages": allocator.TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")}
+            "huge_pages": allocator.in_effect()}
   try:
     experiment, state, batch = common.random_train_setup(config, modality, mesh)
     start = time.perf_counter()

@@ -26,12 +26,17 @@ def wanted() -> bool:
           and os.environ.get("MD4_JAX_MALLOC") != "default")
 
 
+def in_effect() -> bool:
+  """Whether this process started with TUNABLE (glibc reads it only at start-up)."""
+  return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def use_huge_pages() -> None:
   """Re-executes this process with TUNABLE in GLIBC_TUNABLES unless it is there (or not wanted): call it
   before importing jax, at the top of a script run as `python script.py ...`."""
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if not wanted() or TUNABLE in tunables.split(":"):
+  if not wanted() or in_effect():
     return
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
   os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, (tunables, TUNABLE)))
   sys.stdout.flush()
   sys.stderr.flush()

@@ -16,11 +16,11 @@ def test_the_gpu_suite_runs_and_writes_one_json_line_per_measurement(tmp_path):
   lines = [json.loads(line) for line in (tmp_path / "gpu_suite.jsonl").read_text().splitlines()]
   assert [line["measurement"] for line in lines] == ["device", "owt_small_train", "owt_small_sample",
                                                      "owt_small_sample", "device", "owt_small_train"]
-  train, train_with_huge_pages = lines[1], lines[5]
+  train, train_default_malloc = lines[1], lines[5]
   assert train["fits"] and train["tokens_per_sec"] > 0 and train["dtype"] == "bfloat16"
   assert train["mfu"] is None  # no published peak for a CPU
   assert [line["sampler"] for line in lines[2:4]] == ["exact:1", "ancestral:4"]
   assert all(line["tokens_per_sec"] > 0 for line in lines[2:4])
-  # The allocator check: the same step, once without and once with the tunable launch.py sets.
-  assert not train["huge_pages"] and train_with_huge_pages["huge_pages"]
-  assert train_with_huge_pages["fits"] and train_with_huge_pages["tokens_per_sec"] > 0
+  # The allocator check: the same step, once with the tunable launch.py sets and once without.
+  assert train["huge_pages"] and not train_default_malloc["huge_pages"]
+  assert train_default_malloc["fits"] and train_default_malloc["tokens_per_sec"] > 0
