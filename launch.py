@@ -3,10 +3,23 @@
 [--class_label N[,N...]] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
 import os
+import signal
 import sys
 import traceback
 
-from md4_jax import allocator
+
+def _interrupted(signum, frame):
+  """Ctrl-C before training installs its own handler (imports, data loading, the first compile) or in eval and
+  sampling: one line, not a KeyboardInterrupt traceback from wherever the interpreter was."""
+  del signum, frame
+  os.write(2, b"\ninterrupted (Ctrl-C); nothing is lost (a workdir's files are committed whole): run the same "
+              b"command to start again, or to resume\n")
+  os._exit(130)  # no clean-up that a second Ctrl-C could interrupt; what is committed stays as after SIGKILL
+
+
+signal.signal(signal.SIGINT, _interrupted)  # first: imports take seconds; the train loop replaces it while it runs
+
+from md4_jax import allocator  # noqa: E402
 
 allocator.use_huge_pages()  # before jax is imported: restarts this process once with a glibc tunable
 
@@ -100,6 +113,20 @@ def config_file_failure(error: BaseException, path: str | None) -> str | None:
   return f"error in the config file {path}: {type(last).__name__}: {str(last).strip().splitlines()[-1].strip()}"
 
 
+def unknown_override(argv: list[str]) -> str | None:
+  """The message for the first `--config.KEY[=V]` (or `--noconfig.KEY`) whose KEY configs/base.py lacks, else None.
+
+  Checked before absl parses, whose own message names only the last part of the key and none of its group."""
+  known = config_check.flatten(base.get_config())
+  for arg in argv:
+    name = arg.partition("=")[0]
+    for prefix in ("--config.", "--noconfig."):
+      key = name[len(prefix):] if name.startswith(prefix) else None
+      if key and key not in known and key not in config_check.RENAMED:
+        return config_check.unknown_key(key, known)
+  return None
+
+
 def parse_flags(argv):
   """absl's parser, with config-override mistakes (unknown key, wrong type) reported in one line."""
   for arg in argv:
@@ -107,6 +134,10 @@ def parse_flags(argv):
       if arg.startswith(f"--config.{old_key}="):
         print(f"error: bad command line: config key {old_key!r} was replaced by {new_key!r}: {how}", file=sys.stderr)
         sys.exit(2)
+  unknown = unknown_override(argv)
+  if unknown:
+    print(f"error: bad command line: {unknown}", file=sys.stderr)
+    sys.exit(2)
   try:
     argv = flags.FLAGS(argv)
   except Exception as error:  # noqa: BLE001 - anything the config file raises while it loads is the user's
@@ -116,7 +147,8 @@ def parse_flags(argv):
       sys.exit(2)
     if not isinstance(error, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
       raise
-    message = str(error).strip("'\"").replace("\\'", "'").replace("\\n", "\n").replace("\n", " ")
+    message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)  # KeyError's str quotes
+    message = message.replace("\\'", "'").replace("\\n", "\n").replace("\n", " ")
     if isinstance(error, (AttributeError, KeyError)):
       message = f"unknown config key {message}"
     print(f"error: bad command line: {message}\n(keys and defaults: configs/base.py; usage: --help)",

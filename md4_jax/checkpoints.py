@@ -9,13 +9,15 @@ the latest is asked for: the newest that restores is used, the damaged ones are 
 aside to N.damaged, never deleted.
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from md4_jax import storage
+from md4_jax import orbax_noise, storage
 from md4_jax.errors import UserError
 
 
@@ -39,6 +41,7 @@ class Checkpointer:
   def __init__(self, directory: epath.Path, keep: int = 3, training: bool = False, summary=None):
     """training: this process holds the workdir's lock, so leftover temporary directories are stale.
     summary: the jitted `state_summary` (Experiment.state_summary): saved checksums are then checked."""
+    orbax_noise.install()  # a failed read or write is reported once, by us, not once per array by Orbax
     self.directory, self.summary = storage.path(directory), summary
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=training))
@@ -115,7 +118,7 @@ class Checkpointer:
         target = _unused(self.directory / f"{step}.damaged")
         (self.directory / str(step)).rename(target)
         print(f"warning: checkpoint {self.directory / str(step)} is damaged ({_short(error)}); moved it to "
-              f"{target.name} and used an older one", flush=True)
+              f"{target.name} and used an older one", file=sys.stderr, flush=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("md4_jax: damaged checkpoints moved")
     self.manager.reload()
@@ -126,8 +129,10 @@ class Checkpointer:
 
 
 def _short(error: BaseException) -> str:
-  """The first line of an error, cut: TensorStore's messages run to dozens of lines."""
+  """The first line of an error, cut: TensorStore's messages run to dozens of lines, and Orbax's read errors
+  end in "See full TensorStore details: <bound method pybind11_...>" (the repr of a method, not details)."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text.split(" See full TensorStore details")[0]
   return f"{type(error).__name__}: {text[:200]}"
 
 

@@ -103,9 +103,14 @@ def completion_start(tokens_NxD: np.ndarray, image, region: str) -> np.ndarray:
 
 
 def parse_class_labels(spec: str, num_classes: int) -> list[int]:
-  """--class_label "3" or "1,4,7" -> [labels], each in [0, num_classes)."""
+  """--class_label "3" or "1,4,7" -> [labels], each in [0, num_classes).
+
+  num_classes: the classes the run's network was trained on; 0 for an unconditional run, whose network reads no
+  label (whatever classes its data has), so a label would be ignored."""
   if not num_classes:
-    raise UserError("--class_label needs a class-conditional run (model.class_conditional=True on labelled images)")
+    raise UserError(f"--class_label={spec!r}: this run is unconditional (its network reads no class label); "
+                    "sample without --class_label, or train with --config.model.class_conditional=True on "
+                    "labelled images")
   items = [item.strip() for item in spec.split(",") if item.strip()]
   if not items or not all(item.isdigit() and int(item) < num_classes for item in items):
     raise UserError(f"--class_label={spec!r}: give class numbers in 0..{num_classes - 1}, e.g. 3 or 1,4,7")

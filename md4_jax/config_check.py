@@ -9,7 +9,7 @@ import math
 import jax
 import ml_collections
 
-from md4_jax import evals, modality, models, objectives, sampling, schedules, sharding
+from md4_jax import config_scope, evals, modality, models, objectives, sampling, schedules, sharding
 from md4_jax.data import benchmarks, image_sources, sources, tokenizers
 from md4_jax.errors import UserError
 
@@ -53,23 +53,34 @@ def _type_ok(value, default) -> bool:
 
 
 def check_keys(config, reference) -> None:
-  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type."""
+  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type, and none is
+  set away from its default where it has no effect (config_scope)."""
   flat, known = flatten(config), flatten(reference)
   for key, value in flat.items():
     if key in RENAMED:
       new_key, how = RENAMED[key]
       raise UserError(f"config key {key!r} was replaced by {new_key!r}: {how}")
     if key not in known:
-      group = key.rpartition(".")[0]
-      siblings = sorted(k for k in known if k.rpartition(".")[0] == group)
-      raise UserError(f"unknown config key {key!r}; the keys of {group or 'the config'!r} are: "
-                      f"{', '.join(siblings)} (see configs/base.py)")
+      raise UserError(unknown_key(key, known))
     if not _type_ok(value, known[key]):
       raise UserError(f"config key {key!r} = {value!r} is a {type(value).__name__}; it must be a "
                       f"{type(known[key]).__name__} like its default {known[key]!r}")
   missing = sorted(set(known) - set(flat))
   if missing:
     raise UserError(f"config lacks keys {missing}; build configs on configs/base.py (import it and override)")
+  config_scope.check_applicable(flat, config, known)
+
+
+def unknown_key(key: str, known: dict) -> str:
+  """The message for a key that configs/base.py lacks: the keys of its group (or of the config), so a typo is
+  seen at once. known: configs/base.py, flattened."""
+  group = key.rpartition(".")[0]
+  while group and not any(k.startswith(group + ".") for k in known):  # an unknown group: list its parent's
+    group = group.rpartition(".")[0]
+  siblings = sorted({k[len(group) + 1 if group else 0:].split(".")[0] for k in known
+                     if not group or k.startswith(group + ".")})
+  return (f"unknown config key {key!r}; the keys of {group or 'the config'!r} are: {', '.join(siblings)} "
+          "(see configs/base.py)")
 
 
 def check_values(config) -> None:

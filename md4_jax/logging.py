@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 
 import jax
 import tqdm
@@ -79,12 +80,14 @@ class MetricsLog:
 
 
 def _row_of(line: str) -> dict | None:
-  """A metrics line's row, or None for a blank or torn line."""
+  """A metrics line's row, or None for a blank or torn line, or one whose "step" is not a whole number (an edit
+  by hand: `{"step": "abc"}`, `{"step": null}`)."""
   try:
     row = json.loads(line)
   except ValueError:
     return None
-  return row if isinstance(row, dict) and "step" in row else None
+  step = row.get("step") if isinstance(row, dict) else None
+  return row if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def read_rows(path: epath.Path) -> list[dict]:
@@ -97,7 +100,39 @@ def _plain(value):
   return float(value) if isinstance(value, float) else value
 
 
-def progress_bar(start: int, total: int):
-  """Steps/s, ETA and the latest loss (set as postfix); silent on processes other than 0."""
-  return tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
-                   disable=jax.process_index() != 0, desc="train")
+class ProgressBar:
+  """Steps/s, ETA and the latest loss; silent on processes other than 0.
+
+  Its label says what the run is doing when it is not stepping: "compiling" until the first call returns,
+  "evaluating" during an evaluation. Time spent in those phases is left out of the rate and the ETA (before,
+  the first step's compile showed as "12.62s/step, ETA 2:26:58").
+  """
+
+  def __init__(self, start: int, total: int):
+    self.bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
+                         disable=jax.process_index() != 0, desc="compiling")
+    self.paused_at = time.perf_counter()
+
+  def pause(self, phase: str) -> None:
+    """Shows `phase` ("evaluating") until `resume()`; the time in between does not count as stepping."""
+    self.paused_at = time.perf_counter()
+    self.bar.set_description(phase)  # refreshes the line now
+
+  def resume(self) -> None:
+    """Back to "train"; the pause's seconds are taken out of tqdm's clocks (its average and smoothed rates)."""
+    if self.paused_at is None:
+      return
+    paused = time.perf_counter() - self.paused_at
+    self.paused_at = None
+    self.bar.start_t += paused
+    self.bar.last_print_t += paused
+    self.bar.set_description("train", refresh=False)
+
+  def step(self, count: int, loss: float, bits: float) -> None:
+    """`count` more steps done, the last with this loss."""
+    self.bar.set_postfix(loss=f"{loss:.4f}", bits=f"{bits:.3f}", refresh=False)
+    self.bar.update(count)
+
+  def close(self) -> None:
+    self.resume()  # the last line says "train", not the final evaluation's label
+    self.bar.close()

@@ -20,7 +20,7 @@ from md4_jax.checkpoints import Checkpointer
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output, powers, report
-from md4_jax.logging import MetricsLog, progress_bar
+from md4_jax.logging import MetricsLog, ProgressBar
 from md4_jax.train import Experiment
 
 SAMPLE_SALT = 2  # fold_in tag: sample keys are apart from training and evaluation keys (bound.EVAL_SALT = 1)
@@ -103,7 +103,7 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
   previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
                        for signum in stop_signals}
   last_good, last_eval, pending = start or None, {}, None
-  bar = progress_bar(start, cfg.num_steps)
+  bar = ProgressBar(start, cfg.num_steps)  # "compiling" until the first call returns
   window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * data.modality.length
   unit = output.unit(data.modality)
 
@@ -111,7 +111,9 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
     """Host side of steps first .. first + count - 1 (one call; with count > 1 each metric has a leading axis)."""
     metrics = jax.device_get(metrics)
     for index in range(count):
-      read_step(first + index, metrics if count == 1 else {key: value[index] for key, value in metrics.items()})
+      step_metrics = metrics if count == 1 else {key: value[index] for key, value in metrics.items()}
+      read_step(first + index, step_metrics)
+    bar.step(count, step_metrics["loss"], step_metrics["bits"])  # a call's steps at once: the rate is the calls'
 
   def read_step(step, metrics):
     """Host side of step `step`: NaN check, window sums, a log line every log_every steps."""
@@ -122,8 +124,6 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
       stop_for_non_finite(" and ".join(bad) + f" at step {step}" + (
           f" (the loss was still {metrics['loss']:.4g})" if math.isfinite(metrics["loss"]) else ""))
     window.add(metrics)
-    bar.update(1)
-    bar.set_postfix(loss=f"{metrics['loss']:.4f}", bits=f"{metrics['bits']:.3f}", refresh=False)
     if step % cfg.log_every == 0:
       seconds = time.perf_counter() - window_start
       log.write(step, {**window.means(), "train/steps_per_sec": window.count / seconds,
@@ -159,6 +159,7 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
       with jax.transfer_guard("disallow"):
         batches = tuple(sharding.global_batch(next(iterator), mesh) for _ in range(count))
         state, metrics = experiment.train_call(state, batches)
+        bar.resume()  # the call is compiled (the first one compiles before it returns)
         if pending:
           read(*pending)
       pending, step = (step + 1, count, metrics), step + count
@@ -175,6 +176,7 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
       if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
         save(step, state)
       if do_eval:
+        bar.pause("evaluating")
         last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
         log.write(step, last_eval)
         generate.write_samples(experiment, state["ema_params"], workdir / "samples" / f"step_{step}",

@@ -6,6 +6,7 @@ objectives, eval suites and modalities each live in their own module.
 """
 
 import math
+import sys
 
 import jax
 import numpy as np
@@ -116,6 +117,10 @@ def _describe(config) -> dict:
 def _train(config, workdir: epath.Path, reference) -> dict:
   """--mode train, holding the workdir's lock: a new run, or the resumed one (its saved tokenizer)."""
   record = workdirs.check_config(config, workdir, "train", reference)
+  if config.train.warmup_steps >= config.train.num_steps and jax.process_index() == 0:
+    print(f"warning: train.warmup_steps={config.train.warmup_steps} is not below train.num_steps="
+          f"{config.train.num_steps}: the warm-up is cut to {max(config.train.num_steps - 1, 0)} steps, so the "
+          "learning rate peaks at the last step", file=sys.stderr)
   resuming = bool(workdirs.committed_steps(workdir / "checkpoints"))
   data = pipeline.load_data(config.data, config.eval.split, modalities.load(workdir, config.data.seq_len)
                             if resuming else None)  # a start that failed before any checkpoint binds nothing
@@ -135,13 +140,14 @@ def _sample_request(config, modality, num_samples, prompt, infill, class_label, 
                     "--class_label)")
   if modality.kind == "text" and complete is not None:
     raise UserError("--complete completes held-out images; this run models text (use --prompt or --infill)")
-  labels = (np.resize(conditioning.parse_class_labels(class_label, modality.num_classes), count)
+  conditional_classes = modality.num_classes if config.model.class_conditional else 0
+  labels = (np.resize(conditioning.parse_class_labels(class_label, conditional_classes), count)
             if class_label is not None else None)
   if complete is not None:
     data = pipeline.load_data(config.data, config.eval.split, modality)
     rows = [data.eval[i] for i in range(min(count, len(data.eval)))]
     originals = np.stack([row["tokens"] for row in rows])
-    if labels is None and modality.num_classes:
+    if labels is None and conditional_classes:
       labels = np.asarray([row["label"] for row in rows], np.int32)  # complete each image as its own class
     return {"start": conditioning.completion_start(originals, modality, complete), "labels": labels,
             "originals": originals}

@@ -62,8 +62,8 @@ def run_image(mesh_sizes, backbone):
   """Losses of 3 steps of a tiny image model on fixed digit-like batches, and one conv kernel's sharding."""
   devices = jax.devices()[: int(np.prod(mesh_sizes))]
   mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
-  cfg = tiny_image_config.get_config()
-  cfg.model.backbone, cfg.model.class_conditional = backbone, True
+  cfg = tiny_image_config.get_config(backbone)
+  cfg.model.class_conditional = True
   experiment = Experiment(cfg, image_sources.DIGITS, mesh)
   state = experiment.init_state(experiment.base_key)
   rng = np.random.default_rng(0)

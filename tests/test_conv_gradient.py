@@ -72,7 +72,7 @@ def test_autodiffs_kernel_gradient_in_a_loop_is_not_canonical():
 @pytest.mark.parametrize("backbone", ["unet", "uvit"])
 def test_image_backbones_scanned_train_steps_have_only_canonical_convolutions(backbone):
   # Catches a convolution added to a backbone that bypasses conv2d (K = 2 steps per call: the slow case).
-  config = override(tiny_image_config.get_config(), model__backbone=backbone, train__steps_per_call=2)
+  config = override(tiny_image_config.get_config(backbone), train__steps_per_call=2)
   modality = common.modality(config, 0)
   experiment, state, batch = common.random_train_setup(config, modality, sharding.make_mesh(config.mesh))
   layouts = conv_layouts(experiment.train_steps.lower(state, (batch, batch)).compile().as_text())

@@ -23,7 +23,7 @@ from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, 
 
 
 def image_config(**overrides):
-  return override(tiny_image_config.get_config(), **overrides)
+  return override(tiny_image_config.get_config(overrides.pop("model__backbone", "unet")), **overrides)
 
 
 def test_digits_source_is_sklearns_digits_with_every_tenth_held_out():

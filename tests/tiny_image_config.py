@@ -3,17 +3,21 @@
 from configs import base
 
 
-def get_config():
+def get_config(backbone: str = "unet"):
+  """backbone: "unet" or "uvit" (`--config tests/tiny_image_config.py:uvit`); only its group is made tiny, since
+  a key set on a backbone the run does not use is refused."""
   config = base.get_config()
   config.data.source = "digits"
-  config.model.backbone = "unet"
-  config.model.unet.channels = 32
-  config.model.unet.num_res_blocks = 1
-  config.model.uvit.channels = 32  # backbone="uvit": 1 + 2 residual blocks around a 1-layer DiT of width 32
-  config.model.uvit.num_res_blocks = 1
-  config.model.uvit.width = 32
-  config.model.uvit.num_layers = 1
-  config.model.uvit.num_heads = 2
+  config.model.backbone = backbone
+  if backbone == "unet":
+    config.model.unet.channels = 32
+    config.model.unet.num_res_blocks = 1
+  else:  # 1 + 2 residual blocks around a 1-layer DiT of width 32
+    config.model.uvit.channels = 32
+    config.model.uvit.num_res_blocks = 1
+    config.model.uvit.width = 32
+    config.model.uvit.num_layers = 1
+    config.model.uvit.num_heads = 2
   config.train.num_steps = 12
   config.train.batch_size = 8
   config.train.learning_rate = 3e-3

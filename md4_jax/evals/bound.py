@@ -80,6 +80,8 @@ def run(context) -> dict:
     powers.write(context.workdir, step, learned, experiment.modality)
   if jax.process_index() == 0:
     table = _markdown_table(per_split, step, config.eval.params, bound, config.eval.time_samples, experiment.modality)
+    if len(bound_by_steps) > 1:
+      table += _steps_table(bound_by_steps, config.eval.split, experiment.modality)
     output.write_eval_files(context.workdir, config, f"step_{step}", table=table, record={
         "step": step, "params": config.eval.params, "bound": bound, "unit": output.unit(experiment.modality),
         "time_samples": config.eval.time_samples, **result, "splits": per_split, "bound_by_steps": bound_by_steps},
@@ -96,4 +98,14 @@ def _markdown_table(per_split: dict, step: int, params: str, bound: str, time_sa
   for split, v in per_split.items():
     lines.append(f"| {split} | {v['num_tokens']:,} | {v['nats']:.4f} | {v['bpt']:.4f} +- {v['bpt_stderr']:.4f} |"
                  + (f" {v['ppl']:.3f} |" if perplexity else ""))
+  return "\n".join(lines) + "\n"
+
+
+def _steps_table(bound_by_steps: list[dict], split: str, modality) -> str:
+  """The bound for each number of sampling steps T (continuous time last: the tightest), on eval.split."""
+  unit = output.unit(modality)
+  lines = ["", f"The bound with T sampling steps, {split} split (continuous time is the limit T -> infinity):", "",
+           f"| T | {unit} (+- std error) |", "|---|---|"]
+  for row in bound_by_steps:
+    lines.append(f"| {row['steps'] or 'continuous'} | {row['bpt']:.4f} +- {row['bpt_stderr']:.4f} |")
   return "\n".join(lines) + "\n"
