@@ -23,6 +23,13 @@ from md4_jax import allocator  # noqa: E402
 
 allocator.use_huge_pages()  # before jax is imported: restarts this process once with a glibc tunable
 
+from md4_jax import platform_check  # noqa: E402
+
+if platform_check.version_problem():  # before flax is imported: a mismatched flax fails deep inside its import
+  print(f"error: {platform_check.version_problem()}", file=sys.stderr)
+  sys.exit(2)
+
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_flags as config_flags_module  # noqa: E402
@@ -186,6 +193,11 @@ def main(argv):
         runs = [runs[_SWEEP_INDEX.value]]
     elif _DRY_RUN.value:
       raise UserError("--dry_run lists a sweep's runs; use it with --sweep")
+    if jax.process_index() == 0:
+      print(platform_check.describe_devices(jax), flush=True)
+      for warning in (platform_check.untested_jax(), platform_check.unused_accelerator(jax)):
+        if warning:
+          print(warning, file=sys.stderr, flush=True)
     for name, run_config in runs:
       workdir = _WORKDIR.value
       if name is not None:

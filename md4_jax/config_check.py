@@ -77,8 +77,9 @@ def unknown_key(key: str, known: dict) -> str:
   group = key.rpartition(".")[0]
   while group and not any(k.startswith(group + ".") for k in known):  # an unknown group: list its parent's
     group = group.rpartition(".")[0]
-  siblings = sorted({k[len(group) + 1 if group else 0:].split(".")[0] for k in known
-                     if not group or k.startswith(group + ".")})
+  prefix = f"{group}." if group else ""
+  children = {k[len(prefix):].split(".")[0] for k in known if k.startswith(prefix)}
+  siblings = sorted(prefix + child + (".*" if prefix + child not in known else "") for child in children)
   return (f"unknown config key {key!r}; the keys of {group or 'the config'!r} are: {', '.join(siblings)} "
           "(see configs/base.py)")
 
