@@ -53,8 +53,7 @@ def _type_ok(value, default) -> bool:
 
 
 def check_keys(config, reference) -> None:
-  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type, and none is
-  set away from its default where it has no effect (config_scope)."""
+  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type."""
   flat, known = flatten(config), flatten(reference)
   for key, value in flat.items():
     if key in RENAMED:
@@ -68,7 +67,12 @@ def check_keys(config, reference) -> None:
   missing = sorted(set(known) - set(flat))
   if missing:
     raise UserError(f"config lacks keys {missing}; build configs on configs/base.py (import it and override)")
-  config_scope.check_applicable(flat, config, known)
+
+
+def check_scope(config, reference) -> None:
+  """No key is set away from its default (`reference`: configs/base.py) where it has no effect (config_scope).
+  After check_values: a bad value is named as such even where its key would not apply."""
+  config_scope.check_applicable(flatten(config), config, flatten(reference))
 
 
 def unknown_key(key: str, known: dict) -> str:

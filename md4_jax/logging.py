@@ -120,7 +120,8 @@ class ProgressBar:
 
   def resume(self) -> None:
     """Back to "train"; the pause's seconds are taken out of tqdm's clocks (its average and smoothed rates)."""
-    if self.paused_at is None:
+    if self.paused_at is None or self.bar.disable:  # a disabled bar (processes other than 0) has no clocks
+      self.paused_at = None
       return
     paused = time.perf_counter() - self.paused_at
     self.paused_at = None

@@ -50,6 +50,7 @@ def main(config, workdir, mode: str = "train", *, reference, step: int | None = 
                     (" (the training seed is --config.seed)" if "--seed" in given else ""))
   config_check.check_keys(config, reference)
   config_check.check_values(config)
+  config_check.check_scope(config, reference)
   config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
   if mode == "prepare":
     return _prepare(config)

@@ -26,6 +26,7 @@ SIZES = (4000, 400, 400)
 
 def text8_config(data_dir, manual_dir="", **overrides):
   return make_config("", data__source="text8", data__dir=str(data_dir), data__manual_dir=str(manual_dir),
+                     data__eval_fraction=0.05,  # the default: text8 has its own held-out split
                      train__num_steps=4, train__eval_every=4, train__checkpoint_every=4, **overrides)
 
 

@@ -18,6 +18,7 @@ def test_config_validates_and_builds(module):
   config = importlib.import_module(module).get_config()
   config_check.check_keys(config, reference())
   config_check.check_values(config)
+  config_check.check_scope(config, reference())
   if config.data.source == "textfile":
     config.data.source = "embedded"  # the shapes, without a file
   make_model = models.backbone_factory(config, pipeline.nominal_modality(config.data),

@@ -105,7 +105,7 @@ def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
 
 def test_shorthand_config_flags(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path / "run", "--sampler.nme=exact")
-  assert_clear_error(result, "unknown config key 'nme'", "\"name\"")
+  assert_clear_error(result, "unknown config key 'sampler.nme'", "sampler.name")
 
 
 def test_incompatible_workdir_is_refused(tmp_path, corpus_file):

@@ -80,7 +80,7 @@ def test_table_layout_exact_and_published_rows():
 
 def test_a_tokenizer_without_end_of_text_is_refused_at_prepare(tmp_path):
   config = make_config(tmp_path / "unused.txt", eval__suite="zero_shot", data__dir=str(tmp_path))
-  config.data.source = "embedded"
+  config.data.source, config.data.path = "embedded", ""
   with pytest.raises(UserError, match="zero-shot benchmarks join documents with end-of-text.*gpt2"):
     run.main(config, None, "prepare", reference=reference())
 
