@@ -47,7 +47,7 @@ def test_jax_and_flax_are_pinned_at_the_bottom_of_their_ranges():
       assert pinned[requirement.name] == lowest, requirement
   jax_range = next(r for r in requirements() if r.name == "jax").specifier
   low, high = platform_check.JAX_RANGE
-  assert jax_range == {f">={'.'.join(map(str, low))}", f"<{'.'.join(map(str, high))}"}
+  assert {str(spec) for spec in jax_range} == {f">={'.'.join(map(str, low))}", f"<{'.'.join(map(str, high))}"}
   assert (0, 10) in platform_check.FIRST_FLAX_FOR_JAX and str(pinned["flax"]) == "0.12.8"
 
 
