@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from md4_jax.models.layers import _attention_forward, attention  # noqa: E402
+from md4_jax.models.attention import _attention_forward, attention  # noqa: E402
 
 _SHAPE = flags.DEFINE_list("shape", ["16", "256", "4", "64"], "batch, length, heads, head size.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "q, k, v dtype.")

@@ -62,7 +62,7 @@ def train_flops_per_token(model_config) -> float:
 
   The embedding (a gather) and the per-sequence adaLN/time parameters do no per-token matmul work.
   """
-  d, f = model_config.width, int(model_config.width * model_config.mlp_ratio)
+  d, f = model_config.width, model_config.hidden
   per_token_params = model_config.num_layers * (4 * d * d + 3 * d * f) + d * model_config.vocab_size
   attention = 12 * model_config.num_layers * d * model_config.seq_len
   return 6 * per_token_params + attention

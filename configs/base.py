@@ -38,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_layers = 4  # transformer blocks
   config.model.width = 128  # model dimension
   config.model.num_heads = 4  # attention heads (width / num_heads must be even)
-  config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width
+  config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width (unless mlp_hidden is set)
+  config.model.mlp_hidden = 0  # GLU hidden size; 0 = mlp_ratio * width (the published text models: 2048 at width 768)
+  config.model.cond_dim = 0  # width of the time condition the adaLN modulations read; 0 = width (published: 64)
   config.model.positions = "rope"  # "rope" | "learned"
   # Every backbone:
   config.model.time_conditioning = True  # condition on t (adaLN-zero / added embedding); False = time-independent

@@ -25,7 +25,11 @@ def nll_terms(network, x0_BxL, *, vocab_size: int, token_mask_BxL=None) -> dict:
   (`loss` = `diffusion` = the NLL; no reconstruction or prior term). Padding is excluded."""
   if token_mask_BxL is None:
     token_mask_BxL = jnp.ones_like(x0_BxL)
-  nll_BxL = diffusion.token_nll(next_token_logits(network, x0_BxL, vocab_size), x0_BxL)
+  if getattr(network, "splits_head", False):  # a backbone (not a bare callable): the output layer fused with the loss
+    h_BxLxD = network.features(shift_right(x0_BxL, vocab_size), jnp.zeros((x0_BxL.shape[0],)))
+    nll_BxL = network.head_loss(h_BxLxD.reshape(x0_BxL.size, -1), x0_BxL.reshape(-1)).reshape(x0_BxL.shape)
+  else:
+    nll_BxL = diffusion.token_nll(next_token_logits(network, x0_BxL, vocab_size), x0_BxL)
   loss_B = jnp.sum(nll_BxL * token_mask_BxL, axis=-1)
   zeros_B = jnp.zeros_like(loss_B)
   return {"loss": loss_B, "diffusion": loss_B, "reconstruction": zeros_B, "prior": zeros_B,

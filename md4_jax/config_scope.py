@@ -35,9 +35,11 @@ SCOPES = (
      "'imagenet64'"),
     ("model.unet.", lambda c: c.model.backbone == "unet", "model.backbone='unet'"),
     ("model.uvit.", lambda c: c.model.backbone == "uvit", "model.backbone='uvit'"),
+    ("model.mlp_ratio", lambda c: c.model.backbone == "transformer" and not c.model.mlp_hidden,
+     "model.backbone='transformer' with model.mlp_hidden=0 (a set mlp_hidden is the GLU's size itself)"),
     *((f"model.{name}", lambda c: c.model.backbone == "transformer", "model.backbone='transformer' (image "
        "backbones have their groups model.unet.* and model.uvit.*)")
-      for name in ("num_layers", "width", "num_heads", "mlp_ratio", "positions")),
+      for name in ("num_layers", "width", "num_heads", "mlp_ratio", "mlp_hidden", "cond_dim", "positions")),
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "

@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from md4_jax import fused_head
+from md4_jax.fused_head import token_nll
+
 
 def spread_order(batch_size: int) -> np.ndarray:
   """A permutation of range(B) whose every contiguous block is spread evenly over range(B).
@@ -58,66 +61,64 @@ def mask_tokens(key, x0_BxL, mask_prob_B, mask_id: int, token_mask_BxL=None):
   return jnp.where(masked_BxL, mask_id, x0_BxL)
 
 
-def token_nll(logits_xV, x0_x):
-  """-log softmax(logits)[x0], in float32."""
-  logits_xV = logits_xV.astype(jnp.float32)
-  target_x = jnp.take_along_axis(logits_xV, x0_x[..., None], axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits_xV, axis=-1) - target_x
-
-
 def masked_cross_entropy(logits_BxLxV, x0_BxL, z_BxL, mask_id: int):
   """sum over masked positions of -log p(x0 | z_t), per example, in float32."""
   return jnp.sum(jnp.where(z_BxL == mask_id, token_nll(logits_BxLxV, x0_BxL), 0.0), axis=-1)
 
 
-def gathered_masked_cross_entropy(h_BxLxD, head, x0_BxL, z_BxL, mask_id: int, *, capacity: int, groups: int = 1,
-                                  token_loss=None, row_values_BxR=None):
-  """`masked_cross_entropy(head(h), ...)`, applying `head` ([..., D] -> [..., V]) only at masked positions.
+def masked_head_loss(h_BxLxD, head_loss, x0_BxL, z_BxL, mask_id: int, *, capacity: int | None = None,
+                     groups: int = 1, token_loss=None, row_values_BxR=None):
+  """The sum over masked positions of a position's loss, per example, with the output layer fused into it.
 
-  token_loss(logits_NxV, x0_N, values_NxR) replaces -log p(x0) when given, values being each position's
-  row of row_values_BxR (a per-example table, e.g. GenMD4's per-token rates).
+  head_loss(h_NxD, x0_N, token_loss=, row_N=, table_RxK=) -> [N]: the network's output layer and the loss in
+  one (fused_head.py: no [N, V] array is kept). token_loss(logits_NxV, x0_N, values_NxK) is -log p(x0) by
+  default; values are each position's row of row_values_BxR (a per-example table, e.g. GenMD4's per-class rates).
 
-  The B rows form `groups` contiguous blocks (one per batch shard, so gathers stay on
-  their device); each block's first `capacity` masked positions are gathered to
-  [capacity, D] before the output layer. When any block has more masked positions,
-  every position goes through the layer instead (`lax.cond`), so the value is always
-  the exact objective, only the cost changes.
+  capacity None: every position goes through the layer (masked ones count). Else the B rows form `groups`
+  contiguous blocks (one per batch shard, so gathers stay on their device) and each block's first `capacity`
+  masked positions are gathered before the layer; when any block has more, every position goes through it
+  instead (`lax.cond`), so the value is always the exact objective, only the cost changes.
 
   Returns:
-    (nll_B summed over masked positions, 1.0 if the fallback ran else 0.0).
+    (loss_B, 1.0 if every position went through the layer because a block overflowed else 0.0).
   """
   batch_size, length = z_BxL.shape
   rows = batch_size // groups
+  if token_loss is None:
+    token_loss = fused_head.cross_entropy
+  if row_values_BxR is None:
+    row_values_BxR = jnp.zeros((batch_size, 1))
+
+  def every_position():
+    loss_N = head_loss(h_BxLxD.reshape(batch_size * length, -1), x0_BxL.reshape(-1), token_loss=token_loss,
+                       row_N=jnp.repeat(jnp.arange(batch_size), length), table_RxK=row_values_BxR)
+    return jnp.sum(jnp.where(z_BxL == mask_id, loss_N.reshape(batch_size, length), 0.0), axis=-1)
+
+  if capacity is None or capacity >= rows * length:
+    return every_position(), jnp.zeros((), jnp.float32)
   masked_GxN = (z_BxL == mask_id).reshape(groups, rows * length)
   overflow = jnp.any(jnp.sum(masked_GxN, axis=-1) > capacity)
-  if token_loss is None:
-    token_loss, row_values_BxR = (lambda logits, x0, values: token_nll(logits, x0)), jnp.zeros((batch_size, 1))
 
   def gathered():
-    def one_group(masked_N, h_NxD, x0_N, values_RxV):
+    def one_group(masked_N, h_NxD, x0_N, values_RxK):
       (index_C,) = jnp.nonzero(masked_N, size=capacity, fill_value=0)
       valid_C = jnp.arange(capacity) < jnp.sum(masked_N)
       row_C = index_C // length
-      loss_C = jnp.where(valid_C, token_loss(head(h_NxD[index_C]), x0_N[index_C], values_RxV[row_C]), 0.0)
-      return jax.ops.segment_sum(loss_C, row_C, num_segments=rows)
+      loss_C = head_loss(h_NxD[index_C], x0_N[index_C], token_loss=token_loss, row_N=row_C, table_RxK=values_RxK)
+      return jax.ops.segment_sum(jnp.where(valid_C, loss_C, 0.0), row_C, num_segments=rows)
 
     loss_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
                                    x0_BxL.reshape(groups, rows * length),
                                    row_values_BxR.reshape(groups, rows, -1))
     return loss_GxR.reshape(batch_size)
 
-  def every_position():
-    loss_BxL = token_loss(head(h_BxLxD), x0_BxL, row_values_BxR[:, None, :])
-    return jnp.sum(jnp.where(z_BxL == mask_id, loss_BxL, 0.0), axis=-1)
-
-  # Under autodiff a cond keeps the residuals of both branches (zeros for the one not taken); the
-  # fallback's would be full [B, L, V] logits, so it recomputes them in its backward pass instead.
-  return jax.lax.cond(overflow, jax.checkpoint(every_position), gathered), overflow.astype(jnp.float32)
+  # Neither branch keeps [N, V] residuals (head_loss recomputes its logits in the backward pass).
+  return jax.lax.cond(overflow, every_position, gathered), overflow.astype(jnp.float32)
 
 
 def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: int = 0,
-               antithetic: bool = True, token_mask_BxL=None, head=None, capacity: int = 0, groups: int = 1,
-               t_B=None):
+               antithetic: bool = True, token_mask_BxL=None, head_loss=None, capacity: int | None = None,
+               groups: int = 1, t_B=None):
   """One-sample estimate of the negative ELBO terms, per example, in nats.
 
   Args:
@@ -129,16 +130,17 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
     timesteps: 0 for the continuous-time bound, T > 0 for the T-step discrete bound.
     antithetic: low-discrepancy times across the batch.
     token_mask_BxL: 1 for real tokens, 0 for padding (excluded everywhere).
-    head: when given, `denoise` returns hidden states [B, L, D] and `head` maps them to
-      logits, applied only at masked positions (see `gathered_masked_cross_entropy`).
-    capacity: masked positions gathered per group of rows (with `head`).
-    groups: contiguous row blocks gathered separately (with `head`).
+    head_loss: when given, `denoise` returns hidden states [B, L, D] and `head_loss` is the output layer
+      fused with the loss (see `masked_head_loss`).
+    capacity: masked positions gathered per group of rows before the output layer (with `head_loss`; None =
+      every position).
+    groups: contiguous row blocks gathered separately (with `head_loss`).
     t_B: times in [0, 1) to use instead of drawing them.
 
   Returns:
     dict of [B] arrays: `diffusion`, `reconstruction`, `prior`, `loss` (their sum),
-    `num_tokens` (real tokens per example, for per-token units) and, with `head`,
-    `fallback` (scalar: 1.0 when every position went through the output layer).
+    `num_tokens` (real tokens per example, for per-token units) and, with `head_loss`,
+    `fallback` (scalar: 1.0 when a block had more masked positions than `capacity`).
   """
   batch_size = x0_BxL.shape[0]
   if token_mask_BxL is None:
@@ -152,11 +154,11 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
   mask_prob_B = schedule.mask_prob(t_B)
   z_BxL = mask_tokens(mask_key, x0_BxL, mask_prob_B, vocab_size, token_mask_BxL)
   fallback = None
-  if head is None:
+  if head_loss is None:
     cross_entropy_B = masked_cross_entropy(denoise(z_BxL, t_B), x0_BxL, z_BxL, vocab_size)
   else:
-    cross_entropy_B, fallback = gathered_masked_cross_entropy(
-        denoise(z_BxL, t_B), head, x0_BxL, z_BxL, vocab_size, capacity=capacity, groups=groups)
+    cross_entropy_B, fallback = masked_head_loss(denoise(z_BxL, t_B), head_loss, x0_BxL, z_BxL, vocab_size,
+                                                 capacity=capacity, groups=groups)
   if timesteps:
     s_B = t_B - 1.0 / timesteps
     # T * E_i[(alpha_s - alpha_t) / (1 - alpha_t) * CE]: i drawn uniformly from T steps.

@@ -11,7 +11,7 @@ import pytest
 
 from md4_jax import modality, sharding
 from md4_jax.errors import UserError
-from md4_jax.models.layers import attention, attention_kernel
+from md4_jax.models.attention import attention, attention_kernel
 from md4_jax.train import Experiment
 from tests import tiny_config
 

@@ -6,9 +6,10 @@ import jax
 import pytest
 from flax import nnx
 
-from md4_jax import config_check, models, objectives
+from md4_jax import config_check, models, objectives, run
 from md4_jax.data import pipeline
-from tests.conftest import reference
+from md4_jax.modality import Text
+from tests.conftest import make_config, reference
 
 
 @pytest.mark.parametrize("module", ["configs.base", "configs.quickstart", "configs.text8", "configs.owt_small",
@@ -33,3 +34,30 @@ def test_base_config_comments_every_key():
   for key in config_check.flatten(reference()):
     line = next(line for line in source.splitlines() if f"config.{key} = " in line)
     assert "#" in line, f"configs/base.py: {key} has no comment"
+
+
+# (config, our parameter count, the reference code's own model for the same config, counted with
+# ../shared/bench's kit): the published text models must be the reference's within 0.5%.
+PUBLISHED = [("configs.text8", 88_723_264, 88_734_272), ("configs.owt_small", 165_876_544, 165_857_344),
+             ("configs.owt_medium", 416_291_136, 416_240_960)]
+
+
+@pytest.mark.parametrize("module, ours, reference_count", PUBLISHED)
+def test_published_text_models_have_the_reference_codes_parameter_count(module, ours, reference_count):
+  config = importlib.import_module(module).get_config()
+  assert run._describe(config)["params"] == ours  # pinned: update with a note when the model is meant to change
+  assert abs(ours / reference_count - 1) < 0.005
+
+
+def test_the_layout_before_the_published_shapes_is_kept_at_zero_keys():
+  """mlp_hidden = cond_dim = 0 is the layout of workdirs saved before those keys existed (their config.json lacks
+  them and restores with them at 0): GLU 4 x width, modulations and one time layer from the full width."""
+  config = make_config("unused.txt", model__width=32, model__num_heads=2, model__num_layers=2)
+  make_model = models.backbone_factory(config, Text(27, 16), {})
+  state = nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
+  shapes = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+  assert shapes["['time_mlp']['kernel'].value"] == (32, 32) and "['time_mlp_out']" not in str(list(shapes))
+  assert shapes["['final_modulation']['kernel'].value"] == (32, 2, 32)
+  assert shapes["['blocks'][0]['modulation']['kernel'].value"] == (32, 6, 32)
+  assert shapes["['blocks'][0]['mlp']['gate']['kernel'].value"] == (32, 128)
+  assert not any("bias" in name for name in shapes)

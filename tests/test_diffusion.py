@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import diffusion
+from md4_jax import diffusion, fused_head
 from md4_jax.schedules import get_schedule
 
 V = 7  # vocabulary; the mask id is V
@@ -138,7 +138,7 @@ def test_spread_order_balances_every_block_of_rows():
         assert np.max(np.abs(block_means - (batch - 1) / (2 * batch))) < 0.1
 
 
-@pytest.mark.parametrize("capacity, groups, expect_fallback", [(40, 1, 0.0), (20, 2, 0.0), (8, 2, 1.0)])
+@pytest.mark.parametrize("capacity, groups, expect_fallback", [(40, 1, 0.0), (20, 2, 0.0), (8, 2, 1.0), (None, 1, 0.0)])
 def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fallback):
   """Applying the output layer only at masked positions changes the cost, never the value or gradient."""
   key_h, key_w, key_x, key_m = jax.random.split(jax.random.key(0), 4)
@@ -151,8 +151,8 @@ def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fa
     return jnp.sum(diffusion.masked_cross_entropy(h @ weight, x0, z, V) * jnp.arange(1.0, 5.0))
 
   def gathered(h, weight):
-    nll, fallback = diffusion.gathered_masked_cross_entropy(h, lambda hh: hh @ weight, x0, z, V,
-                                                            capacity=capacity, groups=groups)
+    head_loss = lambda h_NxD, x0_N, **loss: fused_head.head_loss(h_NxD, weight, x0_N, **loss)  # noqa: E731
+    nll, fallback = diffusion.masked_head_loss(h, head_loss, x0, z, V, capacity=capacity, groups=groups)
     return jnp.sum(nll * jnp.arange(1.0, 5.0)), fallback
 
   assert int(jnp.sum(z == V)) <= 40 and max(int(jnp.sum(z[:2] == V)), int(jnp.sum(z[2:] == V))) <= 20

@@ -27,6 +27,8 @@ def config_with(**genmd4_keys):
 class FixedNet:
   """A fixed denoiser (logits from a table over (position, input id)) with learned powers softplus(theta)."""
 
+  splits_head = False  # the objectives' network protocol (models.Network): full logits only
+
   def __init__(self, theta, table_LxV1xV):
     self.module = types.SimpleNamespace(schedule=lambda: jax.nn.softplus(theta))
     self.table = table_LxV1xV

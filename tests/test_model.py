@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax.models.layers import attention
+from md4_jax.models.attention import attention
 from md4_jax.models.transformer import Transformer, TransformerConfig, rope
 
 CFG = TransformerConfig(vocab_size=11, seq_len=8, num_layers=2, width=32, num_heads=2)
@@ -77,7 +77,7 @@ def test_bad_shapes_are_rejected():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_attention_gradient_is_autodiffs(causal, dtype):
   """The hand-written backward pass (heads-major matmuls, fast on XLA:CPU) equals autodiff of the forward."""
-  from md4_jax.models.layers import _attention_forward
+  from md4_jax.models.attention import _attention_forward
   keys = jax.random.split(jax.random.key(1), 4)
   q, k, v = (jax.random.normal(key, (2, 9, 3, 8)).astype(dtype) for key in keys[:3])
   cotangent = jax.random.normal(keys[3], (2, 9, 3, 8))

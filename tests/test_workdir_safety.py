@@ -231,3 +231,19 @@ def test_eval_accepts_the_same_data_at_a_new_path_and_sampling_needs_none(traine
   with pytest.raises(UserError, match=r"data.path='.*gone.txt' is not a file; this run was trained on"):
     run.main(gone, workdir, "eval", reference=reference())
   assert len(run.main(gone, workdir, "sample", reference=reference())["samples"]) == 2  # reads the tokenizer only
+
+
+def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_path):
+  """Its config.json lacks model.mlp_hidden and model.cond_dim: they count as 0, the layout it was trained with."""
+  workdir = copy_of(trained, tmp_path)
+  saved = json.loads((workdir / "config.json").read_text())
+  for key in ("mlp_hidden", "cond_dim"):
+    del saved["model"][key]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  result = launch_tiny(trained[0], workdir, "--mode=eval", *tiny_args())
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 10}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming from step 8" in result.stdout
+  result = launch_tiny(trained[0], workdir, "--config.model.cond_dim=16", *tiny_args())
+  assert_clear_error(result, "model.cond_dim: 0 in the workdir, 16 now")

@@ -4,12 +4,13 @@
 tokens): z holds ids in [0, V] (V = mask), t the diffusion time, label the class (None or the null
 class num_classes = unconditional; only class-conditional backbones read it), dropout_key turns
 dropout on (training). Backbones that split their last layer off (the transformer) also have
-`features(z, t, label, dropout_key=...)` and `head_logits(h)`, so the loss can apply the output
-layer at masked positions only.
+`features(z, t, label, dropout_key=...)`, `head_logits(h)` and `head_loss(h_NxD, x0_N, **loss)` (the output
+layer fused with the loss: fused_head.py), so the loss keeps no [N, V] array and can apply the output layer at
+masked positions only.
 
 | name | modality | keys |
 |---|---|---|
-| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, positions, scan_layers |
+| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, mlp_hidden, cond_dim, positions, scan_layers |
 | unet | image | model.unet.* |
 | uvit | image | model.uvit.* |
 """
@@ -48,6 +49,7 @@ def backbone_factory(config, modality, requirements: dict | None = None):
       raise ValueError("model.class_conditional=True needs an image backbone (model.backbone='unet' or 'uvit')")
     cfg = TransformerConfig(vocab_size=modality.vocab_size, seq_len=modality.length, num_layers=model.num_layers,
                             width=model.width, num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
+                            mlp_hidden=model.mlp_hidden, cond_dim=model.cond_dim,
                             positions=model.positions, causal=causal,
                             scan_layers=model.scan_layers, **common)
     return functools.partial(Transformer, cfg)
@@ -78,3 +80,11 @@ class Network:
 
   def head_logits(self, h_xF):
     return self.module.head_logits(h_xF)
+
+  @property
+  def splits_head(self) -> bool:
+    """Whether the backbone has features / head_logits / head_loss (the transformer; image backbones do not)."""
+    return self.module.splits_head
+
+  def head_loss(self, h_NxF, x0_N, **loss):
+    return self.module.head_loss(h_NxF, x0_N, **loss)

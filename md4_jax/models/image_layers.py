@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import Dense, attention, dropout, normal, param, timestep_embedding
+from md4_jax.models.attention import attention
+from md4_jax.models.layers import Dense, dropout, normal, param, timestep_embedding
 
 
 class Conv(nnx.Module):
@@ -155,7 +156,7 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, channels, num_heads, rngs, *, cond_dim: int = 0, zero_init_out: bool = False, kernel="xla"):
     head_dim = channels // num_heads
-    self.kernel = kernel  # layers.attention_kernel
+    self.kernel = kernel  # attention.attention_kernel
     self.norm = GroupNorm(channels, rngs, cond_dim)
     self.qkv = Dense((channels,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs, bias=True)
     self.out = Dense((num_heads, head_dim), (channels,), ("heads", "kv", "embed"), rngs, zero_init=zero_init_out,
@@ -227,6 +228,8 @@ class ResidualTrunk(nnx.Module):
   builds the middle, called as middle(h, cond, dropout_key); conditioned_head: the head's GroupNorm is
   conditional too.
   """
+
+  splits_head = False  # one pixel head: no features / head_loss split (models/__init__.py)
 
   def __init__(self, cfg, rngs, *, cond_mode: str, make_middle, conditioned_head: bool):
     self.cfg = cfg

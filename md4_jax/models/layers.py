@@ -4,7 +4,6 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `ml
 sharding.py maps onto the mesh; parameters are created without a mesh and placed later.
 """
 
-import functools
 import math
 
 import jax
@@ -53,9 +52,54 @@ class RMSNorm(nnx.Module):
     self.scale = param(rngs, nnx.initializers.ones, (width,), ("embed",))
 
   def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
-    return (normed * self.scale[...]).astype(x.dtype)
+    return rms_norm(x, self.scale[...])
+
+
+def _rms_norm_forward(x_xD, scale_D):
+  x32_xD = x_xD.astype(jnp.float32)
+  inverse_rms_x1 = jax.lax.rsqrt(jnp.mean(x32_xD * x32_xD, axis=-1, keepdims=True) + 1e-6)
+  return (x32_xD * inverse_rms_x1 * scale_D).astype(x_xD.dtype), (x_xD, inverse_rms_x1, scale_D)
+
+
+def _rms_norm_backward(residuals, dy_xD):
+  """Autodiff's gradient, from the input in its own dtype and the float32 1/rms per row: autodiff would keep
+  two float32 copies of x [..., D] per norm (0.05 GiB each at 8 x 1024 x 768), twice per block."""
+  x_xD, inverse_rms_x1, scale_D = residuals
+  normed_xD = x_xD.astype(jnp.float32) * inverse_rms_x1
+  dy32_xD = dy_xD.astype(jnp.float32)
+  dscale_D = jnp.sum(dy32_xD * normed_xD, axis=tuple(range(dy_xD.ndim - 1)))
+  dnormed_xD = dy32_xD * scale_D
+  dx_xD = inverse_rms_x1 * (dnormed_xD - normed_xD * jnp.mean(dnormed_xD * normed_xD, axis=-1, keepdims=True))
+  return dx_xD.astype(x_xD.dtype), dscale_D
+
+
+@jax.custom_vjp
+def rms_norm(x_xD, scale_D):
+  """x / rms(x) * scale over the last axis, computed in float32, returned in x's dtype."""
+  return _rms_norm_forward(x_xD, scale_D)[0]
+
+
+rms_norm.defvjp(_rms_norm_forward, _rms_norm_backward)
+
+
+def _silu_glu_forward(gate, up):
+  return jax.nn.silu(gate) * up, (gate, up)
+
+
+def _silu_glu_backward(residuals, dy):
+  """From the two inputs alone: autodiff keeps three more arrays of their size (SiLU's internals)."""
+  gate, up = residuals
+  sigmoid = jax.nn.sigmoid(gate)  # in the inputs' dtype, as autodiff of the forward computes it
+  return dy * up * sigmoid * (1 + gate * (1 - sigmoid)), dy * gate * sigmoid  # d silu(g)/dg = s (1 + g (1 - s))
+
+
+@jax.custom_vjp
+def silu_glu(gate, up):
+  """silu(gate) * up: the gated unit of a SwiGLU MLP."""
+  return _silu_glu_forward(gate, up)[0]
+
+
+silu_glu.defvjp(_silu_glu_forward, _silu_glu_backward)
 
 
 def timestep_embedding(t_B, width, max_period=10_000.0):
@@ -72,80 +116,3 @@ def dropout(key, x, rate: float):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")
-
-
-def check_attention(name: str, dtype: str) -> None:
-  """ValueError unless model.attention=`name` can run here with model.dtype=`dtype`."""
-  if name not in ATTENTION_KERNELS:
-    raise ValueError(f"model.attention={name!r}: choose one of {ATTENTION_KERNELS}")
-  if name == "cudnn" and (jax.default_backend() != "gpu" or dtype == "float32"):
-    raise ValueError(f"model.attention='cudnn' needs a GPU and model.dtype='bfloat16' (this run: backend "
-                     f"{jax.default_backend()!r}, dtype {dtype!r}); use model.attention='auto'")
-
-
-def attention_kernel(name: str, dtype: str, head_dim: int) -> str:
-  """The kernel a layer runs: "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel) or "xla" (`attention`
-  below). "auto" takes cuDNN on a GPU in bfloat16 for head sizes it supports (multiples of 8 up to 128), else
-  XLA: the fused kernel does not materialise the [L, L] scores, and float32 has no cuDNN path."""
-  check_attention(name, dtype)
-  if name == "auto":
-    usable = jax.default_backend() == "gpu" and dtype != "float32" and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if usable else "xla"
-  return name
-
-
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, kernel: str = "xla"):
-  """Softmax attention; scores and softmax in float32, the weighted sum in the values' dtype.
-
-  kernel "xla": the weighted sum is written heads-major ([B, H, L, K] operands): XLA:CPU compiles the
-  equivalent einsum "bhqs,bshk->bqhk" (and jax.nn.dot_product_attention's XLA form, which uses it) into a dot
-  that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
-  written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
-  attention_kernel), same function up to rounding.
-  """
-  if kernel == "cudnn":
-    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal, implementation="cudnn")
-  return _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)
-
-
-def _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
-  scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
-  if causal:
-    length = scores_BxHxLxL.shape[-1]
-    scores_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores_BxHxLxL, -jnp.inf)
-  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL / math.sqrt(q_BxLxHxK.shape[-1]), axis=-1)
-  v_BxHxLxK = jnp.swapaxes(v_BxLxHxK, 1, 2)
-  out_BxHxLxK = jnp.matmul(probs_BxHxLxL.astype(v_BxLxHxK.dtype), v_BxHxLxK)
-  heads_major = (jnp.swapaxes(q_BxLxHxK, 1, 2), jnp.swapaxes(k_BxLxHxK, 1, 2), v_BxHxLxK)
-  return jnp.swapaxes(out_BxHxLxK, 1, 2), (*heads_major, probs_BxHxLxL)
-
-
-def _attention_backward(causal, residuals, dout_BxLxHxK):
-  """The gradient autodiff would give, with every product a plain batched matmul over heads-major operands
-  (autodiff's own transposes of the forward einsums hit the slow XLA:CPU path again; 15-20% of the attention
-  core's forward + backward time at width 256, 4 heads, length 256). Masked scores have probability 0, so
-  they get no gradient: `causal` needs no term of its own."""
-  del causal
-  q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, probs_BxHxLxL = residuals
-  dout_BxHxLxK = jnp.swapaxes(dout_BxLxHxK, 1, 2)
-  dv_BxHxLxK = jnp.matmul(jnp.swapaxes(probs_BxHxLxL.astype(v_BxHxLxK.dtype), -1, -2), dout_BxHxLxK)
-  dprobs_BxHxLxL = jnp.matmul(dout_BxHxLxK, jnp.swapaxes(v_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
-  # Softmax's gradient, times the 1/sqrt(K) the scores were scaled by.
-  dscores_BxHxLxL = (probs_BxHxLxL * (dprobs_BxHxLxL - jnp.sum(dprobs_BxHxLxL * probs_BxHxLxL, -1, keepdims=True))
-                     / math.sqrt(q_BxHxLxK.shape[-1]))
-  dq_BxHxLxK = jnp.matmul(dscores_BxHxLxL.astype(k_BxHxLxK.dtype), k_BxHxLxK, preferred_element_type=jnp.float32)
-  dk_BxHxLxK = jnp.matmul(jnp.swapaxes(dscores_BxHxLxL, -1, -2).astype(q_BxHxLxK.dtype), q_BxHxLxK,
-                          preferred_element_type=jnp.float32)
-  return tuple(jnp.swapaxes(grad.astype(like.dtype), 1, 2) for grad, like in
-               ((dq_BxHxLxK, q_BxHxLxK), (dk_BxHxLxK, k_BxHxLxK), (dv_BxHxLxK, v_BxHxLxK)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
-  return _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)[0]
-
-
-_attention.defvjp(_attention_forward, _attention_backward)

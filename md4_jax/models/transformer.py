@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax.models.layers import (LAYER_AXIS, Dense, RMSNorm, attention, attention_kernel, check_attention, normal,
-                                   param, timestep_embedding)
+from md4_jax import fused_head
+from md4_jax.models.attention import attention, attention_kernel, check_attention
+from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, silu_glu, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,13 +32,15 @@ class TransformerConfig:
   width: int = 256
   num_heads: int = 4
   mlp_ratio: float = 4.0
+  mlp_hidden: int = 0  # the GLU's hidden size; 0 = mlp_ratio * width
+  cond_dim: int = 0  # width of the time condition the adaLN modulations read; 0 = width (see Conditioning)
   positions: str = "rope"  # "rope" | "learned"
   time_conditioning: bool = True  # adaLN-zero on t; without it the network is time-independent (RADD)
   dtype: str = "float32"  # compute dtype of activations and matmuls; params stay float32
   remat: str = "none"  # "block": recompute each block's activations in the backward pass
   causal: bool = False  # attention to earlier positions only (the autoregressive baseline)
   scan_layers: bool = False  # one Block program looped over stacked parameters (compile time flat in depth)
-  attention: str = "auto"  # "auto" | "xla" | "cudnn": the attention kernel (layers.attention_kernel)
+  attention: str = "auto"  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -49,11 +52,20 @@ class TransformerConfig:
       raise ValueError(f"model.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
+    if self.mlp_hidden < 0 or self.cond_dim < 0:
+      raise ValueError(f"model.mlp_hidden={self.mlp_hidden} and model.cond_dim={self.cond_dim} must be >= 0 "
+                       "(0 = the width-derived size)")
     check_attention(self.attention, self.dtype)
 
+  @property
+  def hidden(self) -> int:
+    """The GLU's hidden size."""
+    return self.mlp_hidden or int(self.width * self.mlp_ratio)
+
   def summary(self) -> str:
-    return (f"{self.num_layers} layers, width {self.width}, {self.num_heads} heads, vocab {self.vocab_size}, "
-            f"sequence {self.seq_len}")
+    condition = f", condition {self.cond_dim}" if self.cond_dim and self.time_conditioning else ""
+    return (f"{self.num_layers} layers, width {self.width}, {self.num_heads} heads, GLU {self.hidden}{condition}, "
+            f"vocab {self.vocab_size}, sequence {self.seq_len}")
 
 
 def rope(x_BxLxHxK):
@@ -88,13 +100,21 @@ class Attention(nnx.Module):
 class GluMlp(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs):
-    hidden = int(cfg.width * cfg.mlp_ratio)
+    hidden = cfg.hidden
     self.gate = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
     self.up = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
     self.down = Dense((hidden,), (cfg.width,), ("mlp", "embed"), rngs)
 
   def __call__(self, x):
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    return self.down(silu_glu(self.gate(x), self.up(x)))
+
+
+def modulation(cfg: TransformerConfig, count: int, rngs) -> Dense:
+  """adaLN-zero: `count` shift / scale / gate vectors [count, D] from the condition, zero at init. From a
+  narrow condition (cond_dim) it has a bias, as in the reference code and DiT; the full-width layout has none."""
+  if cfg.cond_dim:
+    return Dense((cfg.cond_dim,), (count, cfg.width), (None, None, "embed_out"), rngs, zero_init=True, bias=True)
+  return Dense((cfg.width,), (count, cfg.width), ("embed", None, "embed_out"), rngs, zero_init=True)
 
 
 class Block(nnx.Module):
@@ -103,8 +123,7 @@ class Block(nnx.Module):
   def __init__(self, cfg: TransformerConfig, rngs):
     self.attn_norm, self.mlp_norm = RMSNorm(cfg.width, rngs), RMSNorm(cfg.width, rngs)
     self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
-    self.modulation = (Dense((cfg.width,), (6, cfg.width), ("embed", None, "embed_out"), rngs,
-                             zero_init=True) if cfg.time_conditioning else None)
+    self.modulation = modulation(cfg, 6, rngs) if cfg.time_conditioning else None
 
   def __call__(self, x_BxLxD, cond_BxD):
     if self.modulation is None:
@@ -121,18 +140,27 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
   """`model(z_BxL, t_B) -> logits_BxLxV` (float32) = `model.head_logits(model.features(z_BxL, t_B))`.
 
-  The two halves are separate so the loss can apply the output layer only at masked positions.
+  The two halves are separate so the loss can fuse the output layer with itself (`head_loss`) and apply it
+  only at masked positions.
   """
+
+  splits_head = True  # features / head_logits / head_loss (models/__init__.py)
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = param(rngs, normal(1.0), (cfg.vocab_size + 1, cfg.width), ("vocab", "embed"))
     self.pos_embed = (param(rngs, normal(0.02), (cfg.seq_len, cfg.width), (None, "embed"))
                       if cfg.positions == "learned" else None)
+    # The time condition. cond_dim = 0 (the layout before 2026-12-04, kept so old workdirs restore): sinusoidal
+    # features of width D, one D x D layer, SiLU. cond_dim = C: features of width C, C -> 4C -> C with SiLU after
+    # each (the reference code's, C = 64 for its text models), so the modulations cost C x 6D per block, not D x 6D.
+    if cfg.time_conditioning and cfg.cond_dim:
+      self.time_mlp = Dense((cfg.cond_dim,), (4 * cfg.cond_dim,), (None, None), rngs, bias=True)
+      self.time_mlp_out = Dense((4 * cfg.cond_dim,), (cfg.cond_dim,), (None, None), rngs, bias=True)
+    elif cfg.time_conditioning:
+      self.time_mlp, self.time_mlp_out = Dense((cfg.width,), (cfg.width,), ("embed", "embed_out"), rngs), None
     if cfg.time_conditioning:
-      self.time_mlp = Dense((cfg.width,), (cfg.width,), ("embed", "embed_out"), rngs)
-      self.final_modulation = Dense((cfg.width,), (2, cfg.width), ("embed", None, "embed_out"), rngs,
-                                    zero_init=True)
+      self.final_modulation = modulation(cfg, 2, rngs)
     if cfg.scan_layers:  # one Block whose parameters carry a leading "layers" axis of num_layers
       make_blocks = nnx.vmap(lambda rngs: Block(cfg, rngs), in_axes=0, out_axes=0,
                              transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
@@ -155,9 +183,11 @@ class Transformer(nnx.Module):
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + self.pos_embed[...][None, : z_BxL.shape[1]]
     x_BxLxD = x_BxLxD.astype(dtype)
-    cond_BxD = None
+    cond_BxD = None  # [B, cond_dim or D]
     if self.cfg.time_conditioning:
-      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.width).astype(dtype)))
+      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(dtype)))
+      if self.time_mlp_out is not None:
+        cond_BxD = jax.nn.silu(self.time_mlp_out(cond_BxD))
     if self.cfg.scan_layers:
       # jax.lax.scan over the stacked state, not nnx.scan: the samplers call the network inside their own
       # loops, and nnx's transforms refuse a module created outside the trace they run in.
@@ -184,3 +214,8 @@ class Transformer(nnx.Module):
   def head_logits(self, h_xD):
     """Hidden states [..., D] -> float32 logits [..., V] over the real tokens."""
     return self.head(h_xD, out_dtype=jnp.float32)
+
+  def head_loss(self, h_NxD, x0_N, **loss):
+    """`token_loss(head_logits(h), x0, ...)` per position [N], fused and chunked (fused_head.head_loss): the
+    loss in training and evaluation, with no [N, V] array kept."""
+    return fused_head.head_loss(h_NxD, self.head.kernel[...], x0_N, **loss)

@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from md4_jax.models import image_layers
-from md4_jax.models.layers import attention_kernel, check_attention
+from md4_jax.models.attention import attention_kernel, check_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ class UNetConfig:
   num_classes: int = 0  # 0 = unconditional
   dtype: str = "float32"
   remat: str = "none"
-  attention: str = "auto"  # the middle's attention kernel (layers.attention_kernel)
+  attention: str = "auto"  # the middle's attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     if self.channels <= 0 or self.num_res_blocks < 0:

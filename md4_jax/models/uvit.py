@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 from md4_jax.models import image_layers
-from md4_jax.models.layers import Dense, attention, attention_kernel, check_attention, dropout, param
+from md4_jax.models.attention import attention, attention_kernel, check_attention
+from md4_jax.models.layers import Dense, dropout, param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ class UViTConfig:
   num_classes: int = 0
   dtype: str = "float32"
   remat: str = "none"
-  attention: str = "auto"  # the DiT blocks' attention kernel (layers.attention_kernel)
+  attention: str = "auto"  # the DiT blocks' attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     height, width, _ = self.image_shape

@@ -16,7 +16,7 @@ from flax import nnx
 
 from md4_jax import diffusion, genmd4, sampling
 from md4_jax.models.layers import param
-from md4_jax.objectives.md4 import logits_capacity_fraction
+from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
 from md4_jax.schedules import Poly
 
 
@@ -44,11 +44,18 @@ class WithSchedule(nnx.Module):
   def __call__(self, *args, **kwargs):
     return self.backbone(*args, **kwargs)
 
+  @property
+  def splits_head(self) -> bool:
+    return self.backbone.splits_head
+
   def features(self, *args, **kwargs):
     return self.backbone.features(*args, **kwargs)
 
   def head_logits(self, h):
     return self.backbone.head_logits(h)
+
+  def head_loss(self, h, x0, **loss):
+    return self.backbone.head_loss(h, x0, **loss)
 
 
 class GenMD4:
@@ -110,14 +117,14 @@ class GenMD4:
       token_loss, row_values = genmd4.integrand, schedule.rate(t_B)
       scale, recon_time = 1.0 - self.t_min, self.t_min
     mask_prob_BxD = genmd4.token_values(schedule.mask_prob(t_B), x0_BxD)
-    capacity = max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
+    capacity = gather_capacity(capacity_fraction, x0_BxD.shape, groups)
 
     def one_draw(draw_key, position_loss):
       """(sum over masked positions of position_loss(logits, x0, row values) [B], log q(z | x0) [B])."""
       z_BxD = genmd4.mask_tokens(draw_key, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
-      if capacity_fraction < 1.0:
-        loss_B, _ = diffusion.gathered_masked_cross_entropy(
-            net.features(z_BxD, t_B), net.head_logits, x0_BxD, z_BxD, self.vocab_size, capacity=capacity,
+      if net.splits_head:  # the output layer fused with the loss (and gathered at masked positions)
+        loss_B, _ = diffusion.masked_head_loss(
+            net.features(z_BxD, t_B), net.head_loss, x0_BxD, z_BxD, self.vocab_size, capacity=capacity,
             groups=groups, token_loss=position_loss, row_values_BxR=row_values)
       else:
         loss_BxD = position_loss(net(z_BxD, t_B), x0_BxD, row_values[:, None])

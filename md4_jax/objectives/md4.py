@@ -36,6 +36,14 @@ def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int, lengt
   return min(1.0, worst + noise)
 
 
+def gather_capacity(capacity_fraction: float, shape_BxD, groups: int) -> int | None:
+  """Masked positions gathered per row block before the output layer (None: every position, at fraction 1)."""
+  if capacity_fraction >= 1.0:
+    return None
+  batch_size, length = shape_BxD
+  return max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
+
+
 class MD4:
   """The MD4 objective; `diffusion.*` keys pick the schedule, time sampling and bound."""
 
@@ -58,19 +66,18 @@ class MD4:
             groups: int = 1, training: bool = False) -> dict:
     """One-sample estimate of the bound's terms per example (see `diffusion.elbo_terms`).
 
-    capacity_fraction < 1 applies the output layer only at masked positions (up to that share of
-    each of `groups` row blocks), through the network's features / head_logits split.
+    A network that splits its output layer off (net.splits_head) has it fused with the loss; then
+    capacity_fraction < 1 applies it only at masked positions (up to that share of each of `groups` row blocks).
     """
     del training  # one draw of z_t per example, in training and evaluation alike
-    gather = {}
-    if capacity_fraction < 1.0:
-      batch_size, length = x0_BxD.shape
-      capacity = max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
-      gather = {"head": net.head_logits, "capacity": capacity, "groups": groups}
+    fused = {}
+    if net.splits_head:
+      fused = {"head_loss": net.head_loss, "groups": groups,
+               "capacity": gather_capacity(capacity_fraction, x0_BxD.shape, groups)}
     return diffusion.elbo_terms(
-        net.features if gather else net, x0_BxD, key, self.schedule, vocab_size=self.vocab_size,
+        net.features if fused else net, x0_BxD, key, self.schedule, vocab_size=self.vocab_size,
         timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxD,
-        t_B=t_B, **gather)
+        t_B=t_B, **fused)
 
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
     """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see sampling.py)."""

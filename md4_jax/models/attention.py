@@ -1,0 +1,135 @@
+"""Softmax attention for every backbone: the kernel choice (cuDNN's fused kernel or the XLA form) and the XLA
+form's hand-written backward pass.
+
+The XLA form keeps no [L, L] array for the backward pass: it saves the log-normaliser of each query row and
+recomputes the probabilities (as FlashAttention does), and it runs over groups of heads (`lax.map`) so a step
+holds the float32 [B, heads, L, L] scores of one group at a time (at B 8, L 1024, 12 heads: 0.4 GiB per array
+for all heads at once, 64 MiB per group of two).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group: 64 MiB
+
+
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+
+
+def check_attention(name: str, dtype: str) -> None:
+  """ValueError unless model.attention=`name` can run here with model.dtype=`dtype`."""
+  if name not in ATTENTION_KERNELS:
+    raise ValueError(f"model.attention={name!r}: choose one of {ATTENTION_KERNELS}")
+  if name == "cudnn" and (jax.default_backend() != "gpu" or dtype == "float32"):
+    raise ValueError(f"model.attention='cudnn' needs a GPU and model.dtype='bfloat16' (this run: backend "
+                     f"{jax.default_backend()!r}, dtype {dtype!r}); use model.attention='auto'")
+
+
+def attention_kernel(name: str, dtype: str, head_dim: int) -> str:
+  """The kernel a layer runs: "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel) or "xla" (`attention`
+  below). "auto" takes cuDNN on a GPU in bfloat16 for head sizes it supports (multiples of 8 up to 128), else
+  XLA: the fused kernel does not materialise the [L, L] scores, and float32 has no cuDNN path."""
+  check_attention(name, dtype)
+  if name == "auto":
+    usable = jax.default_backend() == "gpu" and dtype != "float32" and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if usable else "xla"
+  return name
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, kernel: str = "xla"):
+  """Softmax attention; scores and softmax in float32, the weighted sum in the values' dtype.
+
+  kernel "xla": the weighted sum is written heads-major ([B, H, L, K] operands): XLA:CPU compiles the
+  equivalent einsum "bhqs,bshk->bqhk" (and jax.nn.dot_product_attention's XLA form, which uses it) into a dot
+  that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
+  written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
+  attention_kernel), same function up to rounding.
+  """
+  if kernel == "cudnn":
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal, implementation="cudnn")
+  return _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)
+
+
+def head_groups(batch: int, heads: int, length: int) -> int:
+  """Groups the heads are split into: the fewest (dividing `heads`) whose [B, heads / groups, L, L] scores fit
+  SCORE_BLOCK_ELEMENTS; 1 for short sequences."""
+  for groups in range(1, heads + 1):
+    if heads % groups == 0 and batch * (heads // groups) * length * length <= SCORE_BLOCK_ELEMENTS:
+      return groups
+  return heads
+
+
+def _by_head_group(fn, groups: int, *arrays_BxHx):
+  """fn over head groups, one at a time (`lax.map`): arrays [B, H, ...] in, results [B, H, ...] out."""
+  if groups == 1:
+    return fn(*arrays_BxHx)
+
+  def split(x):  # [B, H, ...] -> [G, B, H / G, ...]
+    return jnp.moveaxis(x.reshape(x.shape[0], groups, x.shape[1] // groups, *x.shape[2:]), 1, 0)
+
+  def join(x):  # [G, B, H / G, ...] -> [B, H, ...]
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+  return jax.tree.map(join, jax.lax.map(lambda parts: fn(*parts), tuple(map(split, arrays_BxHx))))
+
+
+def _scores(q_BxHxLxK, k_BxHxLxK, causal):
+  """Scaled scores [B, H, L, L] in float32, -inf above the diagonal when causal."""
+  scores_BxHxLxL = jnp.matmul(q_BxHxLxK, jnp.swapaxes(k_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
+  scores_BxHxLxL = scores_BxHxLxL / math.sqrt(q_BxHxLxK.shape[-1])
+  if causal:
+    length = scores_BxHxLxL.shape[-1]
+    scores_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores_BxHxLxL, -jnp.inf)
+  return scores_BxHxLxL
+
+
+def _forward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, causal):
+  scores_BxHxLxL = _scores(q_BxHxLxK, k_BxHxLxK, causal)
+  lse_BxHxL = jax.nn.logsumexp(scores_BxHxLxL, axis=-1)
+  probs_BxHxLxL = jnp.exp(scores_BxHxLxL - lse_BxHxL[..., None])
+  return jnp.matmul(probs_BxHxLxL.astype(v_BxHxLxK.dtype), v_BxHxLxK), lse_BxHxL
+
+
+def _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
+  q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+  groups = head_groups(*q_BxHxLxK.shape[:3])
+  out_BxHxLxK, lse_BxHxL = _by_head_group(functools.partial(_forward_group, causal=causal), groups,
+                                          q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)
+  return jnp.swapaxes(out_BxHxLxK, 1, 2), (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL)
+
+
+def _backward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL, dout_BxHxLxK, causal):
+  probs_BxHxLxL = jnp.exp(_scores(q_BxHxLxK, k_BxHxLxK, causal) - lse_BxHxL[..., None])
+  dv_BxHxLxK = jnp.matmul(jnp.swapaxes(probs_BxHxLxL.astype(v_BxHxLxK.dtype), -1, -2), dout_BxHxLxK)
+  dprobs_BxHxLxL = jnp.matmul(dout_BxHxLxK, jnp.swapaxes(v_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
+  # Softmax's gradient, times the 1/sqrt(K) the scores were scaled by.
+  dscores_BxHxLxL = (probs_BxHxLxL * (dprobs_BxHxLxL - jnp.sum(dprobs_BxHxLxL * probs_BxHxLxL, -1, keepdims=True))
+                     / math.sqrt(q_BxHxLxK.shape[-1]))
+  dq_BxHxLxK = jnp.matmul(dscores_BxHxLxL.astype(k_BxHxLxK.dtype), k_BxHxLxK, preferred_element_type=jnp.float32)
+  dk_BxHxLxK = jnp.matmul(jnp.swapaxes(dscores_BxHxLxL, -1, -2).astype(q_BxHxLxK.dtype), q_BxHxLxK,
+                          preferred_element_type=jnp.float32)
+  return dq_BxHxLxK.astype(q_BxHxLxK.dtype), dk_BxHxLxK.astype(k_BxHxLxK.dtype), dv_BxHxLxK
+
+
+def _attention_backward(causal, residuals, dout_BxLxHxK):
+  """The gradient autodiff would give, with the probabilities recomputed from the saved log-normaliser and
+  every product a plain batched matmul over heads-major operands (autodiff's own transposes of the forward
+  einsums hit a slow XLA:CPU path; 15-20% of the attention core's forward + backward time at width 256, 4 heads,
+  length 256). Masked scores have probability 0, so they get no gradient."""
+  q_BxHxLxK = residuals[0]
+  groups = head_groups(*q_BxHxLxK.shape[:3])
+  grads = _by_head_group(functools.partial(_backward_group, causal=causal), groups, *residuals,
+                         jnp.swapaxes(dout_BxLxHxK, 1, 2))
+  return tuple(jnp.swapaxes(grad, 1, 2) for grad in grads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
+  return _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)[0]
+
+
+_attention.defvjp(_attention_forward, _attention_backward)
