@@ -1,14 +1,17 @@
-"""Issue 15's GPU measurements in one process, one JSON line each (stdout, flushed as they come).
+"""The GPU measurements in one process, one JSON line each (stdout, flushed as they come).
 
   python benchmarks/gpu_suite.py [--budget_seconds 270] [--smoke]
 
 Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, while the time budget lasts:
   1. owt_small's train step in bfloat16 at its real shape (12 layers, width 768, GPT-2 vocabulary, 1,024
-     tokens; batch 64): as configured (masked-position output layer, scanned layers), with the output layer at
-     every position, and with remat; tokens/s and MFU;
-  2. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second;
-  3. the image configs' train steps (digits, cifar10, imagenet64) in bfloat16;
-  4. the largest owt_small batch (powers of two from 128) that fits, without and with remat.
+     tokens; batch 64): as configured (masked-position output layer, scanned layers) and with the output layer
+     at every position; tokens/s and MFU;
+  2. the same in float32 at batch 32 (the reference code's dtype, at the batch benchmarks/RESULTS.md compares
+     it at), as configured and at every position;
+  3. bfloat16 with remat and with the XLA attention kernel, and the largest batch (powers of two from 128)
+     that fits without remat;
+  4. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second;
+  5. the image configs' train steps (digits, cifar10, imagenet64) in bfloat16, and the largest batch with remat.
 MFU = model FLOPs per second / the GPU's published dense bfloat16 peak (PEAK_BF16_TFLOPS; --peak_tflops for
 others). Model FLOPs: the transformer's analytic count (benchmarks/common.train_flops_per_token: every position
 through the output layer, whatever the run computes), images' from XLA's cost analysis. --smoke shrinks every
@@ -60,12 +63,13 @@ def peak_flops() -> float | None:
   return next((tflops * 1e12 for prefix, tflops in PEAK_BF16_TFLOPS.items() if kind.startswith(prefix)), None)
 
 
-def text_config(batch: int, **model):
+def text_config(batch: int, dtype: str = "bfloat16", **model):
   config = owt_small.get_config()
-  config.model.dtype = "bfloat16"
+  config.model.dtype = dtype
   config.train.batch_size = batch
   if _SMOKE.value:
     config.data.seq_len, config.model.width, config.model.num_layers, config.model.num_heads = 32, 32, 2, 2
+    config.model.mlp_hidden, config.model.cond_dim = 64, 8
   for key, value in model.items():
     group, _, name = key.partition("__")
     config[group][name] = value
@@ -152,8 +156,13 @@ def main(_):
       ("owt_small_train", lambda: time_train_step("owt_small_train", text_config(batch))),
       ("owt_small_train_every_position", lambda: time_train_step(
           "owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0))),
+      ("owt_small_train_float32", lambda: time_train_step(
+          "owt_small_train_float32", text_config(batch // 2, "float32"))),
+      ("owt_small_train_float32_every_position", lambda: time_train_step(
+          "owt_small_train_float32_every_position", text_config(batch // 2, "float32", train__logits_capacity=1.0))),
       ("owt_small_train_remat", lambda: time_train_step(
           "owt_small_train_remat", text_config(batch, model__remat="block"))),
+      ("largest_batch_remat_none", lambda: largest_batch("none")),
       ("owt_small_train_xla_attention", lambda: time_train_step(
           "owt_small_train_xla_attention", text_config(batch, model__attention="xla"))),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "exact:1", samples)),
@@ -164,7 +173,6 @@ def main(_):
           "cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256)),
       ("imagenet64_train", lambda: time_train_step(
           "imagenet64_train", image_config(imagenet64, 2 if _SMOKE.value else 64), 256)),
-      ("largest_batch_remat_none", lambda: largest_batch("none")),
       ("largest_batch_remat_block", lambda: largest_batch("block")),
   ]
   plan = [measure for name, measure in plan if not _ONLY.value or name in _ONLY.value]

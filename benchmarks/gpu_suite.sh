@@ -1,35 +1,63 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements on one lent GPU, in under 5 minutes: one JSON line per measurement
-# (benchmarks/gpu_suite.py says which), after the cuDNN-vs-XLA attention test. gpu_suite.py, like launch.py, runs
-# with glibc's huge-page tunable (md4_jax/allocator.py); last, the owt_small train step again without it
-# (MD4_JAX_MALLOC=default), to show the tunable does not slow a GPU run.
+# The GPU measurements on one lent GPU, in under 9 minutes of device time, each stage under a deadline:
+#   1. versions of the image's jax, flax and friends (the suite runs on them: never carry jax or flax wheels);
+#   2. the cuDNN-vs-XLA attention test;
+#   3. benchmarks/gpu_profile.py: a kernel table of owt_small's bfloat16 step (copy it into benchmarks/profiles/);
+#   4. benchmarks/gpu_suite.py: one JSON line per measurement (its docstring says which);
+#   5. the MD4 reference code's float32 step at batch 32 beside ours, if .gpu_kit is there
+#      (bash ../shared/bench/gpu_side_by_side.sh prepare, then carry .gpu_kit);
+#   6. owt_small's step once more without the glibc huge-page tunable (MD4_JAX_MALLOC=default), if time is left.
 #
 #   bash benchmarks/gpu_suite.sh [OUT_DIR] [gpu_suite.py flags]   (OUT_DIR default: $OUT, else /tmp/gpu_suite)
 #
 # The device image has JAX for CUDA but not every package this project imports: run
 # `bash benchmarks/gpu_wheels.sh` here first (it writes .whl/, ignored by git) and carry `.whl`.
+# GPU_SUITE_SECONDS (default 520) is the whole script's deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp/gpu_suite}}"
 mkdir -p "$out"
 if ! python3 -c "import ml_collections, tensorflow_datasets, grain, clu, tensorboardX" 2>/dev/null && [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  site=$(mktemp -d /tmp/site.XXXX)  # a fresh folder: a warm machine keeps what an earlier call installed
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
-deadline=$((SECONDS + 290))  # every stage gets at most what is left of the 5 minutes
+deadline=$((SECONDS + ${GPU_SUITE_SECONDS:-520}))
 left() { local s=$((deadline - SECONDS)); echo $((s < $1 ? (s > 1 ? s : 1) : $1)); }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" || true
-# The fused kernel must compute what the XLA form computes before its speed means anything.
-timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_attention_kernels.py 2>&1 \
+stopped() { echo "{\"benchmark\": \"gpu_suite\", \"measurement\": \"stopped\", \"stage\": \"$1\"}" | tee -a "$out/gpu_suite.jsonl"; }
+# At most 8 files come back from a lent machine: environment.txt, attention_test.txt, profile.md, profile.json,
+# gpu_suite.jsonl and stderr.txt (every stage's stderr, in order).
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/environment.txt" || true
+python3 - <<'PY' 2>&1 | tee -a "$out/environment.txt" || true
+import importlib.metadata as m
+names = ["jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda13-pjrt", "flax", "optax", "orbax-checkpoint",
+         "numpy", "tensorstore", "ml-collections", "grain", "tensorflow-datasets", "clu", "tiktoken"]
+for name in names:
+  try:
+    print(f"{name}=={m.version(name)}")
+  except m.PackageNotFoundError:
+    print(f"{name}: not installed")
+PY
+timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_attention_kernels.py 2>&1 \
   | tee "$out/attention_test.txt" || echo '{"benchmark": "gpu_suite", "measurement": "attention_test", "passed": false}'
-main=$(left 290)
-main=$((main > 110 ? main - 80 : 30))  # the allocator check keeps its 80 s
-budget=$((main > 100 ? main - 70 : 30))  # room for the last measurement to overrun the budget
-timeout "$main" python3 benchmarks/gpu_suite.py --budget_seconds "$budget" "${@:2}" 2>"$out/gpu_suite.stderr" \
-  | tee "$out/gpu_suite.jsonl" \
-  || echo '{"benchmark": "gpu_suite", "measurement": "stopped", "stage": "main"}' | tee -a "$out/gpu_suite.jsonl"
-env -u GLIBC_TUNABLES MD4_JAX_MALLOC=default timeout "$(left 80)" python3 benchmarks/gpu_suite.py "${@:2}" \
-  --only owt_small_train 2>>"$out/gpu_suite.stderr" | tee -a "$out/gpu_suite.jsonl" \
-  || echo '{"benchmark": "gpu_suite", "measurement": "stopped", "stage": "default_malloc"}' \
-  | tee -a "$out/gpu_suite.jsonl"
+smoke=$([[ " ${*:2} " == *" --smoke "* ]] && echo --smoke || true)
+timeout "$(left 100)" python3 benchmarks/gpu_profile.py --out "$out/profile" $smoke 2>>"$out/stderr.txt" \
+  | tee -a "$out/gpu_suite.jsonl" || stopped profile
+[ -f "$out/profile/profile.md" ] && cp "$out/profile/profile.md" "$out/profile/profile.json" "$out/" || true
+rm -rf "$out/profile"  # the trace is hundreds of MB; the tables (copied above) are what comes back
+kit=$([ -d .gpu_kit ] && [ -z "$smoke" ] && echo 130 || echo 0)
+main=$(( $(left 600) - kit - 60 ))
+main=$((main > 60 ? main : 60))
+budget=$((main > 100 ? main - 50 : 30))  # room for the last measurement to overrun the budget
+timeout "$main" python3 benchmarks/gpu_suite.py --budget_seconds "$budget" "${@:2}" 2>>"$out/stderr.txt" \
+  | tee -a "$out/gpu_suite.jsonl" || stopped main
+if [ "$kit" -gt 0 ]; then
+  timeout "$(left "$kit")" bash .gpu_kit/gpu_side_by_side.sh run 32 5 2>>"$out/stderr.txt" \
+    | tee -a "$out/gpu_suite.jsonl" || stopped side_by_side
+fi
+if [ "$(left 60)" -ge 50 ]; then
+  env -u GLIBC_TUNABLES MD4_JAX_MALLOC=default timeout "$(left 60)" python3 benchmarks/gpu_suite.py "${@:2}" \
+    --only owt_small_train 2>>"$out/stderr.txt" | tee -a "$out/gpu_suite.jsonl" || stopped default_malloc
+fi
+tail -c 4000000 "$out/stderr.txt" > "$out/stderr.tmp" 2>/dev/null && mv "$out/stderr.tmp" "$out/stderr.txt" || true

@@ -13,7 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group: 64 MiB
+SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group on the CPU: 64 MiB
+ACCELERATOR_SCORE_BLOCK_ELEMENTS = 1 << 27  # on a GPU/TPU: 512 MiB (fewer, larger steps keep it busy)
 
 
 ATTENTION_KERNELS = ("auto", "xla", "cudnn")
@@ -55,9 +56,10 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, kernel: 
 
 def head_groups(batch: int, heads: int, length: int) -> int:
   """Groups the heads are split into: the fewest (dividing `heads`) whose [B, heads / groups, L, L] scores fit
-  SCORE_BLOCK_ELEMENTS; 1 for short sequences."""
+  the backend's score block; 1 for short sequences."""
+  elements = SCORE_BLOCK_ELEMENTS if jax.default_backend() == "cpu" else ACCELERATOR_SCORE_BLOCK_ELEMENTS
   for groups in range(1, heads + 1):
-    if heads % groups == 0 and batch * (heads // groups) * length * length <= SCORE_BLOCK_ELEMENTS:
+    if heads % groups == 0 and batch * (heads // groups) * length * length <= elements:
       return groups
   return heads
 
