@@ -8,8 +8,8 @@ Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, whil
      at every position; tokens/s and MFU;
   2. the same in float32 at batch 32 (the reference code's dtype, at the batch benchmarks/RESULTS.md compares
      it at), as configured and at every position;
-  3. bfloat16 with remat and with the XLA attention kernel, and the largest batch (powers of two from 128)
-     that fits without remat;
+  3. bfloat16 with the layers unrolled (model.scan_layers=False: no stacked residuals to slice), with remat,
+     with the XLA attention kernel, and the largest batch (powers of two from 128) that fits without remat;
   4. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second;
   5. the image configs' train steps (digits, cifar10, imagenet64) in bfloat16, and the largest batch with remat.
 MFU = model FLOPs per second / the GPU's published dense bfloat16 peak (PEAK_BF16_TFLOPS; --peak_tflops for
@@ -160,6 +160,11 @@ def main(_):
           "owt_small_train_float32", text_config(batch // 2, "float32"))),
       ("owt_small_train_float32_every_position", lambda: time_train_step(
           "owt_small_train_float32_every_position", text_config(batch // 2, "float32", train__logits_capacity=1.0))),
+      ("owt_small_train_unrolled", lambda: time_train_step(
+          "owt_small_train_unrolled", text_config(batch, model__scan_layers=False))),
+      ("owt_small_train_every_position_unrolled", lambda: time_train_step(
+          "owt_small_train_every_position_unrolled",
+          text_config(batch, model__scan_layers=False, train__logits_capacity=1.0))),
       ("owt_small_train_remat", lambda: time_train_step(
           "owt_small_train_remat", text_config(batch, model__remat="block"))),
       ("largest_batch_remat_none", lambda: largest_batch("none")),
