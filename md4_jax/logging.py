@@ -15,8 +15,10 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 import tqdm
 from etils import epath
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from md4_jax import storage
@@ -46,6 +48,14 @@ class MetricsLog:
     kept = [line for line in lines if (row := _row_of(line)) is not None and row["step"] <= step]
     if len(kept) != len(lines):
       self.path.write_text("".join(line + "\n" for line in kept))
+
+  def has(self, step: int, key: str) -> bool:
+    """Whether metrics.jsonl has `key` at `step`; the same answer on every process (process 0 reads the file)."""
+    found = self.active and self.path.exists() and any(
+        row["step"] == step and key in row for row in read_rows(self.path))
+    if jax.process_count() > 1:
+      found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+    return bool(found)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:

@@ -150,7 +150,27 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
                                     "state_checksum": int(summary["checksum"])})
     last_good = step
 
+  def evaluate(step, state) -> dict:
+    """The held-out bound (a metrics line), samples and, for a learned schedule, its powers at `step`."""
+    bar.pause("evaluating")
+    values = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
+    log.write(step, values)
+    generate.write_samples(experiment, state["ema_params"], workdir / "samples" / f"step_{step}",
+                           sample_key(experiment.base_key, step),
+                           generate.unconditional_start(experiment, config.sampler.num_samples),
+                           {"step": step, "params": "ema", "seed": config.seed})
+    learned = powers.learned_powers(experiment, state["ema_params"])
+    if learned is not None and powers.write(workdir, step, learned, data.modality):
+      report.write(workdir, config)
+    ppl = f" (ppl {values['eval/ppl']:.3f})" if "eval/ppl" in values else ""
+    say(f"step {step}: held-out bound {values['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
+    return values
+
   try:
+    # A run stopped after checkpointing an evaluation step and before logging its evaluation (a kill during
+    # it: the checkpoint is written first) evaluates it now, so its metrics equal an uninterrupted run's.
+    if start and (start % cfg.eval_every == 0 or start == cfg.num_steps) and not log.has(start, "eval/bpt"):
+      last_eval = evaluate(start, state)
     step = start  # counts completed updates
     while step < cfg.num_steps:
       count = steps_in_call(cfg, step)
@@ -176,18 +196,7 @@ def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
       if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
         save(step, state)
       if do_eval:
-        bar.pause("evaluating")
-        last_eval = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
-        log.write(step, last_eval)
-        generate.write_samples(experiment, state["ema_params"], workdir / "samples" / f"step_{step}",
-                               sample_key(experiment.base_key, step),
-                               generate.unconditional_start(experiment, config.sampler.num_samples),
-                               {"step": step, "params": "ema", "seed": config.seed})
-        learned = powers.learned_powers(experiment, state["ema_params"])
-        if learned is not None and powers.write(workdir, step, learned, data.modality):
-          report.write(workdir, config)
-        ppl = f" (ppl {last_eval['eval/ppl']:.3f})" if "eval/ppl" in last_eval else ""
-        say(f"step {step}: held-out bound {last_eval['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
+        last_eval = evaluate(step, state)
       if stop["signal"] is not None:
         if not do_save:  # the signal came during this step's evaluation: keep the step's work too
           save(step, state)

@@ -247,3 +247,19 @@ def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_pat
   assert "resuming from step 8" in result.stdout
   result = launch_tiny(trained[0], workdir, "--config.model.cond_dim=16", *tiny_args())
   assert_clear_error(result, "model.cond_dim: 0 in the workdir, 16 now")
+
+
+@pytest.mark.parametrize("at", [8, 4])
+def test_a_kill_between_a_checkpoint_and_its_evaluation_loses_no_metrics(trained, tmp_path, at):
+  """The checkpoint of an evaluation step is written first; a run killed before the evaluation's line is written
+  evaluates that step when it resumes, so its metrics end equal to the uninterrupted run's (issue 32's fault
+  injection found the final evaluation missing)."""
+  workdir = copy_of(trained, tmp_path)
+  for step in range(at + 2, 9, 2):
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+  rows = [row for row in metric_rows(trained[1]) if row["step"] < at or (row["step"] == at and "eval/bpt" not in row)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+  result = launch_tiny(trained[0], workdir, *tiny_args())
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"step {at}: held-out bound" in result.stdout
+  assert metric_rows(workdir) == metric_rows(trained[1])
