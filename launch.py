@@ -19,11 +19,11 @@ def _interrupted(signum, frame):
 
 signal.signal(signal.SIGINT, _interrupted)  # first: imports take seconds; the train loop replaces it while it runs
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
 allocator.use_huge_pages()  # before jax is imported: restarts this process once with a glibc tunable
 
-from md4_jax import platform_check  # noqa: E402
+from md4_jax.run import platform_check  # noqa: E402
 
 if platform_check.version_problem():  # before flax is imported: a mismatched flax fails deep inside its import
   print(f"error: {platform_check.version_problem()}", file=sys.stderr)
@@ -35,13 +35,15 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_flags as config_flags_module  # noqa: E402
 
 from configs import base  # noqa: E402
-from md4_jax import conditioning, config_check, distributed, errors, run, storage, sweeps  # noqa: E402
+from md4_jax import errors  # noqa: E402
+from md4_jax.run import conditioning, config_check, distributed, modes, sweeps
+from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "
                                "samples/ (all modes but prepare).")
-_MODE = flags.DEFINE_enum("mode", "train", run.MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
+_MODE = flags.DEFINE_enum("mode", "train", modes.MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
                             "preprocess data.source into data.dir), or params (print the parameter count).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
@@ -205,7 +207,7 @@ def main(argv):
           raise UserError("a sweep needs --workdir=DIR; each run goes to DIR/<name>")
         workdir = str(sweeps.run_directory(workdir, name))
         print(f"=== sweep run {name} in {workdir}")
-      run.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
+      modes.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
                num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value,
                class_label=_CLASS_LABEL.value, complete=_COMPLETE.value,
                gap_char=_GAP_CHAR.value if flags.FLAGS["gap_char"].present else None)  # given, or the default

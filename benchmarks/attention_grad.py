@@ -11,9 +11,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
-allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/run/allocator.py)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

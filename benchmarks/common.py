@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4_jax import modality as modalities
-from md4_jax import sharding
+from md4_jax.data import modality as modalities
+from md4_jax.engine import sharding
 from md4_jax.data import sources
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 
 
 def modality(config, vocab_size: int):

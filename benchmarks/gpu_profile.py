@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
 allocator.use_huge_pages()  # before jax, as launch.py
 
@@ -27,7 +27,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common, trace_table  # noqa: E402
-from md4_jax import sharding  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/owt_small.py", "Config file (default owt_small).")
 _OUT = flags.DEFINE_string("out", "/tmp/gpu_profile", "Directory for the trace and the tables.")

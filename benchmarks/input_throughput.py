@@ -17,16 +17,16 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
-allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/run/allocator.py)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from md4_jax import sharding  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 from md4_jax.data import pipeline  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")

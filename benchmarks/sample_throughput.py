@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
-allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/run/allocator.py)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,9 +26,9 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from md4_jax import generate, sharding  # noqa: E402
+from md4_jax.engine import generate, sharding  # noqa: E402
 from md4_jax.evals import samples as sample_suite  # noqa: E402
-from md4_jax.train import Experiment  # noqa: E402
+from md4_jax.engine.experiment import Experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Sequences per batch.")

@@ -18,9 +18,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from md4_jax import allocator  # noqa: E402
+from md4_jax.run import allocator  # noqa: E402
 
-allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/allocator.py)
+allocator.use_huge_pages()  # before jax: restarts once with a glibc tunable (md4_jax/run/allocator.py)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from md4_jax import sharding  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per round.")

@@ -15,8 +15,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax import modality, sharding  # noqa: E402
-from md4_jax.train import Experiment  # noqa: E402
+from md4_jax.data import modality  # noqa: E402
+from md4_jax.engine import sharding
+from md4_jax.engine.experiment import Experiment  # noqa: E402
 from md4_jax.data import image_sources  # noqa: E402
 from tests import tiny_config, tiny_image_config  # noqa: E402
 

@@ -20,7 +20,7 @@ jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processe
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax import sharding  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 from md4_jax.data import pipeline  # noqa: E402
 
 SEQ_LEN, NUM_ROWS, GLOBAL_BATCH = 4, 10, 4

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from md4_jax import allocator
+from md4_jax.run import allocator
 from tests.conftest import ROOT
 
 THP = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")

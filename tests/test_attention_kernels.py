@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import modality, sharding
+from md4_jax.data import modality
+from md4_jax.engine import sharding
 from md4_jax.errors import UserError
 from md4_jax.models.attention import attention, attention_kernel
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 from tests import tiny_config
 
 ON_GPU = jax.default_backend() == "gpu"

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import autoregressive, run, sampling
+from md4_jax import samplers
+from md4_jax.core import ar_likelihood
+from md4_jax.run import modes
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from tests.conftest import make_config, reference
 from tests.test_sampling import INITIAL, MASK, TRANSITION, L, V, chi_square_p_value
@@ -28,17 +30,17 @@ def random_network(causal: bool):
 
 
 def test_the_likelihood_is_normalised_over_all_sequences():
-  nll = autoregressive.nll_terms(random_network(causal=True), SEQUENCES, vocab_size=3)["loss"]
+  nll = ar_likelihood.nll_terms(random_network(causal=True), SEQUENCES, vocab_size=3)["loss"]
   assert abs(float(jnp.sum(jnp.exp(-nll))) - 1.0) < 1e-5
   # Without the causal mask the model sees the token it predicts: no longer a distribution.
-  cheating = autoregressive.nll_terms(random_network(causal=False), SEQUENCES, vocab_size=3)["loss"]
+  cheating = ar_likelihood.nll_terms(random_network(causal=False), SEQUENCES, vocab_size=3)["loss"]
   assert abs(float(jnp.sum(jnp.exp(-cheating))) - 1.0) > 1e-2
 
 
 def test_padding_is_excluded_from_the_likelihood():
   network = random_network(causal=True)
-  full = autoregressive.nll_terms(network, SEQUENCES[:4], vocab_size=3)
-  padded = autoregressive.nll_terms(network, SEQUENCES[:4], vocab_size=3,
+  full = ar_likelihood.nll_terms(network, SEQUENCES[:4], vocab_size=3)
+  padded = ar_likelihood.nll_terms(network, SEQUENCES[:4], vocab_size=3,
                                     token_mask_BxL=jnp.array([[1, 1, 0]] * 4))
   np.testing.assert_array_equal(padded["num_tokens"], 2)
   assert np.all(np.asarray(padded["loss"]) < np.asarray(full["loss"]))
@@ -53,7 +55,7 @@ def markov_network(input_BxL, t_B):
 
 @pytest.fixture(scope="module")
 def ar_sampler():
-  return jax.jit(lambda key, z: autoregressive.sample(markov_network, key, z, sampling.Settings(), vocab_size=V))
+  return jax.jit(lambda key, z: ar_likelihood.sample(markov_network, key, z, samplers.Settings(), vocab_size=V))
 
 
 def test_left_to_right_samples_follow_the_chain(ar_sampler):
@@ -70,13 +72,13 @@ def test_a_prompt_is_kept_and_costs_no_calls(ar_sampler):
 
 def test_ar_run_trains_evaluates_and_samples(tmp_path, corpus_file):
   config = make_config(corpus_file, objective="ar")
-  result = run.main(config, tmp_path / "run", "train", reference=reference())
+  result = modes.main(config, tmp_path / "run", "train", reference=reference())
   assert np.isfinite(result["eval/bpt"]) and result["eval/prior_bpt"] == 0.0
-  evaluated = run.main(config, tmp_path / "run", "eval", reference=reference())
+  evaluated = modes.main(config, tmp_path / "run", "eval", reference=reference())
   assert evaluated["eval/bpt"] == result["eval/bpt"]  # exact likelihood: no random draws
   step = max(int(p.stem.split("_")[1]) for p in (tmp_path / "run" / "eval").glob("step_*.json"))
   assert json.loads((tmp_path / "run" / "eval" / f"step_{step}.json").read_text())["bound"] == \
       "exact likelihood (autoregressive)"
-  sampled = run.main(config, tmp_path / "run", "sample", reference=reference(), prompt="the", num_samples=2)
+  sampled = modes.main(config, tmp_path / "run", "sample", reference=reference(), prompt="the", num_samples=2)
   assert all(text.startswith("the") and len(text) == 16 for text in sampled["samples"])
   assert sampled["nfe"] == 16 - 3

@@ -2,7 +2,7 @@
 goes through in one piece or in train.grad_accum microbatches (XLA's cost analysis counts a loop body once)."""
 
 from benchmarks import common
-from md4_jax import sharding
+from md4_jax.engine import sharding
 from tests import tiny_image_config
 from tests.conftest import override
 

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from md4_jax.data import benchmarks, detokenizers, lm1b_text
+from md4_jax.data import zero_shot_sets, detokenizers, lm1b_text
 from md4_jax.errors import UserError
 
 
@@ -70,7 +70,7 @@ def write_releases(directory):
   files = {"lambada": "lambada_test.jsonl", "wikitext2": "wikitext-2-raw-v1.zip", "ptb": "ptb.test.txt",
            "wikitext103": "wikitext-103-raw-v1.zip", "lm1b": "lm1b.tar.gz"}
   counts = {"lambada": 2, "wikitext2": 5, "ptb": 4, "wikitext103": 5, "lm1b": 4}
-  return {name: dataclasses.replace(benchmarks.BENCHMARKS[name], url=(directory / file).as_uri(),
+  return {name: dataclasses.replace(zero_shot_sets.BENCHMARKS[name], url=(directory / file).as_uri(),
                                     sha256=hashlib.sha256((directory / file).read_bytes()).hexdigest(),
                                     documents=counts[name])
           for name, file in files.items()}
@@ -80,7 +80,7 @@ def write_releases(directory):
 def releases(tmp_path, monkeypatch):
   """BENCHMARKS pointing at fixture releases; returns the data.dir to prepare into."""
   for name, entry in write_releases(tmp_path / "releases").items():
-    monkeypatch.setitem(benchmarks.BENCHMARKS, name, entry)
+    monkeypatch.setitem(zero_shot_sets.BENCHMARKS, name, entry)
   return tmp_path / "data"
 
 
@@ -100,33 +100,33 @@ EXPECTED_RECORDS = {  # what each release's test split holds, written out indepe
 
 
 def test_each_benchmark_is_its_documents_detokenized_each_followed_by_eos(releases):
-  names = list(benchmarks.BENCHMARKS)
-  paths = benchmarks.prepare(names, releases, EosByteTokenizer())
+  names = list(zero_shot_sets.BENCHMARKS)
+  paths = zero_shot_sets.prepare(names, releases, EosByteTokenizer())
   assert [p.name for p in paths] == [f"{name}.npy" for name in names]
   for name in names:
-    stream, meta = benchmarks.load(name, releases, EosByteTokenizer())
+    stream, meta = zero_shot_sets.load(name, releases, EosByteTokenizer())
     records, detokenize = EXPECTED_RECORDS[name]
     np.testing.assert_array_equal(stream, expected_stream(records, detokenize))
     assert meta["documents"] == len(records) and meta["tokens"] == len(stream)
-  wikitext = np.asarray(benchmarks.load("wikitext2", releases, EosByteTokenizer())[0])
+  wikitext = np.asarray(zero_shot_sets.load("wikitext2", releases, EosByteTokenizer())[0])
   assert wikitext[np.flatnonzero(wikitext == 256)[0] + 1] == 256  # a blank line is an empty document: eos alone
   assert b"(the Old Vic)." in wikitext[wikitext < 256].astype(np.uint8).tobytes()
 
 
 def test_prepare_is_kept_and_a_changed_release_is_refused(releases, monkeypatch):
-  benchmarks.prepare(["ptb"], releases, EosByteTokenizer())
+  zero_shot_sets.prepare(["ptb"], releases, EosByteTokenizer())
   stream_file = releases / "zero_shot" / "bytes_eos" / "ptb.npy"
   before = stream_file.stat().st_mtime_ns
-  benchmarks.prepare(["ptb"], releases, EosByteTokenizer())  # prepared with the same tokenizer: kept
+  zero_shot_sets.prepare(["ptb"], releases, EosByteTokenizer())  # prepared with the same tokenizer: kept
   assert stream_file.stat().st_mtime_ns == before
-  entry = benchmarks.BENCHMARKS["lambada"]
-  monkeypatch.setitem(benchmarks.BENCHMARKS, "lambada", dataclasses.replace(entry, sha256="0" * 64))
+  entry = zero_shot_sets.BENCHMARKS["lambada"]
+  monkeypatch.setitem(zero_shot_sets.BENCHMARKS, "lambada", dataclasses.replace(entry, sha256="0" * 64))
   with pytest.raises(UserError, match="corrupt or changed.*expected 0000"):
-    benchmarks.prepare(["lambada"], releases, EosByteTokenizer())
+    zero_shot_sets.prepare(["lambada"], releases, EosByteTokenizer())
   assert not (releases / "zero_shot" / "downloads" / "lambada_test.jsonl").exists()
-  monkeypatch.setitem(benchmarks.BENCHMARKS, "lambada", dataclasses.replace(entry, documents=5153))
+  monkeypatch.setitem(zero_shot_sets.BENCHMARKS, "lambada", dataclasses.replace(entry, documents=5153))
   with pytest.raises(UserError, match="gave 2 LAMBADA documents, not the test split's 5153"):
-    benchmarks.prepare(["lambada"], releases, EosByteTokenizer())
+    zero_shot_sets.prepare(["lambada"], releases, EosByteTokenizer())
   assert not (releases / "zero_shot" / "bytes_eos" / "lambada.json").exists()
 
 
@@ -135,32 +135,32 @@ def test_offline_prepare_fails_within_seconds_naming_where_to_put_the_file(tmp_p
   start = time.monotonic()
   dest = tmp_path / "zero_shot" / "downloads" / "ptb.test.txt"
   with pytest.raises(UserError, match=f"unreachable.*ptb.test.txt.*put it at {dest}"):
-    benchmarks.prepare(["ptb"], tmp_path, EosByteTokenizer())
+    zero_shot_sets.prepare(["ptb"], tmp_path, EosByteTokenizer())
   assert time.monotonic() - start < 10
 
 
 def test_load_errors_name_the_fix(releases):
   with pytest.raises(UserError, match="PTB benchmark is not prepared.*--mode prepare --eval.suite=zero_shot"):
-    benchmarks.load("ptb", releases, EosByteTokenizer())
-  benchmarks.prepare(["ptb"], releases, EosByteTokenizer())
+    zero_shot_sets.load("ptb", releases, EosByteTokenizer())
+  zero_shot_sets.prepare(["ptb"], releases, EosByteTokenizer())
 
   class OtherTokenizer(EosByteTokenizer):
     def to_json(self):
       return {"kind": "bytes_eos", "version": 2}
 
   with pytest.raises(UserError, match="prepared with another tokenizer"):
-    benchmarks.load("ptb", releases, OtherTokenizer())
+    zero_shot_sets.load("ptb", releases, OtherTokenizer())
 
   class NoEos(EosByteTokenizer):
     eos_id = None
 
   with pytest.raises(UserError, match="end-of-text.*data.tokenizer='gpt2'"):
-    benchmarks.prepare(["ptb"], releases, NoEos())
+    zero_shot_sets.prepare(["ptb"], releases, NoEos())
 
 
 def test_benchmark_names_parse_in_md4_column_order():
-  assert benchmarks.parse_names(" lm1b,lambada,, ") == ["lambada", "lm1b"]
+  assert zero_shot_sets.parse_names(" lm1b,lambada,, ") == ["lambada", "lm1b"]
   for bad in ("", "lambada,wikitext"):
     with pytest.raises(UserError, match="eval.zero_shot=.*lambada, wikitext2, ptb, wikitext103, lm1b"):
-      benchmarks.parse_names(bad)
-  assert [b.column for b in benchmarks.BENCHMARKS.values()] == ["LAMBADA", "WikiText2", "PTB", "WikiText103", "1BW"]
+      zero_shot_sets.parse_names(bad)
+  assert [b.column for b in zero_shot_sets.BENCHMARKS.values()] == ["LAMBADA", "WikiText2", "PTB", "WikiText103", "1BW"]

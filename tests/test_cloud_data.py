@@ -11,7 +11,7 @@ import json
 import fsspec
 import pytest
 
-from md4_jax import run
+from md4_jax.run import modes
 from md4_jax.data import mirror, text8
 from md4_jax.errors import UserError
 from tests import cloud_emulator
@@ -45,8 +45,8 @@ def prepared(gcs, tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(text8, "prepare", functools.partial(text8.prepare, split_sizes=SIZES))
     patch.setenv(mirror.CACHE_VARIABLE, str(root / "preparing_cache"))
-    run.main(text8_config(f"{BUCKET}/data", manual), None, "prepare", reference=reference())
-    run.main(text8_config(root / "local_data", manual), None, "prepare", reference=reference())
+    modes.main(text8_config(f"{BUCKET}/data", manual), None, "prepare", reference=reference())
+    modes.main(text8_config(root / "local_data", manual), None, "prepare", reference=reference())
   return root
 
 
@@ -61,14 +61,14 @@ def test_preparing_again_from_another_machine_keeps_the_bucket_copy(gcs, prepare
   monkeypatch.setattr(text8, "prepare", functools.partial(text8.prepare, split_sizes=SIZES))
   monkeypatch.setenv(mirror.CACHE_VARIABLE, str(tmp_path / "empty_cache"))
   # No manual_dir: a prepare that had to redo the work would fail for want of text8.zip.
-  run.main(text8_config(f"{BUCKET}/data"), None, "prepare", reference=reference())
+  modes.main(text8_config(f"{BUCKET}/data"), None, "prepare", reference=reference())
   assert generations(gcs, "data/") == before
 
 
 def test_a_bucket_dataset_trains_like_the_local_copy(gcs, prepared, monkeypatch):
   monkeypatch.setenv(mirror.CACHE_VARIABLE, str(prepared / "training_cache"))
-  run.main(text8_config(f"{BUCKET}/data"), prepared / "bucket_data_run", "train", reference=reference())
-  run.main(text8_config(prepared / "local_data"), prepared / "local_data_run", "train", reference=reference())
+  modes.main(text8_config(f"{BUCKET}/data"), prepared / "bucket_data_run", "train", reference=reference())
+  modes.main(text8_config(prepared / "local_data"), prepared / "local_data_run", "train", reference=reference())
   assert metric_rows(prepared / "bucket_data_run") == metric_rows(prepared / "local_data_run")
 
 
@@ -101,13 +101,13 @@ def test_a_data_path_object_trains_like_the_local_file_and_is_recognised_by_cont
   filesystem.put_file(str(corpus), f"{cloud_emulator.BUCKET}/corpus.txt")
   filesystem.pipe(f"{cloud_emulator.BUCKET}/other.txt", (CORPUS + " more").encode())
   steps = dict(train__num_steps=4, train__eval_every=4, train__checkpoint_every=4)
-  run.main(make_config(f"{BUCKET}/corpus.txt", **steps), tmp_path / "bucket_file_run", "train", reference=reference())
-  run.main(make_config(corpus, **steps), tmp_path / "local_file_run", "train", reference=reference())
+  modes.main(make_config(f"{BUCKET}/corpus.txt", **steps), tmp_path / "bucket_file_run", "train", reference=reference())
+  modes.main(make_config(corpus, **steps), tmp_path / "local_file_run", "train", reference=reference())
   assert metric_rows(tmp_path / "bucket_file_run") == metric_rows(tmp_path / "local_file_run")
   # The run's data moved: the local copy (same SHA-256) evaluates it; another object is refused.
-  run.main(make_config(corpus, **steps), tmp_path / "bucket_file_run", "eval", reference=reference())
+  modes.main(make_config(corpus, **steps), tmp_path / "bucket_file_run", "eval", reference=reference())
   with pytest.raises(UserError, match="is not the file this run was trained on"):
-    run.main(make_config(f"{BUCKET}/other.txt", **steps), tmp_path / "local_file_run", "eval", reference=reference())
+    modes.main(make_config(f"{BUCKET}/other.txt", **steps), tmp_path / "local_file_run", "eval", reference=reference())
 
 
 def test_missing_data_in_a_bucket_is_one_line(gcs, monkeypatch, tmp_path):
@@ -118,10 +118,10 @@ def test_missing_data_in_a_bucket_is_one_line(gcs, monkeypatch, tmp_path):
            (text8_config("gs://no-such-bucket/data"), "bucket gs://no-such-bucket does not exist")]
   for config, message in cases:
     with pytest.raises(UserError, match=message) as error:
-      run.main(config, tmp_path / "run", "train", reference=reference())
+      modes.main(config, tmp_path / "run", "train", reference=reference())
     assert "\n" not in str(error.value)
   with pytest.raises(UserError, match="data.manual_dir='gs://test-bucket/raw': the release files must be in a local"):
-    run.main(text8_config(f"{BUCKET}/data", f"{BUCKET}/raw"), None, "prepare", reference=reference())
+    modes.main(text8_config(f"{BUCKET}/data", f"{BUCKET}/raw"), None, "prepare", reference=reference())
 
 
 def test_a_sweep_runs_into_a_bucket(gcs, tmp_path):

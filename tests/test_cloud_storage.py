@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import pytest
 from etils import epath
 
-from md4_jax import checkpoints, run
+from md4_jax.engine import checkpoints
+from md4_jax.run import modes
 from tests import cloud_emulator
 from tests.cloud_emulator import gcs  # noqa: F401 (the emulator fixture)
 from tests.conftest import CORPUS, ROOT, launch, make_config, reference
@@ -31,7 +32,7 @@ def local_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("local")
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
-  result = run.main(make_config(corpus), root / "run", "train", reference=reference())
+  result = modes.main(make_config(corpus), root / "run", "train", reference=reference())
   return corpus, root / "run", result
 
 
@@ -98,11 +99,11 @@ def test_checkpoints_move_between_a_bucket_and_a_local_directory(bucket_run, loc
   corpus, local, trained = local_run
   config = make_config(corpus)
   copy_tree(bucket_run, epath.Path(tmp_path / "from_bucket"))
-  from_bucket = run.main(config, tmp_path / "from_bucket", "eval", reference=reference())
+  from_bucket = modes.main(config, tmp_path / "from_bucket", "eval", reference=reference())
   assert from_bucket["eval/bpt"] == trained["eval/bpt"]
   to_bucket = f"gs://{cloud_emulator.BUCKET}/from_local"
   copy_tree(epath.Path(local), epath.Path(to_bucket))
-  assert run.main(config, to_bucket, "eval", reference=reference())["eval/bpt"] == trained["eval/bpt"]
+  assert modes.main(config, to_bucket, "eval", reference=reference())["eval/bpt"] == trained["eval/bpt"]
 
 
 def one_line_error(result) -> str:
@@ -209,7 +210,7 @@ def test_two_processes_train_one_bucket_path_and_one_machine_restores_it(gcs, lo
 def test_s3_is_refused_in_one_line_saying_why():
   import ml_collections  # noqa: PLC0415
 
-  from md4_jax import storage  # noqa: PLC0415
+  from md4_jax.storage import paths as storage  # noqa: PLC0415
   from md4_jax.data import data_dir  # noqa: PLC0415
   from md4_jax.errors import UserError  # noqa: PLC0415
 
@@ -226,7 +227,7 @@ def test_refused_credentials_are_one_line_naming_the_bucket_and_what_to_set(monk
   import http.server  # noqa: PLC0415
   import threading  # noqa: PLC0415
 
-  from md4_jax import storage  # noqa: PLC0415
+  from md4_jax.storage import paths as storage  # noqa: PLC0415
   from md4_jax.errors import UserError  # noqa: PLC0415
 
   class Refusing(http.server.BaseHTTPRequestHandler):
@@ -259,7 +260,7 @@ def test_refused_credentials_are_one_line_naming_the_bucket_and_what_to_set(monk
 def test_a_checkpoints_metric_window_is_a_copy():
   """Found on the bucket: the JSON item is serialised after the loop's next add(); a shared dict was then
   saved with the following steps' sums (a resumed run's first log line counted them twice)."""
-  from md4_jax.loop import MetricWindow  # noqa: PLC0415
+  from md4_jax.run.loop import MetricWindow  # noqa: PLC0415
 
   window = MetricWindow()
   saved = window.to_json()

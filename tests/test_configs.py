@@ -6,9 +6,10 @@ import jax
 import pytest
 from flax import nnx
 
-from md4_jax import config_check, models, objectives, run
+from md4_jax import models, objectives
+from md4_jax.run import config_check, modes
 from md4_jax.data import pipeline
-from md4_jax.modality import Text
+from md4_jax.data.modality import Text
 from tests.conftest import make_config, reference
 
 
@@ -45,7 +46,7 @@ PUBLISHED = [("configs.text8", 88_723_264, 88_734_272), ("configs.owt_small", 16
 @pytest.mark.parametrize("module, ours, reference_count", PUBLISHED)
 def test_published_text_models_have_the_reference_codes_parameter_count(module, ours, reference_count):
   config = importlib.import_module(module).get_config()
-  assert run._describe(config)["params"] == ours  # pinned: update with a note when the model is meant to change
+  assert modes._describe(config)["params"] == ours  # pinned: update with a note when the model is meant to change
   assert abs(ours / reference_count - 1) < 0.005
 
 

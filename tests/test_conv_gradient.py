@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from md4_jax import sharding
+from md4_jax.engine import sharding
 from md4_jax.models import image_layers
 from tests import tiny_image_config
 from tests.conftest import override

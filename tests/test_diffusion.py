@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import diffusion, fused_head
-from md4_jax.schedules import get_schedule
+from md4_jax.core import diffusion, fused_head
+from md4_jax.core.schedules import get_schedule
 
 V = 7  # vocabulary; the mask id is V
 

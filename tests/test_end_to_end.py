@@ -13,9 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from md4_jax import run
+from md4_jax.run import modes
 from md4_jax.errors import UserError
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 
 WALLCLOCK_KEYS = ("train/steps_per_sec", "train/tokens_per_sec")
@@ -50,7 +50,7 @@ def reference_run(tmp_path_factory):
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
   workdir = root / "run"
-  result = run.main(make_config(corpus), workdir, "train", reference=reference())
+  result = modes.main(make_config(corpus), workdir, "train", reference=reference())
   return corpus, workdir, result
 
 
@@ -93,7 +93,7 @@ def train_until_sigterm_at_step_7(config, workdir, monkeypatch) -> int:
   monkeypatch.setattr(Experiment, "__init__", init_then_sigterm_at_step_7)
   try:
     with pytest.raises(SystemExit) as stopped:
-      run.main(config, workdir, "train", reference=reference())
+      modes.main(config, workdir, "train", reference=reference())
   finally:
     monkeypatch.setattr(Experiment, "__init__", original)
   return stopped.value.code
@@ -104,7 +104,7 @@ def test_resume_after_sigterm_is_bitwise_identical(reference_run, tmp_path, monk
   workdir = tmp_path / "run"
   assert train_until_sigterm_at_step_7(make_config(corpus), workdir, monkeypatch) == 128 + signal.SIGTERM
   assert (workdir / "checkpoints" / "7").is_dir()  # saved on SIGTERM
-  run.main(make_config(corpus), workdir, "train", reference=reference())
+  modes.main(make_config(corpus), workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
 
@@ -155,10 +155,10 @@ def test_ctrl_c_checkpoints_says_one_line_and_resumes_exactly(reference_run, tmp
 
 def test_eval_mode_reproduces_the_training_eval(reference_run, capsys):
   corpus, workdir, result = reference_run
-  evaluated = run.main(make_config(corpus), workdir, "eval", reference=reference())
+  evaluated = modes.main(make_config(corpus), workdir, "eval", reference=reference())
   assert evaluated["eval/bpt"] == result["eval/bpt"]  # same EMA params, same eval keys
   assert json.loads((workdir / "eval" / "step_12.json").read_text())["eval/bpt"] == result["eval/bpt"]
-  at_step_8 = run.main(make_config(corpus), workdir, "eval", reference=reference(), step=8)
+  at_step_8 = modes.main(make_config(corpus), workdir, "eval", reference=reference(), step=8)
   assert at_step_8["eval/bpt"] != result["eval/bpt"]
   assert "wrote" in capsys.readouterr().out
 
@@ -167,7 +167,7 @@ def test_eval_mode_raw_params_time_samples_and_table(reference_run, tmp_path):
   corpus, workdir, result = reference_run
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
-  raw = run.main(make_config(corpus, eval__params="raw", eval__time_samples=4), copy, "eval", reference=reference())
+  raw = modes.main(make_config(corpus, eval__params="raw", eval__time_samples=4), copy, "eval", reference=reference())
   assert raw["eval/bpt"] != result["eval/bpt"]
   saved = json.loads((copy / "eval" / "step_12.json").read_text())
   assert saved["params"] == "raw" and saved["time_samples"] == 4
@@ -184,7 +184,7 @@ def test_eval_mode_raw_params_time_samples_and_table(reference_run, tmp_path):
 
 def test_sample_mode_writes_and_prints(reference_run, capsys):
   corpus, workdir, _ = reference_run
-  out = run.main(make_config(corpus), workdir, "sample", reference=reference(), num_samples=3)
+  out = modes.main(make_config(corpus), workdir, "sample", reference=reference(), num_samples=3)
   assert len(out["samples"]) == 3 and all(len(s) == 16 for s in out["samples"])
   assert "_" not in "".join(out["samples"])  # no mask survives
   printed = capsys.readouterr().out
@@ -217,7 +217,7 @@ def test_sample_command_with_a_prompt_and_the_exact_sampler(reference_run, tmp_p
 def test_infill_keeps_the_template(reference_run, tmp_path, sampler):
   corpus, workdir, _ = reference_run
   template = "the ___ sat __ t"
-  out = run.main(make_config(corpus, **sampler), workdir, "sample", reference=reference(), infill=template,
+  out = modes.main(make_config(corpus, **sampler), workdir, "sample", reference=reference(), infill=template,
                  num_samples=2)
   for text in out["samples"]:
     assert len(text) == 16 and "_" not in text
@@ -234,13 +234,13 @@ def test_infill_keeps_the_template(reference_run, tmp_path, sampler):
 def test_sample_mode_input_errors(reference_run, kwargs, message):
   corpus, workdir, _ = reference_run
   with pytest.raises(UserError, match=message):
-    run.main(make_config(corpus), workdir, "sample", reference=reference(), **kwargs)
+    modes.main(make_config(corpus), workdir, "sample", reference=reference(), **kwargs)
 
 
 def test_sampling_flags_outside_sample_mode_are_refused(reference_run):
   corpus, workdir, _ = reference_run
   with pytest.raises(UserError, match="--seed only apply to --mode sample.*--config.seed"):
-    run.main(make_config(corpus), workdir, "eval", reference=reference(), seed=3)
+    modes.main(make_config(corpus), workdir, "eval", reference=reference(), seed=3)
 
 
 def test_eval_on_an_empty_workdir_is_a_clear_error(tmp_path, corpus_file):
@@ -253,7 +253,7 @@ def test_eval_on_an_empty_workdir_is_a_clear_error(tmp_path, corpus_file):
 def test_embedded_corpus_run(tmp_path):
   config = make_config(tmp_path / "unused.txt", data__source="embedded", data__path="", train__num_steps=2,
                        train__eval_every=2)
-  result = run.main(config, tmp_path / "run", "train", reference=reference())
+  result = modes.main(config, tmp_path / "run", "train", reference=reference())
   assert json.loads((tmp_path / "run" / "tokenizer.json").read_text())["alphabet"] == " abcdefghijklmnopqrstuvwxyz"
   assert 0 < result["eval/bpt"] < np.log2(27) + 1e-3  # never above the uniform bound (zero-init head)
   assert result["eval/num_tokens"] == 16 * 16  # eval.max_sequences x data.seq_len

@@ -9,9 +9,10 @@ import sys
 import ml_collections
 import pytest
 
-from md4_jax import errors, run
+from md4_jax import errors
+from md4_jax.run import modes
 from md4_jax.errors import UserError
-from md4_jax.loop import NonFiniteLoss
+from md4_jax.run.loop import NonFiniteLoss
 from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 
 
@@ -48,12 +49,12 @@ def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
   config = make_config(corpus_file)
   config.model.dropout = 0.1
   with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.width"):
-    run.main(config, tmp_path, reference=reference())
+    modes.main(config, tmp_path, reference=reference())
   values = make_config(corpus_file).to_dict()
   values["train"]["num_steps"] = 10.5  # a config built without configs/base.py's typed defaults
   config = ml_collections.ConfigDict(values)
   with pytest.raises(UserError, match="'train.num_steps' = 10.5 is a float; it must be a int"):
-    run.main(config, tmp_path, reference=reference())
+    modes.main(config, tmp_path, reference=reference())
 
 
 def test_type_error_inside_a_config_file(tmp_path, corpus_file):
@@ -90,7 +91,7 @@ def test_type_error_inside_a_config_file(tmp_path, corpus_file):
 ])
 def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, message):
   with pytest.raises(UserError, match=message):
-    run.main(make_config(corpus_file, **{key: value}), tmp_path / "run", reference=reference())
+    modes.main(make_config(corpus_file, **{key: value}), tmp_path / "run", reference=reference())
   assert not (tmp_path / "run").exists()
 
 
@@ -100,7 +101,7 @@ def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, mess
 ])
 def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
-    run.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+    modes.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
 
 
 def test_shorthand_config_flags(tmp_path, corpus_file):
@@ -127,25 +128,25 @@ def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, co
   config = make_config(corpus_file).to_dict()
   config["model"]["kind"] = "ar"  # a config file that still sets it
   with pytest.raises(UserError, match="'model.kind' was replaced by 'objective'"):
-    run.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
+    modes.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
 
 
 def test_a_workdir_saved_with_model_kind_still_resumes(tmp_path, corpus_file):
   """Runs from before the objective key hold model.kind in config.json: read as `objective`."""
   workdir = tmp_path / "run"
-  run.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "train", reference=reference())
+  modes.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "train", reference=reference())
   saved = json.loads((workdir / "config.json").read_text())
   saved["model"]["kind"] = saved.pop("objective")
   (workdir / "config.json").write_text(json.dumps(saved))
   (workdir / "modality.json").unlink()  # nor did they write modality.json: tokenizer.json says what a token is
-  evaluated = run.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "eval",
+  evaluated = modes.main(make_config(corpus_file, objective="ar", train__num_steps=4), workdir, "eval",
                        reference=reference())
   assert evaluated["eval/bpt"] > 0
-  result = run.main(make_config(corpus_file, objective="ar", train__num_steps=6), workdir, "train",
+  result = modes.main(make_config(corpus_file, objective="ar", train__num_steps=6), workdir, "train",
                     reference=reference())
   assert "eval/bpt" in result
   with pytest.raises(UserError, match="objective: 'ar' in the workdir, 'md4' now"):
-    run.main(make_config(corpus_file, train__num_steps=8), workdir, "train", reference=reference())
+    modes.main(make_config(corpus_file, train__num_steps=8), workdir, "train", reference=reference())
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
@@ -153,7 +154,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file
   config = make_config(corpus_file, train__learning_rate=1e30, train__warmup_steps=0, train__grad_clip=1e30,
                        train__checkpoint_every=1, train__num_steps=50)
   with pytest.raises(NonFiniteLoss, match=r"at step (\d+).*last good checkpoint \(step (\d+) in") as error:
-    run.main(config, tmp_path / "run", reference=reference())
+    modes.main(config, tmp_path / "run", reference=reference())
 
   bad_step, good_step = map(int, re.search(r"at step (\d+).*step (\d+) in", str(error.value)).groups())
   assert good_step == bad_step - 1

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import modality, sharding
-from md4_jax.train import Experiment
+from md4_jax.data import modality
+from md4_jax.engine import sharding
+from md4_jax.engine.experiment import Experiment
 from tests import tiny_config
 
 V, L = 3, 3

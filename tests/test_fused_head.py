@@ -1,4 +1,4 @@
-"""The output layer fused with the loss (md4_jax/fused_head.py) computes what the plain layer and loss compute:
+"""The output layer fused with the loss (md4_jax/core/fused_head.py) computes what the plain layer and loss compute:
 values and gradients, for MD4 (masked-position gather on and off), GenMD4 and the AR baseline, in float32 and
 bfloat16; and the memory-lean custom gradients of the transformer's norms and GLU equal autodiff's."""
 
@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import fused_head, models, sharding
+from md4_jax import models
+from md4_jax.core import fused_head
+from md4_jax.engine import sharding
 from md4_jax.models import attention as attention_lib
 from md4_jax.models import layers
-from md4_jax.modality import Text
-from md4_jax.train import Experiment
+from md4_jax.data.modality import Text
+from md4_jax.engine.experiment import Experiment
 from tests.conftest import make_config
 
 V = 1100  # above objectives.md4.GATHER_MIN_VOCAB, so the automatic capacity gathers too

@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 
 from configs import base
-from md4_jax import genmd4
+from md4_jax.core import per_token
 from md4_jax.objectives import MD4, GenMD4
-from md4_jax.schedules import EPS
+from md4_jax.core.schedules import EPS
 
 V, L = 5, 4
 
@@ -81,9 +81,9 @@ def test_the_integrand_is_nonnegative_and_zero_only_for_a_perfect_prediction():
   logits = 3 * jax.random.normal(key_logits, (200, V))
   rates = jnp.exp(jax.random.normal(key_rates, (200, V)))
   x0 = jax.random.randint(key_x, (200,), 0, V)
-  assert float(jnp.min(genmd4.integrand(logits, x0, rates))) > 0
+  assert float(jnp.min(per_token.integrand(logits, x0, rates))) > 0
   perfect = 50.0 * jax.nn.one_hot(x0, V)
-  np.testing.assert_allclose(genmd4.integrand(perfect, x0, rates), 0.0, atol=1e-6)
+  np.testing.assert_allclose(per_token.integrand(perfect, x0, rates), 0.0, atol=1e-6)
 
 
 # ---- The expected bound by enumeration (numpy, float64), for the gradient tests. ----
@@ -164,10 +164,10 @@ def test_the_score_has_zero_mean_and_the_leave_one_out_term_estimates_the_score_
   REINFORCE term's mean gradient is E[l(z) grad log q(z)], both by enumeration of every z."""
   x0, token_mask = batch(size=1, seed=3)
   t = jnp.full((1,), 0.4)
-  schedule_of = lambda theta: genmd4.TokenPoly(jax.nn.softplus(theta))  # noqa: E731
-  mask_prob = lambda theta: genmd4.token_values(schedule_of(theta).mask_prob(t), x0)  # noqa: E731
+  schedule_of = lambda theta: per_token.TokenPoly(jax.nn.softplus(theta))  # noqa: E731
+  mask_prob = lambda theta: per_token.token_values(schedule_of(theta).mask_prob(t), x0)  # noqa: E731
   zs = jnp.where(jnp.asarray(MASKS), V, x0)  # [2^L, L]: every z_t of the one example
-  log_q = jax.vmap(lambda z, theta: genmd4.log_q(z[None], x0, mask_prob(theta), V, jnp.ones_like(x0))[0],
+  log_q = jax.vmap(lambda z, theta: per_token.log_q(z[None], x0, mask_prob(theta), V, jnp.ones_like(x0))[0],
                    in_axes=(0, None))
   q = jnp.exp(log_q(zs, THETA))
   np.testing.assert_allclose(float(q.sum()), 1.0, rtol=1e-5)
@@ -175,14 +175,14 @@ def test_the_score_has_zero_mean_and_the_leave_one_out_term_estimates_the_score_
   np.testing.assert_allclose(q @ scores, 0.0, atol=1e-6)
   # A loss that depends on z (the fixed network's bound at t), its score-function gradient by enumeration:
   rates = schedule_of(THETA).rate(t)
-  loss = lambda z: jnp.sum(jnp.where(z == V, genmd4.integrand(TABLE[jnp.arange(L), z], x0[0], rates), 0.0))  # noqa: E731
+  loss = lambda z: jnp.sum(jnp.where(z == V, per_token.integrand(TABLE[jnp.arange(L), z], x0[0], rates), 0.0))  # noqa: E731
   losses = jax.vmap(loss)(zs)
   want = (q * losses) @ scores
   assert np.linalg.norm(want) > 0.1
   def rloo_gradient(key):
     k1, k2 = jax.random.split(key)
-    z1, z2 = (genmd4.mask_tokens(k, x0, mask_prob(THETA), V, jnp.ones_like(x0))[0] for k in (k1, k2))
-    return jax.grad(lambda theta: genmd4.rloo(loss(z1), loss(z2), log_q(z1[None], theta)[0],
+    z1, z2 = (per_token.mask_tokens(k, x0, mask_prob(THETA), V, jnp.ones_like(x0))[0] for k in (k1, k2))
+    return jax.grad(lambda theta: per_token.rloo(loss(z1), loss(z2), log_q(z1[None], theta)[0],
                                               log_q(z2[None], theta)[0]))(THETA)
   grads = np.asarray(jax.jit(jax.vmap(rloo_gradient))(jax.random.split(jax.random.key(5), 100_000)))
   stderr = grads.std(0) / np.sqrt(len(grads))
@@ -190,7 +190,7 @@ def test_the_score_has_zero_mean_and_the_leave_one_out_term_estimates_the_score_
 
 
 def test_the_schedule_can_have_its_own_learning_rate():
-  from md4_jax.train import make_optimizer
+  from md4_jax.engine.experiment import make_optimizer
   config = base.get_config()
   # Vectors only: AdamW's weight decay (matrices) would make the two updates differ for another reason.
   params = {"backbone": {"scale": jnp.ones((3,))}, "schedule": {"theta": jnp.ones((V,))}}

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import diffusion, genmd4, modality, run, sharding
-from md4_jax.train import Experiment
+from md4_jax.core import diffusion, per_token
+from md4_jax.data import modality
+from md4_jax.engine import sharding
+from md4_jax.run import modes
+from md4_jax.engine.experiment import Experiment
 from tests.conftest import CORPUS, launch_tiny, make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
@@ -22,7 +25,7 @@ def genmd4_run(tmp_path_factory):
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
   workdir = root / "run"
-  result = run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
+  result = modes.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
   return corpus, workdir, result
 
 
@@ -56,16 +59,16 @@ def test_train_loss_is_the_bound_of_the_step_batch(genmd4_run):
 
   key = jax.random.fold_in(experiment.base_key, 0)
   net = experiment._network(params, batch, key)
-  schedule = genmd4.TokenPoly(jax.nn.softplus(params["schedule"]["theta"][...]))
+  schedule = per_token.TokenPoly(jax.nn.softplus(params["schedule"]["theta"][...]))
   time_key, mask_key = jax.random.split(key)
   t_B = 1e-3 + (1 - 1e-3) * diffusion.sample_times(time_key, 8, antithetic=True)
-  mask_prob = genmd4.token_values(schedule.mask_prob(t_B), tokens)
+  mask_prob = per_token.token_values(schedule.mask_prob(t_B), tokens)
   bounds = []
   for draw_key in (mask_key, jax.random.fold_in(mask_key, 1)):
-    z = genmd4.mask_tokens(draw_key, tokens, mask_prob, 27, batch["token_mask"])
-    per_position = genmd4.integrand(net(z, t_B), tokens, schedule.rate(t_B)[:, None])
+    z = per_token.mask_tokens(draw_key, tokens, mask_prob, 27, batch["token_mask"])
+    per_position = per_token.integrand(net(z, t_B), tokens, schedule.rate(t_B)[:, None])
     bounds.append((1 - 1e-3) * jnp.sum(jnp.where(z == 27, per_position, 0.0)))
-  fixed = genmd4.reconstruction(schedule, tokens, batch["token_mask"], 1e-3).sum() + 128 * 1e-4 * np.log(27)
+  fixed = per_token.reconstruction(schedule, tokens, batch["token_mask"], 1e-3).sum() + 128 * 1e-4 * np.log(27)
   want = (0.5 * (bounds[0] + bounds[1]) + fixed) / 128
   np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
   assert abs(float(metrics["surrogate"]) - float(metrics["loss"])) > 1e-6
@@ -75,14 +78,14 @@ def test_resume_after_sigterm_is_bitwise_identical(genmd4_run, tmp_path, monkeyp
   corpus, reference_dir, _ = genmd4_run
   workdir = tmp_path / "run"
   train_until_sigterm_at_step_7(make_config(corpus, **GENMD4), workdir, monkeypatch)
-  run.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
+  modes.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
 
 
 def test_eval_and_sampling_commands(genmd4_run):
   corpus, workdir, result = genmd4_run
-  evaluated = run.main(make_config(corpus, **GENMD4), workdir, "eval", reference=reference())
+  evaluated = modes.main(make_config(corpus, **GENMD4), workdir, "eval", reference=reference())
   assert evaluated["eval/bpt"] == result["eval/bpt"]
   record = json.loads((workdir / "eval" / "step_12.json").read_text())
   assert [row["steps"] for row in record["bound_by_steps"]] == [16, 64, 256, 0]
@@ -104,17 +107,17 @@ def test_genmd4_on_images_with_class_labels_completion_and_guidance(tmp_path):
   config = override(tiny_image_config.get_config(), objective="genmd4", model__class_conditional=True,
                     train__num_steps=4, train__eval_every=4)
   workdir = tmp_path / "run"
-  result = run.main(config, workdir, "train", reference=reference())
+  result = modes.main(config, workdir, "train", reference=reference())
   assert np.isfinite(result["eval/bpt"])
   assert list(json.loads((workdir / "eval" / "powers_step_4.json").read_text())["powers"]) != []
-  labelled = run.main(config, workdir, "sample", reference=reference(), num_samples=2, class_label="7")
+  labelled = modes.main(config, workdir, "sample", reference=reference(), num_samples=2, class_label="7")
   assert (np.asarray(labelled["tokens"]) < 17).all()
-  completed = run.main(config, workdir, "sample", reference=reference(), num_samples=2, complete="left")
+  completed = modes.main(config, workdir, "sample", reference=reference(), num_samples=2, complete="left")
   held_out = pipeline.load_data(config.data).eval
   for i, tokens in enumerate(completed["tokens"]):
     kept = np.arange(64) % 8 < 4  # the left half of each 8x8 row
     np.testing.assert_array_equal(np.asarray(tokens)[kept], np.asarray(held_out[i]["tokens"])[kept])
-  guided = run.main(override(config, sampler__guidance=1.0, sampler__name="exact"), workdir, "sample",
+  guided = modes.main(override(config, sampler__guidance=1.0, sampler__name="exact"), workdir, "sample",
                     reference=reference(), num_samples=2, class_label="1,2")
   assert (np.asarray(guided["tokens"]) < 17).all() and guided["nfe"] >= 1
 
@@ -142,6 +145,6 @@ def test_the_network_gradient_is_that_of_the_draws_it_uses(network_draws):
 
 
 def test_the_parameter_count_includes_the_schedule(corpus_file):
-  md4 = run.main(make_config(corpus_file), None, "params", reference=reference())
-  with_schedule = run.main(make_config(corpus_file, **GENMD4), None, "params", reference=reference())
+  md4 = modes.main(make_config(corpus_file), None, "params", reference=reference())
+  with_schedule = modes.main(make_config(corpus_file, **GENMD4), None, "params", reference=reference())
   assert with_schedule["params"] == md4["params"] + md4["vocab_size"]

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import genmd4, sampling
-from md4_jax.schedules import get_schedule
+from md4_jax import samplers
+from md4_jax.core import per_token
+from md4_jax.core.schedules import get_schedule
 from tests import test_sampling
 
 V, L = 4, 4
@@ -18,8 +19,8 @@ INITIAL = np.array([0.4, 0.3, 0.2, 0.1])
 TRANSITION = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6], [0.3, 0.3, 0.3, 0.1]])
 SEQUENCES = np.array(list(itertools.product(range(V), repeat=L)))  # [V^L, L]
 TRUE_PROBS = INITIAL[SEQUENCES[:, 0]] * np.prod(TRANSITION[SEQUENCES[:, :-1], SEQUENCES[:, 1:]], axis=1)
-SCHEDULE = genmd4.TokenPoly(jnp.array([0.5, 1.0, 2.0, 4.0]))  # very different per-token schedules
-SETTINGS = sampling.Settings
+SCHEDULE = per_token.TokenPoly(jnp.array([0.5, 1.0, 2.0, 4.0]))  # very different per-token schedules
+SETTINGS = samplers.Settings
 
 
 def true_denoiser(z_BxL, t_B):
@@ -43,7 +44,7 @@ def chi_square_p_value(samples_NxL) -> float:
 @functools.lru_cache(maxsize=None)
 def jitted_sampler(settings, schedule="per_token", denoise=true_denoiser, time_dependent=True):
   schedule = SCHEDULE if schedule == "per_token" else get_schedule(schedule)
-  return jax.jit(lambda key, z: sampling.sample(denoise, key, schedule, z, settings, vocab_size=V,
+  return jax.jit(lambda key, z: samplers.sample(denoise, key, schedule, z, settings, vocab_size=V,
                                                 time_dependent=time_dependent))
 
 

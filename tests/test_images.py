@@ -13,10 +13,12 @@ import pytest
 from flax import nnx
 from sklearn import datasets
 
-from md4_jax import config_check, models, objectives, run, sharding
+from md4_jax import models, objectives
+from md4_jax.engine import sharding
+from md4_jax.run import config_check, modes
 from md4_jax.data import image_sources, pipeline
 from md4_jax.errors import UserError
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 from tests import tiny_image_config
 from tests.conftest import override, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
@@ -112,7 +114,7 @@ def test_digits_config_validates():
 ])
 def test_image_config_mistakes_are_clear(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
-    run.main(image_config(**overrides), tmp_path / "run", "train", reference=reference())
+    modes.main(image_config(**overrides), tmp_path / "run", "train", reference=reference())
 
 
 @pytest.fixture(scope="module", params=["unet", "uvit"])
@@ -120,7 +122,7 @@ def image_run(request, tmp_path_factory):
   """An uninterrupted 12-step class-conditional run per backbone."""
   workdir = tmp_path_factory.mktemp(request.param) / "run"
   config = image_config(model__backbone=request.param, model__class_conditional=True)
-  result = run.main(config, workdir, "train", reference=reference())
+  result = modes.main(config, workdir, "train", reference=reference())
   return config, workdir, result
 
 
@@ -142,14 +144,14 @@ def test_image_run_resumes_exactly_after_sigterm(image_run, tmp_path, monkeypatc
   config, reference_dir, _ = image_run
   workdir = tmp_path / "run"
   train_until_sigterm_at_step_7(config, workdir, monkeypatch)
-  run.main(config, workdir, "train", reference=reference())
+  modes.main(config, workdir, "train", reference=reference())
   assert metric_rows(workdir) == metric_rows(reference_dir)  # dropout and label dropout keys included
   assert_same_arrays(saved_state(workdir, 12), saved_state(reference_dir, 12))
 
 
 def test_image_eval_reports_bits_per_dim(image_run, capsys):
   config, workdir, result = image_run
-  evaluated = run.main(config, workdir, "eval", reference=reference())
+  evaluated = modes.main(config, workdir, "eval", reference=reference())
   assert evaluated["eval/bpt"] == result["eval/bpt"]  # the same bound as the training eval
   table = (workdir / "eval" / "step_12.md").read_text()
   assert "bits/dim" in table and "perplexity" not in table and "bits/token" not in table
@@ -159,16 +161,16 @@ def test_image_eval_reports_bits_per_dim(image_run, capsys):
 
 def test_image_sample_mode_class_labels_and_completion(image_run):
   config, workdir, _ = image_run
-  labelled = run.main(config, workdir, "sample", reference=reference(), num_samples=3, class_label="7")
+  labelled = modes.main(config, workdir, "sample", reference=reference(), num_samples=3, class_label="7")
   lines = [json.loads(line) for line in open(workdir / "samples" / "step_12_ancestral.jsonl")]
   assert [line["label"] for line in lines] == [7, 7, 7] and labelled["path"].endswith("step_12_ancestral.png")
-  completed = run.main(config, workdir, "sample", reference=reference(), num_samples=4, complete="top")
+  completed = modes.main(config, workdir, "sample", reference=reference(), num_samples=4, complete="top")
   held_out = pipeline.load_data(config.data).eval
   for i, tokens in enumerate(completed["tokens"]):
     np.testing.assert_array_equal(tokens[:32], held_out[i]["tokens"][:32])  # the kept top half
     assert (tokens < 17).all()
   assert any(path.endswith("_completion.png") for path in completed["paths"])
-  guided = run.main(override(config, sampler__guidance=1.5, sampler__name="exact"), workdir, "sample",
+  guided = modes.main(override(config, sampler__guidance=1.5, sampler__name="exact"), workdir, "sample",
                     reference=reference(), num_samples=2, class_label="1,2")
   assert (guided["tokens"] < 17).all() and guided["nfe"] <= 64
 
@@ -179,7 +181,7 @@ def test_image_sample_mode_class_labels_and_completion(image_run):
 def test_image_sample_mode_input_errors(image_run, kwargs, message):
   config, workdir, _ = image_run
   with pytest.raises(UserError, match=message):
-    run.main(config, workdir, "sample", reference=reference(), **kwargs)
+    modes.main(config, workdir, "sample", reference=reference(), **kwargs)
 
 
 @pytest.mark.parametrize("sampler", [{"name": "ancestral"}, {"name": "mean"}, {"name": "exact", "tokens_per_call": 4},
@@ -187,7 +189,8 @@ def test_image_sample_mode_input_errors(image_run, kwargs, message):
 def test_every_sampler_fills_images(sampler):
   """Each sampler of the samplers issue on an image model: every sub-pixel filled with a level, given
   sub-pixels kept, and the fill order recorded for the reverse-process strip."""
-  from md4_jax import conditioning, generate
+  from md4_jax.engine import generate
+  from md4_jax.run import conditioning
 
   config = image_config(sampler__steps=8)
   experiment = Experiment(config, image_sources.DIGITS, sharding.make_mesh(config.mesh)).with_overrides(

@@ -1,5 +1,5 @@
 """Installing: pyproject.toml's ranges against constraints.txt's pins, the accelerator extras, the jax/flax pairing
-check and the start-up line about devices (md4_jax/platform_check.py)."""
+check and the start-up line about devices (md4_jax/run/platform_check.py)."""
 
 import importlib.metadata
 import os
@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from md4_jax import platform_check
+from md4_jax.run import platform_check
 from tests.conftest import ROOT, launch
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -10,7 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
-from md4_jax import sharding
+from md4_jax.engine import sharding
 from md4_jax.errors import UserError
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from tests.conftest import ROOT

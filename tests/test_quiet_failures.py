@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from md4_jax import logging as metrics_logging
+from md4_jax.engine import metrics_log
 from tests.conftest import CORPUS, ROOT, launch, launch_tiny
 
 # Big enough that a damaged checkpoint leaves reads in flight (the noise needs them; the 27k-parameter tiny
@@ -148,7 +148,7 @@ def test_a_metrics_line_whose_step_is_not_a_number_is_dropped_on_resume(tmp_path
 def test_rows_with_a_bad_step_are_skipped_when_read(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 2, "a": 1}\n{"step": "abc"}\n{"step": null}\n{"a": 3}\n[1]\n{"step": 4}\n{"ste')
-  assert [row["step"] for row in metrics_logging.read_rows(path)] == [2, 4]
+  assert [row["step"] for row in metrics_log.read_rows(path)] == [2, 4]
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_warmup_longer_than_training_is_said_and_the_bar_names_compile_and_eval(
 def test_progress_rate_leaves_out_the_compile_and_evaluations(monkeypatch):
   clock = [100.0]
   monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-  bar = metrics_logging.ProgressBar(0, 100)
+  bar = metrics_log.ProgressBar(0, 100)
   bar.bar._time = lambda: clock[0]  # tqdm's own clock, the same fake time
   bar.bar.start_t = bar.bar.last_print_t = clock[0]
   clock[0] += 12.0  # compiling
@@ -261,7 +261,7 @@ def test_documented_parameter_counts_are_what_params_mode_says():
   """README's and docs/images.md's parameter counts for each config equal `--mode params` (shapes only)."""
   import importlib
 
-  from md4_jax import run
+  from md4_jax.run import modes
 
   documented = {}
   for page in ("README.md", "docs/images.md"):
@@ -282,4 +282,4 @@ def test_documented_parameter_counts_are_what_params_mode_says():
   assert {"quickstart", "digits", "cifar10", "owt_small"} <= set(documented)
   for name, counts in documented.items():
     config = importlib.import_module(f"configs.{name}").get_config()
-    assert counts == {run._describe(config)["params"]}, name
+    assert counts == {modes._describe(config)["params"]}, name

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import autoregressive, modality, run, sharding
+from md4_jax.core import ar_likelihood
+from md4_jax.data import modality
+from md4_jax.engine import sharding
+from md4_jax.run import modes
 from md4_jax.evals import samples as sample_quality
 from md4_jax.errors import UserError
 from tests.conftest import CORPUS, make_config, reference
@@ -32,8 +35,8 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("quality")
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
-  run.main(make_config(corpus), root / "md4", "train", reference=reference())
-  run.main(make_config(corpus, objective="ar"), root / "ar", "train", reference=reference())
+  modes.main(make_config(corpus), root / "md4", "train", reference=reference())
+  modes.main(make_config(corpus, objective="ar"), root / "ar", "train", reference=reference())
   return corpus, root
 
 
@@ -41,7 +44,7 @@ def test_samples_suite_writes_a_table_per_sampler(runs):
   corpus, root = runs
   config = make_config(corpus, eval__suite="samples", eval__samplers="ancestral:4,exact:1",
                        eval__judge=str(root / "ar"), sampler__num_samples=3)
-  result = run.main(config, root / "md4", "eval", reference=reference())
+  result = modes.main(config, root / "md4", "eval", reference=reference())
   assert [row["sampler"] for row in result["samplers"]] == ["ancestral:4", "exact:1"]
   assert [row["nfe"] for row in result["samplers"]] == [4, 16]
   for row in result["samplers"]:
@@ -59,7 +62,7 @@ def test_judge_perplexity_is_the_exact_likelihood(runs):
   judge = sample_quality.Judge(str(root / "ar"), saved, sharding.make_mesh(make_config(corpus).mesh))
   tokens = np.asarray([tokenizer.encode("the cat sat on t"), tokenizer.encode("a fat rat ate th")])
   network = nnx.merge(judge.experiment.graphdef, judge.params)
-  nll = float(autoregressive.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"].sum())
+  nll = float(ar_likelihood.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"].sum())
   assert judge.perplexity(tokens) == pytest.approx(math.exp(nll / tokens.size), rel=1e-5)
 
 
@@ -68,4 +71,4 @@ def test_a_bad_judge_is_a_clear_error(runs, judge, message):
   corpus, root = runs
   config = make_config(corpus, eval__suite="samples", eval__judge=str(root / judge))
   with pytest.raises(UserError, match=message):
-    run.main(config, root / "md4", "eval", reference=reference())
+    modes.main(config, root / "md4", "eval", reference=reference())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from md4_jax import sampling
-from md4_jax.schedules import get_schedule
+from md4_jax import samplers
+from md4_jax.core.schedules import get_schedule
 
 # A Markov chain over 4 symbols, length 6: its true conditionals are the perfect denoiser.
 V, L = 4, 6
@@ -20,7 +20,7 @@ INITIAL = np.array([0.4, 0.3, 0.2, 0.1])
 TRANSITION = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6], [0.3, 0.3, 0.3, 0.1]])
 POWERS = np.stack([np.linalg.matrix_power(TRANSITION, k) for k in range(L + 1)])  # [L + 1, V, V]
 MARGINALS = np.stack([INITIAL @ POWERS[n] for n in range(L)])  # [L, V]: p(x_n)
-SETTINGS = sampling.Settings
+SETTINGS = samplers.Settings
 
 
 def markov_denoiser(z_BxL, t_B):
@@ -62,7 +62,7 @@ def chi_square_p_value(samples_NxL, true_probs=TRUE_PROBS, vocab_size=V) -> floa
 
 @functools.lru_cache(maxsize=None)
 def jitted_sampler(settings, denoise=markov_denoiser, vocab_size=V, schedule="linear", time_dependent=False):
-  return jax.jit(lambda key, z: sampling.sample(denoise, key, get_schedule(schedule), z, settings,
+  return jax.jit(lambda key, z: samplers.sample(denoise, key, get_schedule(schedule), z, settings,
                                                 vocab_size=vocab_size, time_dependent=time_dependent))
 
 
@@ -127,7 +127,7 @@ def test_token_frequencies_match_the_model_at_many_steps(name):
 
 
 def test_uniform_has_resolution_near_zero():
-  u = np.asarray(sampling.uniform(jax.random.key(3), (2**21,)))
+  u = np.asarray(samplers.uniform(jax.random.key(3), (2**21,)))
   assert np.all((u > 0) & (u < 1))
   small = u[u < 2.0**-10]
   assert abs(len(small) - 2**11) < 5 * np.sqrt(2**11)
@@ -196,14 +196,14 @@ def test_semi_ar_fills_blocks_left_to_right():
 
 def test_semi_ar_rejects_blocks_that_do_not_tile_the_sequence():
   with pytest.raises(ValueError, match="block_length=4 must divide the sequence length 6"):
-    sampling.sample(markov_denoiser, jax.random.key(0), get_schedule("linear"), all_masked(1),
+    samplers.sample(markov_denoiser, jax.random.key(0), get_schedule("linear"), all_masked(1),
                     SETTINGS("semi_ar", block_length=4), vocab_size=V)
 
 
 def test_process_logits_temperature_top_k_top_p():
   probs = jnp.array([0.5, 0.3, 0.15, 0.05])
   logits = jnp.log(probs)[None, None]
-  exp = lambda s: np.exp(np.asarray(sampling.process_logits(logits, s))[0, 0])  # noqa: E731
+  exp = lambda s: np.exp(np.asarray(samplers.process_logits(logits, s))[0, 0])  # noqa: E731
   np.testing.assert_allclose(exp(SETTINGS()), probs, rtol=1e-6)
   np.testing.assert_allclose(exp(SETTINGS(temperature=2.0)), np.sqrt(probs) / np.sqrt(probs).sum(), rtol=1e-6)
   np.testing.assert_array_equal(exp(SETTINGS(temperature=0.0)), [1, 0, 0, 0])
@@ -214,8 +214,8 @@ def test_process_logits_temperature_top_k_top_p():
 
 
 def test_time_grids():
-  np.testing.assert_allclose(sampling.time_grid(4, "uniform"), [0, 0.25, 0.5, 0.75, 1.0])
-  cosine = np.asarray(sampling.time_grid(4, "cosine"))
+  np.testing.assert_allclose(samplers.time_grid(4, "uniform"), [0, 0.25, 0.5, 0.75, 1.0])
+  cosine = np.asarray(samplers.time_grid(4, "cosine"))
   assert cosine[0] == 0 and cosine[-1] == 1 and np.all(np.diff(cosine) > 0)
   assert cosine[-1] - cosine[-2] < 0.25  # fewer tokens unmask early
 
@@ -224,12 +224,12 @@ def test_time_grids():
 def test_time_of_mask_prob_inverts_the_schedule(name):
   schedule = get_schedule(name)
   t = jnp.linspace(0.01, 0.99, 7)
-  inverted = sampling.time_of_mask_prob(schedule, schedule.mask_prob(t))
+  inverted = samplers.time_of_mask_prob(schedule, schedule.mask_prob(t))
   np.testing.assert_allclose(schedule.mask_prob(inverted), schedule.mask_prob(t), rtol=1e-5)
 
 
 def test_settings_come_from_the_config():
   from configs import base
   config = base.get_config()
-  assert sampling.Settings.from_config(config.sampler) == dataclasses.replace(
-      sampling.Settings(), steps=config.sampler.steps)
+  assert samplers.Settings.from_config(config.sampler) == dataclasses.replace(
+      samplers.Settings(), steps=config.sampler.steps)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import modality, sharding, train
+from md4_jax.data import modality
+from md4_jax.engine import sharding, experiment
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from tests import tiny_config
 
@@ -67,7 +68,7 @@ def test_scanned_layers_compute_the_unrolled_function_and_gradient(overrides):
 
 def test_weight_decay_skips_stacked_vectors_as_it_skips_unrolled_ones():
   unrolled, scanned = models()
-  unrolled_mask, scanned_mask = (train.decays(nnx.split(m)[1]) for m in (unrolled, scanned))
+  unrolled_mask, scanned_mask = (experiment.decays(nnx.split(m)[1]) for m in (unrolled, scanned))
   assert scanned_mask["blocks"]["attn_norm"]["scale"] is False  # [layers, D]: a vector per layer
   assert scanned_mask["blocks"]["mlp"]["gate"]["kernel"] is True
   jax.tree.map(lambda a, b: np.testing.assert_equal(a, b), scanned_mask["blocks"], unrolled_mask["blocks"][0])
@@ -79,7 +80,7 @@ def _train_step_program(num_layers, scan_layers):
   config = tiny_config.get_config()
   config.model.num_layers, config.model.scan_layers = num_layers, scan_layers
   mesh = sharding.make_mesh(config.mesh)
-  experiment = train.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
+  experiment = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
   shape = (config.train.batch_size, LENGTH)
   batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
            for key in ("tokens", "token_mask")}
@@ -97,7 +98,7 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   """Its checkpoints hold the unrolled layout: a config that now scans is refused (naming the key), the
   workdir's own value is accepted."""
   from configs import base
-  from md4_jax import config_check
+  from md4_jax.run import config_check
   from md4_jax.errors import UserError
   reference = base.get_config().to_dict()
   saved = base.get_config().to_dict()
@@ -113,12 +114,12 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
 def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws():
   """The samplers call the network inside their own loops (a regression: nnx.scan refused a module made
   outside that trace). Same parameters, same key: the same tokens, for a loop per step and per event."""
-  from md4_jax import generate
+  from md4_jax.engine import generate
   experiments = {}
   for scan in (False, True):
     config = tiny_config.get_config()
     config.model.num_layers, config.model.scan_layers, config.sampler.name = 2, scan, "exact"
-    experiments[scan] = train.Experiment(config, modality.Text(VOCAB, LENGTH), sharding.make_mesh(config.mesh))
+    experiments[scan] = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), sharding.make_mesh(config.mesh))
   unrolled_params = experiments[False].init_state(jax.random.key(3))["ema_params"]
   pure, stacked = perturbed_and_stacked(nnx.to_pure_dict(unrolled_params), 0.5, seed=6)
   nnx.replace_by_pure_dict(unrolled_params, pure)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax.schedules import EPS, get_schedule
+from md4_jax.core.schedules import EPS, get_schedule
 
 NAMES = ["linear", "cosine", "poly2", "poly3", "poly0.5", "geometric"]
 T = jnp.linspace(0.0, 1.0, 201)

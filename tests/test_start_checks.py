@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from md4_jax import config_check
+from md4_jax.run import config_check
 from md4_jax.data import pipeline, sources
 from md4_jax.data.rows import Data, StreamRows
 from md4_jax.errors import UserError

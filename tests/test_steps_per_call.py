@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from md4_jax import loop, run
+from md4_jax.run import loop, modes
 from md4_jax.errors import UserError
 from tests.conftest import make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
@@ -51,7 +51,7 @@ def test_calls_start_at_multiples_and_no_hook_falls_inside_one():
 
 def test_k_steps_per_call_is_the_one_step_run_and_resumes_the_same(corpus_file, tmp_path, monkeypatch):
   one_by_one = tmp_path / "one"
-  run.main(make_config(corpus_file), one_by_one, "train", reference=reference())
+  modes.main(make_config(corpus_file), one_by_one, "train", reference=reference())
   real, seen = loop.steps_in_call, []
 
   def counting(cfg, done):
@@ -61,7 +61,7 @@ def test_k_steps_per_call_is_the_one_step_run_and_resumes_the_same(corpus_file, 
   monkeypatch.setattr(loop, "steps_in_call", counting)
   chunked, config = tmp_path / "chunked", make_config(corpus_file, train__steps_per_call=4)
   assert train_until_sigterm_at_step_7(config, chunked, monkeypatch) == 128 + signal.SIGTERM
-  run.main(config, chunked, "train", reference=reference())
+  modes.main(config, chunked, "train", reference=reference())
   assert seen == [4, 1, 1, 1] + [1, 4]  # the scanned program did run, before and after the resume
   assert metric_rows(chunked) == metric_rows(one_by_one)
   for step in (8, 12):
@@ -70,4 +70,4 @@ def test_k_steps_per_call_is_the_one_step_run_and_resumes_the_same(corpus_file, 
 
 def test_steps_per_call_must_be_positive(corpus_file, tmp_path):
   with pytest.raises(UserError, match="train.steps_per_call"):
-    run.main(make_config(corpus_file, train__steps_per_call=0), tmp_path / "run", "train", reference=reference())
+    modes.main(make_config(corpus_file, train__steps_per_call=0), tmp_path / "run", "train", reference=reference())

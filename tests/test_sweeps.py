@@ -2,7 +2,7 @@
 
 import json
 
-from md4_jax import sweeps
+from md4_jax.run import sweeps
 from tests.conftest import ROOT, launch
 
 SWEEP_CONFIG = '''

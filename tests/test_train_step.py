@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import loop, modality, run, sharding
-from md4_jax.train import Experiment
+from md4_jax.data import modality
+from md4_jax.engine import sharding
+from md4_jax.run import loop, modes
+from md4_jax.engine.experiment import Experiment
 from tests import tiny_config
 from tests.conftest import make_config, override, reference
 
@@ -79,4 +81,4 @@ def test_an_implicit_transfer_in_the_train_loop_is_an_error(tmp_path, corpus_fil
   # here the batch upload is made implicit, and the guard must stop it.
   monkeypatch.setattr(loop.sharding, "global_batch", lambda local, mesh: jax.tree.map(jnp.asarray, local))
   with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
-    run.main(make_config(corpus_file, train__num_steps=2), tmp_path / "run", "train", reference=reference())
+    modes.main(make_config(corpus_file, train__num_steps=2), tmp_path / "run", "train", reference=reference())

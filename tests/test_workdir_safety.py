@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import checkpoints, run, train
+from md4_jax.engine import checkpoints, experiment
+from md4_jax.run import modes
 from md4_jax.errors import UserError
-from md4_jax.loop import NonFiniteLoss
+from md4_jax.run.loop import NonFiniteLoss
 from tests.conftest import CORPUS, ROOT, launch_tiny, make_config, reference
 from tests.test_end_to_end import metric_rows
 from tests.test_errors import assert_clear_error
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
   corpus.write_text(CORPUS)
   workdir = root / "run"
   config = make_config(corpus, train__num_steps=8, train__checkpoint_every=2, train__eval_every=4)
-  run.main(config, workdir, "train", reference=reference())
+  modes.main(config, workdir, "train", reference=reference())
   return corpus, workdir
 
 
@@ -102,12 +103,12 @@ def test_restore_falls_back_in_process_and_moves_nothing_when_none_restores(trai
   workdir = copy_of(trained, tmp_path)
   damage(workdir / "checkpoints" / "8", how)
   config = make_config(corpus, train__num_steps=8, train__checkpoint_every=2, train__eval_every=4)
-  assert run.main(config, workdir, "sample", reference=reference())["tokens"].shape[0] == 2
+  assert modes.main(config, workdir, "sample", reference=reference())["tokens"].shape[0] == 2
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8.damaged"]
   for step in (4, 6):
     damage(workdir / "checkpoints" / str(step), how)
   with pytest.raises(UserError, match=r"no checkpoint in .* can be restored \(steps \[4, 6\].*nothing was moved"):
-    run.main(config, workdir, "sample", reference=reference())
+    modes.main(config, workdir, "sample", reference=reference())
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8.damaged"]
 
 
@@ -127,31 +128,31 @@ def test_state_summary_finite_and_checksum():
 
 
 def test_a_checkpoint_with_non_finite_state_is_never_saved(tmp_path, corpus_file, monkeypatch):
-  original = train.Experiment.__init__
+  original = experiment.Experiment.__init__
 
   def with_bad_state_at_step_4(self, *args, **kwargs):
     original(self, *args, **kwargs)
     summary = self.state_summary
     self.state_summary = lambda state: {**summary(state), "finite": state["step"] != 4}
 
-  monkeypatch.setattr(train.Experiment, "__init__", with_bad_state_at_step_4)
+  monkeypatch.setattr(experiment.Experiment, "__init__", with_bad_state_at_step_4)
   config = make_config(corpus_file, train__checkpoint_every=2, train__num_steps=8)
   with pytest.raises(NonFiniteLoss, match=r"parameters or optimizer state hold NaN or Inf at step 4.*"
                                           r"last good checkpoint \(step 2 in"):
-    run.main(config, tmp_path / "run", reference=reference())
+    modes.main(config, tmp_path / "run", reference=reference())
   assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]
 
 
 def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_free(trained, tmp_path):
   workdir = copy_of(trained, tmp_path)
-  assert (workdir / "train.lock").is_file()  # left by the finished run: it binds nothing
+  assert (workdir / "experiment.lock").is_file()  # left by the finished run: it binds nothing
   first = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "tests/tiny_config.py"),
                             "--workdir", str(workdir), f"--config.data.path={trained[0]}",
                             *tiny_args(**{"--config.train.num_steps": 100000})],
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 120
-    while str(first.pid) not in (workdir / "train.lock").read_text():
+    while str(first.pid) not in (workdir / "experiment.lock").read_text():
       assert first.poll() is None and time.time() < deadline
       time.sleep(0.2)
     result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 100000}))
@@ -159,7 +160,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_free(trained, tmp_p
   finally:
     first.send_signal(signal.SIGKILL)  # a kill leaves the file, but not the lock
     first.wait()
-  with open(workdir / "train.lock", "a+") as handle:
+  with open(workdir / "experiment.lock", "a+") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise BlockingIOError if stuck
 
 
@@ -180,7 +181,7 @@ def test_an_unwritable_workdir_is_refused_before_any_work(trained, tmp_path, mon
   monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
   monkeypatch.setattr(run, "Experiment", None)  # no work may start: building the model would fail here
   with pytest.raises(UserError, match=f"--workdir {workdir} cannot be written \\(Read-only file system\\)"):
-    run.main(make_config(trained[0]), workdir, mode, reference=reference())
+    modes.main(make_config(trained[0]), workdir, mode, reference=reference())
 
 
 def test_resuming_may_change_the_recovery_keys_and_config_json_keeps_the_history(trained, tmp_path):
@@ -188,20 +189,20 @@ def test_resuming_may_change_the_recovery_keys_and_config_json_keeps_the_history
   result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 10,
                                                          "--config.train.learning_rate": 0.005}))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert ("this run now differs from its original config: train.learning_rate 0.01 -> 0.005, from the checkpoint "
+  assert ("this run now differs from its original config: experiment.learning_rate 0.01 -> 0.005, from the checkpoint "
           "at step 8 on") in result.stdout
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["train"]["learning_rate"] == 0.005
-  assert saved["_run"]["recovery"] == [{"from_step": 8, "changes": {"train.learning_rate": [0.01, 0.005]}}]
+  assert saved["_run"]["recovery"] == [{"from_step": 8, "changes": {"experiment.learning_rate": [0.01, 0.005]}}]
   # Steps 9 and 10 (state steps 8 and 9) follow the new peak's schedule; the log line is their mean.
-  schedule = train.learning_rate_schedule(make_config(trained[0], train__num_steps=10, train__learning_rate=0.005).train)
+  schedule = experiment.learning_rate_schedule(make_config(trained[0], train__num_steps=10, train__learning_rate=0.005).train)
   logged = [row["train/learning_rate"] for row in metric_rows(workdir) if row["step"] == 10 and "train/loss" in row]
   np.testing.assert_allclose(logged, [(schedule(8) + schedule(9)) / 2], rtol=1e-6)
   result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 12, "--config.train.grad_clip": 0.5,
                                                          "--config.train.learning_rate": 0.005}))
   assert result.returncode == 0, result.stderr[-3000:]
   history = json.loads((workdir / "config.json").read_text())["_run"]["recovery"]
-  assert history[1] == {"from_step": 10, "changes": {"train.grad_clip": [1.0, 0.5]}}
+  assert history[1] == {"from_step": 10, "changes": {"experiment.grad_clip": [1.0, 0.5]}}
 
 
 def test_a_start_that_failed_before_any_checkpoint_binds_nothing(tmp_path, corpus_file):
@@ -222,15 +223,15 @@ def test_eval_accepts_the_same_data_at_a_new_path_and_sampling_needs_none(traine
   workdir = copy_of(trained, tmp_path)
   moved = tmp_path / "moved.txt"
   shutil.copy(corpus, moved)
-  assert run.main(make_config(moved), workdir, "eval", reference=reference())["eval/bpt"] > 0
+  assert modes.main(make_config(moved), workdir, "eval", reference=reference())["eval/bpt"] > 0
   different = tmp_path / "different.txt"
   different.write_text(CORPUS.replace("cat", "dog"))
   with pytest.raises(UserError, match=r"is not the file this run was trained on .*SHA-256"):
-    run.main(make_config(different), workdir, "eval", reference=reference())
+    modes.main(make_config(different), workdir, "eval", reference=reference())
   gone = make_config(tmp_path / "gone.txt")
   with pytest.raises(UserError, match=r"data.path='.*gone.txt' is not a file; this run was trained on"):
-    run.main(gone, workdir, "eval", reference=reference())
-  assert len(run.main(gone, workdir, "sample", reference=reference())["samples"]) == 2  # reads the tokenizer only
+    modes.main(gone, workdir, "eval", reference=reference())
+  assert len(modes.main(gone, workdir, "sample", reference=reference())["samples"]) == 2  # reads the tokenizer only
 
 
 def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_path):

@@ -6,9 +6,9 @@ import math
 import ml_collections
 import pytest
 
-from md4_jax import run
+from md4_jax.run import modes
 from md4_jax.evals import zero_shot
-from md4_jax.data import benchmarks, tokenizers
+from md4_jax.data import zero_shot_sets, tokenizers
 from md4_jax.errors import UserError
 from tests.conftest import CORPUS, MISSING_BPE, make_config, reference
 from tests.test_benchmarks import write_releases
@@ -26,22 +26,22 @@ def gpt2_run(tmp_path_factory):
   corpus.write_text(CORPUS)
   with pytest.MonkeyPatch.context() as patch:
     for name, entry in write_releases(root / "releases").items():
-      patch.setitem(benchmarks.BENCHMARKS, name, entry)
+      patch.setitem(zero_shot_sets.BENCHMARKS, name, entry)
     config = make_config(corpus, data__tokenizer="gpt2", data__dir=str(root / "data"), train__num_steps=2,
                          train__eval_every=2, train__checkpoint_every=2, eval__max_sequences=1)
-    run.main(config, root / "run", "train", reference=reference())
+    modes.main(config, root / "run", "train", reference=reference())
     config.eval.suite = "zero_shot"
-    run.main(config, None, "prepare", reference=reference())
+    modes.main(config, None, "prepare", reference=reference())
   return config, root / "run"
 
 
 def test_zero_shot_eval_covers_every_row_of_every_benchmark(gpt2_run):
   config, workdir = gpt2_run
-  result = run.main(config, workdir, "eval", reference=reference())
+  result = modes.main(config, workdir, "eval", reference=reference())
   written = json.loads((workdir / "eval" / "zero_shot_step_2.json").read_text())
   seq_len = config.data.seq_len
-  for name in benchmarks.BENCHMARKS:
-    stream, meta = benchmarks.load(name, config.data.dir, tokenizers.load_tokenizer(workdir / "tokenizer.json"))
+  for name in zero_shot_sets.BENCHMARKS:
+    stream, meta = zero_shot_sets.load(name, config.data.dir, tokenizers.load_tokenizer(workdir / "tokenizer.json"))
     values = written["benchmarks"][name]
     rows = len(stream) // seq_len  # every full row, though eval.max_sequences=1
     assert rows >= 2 and values["rows"] == rows and values["num_tokens"] == rows * seq_len
@@ -63,7 +63,7 @@ def test_zero_shot_eval_before_prepare_names_the_prepare_command(gpt2_run, tmp_p
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.dir = str(tmp_path / "empty")  # also: a workdir's data may move (data.dir is not part of a run)
   with pytest.raises(UserError, match="LAMBADA benchmark is not prepared.*--mode prepare --eval.suite=zero_shot"):
-    run.main(config, workdir, "eval", reference=reference())
+    modes.main(config, workdir, "eval", reference=reference())
 
 
 def test_table_layout_exact_and_published_rows():
@@ -82,12 +82,12 @@ def test_a_tokenizer_without_end_of_text_is_refused_at_prepare(tmp_path):
   config = make_config(tmp_path / "unused.txt", eval__suite="zero_shot", data__dir=str(tmp_path))
   config.data.source, config.data.path = "embedded", ""
   with pytest.raises(UserError, match="zero-shot benchmarks join documents with end-of-text.*gpt2"):
-    run.main(config, None, "prepare", reference=reference())
+    modes.main(config, None, "prepare", reference=reference())
 
 
 def test_unknown_benchmark_is_a_config_error(tmp_path):
   config = make_config(tmp_path / "unused.txt", eval__zero_shot="lambada,hellaswag")
   with pytest.raises(UserError, match="eval.zero_shot='lambada,hellaswag'"):
-    run.main(config, tmp_path / "w", "eval", reference=reference())
+    modes.main(config, tmp_path / "w", "eval", reference=reference())
 
 

@@ -3,7 +3,7 @@
 import pathlib
 from collections.abc import Callable
 
-from md4_jax import storage
+from md4_jax.storage import paths as storage
 from md4_jax.data import mirror
 from md4_jax.errors import UserError
 

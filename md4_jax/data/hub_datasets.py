@@ -42,7 +42,7 @@ import tensorflow_datasets as tfds
 
 from md4_jax.data import download, lm1b_text, records
 from md4_jax.errors import UserError
-from md4_jax.files import write_text_atomically
+from md4_jax.storage.files import write_text_atomically
 
 SPLITS = ("train", "validation")
 HELD_OUT_PER_MILLE = 5  # documents whose text hash % 1000 is below this go to "validation"

@@ -52,7 +52,7 @@ from PIL import Image
 
 from md4_jax.data import download, records
 from md4_jax.errors import UserError
-from md4_jax.files import write_text_atomically
+from md4_jax.storage.files import write_text_atomically
 
 SPLITS = ("train", "validation")
 LEVELS = 256

@@ -17,7 +17,7 @@ import pathlib
 
 import fsspec
 
-from md4_jax import storage
+from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError
 
 CACHE_VARIABLE = "MD4_JAX_CACHE"

@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from md4_jax import files
+from md4_jax.storage import files
 from md4_jax.data import download
 from md4_jax.data.tokenizers import TEXT8_ALPHABET
 from md4_jax.errors import UserError

@@ -9,7 +9,8 @@ import math
 
 import jax
 
-from md4_jax import config_check, sharding
+from md4_jax.engine import sharding
+from md4_jax.run import config_check
 from md4_jax.data import pipeline
 from md4_jax.evals import output, powers
 

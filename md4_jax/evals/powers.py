@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from md4_jax import files  # noqa: E402
+from md4_jax.storage import files  # noqa: E402
 
 LABELLED = 24  # vocabularies up to this size get every token named; larger ones their extremes
 

@@ -17,8 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from md4_jax import files, modality as modalities  # noqa: E402
-from md4_jax.logging import read_rows  # noqa: E402
+from md4_jax.data import modality as modalities  # noqa: E402
+from md4_jax.storage import files
+from md4_jax.engine.metrics_log import read_rows  # noqa: E402
 
 
 def _latest(directory: epath.Path, prefix: str, suffix: str) -> epath.Path | None:

@@ -17,12 +17,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import autoregressive, config_check, generate, modality as modalities, sharding, storage
-from md4_jax.checkpoints import restore_state
+from md4_jax.core import ar_likelihood
+from md4_jax.data import modality as modalities
+from md4_jax.engine import generate, sharding
+from md4_jax.run import config_check
+from md4_jax.storage import paths as storage
+from md4_jax.engine.checkpoints import restore_state
 from md4_jax.data import pipeline
 from md4_jax.errors import UserError
 from md4_jax.evals import output
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 
 
 def unigram_entropy_bits(tokens, vocab_size: int) -> float:
@@ -76,7 +80,7 @@ class Judge:
     graphdef = self.experiment.graphdef
 
     def total_nll(params, tokens_NxL):
-      return autoregressive.nll_terms(nnx.merge(graphdef, params), tokens_NxL, vocab_size=vocab_size)["loss"].sum()
+      return ar_likelihood.nll_terms(nnx.merge(graphdef, params), tokens_NxL, vocab_size=vocab_size)["loss"].sum()
 
     self._total_nll = jax.jit(total_nll, out_shardings=sharding.replicated(mesh))
 

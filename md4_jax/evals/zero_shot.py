@@ -1,6 +1,6 @@
 """The `zero_shot` suite (`--mode eval --eval.suite=zero_shot`): perplexity on the zero-shot benchmarks, in MD4's table layout.
 
-Each benchmark's token stream (md4_jax/data/benchmarks.py: documents detokenized, each followed
+Each benchmark's token stream (md4_jax/data/zero_shot_sets.py: documents detokenized, each followed
 by end-of-text, joined) is cut into rows of data.seq_len; the final partial row is dropped, as in
 SEDD's and MD4's tables. Every row is evaluated (eval.max_sequences does not apply), with
 eval.time_samples draws of t per row; MD4 runs report the bound (perplexity <=), AR runs the exact
@@ -11,7 +11,7 @@ import math
 
 import jax
 
-from md4_jax.data import benchmarks, data_dir, read_prepared
+from md4_jax.data import zero_shot_sets, data_dir, read_prepared
 from md4_jax.data.rows import StreamRows
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output
@@ -25,10 +25,10 @@ def load(config, workdir, modality) -> dict:
     raise UserError(f"the zero-shot suite evaluates text benchmarks; this run models {modality.kind}s "
                     "(use --eval.suite=bound or samples)")
   seq_len, rows = config.data.seq_len, {}
-  read_prepared(config.data, benchmarks.stream_dir(data_dir(config.data), modality.tokenizer),
+  read_prepared(config.data, zero_shot_sets.stream_dir(data_dir(config.data), modality.tokenizer),
                 f" --config.eval.suite=zero_shot --config.eval.zero_shot={config.eval.zero_shot}")
-  for name in benchmarks.parse_names(config.eval.zero_shot):
-    stream, meta = benchmarks.load(name, data_dir(config.data), modality.tokenizer)
+  for name in zero_shot_sets.parse_names(config.eval.zero_shot):
+    stream, meta = zero_shot_sets.load(name, data_dir(config.data), modality.tokenizer)
     rows[name] = (StreamRows(stream, seq_len), meta)
     if not len(rows[name][0]):
       raise UserError(f"the {meta['column']} benchmark has {len(stream)} tokens, fewer than one row of "
@@ -81,7 +81,7 @@ def table(results: dict, label: str, exact: bool) -> str:
   the details per benchmark."""
   relation = "" if exact else "≤ "
   columns = [results[name]["column"] for name in results]
-  order = list(benchmarks.BENCHMARKS)
+  order = list(zero_shot_sets.BENCHMARKS)
   published = [f"| {method} | " + " | ".join(f"{sign}{values[order.index(name)]:.2f}" for name in results) + " |"
                for method, (sign, values) in PUBLISHED.items()]
   lines = ["| Method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|",

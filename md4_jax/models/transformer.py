@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax import fused_head
+from md4_jax.core import fused_head
 from md4_jax.models.attention import attention, attention_kernel, check_attention
 from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, silu_glu, timestep_embedding
 

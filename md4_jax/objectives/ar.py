@@ -3,7 +3,7 @@
 The backbone runs causally (it must support it: the transformer does) and without a time input.
 """
 
-from md4_jax import autoregressive
+from md4_jax.core import ar_likelihood
 
 
 class Autoregressive:
@@ -26,8 +26,8 @@ class Autoregressive:
   def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
     del key, timesteps, t_B, capacity_fraction, groups, training  # nothing is drawn; every position is a target
-    return autoregressive.nll_terms(net, x0_BxD, vocab_size=self.vocab_size, token_mask_BxL=token_mask_BxD)
+    return ar_likelihood.nll_terms(net, x0_BxD, vocab_size=self.vocab_size, token_mask_BxL=token_mask_BxD)
 
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
     del time_dependent, module
-    return autoregressive.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)
+    return ar_likelihood.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)

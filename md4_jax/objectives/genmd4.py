@@ -5,7 +5,7 @@ EMA, the optimizer, checkpoints and resume treat them like any weight. A trainin
 the same (x0, t): the bound (`loss`, logged as train/loss) is the mean of the two estimates, and the
 optimised `surrogate` adds the leave-one-out REINFORCE term that carries the gradient through the
 masking distribution to theta. `diffusion.genmd4.network_draws = 1` back-propagates the network through
-the first draw only (the second still serves the schedule's gradient). See md4_jax/genmd4.py.
+the first draw only (the second still serves the schedule's gradient). See md4_jax/core/per_token.py.
 """
 
 import math
@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from md4_jax import diffusion, genmd4, sampling
+from md4_jax import samplers
+from md4_jax.core import diffusion, per_token
 from md4_jax.models.layers import param
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
-from md4_jax.schedules import Poly
+from md4_jax.core.schedules import Poly
 
 
 def inverse_softplus(y: float) -> float:
@@ -90,8 +91,8 @@ class GenMD4:
     return f"{kind} negative-ELBO bound (GenMD4, learned per-token schedule)"
 
   @staticmethod
-  def schedule(module) -> genmd4.TokenPoly:
-    return genmd4.TokenPoly(module.schedule())
+  def schedule(module) -> per_token.TokenPoly:
+    return per_token.TokenPoly(module.schedule())
 
   def powers(self, module):
     return module.schedule()
@@ -111,17 +112,17 @@ class GenMD4:
     if timesteps:
       t_B = diffusion.discretize_times(u_B, timesteps)
       keep_BxV = schedule.mask_prob(t_B - 1.0 / timesteps) / schedule.mask_prob(t_B)
-      token_loss, row_values, scale, recon_time = genmd4.step_kl, keep_BxV, float(timesteps), 0.0
+      token_loss, row_values, scale, recon_time = per_token.step_kl, keep_BxV, float(timesteps), 0.0
     else:
       t_B = self.t_min + (1.0 - self.t_min) * u_B
-      token_loss, row_values = genmd4.integrand, schedule.rate(t_B)
+      token_loss, row_values = per_token.integrand, schedule.rate(t_B)
       scale, recon_time = 1.0 - self.t_min, self.t_min
-    mask_prob_BxD = genmd4.token_values(schedule.mask_prob(t_B), x0_BxD)
+    mask_prob_BxD = per_token.token_values(schedule.mask_prob(t_B), x0_BxD)
     capacity = gather_capacity(capacity_fraction, x0_BxD.shape, groups)
 
     def one_draw(draw_key, position_loss):
       """(sum over masked positions of position_loss(logits, x0, row values) [B], log q(z | x0) [B])."""
-      z_BxD = genmd4.mask_tokens(draw_key, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+      z_BxD = per_token.mask_tokens(draw_key, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
       if net.splits_head:  # the output layer fused with the loss (and gathered at masked positions)
         loss_B, _ = diffusion.masked_head_loss(
             net.features(z_BxD, t_B), net.head_loss, x0_BxD, z_BxD, self.vocab_size, capacity=capacity,
@@ -129,10 +130,10 @@ class GenMD4:
       else:
         loss_BxD = position_loss(net(z_BxD, t_B), x0_BxD, row_values[:, None])
         loss_B = jnp.sum(jnp.where(z_BxD == self.vocab_size, loss_BxD, 0.0), axis=-1)
-      return scale * loss_B, genmd4.log_q(z_BxD, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+      return scale * loss_B, per_token.log_q(z_BxD, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
 
-    terms = {"reconstruction": genmd4.reconstruction(schedule, x0_BxD, token_mask_BxD, recon_time),
-             "prior": genmd4.prior(schedule, x0_BxD, token_mask_BxD, self.vocab_size),
+    terms = {"reconstruction": per_token.reconstruction(schedule, x0_BxD, token_mask_BxD, recon_time),
+             "prior": per_token.prior(schedule, x0_BxD, token_mask_BxD, self.vocab_size),
              "num_tokens": jnp.sum(token_mask_BxD, axis=-1).astype(jnp.float32)}
     if not training:
       terms["diffusion"], _ = one_draw(draw_keys[0], token_loss)
@@ -140,7 +141,7 @@ class GenMD4:
       loss_1, log_q_1 = one_draw(draw_keys[0], token_loss)
       loss_2, log_q_2 = one_draw(draw_keys[1], token_loss)
       terms["diffusion"] = 0.5 * (loss_1 + loss_2)
-      terms["surrogate"] = terms["diffusion"] + genmd4.rloo(loss_1, loss_2, log_q_1, log_q_2)
+      terms["surrogate"] = terms["diffusion"] + per_token.rloo(loss_1, loss_2, log_q_1, log_q_2)
     else:
       # Each draw's half of the mean, arranged so the network's gradient comes from draw 1 alone (in full)
       # while theta's comes from both: l(logits) - l(sg(logits)) / 2 has value l / 2 and the network
@@ -150,7 +151,7 @@ class GenMD4:
                                  - 0.5 * fixed(token_loss)(lg, x0, v))
       half_2, log_q_2 = one_draw(draw_keys[1], lambda lg, x0, v: 0.5 * fixed(token_loss)(lg, x0, v))
       terms["diffusion"] = half_1 + half_2
-      terms["surrogate"] = terms["diffusion"] + genmd4.rloo(2.0 * half_1, 2.0 * half_2, log_q_1, log_q_2)
+      terms["surrogate"] = terms["diffusion"] + per_token.rloo(2.0 * half_1, 2.0 * half_2, log_q_1, log_q_2)
     terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
     if training:
       terms["surrogate"] = terms["surrogate"] + terms["reconstruction"] + terms["prior"]
@@ -158,5 +159,5 @@ class GenMD4:
 
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module):
     """(tokens_BxD, NFE, order_BxD) from the state-dependent reverse process with the learned powers."""
-    return sampling.sample(denoise, key, self.schedule(module), z_BxD, settings, vocab_size=self.vocab_size,
+    return samplers.sample(denoise, key, self.schedule(module), z_BxD, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True)

@@ -5,8 +5,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from md4_jax import diffusion, sampling
-from md4_jax.schedules import get_schedule
+from md4_jax import samplers
+from md4_jax.core import diffusion
+from md4_jax.core.schedules import get_schedule
 
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
@@ -80,7 +81,7 @@ class MD4:
         t_B=t_B, **fused)
 
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
-    """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see sampling.py)."""
+    """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see md4_jax/samplers/)."""
     del module  # the schedule is fixed: nothing to read from the parameters
-    return sampling.sample(denoise, key, self.schedule, z_BxD, settings, vocab_size=self.vocab_size,
+    return samplers.sample(denoise, key, self.schedule, z_BxD, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True)

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from md4_jax import checkpoints, diffusion, models, objectives, sampling, sharding
+from md4_jax import models, objectives, samplers
+from md4_jax.core import diffusion
+from md4_jax.engine import checkpoints, sharding
 from md4_jax.errors import UserError
 
 DROPOUT_SALT, LABEL_SALT = 101, 102  # fold_in tags of the step key: network dropout, label dropout
@@ -106,7 +108,7 @@ class Experiment:
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
-    self.sampler_settings = sampling.Settings.from_config(config.sampler)
+    self.sampler_settings = samplers.Settings.from_config(config.sampler)
     # sample(params, key, z_BxD, label_B) -> (tokens_BxD, NFE, order_BxD): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
@@ -243,12 +245,12 @@ class Experiment:
 
   def _sample(self, params, key, z_BxD, label_B):
     """The objective's sampler over the network with labels label_B; sampler.guidance > 0 (class-conditional
-    models) mixes in the unconditional prediction (classifier-free guidance, see sampling.guided)."""
+    models) mixes in the unconditional prediction (classifier-free guidance, see samplers.guided)."""
     model = nnx.merge(self.graphdef, params)
     denoise = models.Network(model, label_B if self.num_classes else None)
     if self.num_classes and self.sampler_settings.guidance:
       null_B = jnp.full_like(label_B, self.num_classes)
-      denoise = sampling.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
+      denoise = samplers.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
                                 self.sampler_settings.guidance)
     return self.objective.sample(denoise, key, z_BxD, self.sampler_settings,
                                  time_dependent=self.model_config.time_conditioning, module=model)

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from md4_jax import files, sharding
+from md4_jax.engine import sharding
+from md4_jax.storage import files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import io
 import numpy as np
 from etils import epath
 
-from md4_jax import storage
+from md4_jax.storage import paths as storage
 
 
 def write_bytes_atomically(path: epath.Path, data: bytes) -> None:

@@ -13,14 +13,17 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from md4_jax import conditioning, config_check, evals, files, generate, loop, models, objectives, pictures, sharding
-from md4_jax import storage
-from md4_jax import workdir as workdirs
-from md4_jax import modality as modalities
-from md4_jax.checkpoints import restore_state
-from md4_jax.data import benchmarks, data_dir, pipeline, prepare_into, tokenizers
+from md4_jax import evals, models, objectives
+from md4_jax.engine import generate, pictures, sharding
+from md4_jax.run import conditioning, config_check, loop
+from md4_jax.storage import files
+from md4_jax.storage import paths as storage
+from md4_jax.run import workdir as workdirs
+from md4_jax.data import modality as modalities
+from md4_jax.engine.checkpoints import restore_state
+from md4_jax.data import zero_shot_sets, data_dir, pipeline, prepare_into, tokenizers
 from md4_jax.errors import UserError
-from md4_jax.train import Experiment
+from md4_jax.engine.experiment import Experiment
 
 MODES = ("train", "eval", "sample", "prepare", "params")
 
@@ -88,9 +91,9 @@ def _prepare(config) -> dict:
   if config.eval.suite == "zero_shot":
     tokenizer = tokenizers.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
                                           alphabet=tokenizers.TEXT8_ALPHABET)
-    root, names = data_dir(config.data), benchmarks.parse_names(config.eval.zero_shot)
-    where = prepare_into(config.data, benchmarks.stream_dir(root, tokenizer),
-                         lambda: benchmarks.prepare(names, root, tokenizer)[0].parent)
+    root, names = data_dir(config.data), zero_shot_sets.parse_names(config.eval.zero_shot)
+    where = prepare_into(config.data, zero_shot_sets.stream_dir(root, tokenizer),
+                         lambda: zero_shot_sets.prepare(names, root, tokenizer)[0].parent)
     print(f"prepared the zero-shot benchmarks {', '.join(names)} in {where}")
     return {}
   print(f"prepared data.source={config.data.source!r}: {pipeline.prepare(config.data)}")

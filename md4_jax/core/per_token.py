@@ -18,7 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from md4_jax.schedules import EPS
+from md4_jax.core.schedules import EPS
 
 
 def _power(t, w):

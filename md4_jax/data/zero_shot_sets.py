@@ -27,7 +27,7 @@ import numpy as np
 
 from md4_jax.data import detokenizers, download, lm1b_text
 from md4_jax.errors import UserError
-from md4_jax.files import write_text_atomically
+from md4_jax.storage.files import write_text_atomically
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ import json
 import numpy as np
 from etils import epath
 
-from md4_jax import files, pictures
+from md4_jax.engine import pictures
+from md4_jax.storage import files
 from md4_jax.data import tokenizers
 from md4_jax.errors import UserError
 

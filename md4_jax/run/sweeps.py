@@ -10,7 +10,8 @@ import importlib.util
 
 from etils import epath
 
-from md4_jax import config_check, storage
+from md4_jax.run import config_check
+from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError
 
 

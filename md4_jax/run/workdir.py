@@ -20,7 +20,8 @@ import tempfile
 import jax
 from etils import epath
 
-from md4_jax import config_check, files, storage
+from md4_jax.run import config_check
+from md4_jax.storage import files, paths as storage
 from md4_jax.data import mirror
 from md4_jax.errors import UserError
 

@@ -306,7 +306,7 @@ def _exact(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time
 
 def _sampler(name: str, schedule):
   if name == "exact" and getattr(schedule, "per_token", False):
-    from md4_jax import thinning  # noqa: PLC0415 (thinning builds on this module's draws)
+    from md4_jax.samplers import thinning  # noqa: PLC0415 (thinning builds on this module's draws)
     return thinning.exact
   return _SAMPLERS[name]
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4_jax import fused_head
-from md4_jax.fused_head import token_nll
+from md4_jax.core import fused_head
+from md4_jax.core.fused_head import token_nll
 
 
 def spread_order(batch_size: int) -> np.ndarray:

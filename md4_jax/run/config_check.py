@@ -9,8 +9,12 @@ import math
 import jax
 import ml_collections
 
-from md4_jax import config_scope, evals, modality, models, objectives, sampling, schedules, sharding
-from md4_jax.data import benchmarks, image_sources, sources, tokenizers
+from md4_jax import evals, models, objectives, samplers
+from md4_jax.core import schedules
+from md4_jax.data import modality
+from md4_jax.engine import sharding
+from md4_jax.run import config_scope
+from md4_jax.data import zero_shot_sets, image_sources, sources, tokenizers
 from md4_jax.errors import UserError
 
 # Keys that were renamed: old -> (new, what to write instead). Saved workdirs are migrated (`migrate`);
@@ -100,7 +104,7 @@ def check_values(config) -> None:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
   source = sources.get(config.data.source)
   choices = {"objective": objectives.NAMES, "model.backbone": models.BACKBONES, "data.tokenizer": tokenizers.NAMES,
-             "eval.split": ("validation", "test"), "sampler.name": sampling.NAMES, "sampler.inner": sampling.INNER,
+             "eval.split": ("validation", "test"), "sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER,
              "sampler.params": ("ema", "raw"), "eval.params": ("ema", "raw"),
              "eval.suite": evals.NAMES}
   for key, allowed in choices.items():
@@ -110,7 +114,7 @@ def check_values(config) -> None:
   shape = image_sources.nominal_modality(config.data) if source.kind == "image" else modality.Text(2, config.data.seq_len)
   try:
     schedules.get_schedule(config.diffusion.schedule)
-    sampling.time_grid(1, config.sampler.grid)
+    samplers.time_grid(1, config.sampler.grid)
     models.backbone_factory(config, shape, objectives.get(config.objective).network_requirements)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
@@ -126,7 +130,7 @@ def check_values(config) -> None:
     for variant in evals.samples.parse_variants(config.eval.samplers):
       _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
   bound_steps(config.eval.bound_steps)
-  benchmarks.parse_names(config.eval.zero_shot)
+  zero_shot_sets.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
     raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
                     f"{config.train.batch_size} (each microbatch has batch_size / grad_accum sequences)")
@@ -188,7 +192,7 @@ def _check_sampler(sampler, seq_len: int) -> None:
     raise UserError(f"sampler.choice_temperature={sampler.choice_temperature} must be >= 0")
   if sampler.name == "semi_ar":
     try:
-      sampling.semi_ar_blocks(sampler.block_length, sampler.steps, seq_len)
+      samplers.semi_ar_blocks(sampler.block_length, sampler.steps, seq_len)
     except ValueError as error:
       raise UserError(str(error)) from None
   _check_tokens_per_call(sampler.inner if sampler.name == "semi_ar" else sampler.name, sampler.tokens_per_call,
@@ -227,7 +231,7 @@ def check_against_devices(config, mode: str, mesh=None) -> None:
                       f"(--config.{key}={multiples[-1]}), or a config.mesh whose mesh.data x mesh.fsdp divides {size}")
 
 
-RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/workdir.py)
+RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/run/workdir.py)
 
 
 def migrate(saved: dict) -> dict:

@@ -8,7 +8,8 @@ output at position n is p(x_n | x_<n). Time plays no part (t is fed as 0).
 import jax
 import jax.numpy as jnp
 
-from md4_jax import diffusion, sampling
+from md4_jax import samplers
+from md4_jax.core import diffusion
 
 
 def shift_right(x_BxL, start_id: int):
@@ -36,13 +37,13 @@ def nll_terms(network, x0_BxL, *, vocab_size: int, token_mask_BxL=None) -> dict:
           "num_tokens": jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)}
 
 
-def sample(network, key, z_BxL, settings: sampling.Settings, *, vocab_size: int, return_order: bool = False):
+def sample(network, key, z_BxL, settings: samplers.Settings, *, vocab_size: int, return_order: bool = False):
   """Fills z's mask ids left to right, each from p(x_n | x_<n) after temperature / top-k / top-p.
 
   Known tokens are kept and condition every later position (the model cannot see to its right, so
   a token after a gap does not inform the gap). A column with nothing to fill costs no call.
   Returns (tokens_BxL, NFE), and with `return_order` the position + 1 at which each token was filled
-  (0: given), as `sampling.sample` does.
+  (0: given), as `samplers.sample` does.
   """
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
 
@@ -52,7 +53,7 @@ def sample(network, key, z_BxL, settings: sampling.Settings, *, vocab_size: int,
 
     def fill():
       logits_BxV = next_token_logits(network, z_BxL, vocab_size)[:, n].astype(jnp.float32)
-      tokens_B = sampling.categorical(jax.random.fold_in(key, n), sampling.process_logits(logits_BxV, settings))
+      tokens_B = samplers.categorical(jax.random.fold_in(key, n), samplers.process_logits(logits_BxV, settings))
       return z_BxL.at[:, n].set(jnp.where(to_fill_B, tokens_B, z_BxL[:, n]))
 
     needed = jnp.any(to_fill_B)

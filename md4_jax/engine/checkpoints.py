@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from md4_jax import orbax_noise, storage
+from md4_jax.engine import orbax_noise
+from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError
 
 

@@ -21,7 +21,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
-from md4_jax import storage
+from md4_jax.storage import paths as storage
 
 
 class MetricsLog:
