@@ -36,9 +36,9 @@ from ml_collections.config_flags import config_flags as config_flags_module  # n
 
 from configs import base  # noqa: E402
 from md4_jax import errors  # noqa: E402
-from md4_jax.run import conditioning, config_check, distributed, modes, sweeps
-from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError  # noqa: E402
+from md4_jax.run import conditioning, config_check, distributed, modes, sweeps  # noqa: E402
+from md4_jax.storage import paths as storage  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "

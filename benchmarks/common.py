@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from md4_jax.data import modality as modalities
-from md4_jax.engine import sharding
 from md4_jax.data import sources
+from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 
 

@@ -36,8 +36,8 @@ from absl import app, flags  # noqa: E402
 from benchmarks import common  # noqa: E402
 from configs import cifar10, digits, imagenet64, owt_small  # noqa: E402
 from md4_jax.engine import generate, sharding  # noqa: E402
-from md4_jax.evals import samples as sample_suite  # noqa: E402
 from md4_jax.engine.experiment import Experiment  # noqa: E402
+from md4_jax.evals import samples as sample_suite  # noqa: E402
 
 _BUDGET = flags.DEFINE_float("budget_seconds", 270.0, "Skip the remaining measurements after this long.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Dense bfloat16 peak of this device (0: from PEAK_BF16_TFLOPS).")

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from md4_jax.engine import sharding  # noqa: E402
 from md4_jax.data import pipeline  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCHES = flags.DEFINE_integer("batches", 50, "Timed batches.")

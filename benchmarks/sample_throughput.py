@@ -27,8 +27,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from md4_jax.engine import generate, sharding  # noqa: E402
-from md4_jax.evals import samples as sample_suite  # noqa: E402
 from md4_jax.engine.experiment import Experiment  # noqa: E402
+from md4_jax.evals import samples as sample_suite  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Sequences per batch.")

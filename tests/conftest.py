@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny config, a small corpus file, and a launcher for the command line."""
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -71,6 +72,14 @@ def make_config(corpus: pathlib.Path, **overrides):
 
 def reference():
   return base.get_config()
+
+
+def sampler_settings(name: str | None = None, **changes):
+  """samplers.Settings from configs/base.py's sampler group (the one place its defaults live), with changes."""
+  from md4_jax import samplers  # noqa: PLC0415 (jax is imported after the compilation-cache settings above)
+
+  settings = samplers.Settings.from_config(base.get_config().sampler)
+  return dataclasses.replace(settings, **({"name": name} if name else {}), **changes)
 
 
 def launch(*args, timeout=300) -> subprocess.CompletedProcess:

@@ -15,10 +15,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax.data import modality  # noqa: E402
+from md4_jax.data import (
+  image_sources,  # noqa: E402
+  modality,  # noqa: E402
+)
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment  # noqa: E402
-from md4_jax.data import image_sources  # noqa: E402
 from tests import tiny_config, tiny_image_config  # noqa: E402
 
 MESHES = {"1 device": (1, 1, 1), "(8,1,1)": (8, 1, 1), "(2,4,1)": (2, 4, 1), "(2,2,2)": (2, 2, 2)}

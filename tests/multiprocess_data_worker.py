@@ -20,8 +20,8 @@ jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processe
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax.engine import sharding  # noqa: E402
 from md4_jax.data import pipeline  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 
 SEQ_LEN, NUM_ROWS, GLOBAL_BATCH = 4, 10, 4
 rows = pipeline.StreamRows(np.arange(NUM_ROWS * SEQ_LEN, dtype=np.int32), SEQ_LEN)

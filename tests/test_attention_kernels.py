@@ -11,9 +11,9 @@ import pytest
 
 from md4_jax.data import modality
 from md4_jax.engine import sharding
+from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
 from md4_jax.models.attention import attention, attention_kernel
-from md4_jax.engine.experiment import Experiment
 from tests import tiny_config
 
 ON_GPU = jax.default_backend() == "gpu"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import samplers
 from md4_jax.core import ar_likelihood
-from md4_jax.run import modes
 from md4_jax.models.transformer import Transformer, TransformerConfig
-from tests.conftest import make_config, reference
+from md4_jax.run import modes
+from md4_jax.samplers import left_to_right
+from tests.conftest import make_config, reference, sampler_settings
 from tests.test_sampling import INITIAL, MASK, TRANSITION, L, V, chi_square_p_value
 
 SEQUENCES = jnp.asarray(list(itertools.product(range(3), repeat=3)), jnp.int32)  # all 27 sequences, V=3, L=3
@@ -55,7 +55,7 @@ def markov_network(input_BxL, t_B):
 
 @pytest.fixture(scope="module")
 def ar_sampler():
-  return jax.jit(lambda key, z: ar_likelihood.sample(markov_network, key, z, samplers.Settings(), vocab_size=V))
+  return jax.jit(lambda key, z: left_to_right.sample(markov_network, key, z, sampler_settings(), vocab_size=V))
 
 
 def test_left_to_right_samples_follow_the_chain(ar_sampler):

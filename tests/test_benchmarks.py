@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from md4_jax.data import zero_shot_sets, detokenizers, lm1b_text
+from md4_jax.data import detokenizers, lm1b_text, zero_shot_sets
 from md4_jax.errors import UserError
 
 

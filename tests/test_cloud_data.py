@@ -11,9 +11,9 @@ import json
 import fsspec
 import pytest
 
-from md4_jax.run import modes
 from md4_jax.data import mirror, text8
 from md4_jax.errors import UserError
+from md4_jax.run import modes
 from tests import cloud_emulator
 from tests.cloud_emulator import gcs  # noqa: F401 (the emulator fixture)
 from tests.conftest import CORPUS, launch, make_config, reference

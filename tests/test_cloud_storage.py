@@ -210,9 +210,9 @@ def test_two_processes_train_one_bucket_path_and_one_machine_restores_it(gcs, lo
 def test_s3_is_refused_in_one_line_saying_why():
   import ml_collections  # noqa: PLC0415
 
-  from md4_jax.storage import paths as storage  # noqa: PLC0415
   from md4_jax.data import data_dir  # noqa: PLC0415
   from md4_jax.errors import UserError  # noqa: PLC0415
+  from md4_jax.storage import paths as storage  # noqa: PLC0415
 
   with pytest.raises(UserError, match="not s3://: Orbax 0.12.8"):
     storage.path("s3://bucket/run")
@@ -227,8 +227,8 @@ def test_refused_credentials_are_one_line_naming_the_bucket_and_what_to_set(monk
   import http.server  # noqa: PLC0415
   import threading  # noqa: PLC0415
 
-  from md4_jax.storage import paths as storage  # noqa: PLC0415
   from md4_jax.errors import UserError  # noqa: PLC0415
+  from md4_jax.storage import paths as storage  # noqa: PLC0415
 
   class Refusing(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the http.server name)

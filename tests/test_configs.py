@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from md4_jax import models, objectives
-from md4_jax.run import config_check, modes
 from md4_jax.data import pipeline
 from md4_jax.data.modality import Text
+from md4_jax.run import config_check, modes
 from tests.conftest import make_config, reference
 
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from md4_jax.data import modality
-from md4_jax.data import corpora, pipeline
+from md4_jax.data import corpora, modality, pipeline
 from md4_jax.data.tokenizers import TEXT8_ALPHABET, CharTokenizer
 from md4_jax.errors import UserError
 from tests.conftest import reference

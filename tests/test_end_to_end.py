@@ -13,9 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from md4_jax.run import modes
-from md4_jax.errors import UserError
 from md4_jax.engine.experiment import Experiment
+from md4_jax.errors import UserError
+from md4_jax.run import modes
 from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 
 WALLCLOCK_KEYS = ("train/steps_per_sec", "train/tokens_per_sec")

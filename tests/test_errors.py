@@ -10,8 +10,8 @@ import ml_collections
 import pytest
 
 from md4_jax import errors
-from md4_jax.run import modes
 from md4_jax.errors import UserError
+from md4_jax.run import modes
 from md4_jax.run.loop import NonFiniteLoss
 from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
 

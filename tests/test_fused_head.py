@@ -10,11 +10,11 @@ from flax import nnx
 
 from md4_jax import models
 from md4_jax.core import fused_head
+from md4_jax.data.modality import Text
 from md4_jax.engine import sharding
+from md4_jax.engine.experiment import Experiment
 from md4_jax.models import attention as attention_lib
 from md4_jax.models import layers
-from md4_jax.data.modality import Text
-from md4_jax.engine.experiment import Experiment
 from tests.conftest import make_config
 
 V = 1100  # above objectives.md4.GATHER_MIN_VOCAB, so the automatic capacity gathers too

@@ -11,8 +11,8 @@ from scipy import stats
 
 from configs import base
 from md4_jax.core import per_token
-from md4_jax.objectives import MD4, GenMD4
 from md4_jax.core.schedules import EPS
+from md4_jax.objectives import MD4, GenMD4
 
 V, L = 5, 4
 

@@ -11,8 +11,8 @@ import pytest
 from md4_jax.core import diffusion, per_token
 from md4_jax.data import modality
 from md4_jax.engine import sharding
-from md4_jax.run import modes
 from md4_jax.engine.experiment import Experiment
+from md4_jax.run import modes
 from tests.conftest import CORPUS, launch_tiny, make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 

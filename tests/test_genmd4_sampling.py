@@ -11,7 +11,9 @@ import pytest
 from md4_jax import samplers
 from md4_jax.core import per_token
 from md4_jax.core.schedules import get_schedule
+from md4_jax.objectives import genmd4
 from tests import test_sampling
+from tests.conftest import sampler_settings
 
 V, L = 4, 4
 MASK = V
@@ -20,7 +22,7 @@ TRANSITION = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.
 SEQUENCES = np.array(list(itertools.product(range(V), repeat=L)))  # [V^L, L]
 TRUE_PROBS = INITIAL[SEQUENCES[:, 0]] * np.prod(TRANSITION[SEQUENCES[:, :-1], SEQUENCES[:, 1:]], axis=1)
 SCHEDULE = per_token.TokenPoly(jnp.array([0.5, 1.0, 2.0, 4.0]))  # very different per-token schedules
-SETTINGS = samplers.Settings
+SETTINGS = sampler_settings
 
 
 def true_denoiser(z_BxL, t_B):
@@ -43,9 +45,11 @@ def chi_square_p_value(samples_NxL) -> float:
 
 @functools.lru_cache(maxsize=None)
 def jitted_sampler(settings, schedule="per_token", denoise=true_denoiser, time_dependent=True):
-  schedule = SCHEDULE if schedule == "per_token" else get_schedule(schedule)
+  per_token_schedule = schedule == "per_token"
+  schedule = SCHEDULE if per_token_schedule else get_schedule(schedule)
+  table = genmd4.SAMPLERS if per_token_schedule else samplers.SAMPLERS  # GenMD4's exact: thinning
   return jax.jit(lambda key, z: samplers.sample(denoise, key, schedule, z, settings, vocab_size=V,
-                                                time_dependent=time_dependent))
+                                                time_dependent=time_dependent, samplers=table))
 
 
 def all_masked(batch_size):

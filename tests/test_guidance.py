@@ -8,6 +8,7 @@ from scipy import stats
 
 from md4_jax import samplers
 from md4_jax.core.schedules import get_schedule
+from tests.conftest import sampler_settings
 
 V, L, CLASSES = 5, 8, 3
 # p(x_n = v | class c): class c puts 0.8 of its mass on value c at every position, 0.05 on each other value.
@@ -36,7 +37,7 @@ def draw(settings, labels, key=0):
 @pytest.mark.parametrize("name", ["ancestral", "exact"])
 def test_guidance_zero_is_the_conditional_sampler(name):
   labels = np.arange(64) % CLASSES
-  base = samplers.Settings(name=name, steps=16)
+  base = sampler_settings(name=name, steps=16)
   plain = draw(base, labels)
   # guided() with w = 0 gives log p(x | c) exactly; the samplers renormalise, so the draws are the same.
   denoise = samplers.guided(class_denoiser, jnp.asarray(labels), jnp.full(64, CLASSES), 0.0)
@@ -46,7 +47,7 @@ def test_guidance_zero_is_the_conditional_sampler(name):
 
 def test_samples_are_of_the_requested_class():
   labels = np.repeat(np.arange(CLASSES), 400)
-  samples = draw(samplers.Settings(name="ancestral", steps=16), labels)
+  samples = draw(sampler_settings(name="ancestral", steps=16), labels)
   for c in range(CLASSES):
     frequencies = np.bincount(samples[labels == c].ravel(), minlength=V) / samples[labels == c].size
     assert abs(frequencies[c] - 0.8) < 0.02  # 3,200 draws: std 0.007
@@ -57,7 +58,7 @@ def test_samples_are_of_the_requested_class():
 def test_guided_distribution_is_the_tilted_one(scale):
   """Each position is drawn from softmax((1 + w) log p(x|c) - w log p(x)) (positions are independent)."""
   labels = np.zeros(1000, np.int32)
-  samples = draw(samplers.Settings(name="ancestral", steps=8, guidance=scale), labels)
+  samples = draw(sampler_settings(name="ancestral", steps=8, guidance=scale), labels)
   logits = (1 + scale) * np.log(CLASS_PROBS[0]) - scale * np.log(CLASS_PROBS[CLASSES])
   expected = np.exp(logits - logits.max())
   expected /= expected.sum()

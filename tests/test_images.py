@@ -14,11 +14,11 @@ from flax import nnx
 from sklearn import datasets
 
 from md4_jax import models, objectives
-from md4_jax.engine import sharding
-from md4_jax.run import config_check, modes
 from md4_jax.data import image_sources, pipeline
-from md4_jax.errors import UserError
+from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
+from md4_jax.errors import UserError
+from md4_jax.run import config_check, modes
 from tests import tiny_image_config
 from tests.conftest import override, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7

@@ -3,7 +3,6 @@ traceback, no library noise (issue 32's cases, each run through launch.py), and 
 
 import json
 import math
-import os
 import re
 import shutil
 import signal

@@ -10,9 +10,9 @@ from flax import nnx
 from md4_jax.core import ar_likelihood
 from md4_jax.data import modality
 from md4_jax.engine import sharding
-from md4_jax.run import modes
-from md4_jax.evals import samples as sample_quality
 from md4_jax.errors import UserError
+from md4_jax.evals import samples as sample_quality
+from md4_jax.run import modes
 from tests.conftest import CORPUS, make_config, reference
 
 

@@ -12,6 +12,7 @@ from scipy import stats
 
 from md4_jax import samplers
 from md4_jax.core.schedules import get_schedule
+from tests.conftest import sampler_settings
 
 # A Markov chain over 4 symbols, length 6: its true conditionals are the perfect denoiser.
 V, L = 4, 6
@@ -20,7 +21,7 @@ INITIAL = np.array([0.4, 0.3, 0.2, 0.1])
 TRANSITION = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6], [0.3, 0.3, 0.3, 0.1]])
 POWERS = np.stack([np.linalg.matrix_power(TRANSITION, k) for k in range(L + 1)])  # [L + 1, V, V]
 MARGINALS = np.stack([INITIAL @ POWERS[n] for n in range(L)])  # [L, V]: p(x_n)
-SETTINGS = samplers.Settings
+SETTINGS = sampler_settings
 
 
 def markov_denoiser(z_BxL, t_B):
@@ -224,12 +225,15 @@ def test_time_grids():
 def test_time_of_mask_prob_inverts_the_schedule(name):
   schedule = get_schedule(name)
   t = jnp.linspace(0.01, 0.99, 7)
-  inverted = samplers.time_of_mask_prob(schedule, schedule.mask_prob(t))
+  inverted = samplers.exact.time_of_mask_prob(schedule, schedule.mask_prob(t))
   np.testing.assert_allclose(schedule.mask_prob(inverted), schedule.mask_prob(t), rtol=1e-5)
 
 
-def test_settings_come_from_the_config():
+def test_settings_come_from_the_config_alone():
+  """configs/base.py is the one place the sampler's defaults live: Settings has none of its own."""
   from configs import base
   config = base.get_config()
-  assert samplers.Settings.from_config(config.sampler) == dataclasses.replace(
-      samplers.Settings(), steps=config.sampler.steps)
+  settings = samplers.Settings.from_config(config.sampler)
+  assert all(getattr(settings, field.name) == config.sampler[field.name] for field in dataclasses.fields(settings))
+  with pytest.raises(TypeError):
+    samplers.Settings()

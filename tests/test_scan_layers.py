@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from md4_jax.data import modality
-from md4_jax.engine import sharding, experiment
+from md4_jax.engine import experiment, sharding
 from md4_jax.models.transformer import Transformer, TransformerConfig
 from tests import tiny_config
 
@@ -98,8 +98,8 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   """Its checkpoints hold the unrolled layout: a config that now scans is refused (naming the key), the
   workdir's own value is accepted."""
   from configs import base
-  from md4_jax.run import config_check
   from md4_jax.errors import UserError
+  from md4_jax.run import config_check
   reference = base.get_config().to_dict()
   saved = base.get_config().to_dict()
   del saved["model"]["scan_layers"]  # a config.json written before the key existed

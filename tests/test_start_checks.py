@@ -8,10 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from md4_jax.run import config_check
 from md4_jax.data import pipeline, sources
 from md4_jax.data.rows import Data, StreamRows
 from md4_jax.errors import UserError
+from md4_jax.run import config_check
 from tests.conftest import ROOT, launch, launch_tiny, make_config
 from tests.test_errors import assert_clear_error
 

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from md4_jax.run import loop, modes
 from md4_jax.errors import UserError
+from md4_jax.run import loop, modes
 from tests.conftest import make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 

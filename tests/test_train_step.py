@@ -8,8 +8,8 @@ from flax import nnx
 
 from md4_jax.data import modality
 from md4_jax.engine import sharding
-from md4_jax.run import loop, modes
 from md4_jax.engine.experiment import Experiment
+from md4_jax.run import loop, modes
 from tests import tiny_config
 from tests.conftest import make_config, override, reference
 

@@ -2,7 +2,6 @@
 
 import fcntl
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,8 +15,8 @@ import numpy as np
 import pytest
 
 from md4_jax.engine import checkpoints, experiment
-from md4_jax.run import modes
 from md4_jax.errors import UserError
+from md4_jax.run import modes
 from md4_jax.run.loop import NonFiniteLoss
 from tests.conftest import CORPUS, ROOT, launch_tiny, make_config, reference
 from tests.test_end_to_end import metric_rows

@@ -6,10 +6,10 @@ import math
 import ml_collections
 import pytest
 
-from md4_jax.run import modes
-from md4_jax.evals import zero_shot
-from md4_jax.data import zero_shot_sets, tokenizers
+from md4_jax.data import tokenizers, zero_shot_sets
 from md4_jax.errors import UserError
+from md4_jax.evals import zero_shot
+from md4_jax.run import modes
 from tests.conftest import CORPUS, MISSING_BPE, make_config, reference
 from tests.test_benchmarks import write_releases
 

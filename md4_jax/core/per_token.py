@@ -30,10 +30,9 @@ def _power(t, w):
 @dataclasses.dataclass(frozen=True)
 class TokenPoly:
   """Per-token schedules m_v(t) = (1 - 2 eps) t^{w_v} + eps. Methods take t of any shape [...] and
-  return [..., V]. `per_token` tells the samplers to use the state-dependent reverse process."""
+  return [..., V]."""
 
   powers: jax.Array  # [V] w_v > 0
-  per_token = True
 
   def mask_prob(self, t):
     return (1.0 - 2.0 * EPS) * _power(jnp.asarray(t)[..., None], self.powers) + EPS

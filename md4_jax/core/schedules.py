@@ -38,6 +38,11 @@ class Schedule:
   def weight(self, t):
     return self.dalpha(t) / self.mask_prob(t)
 
+  def mean_mask_prob(self, t):
+    """The mask probability averaged over the vocabulary (per-token schedules differ; shared ones do not): what
+    count-based samplers (confidence) keep masked."""
+    return self.mask_prob(t)
+
 
 @dataclasses.dataclass(frozen=True)
 class Linear(Schedule):

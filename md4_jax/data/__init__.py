@@ -3,9 +3,9 @@
 import pathlib
 from collections.abc import Callable
 
-from md4_jax.storage import paths as storage
 from md4_jax.data import mirror
 from md4_jax.errors import UserError
+from md4_jax.storage import paths as storage
 
 
 def data_dir(data_config) -> pathlib.Path:

@@ -8,8 +8,8 @@ images), the other 1,617 train. cifar10 and imagenet64 are prepared once from th
 
 import numpy as np
 
-from md4_jax.data import modality as modalities
 from md4_jax.data import data_dir, image_datasets, prepare_into, read_prepared
+from md4_jax.data import modality as modalities
 from md4_jax.data.rows import ArrayRows, Data, RecordRows
 
 DIGITS = modalities.Image(height=8, width=8, channels=1, levels=17, num_classes=10)

@@ -17,8 +17,8 @@ import pathlib
 
 import fsspec
 
-from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError
+from md4_jax.storage import paths as storage
 
 CACHE_VARIABLE = "MD4_JAX_CACHE"
 MANIFEST = ".mirror.json"

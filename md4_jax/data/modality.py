@@ -13,10 +13,10 @@ import json
 import numpy as np
 from etils import epath
 
-from md4_jax.engine import pictures
-from md4_jax.storage import files
 from md4_jax.data import tokenizers
+from md4_jax.engine import pictures
 from md4_jax.errors import UserError
+from md4_jax.storage import files
 
 
 @dataclasses.dataclass(frozen=True)

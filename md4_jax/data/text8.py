@@ -20,10 +20,10 @@ import zipfile
 
 import numpy as np
 
-from md4_jax.storage import files
 from md4_jax.data import download
 from md4_jax.data.tokenizers import TEXT8_ALPHABET
 from md4_jax.errors import UserError
+from md4_jax.storage import files
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 ZIP_NAME, MEMBER = "text8.zip", "text8"

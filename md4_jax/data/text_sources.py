@@ -6,9 +6,18 @@ embedded / textfile / tokens hold out the last data.eval_fraction of their strea
 character vocabulary stays the one training built.
 """
 
+from md4_jax.data import (
+  corpora,
+  data_dir,
+  data_file,
+  hub_datasets,
+  prepare_into,
+  read_prepared,
+  text8,
+  token_files,
+  tokenizers,
+)
 from md4_jax.data import modality as modalities
-from md4_jax.data import (corpora, data_dir, data_file, hub_datasets, prepare_into, read_prepared, text8, token_files,
-                          tokenizers)
 from md4_jax.data.rows import Data, RecordRows, StreamRows
 from md4_jax.errors import UserError
 

@@ -18,8 +18,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from md4_jax.engine import orbax_noise
-from md4_jax.storage import paths as storage
 from md4_jax.errors import UserError
+from md4_jax.storage import paths as storage
 
 
 def state_summary(state) -> dict:

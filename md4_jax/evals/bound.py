@@ -9,9 +9,8 @@ import math
 
 import jax
 
-from md4_jax.engine import sharding
-from md4_jax.run import config_check
 from md4_jax.data import pipeline
+from md4_jax.engine import sharding
 from md4_jax.evals import output, powers
 
 EVAL_SALT = 1  # fold_in tag: evaluation keys are apart from training keys
@@ -72,7 +71,7 @@ def run(context) -> dict:
   main = per_split[config.eval.split]
   bound_by_steps = [{"steps": timesteps, "bpt": main["bpt"], "bpt_stderr": main["bpt_stderr"]}]
   if not experiment.objective.exact:  # an exact likelihood has no sampling steps
-    for steps in config_check.bound_steps(config.eval.bound_steps):
+    for steps in bound_steps(config.eval.bound_steps):
       values = evaluate(experiment.with_overrides("eval", {"timesteps": steps}), params, data.eval)
       bound_by_steps.append({"steps": steps, "bpt": values["bpt"], "bpt_stderr": values["bpt_stderr"]})
   bound_by_steps.sort(key=lambda row: row["steps"] or float("inf"))
@@ -110,3 +109,11 @@ def _steps_table(bound_by_steps: list[dict], split: str, modality) -> str:
   for row in bound_by_steps:
     lines.append(f"| {row['steps'] or 'continuous'} | {row['bpt']:.4f} +- {row['bpt_stderr']:.4f} |")
   return "\n".join(lines) + "\n"
+
+
+def bound_steps(spec: str) -> list[int]:
+  """eval.bound_steps "16,64,256" -> [16, 64, 256]."""
+  items = [item.strip() for item in spec.split(",") if item.strip()]
+  if not all(item.isdigit() and int(item) > 0 for item in items):
+    raise UserError(f"eval.bound_steps={spec!r}: write positive step counts separated by commas, e.g. 16,64,256")
+  return [int(item) for item in items]

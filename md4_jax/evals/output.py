@@ -3,10 +3,10 @@ the rewritten eval/report.md; and the names of units and bounds the tables use."
 
 import json
 
-from md4_jax.storage import files
-from md4_jax.evals import report
-from md4_jax.engine.metrics_log import MetricsLog
 from md4_jax.engine.experiment import eval_timesteps  # noqa: F401 (the suites' one definition of the evaluated bound)
+from md4_jax.engine.metrics_log import MetricsLog
+from md4_jax.evals import report
+from md4_jax.storage import files
 
 
 def unit(modality) -> str:

@@ -10,16 +10,15 @@ run's modality (bits/token or bits/dim).
 
 import json
 
-from etils import epath
-
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from md4_jax.data import modality as modalities  # noqa: E402
-from md4_jax.storage import files
 from md4_jax.engine.metrics_log import read_rows  # noqa: E402
+from md4_jax.storage import files
 
 
 def _latest(directory: epath.Path, prefix: str, suffix: str) -> epath.Path | None:

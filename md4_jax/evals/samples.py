@@ -19,14 +19,13 @@ from flax import nnx
 
 from md4_jax.core import ar_likelihood
 from md4_jax.data import modality as modalities
-from md4_jax.engine import generate, sharding
-from md4_jax.run import config_check
-from md4_jax.storage import paths as storage
-from md4_jax.engine.checkpoints import restore_state
 from md4_jax.data import pipeline
+from md4_jax.engine import generate, saved_config, sharding
+from md4_jax.engine.checkpoints import restore_state
+from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
 from md4_jax.evals import output
-from md4_jax.engine.experiment import Experiment
+from md4_jax.storage import paths as storage
 
 
 def unigram_entropy_bits(tokens, vocab_size: int) -> float:
@@ -63,7 +62,7 @@ class Judge:
     if not (path / "config.json").is_file():
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
-    config = ml_collections.ConfigDict(config_check.migrate(json.loads((path / "config.json").read_text())))
+    config = ml_collections.ConfigDict(saved_config.migrate(json.loads((path / "config.json").read_text())))
     if config.get("objective", "md4") != "ar":
       raise UserError(f"eval.judge={workdir!r} is an MD4 run; the judge must be autoregressive (objective='ar')")
     judge_modality = modalities.load(path, config.data.seq_len)

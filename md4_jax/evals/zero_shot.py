@@ -11,7 +11,7 @@ import math
 
 import jax
 
-from md4_jax.data import zero_shot_sets, data_dir, read_prepared
+from md4_jax.data import data_dir, read_prepared, zero_shot_sets
 from md4_jax.data.rows import StreamRows
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output

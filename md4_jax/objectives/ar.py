@@ -4,6 +4,7 @@ The backbone runs causally (it must support it: the transformer does) and withou
 """
 
 from md4_jax.core import ar_likelihood
+from md4_jax.samplers import left_to_right
 
 
 class Autoregressive:
@@ -30,4 +31,4 @@ class Autoregressive:
 
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
     del time_dependent, module
-    return ar_likelihood.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)
+    return left_to_right.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)

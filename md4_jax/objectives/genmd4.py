@@ -16,9 +16,10 @@ from flax import nnx
 
 from md4_jax import samplers
 from md4_jax.core import diffusion, per_token
+from md4_jax.core.schedules import Poly
 from md4_jax.models.layers import param
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
-from md4_jax.core.schedules import Poly
+from md4_jax.samplers import thinning
 
 
 def inverse_softplus(y: float) -> float:
@@ -57,6 +58,10 @@ class WithSchedule(nnx.Module):
 
   def head_loss(self, h, x0, **loss):
     return self.backbone.head_loss(h, x0, **loss)
+
+
+# The samplers for a per-token schedule: `exact` is the state-dependent reverse process simulated by thinning.
+SAMPLERS = {**samplers.SAMPLERS, "exact": thinning.exact}
 
 
 class GenMD4:
@@ -160,4 +165,4 @@ class GenMD4:
   def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module):
     """(tokens_BxD, NFE, order_BxD) from the state-dependent reverse process with the learned powers."""
     return samplers.sample(denoise, key, self.schedule(module), z_BxD, settings, vocab_size=self.vocab_size,
-                           time_dependent=time_dependent, return_order=True)
+                           time_dependent=time_dependent, return_order=True, samplers=SAMPLERS)

@@ -15,7 +15,6 @@ import numpy as np
 
 from md4_jax.errors import UserError
 
-
 GAP_CHAR = "_"  # the default gap character of an --infill template
 _GAP_CHOICES = "#*@~^|%+="  # suggested in its place when the alphabet holds it
 

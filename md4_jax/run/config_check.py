@@ -3,7 +3,6 @@
 Every problem is a `UserError` that names the key and the fix.
 """
 
-import json
 import math
 
 import jax
@@ -11,15 +10,11 @@ import ml_collections
 
 from md4_jax import evals, models, objectives, samplers
 from md4_jax.core import schedules
-from md4_jax.data import modality
+from md4_jax.data import image_sources, modality, sources, tokenizers, zero_shot_sets
 from md4_jax.engine import sharding
-from md4_jax.run import config_scope
-from md4_jax.data import zero_shot_sets, image_sources, sources, tokenizers
+from md4_jax.engine.saved_config import RENAMED, RUN_RECORD, migrate  # noqa: F401 (this module's interface)
 from md4_jax.errors import UserError
-
-# Keys that were renamed: old -> (new, what to write instead). Saved workdirs are migrated (`migrate`);
-# a config or command line that still uses the old name is refused with the replacement.
-RENAMED = {"model.kind": ("objective", "set config.objective (or --config.objective=ar); same values: 'md4' | 'ar'")}
+from md4_jax.run import config_scope
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 # grad_accum changes only which random numbers are drawn; remat, logits_capacity and steps_per_call change only
@@ -129,7 +124,7 @@ def check_values(config) -> None:
   if config.eval.suite == "samples":  # its exact:k variants run the exact sampler with tokens_per_call=k
     for variant in evals.samples.parse_variants(config.eval.samplers):
       _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
-  bound_steps(config.eval.bound_steps)
+  evals.bound.bound_steps(config.eval.bound_steps)
   zero_shot_sets.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
     raise UserError(f"train.grad_accum={config.train.grad_accum} must divide train.batch_size="
@@ -169,14 +164,6 @@ def _check_genmd4(config) -> None:
   if config.objective == "genmd4" and config.diffusion.schedule != "linear":
     raise UserError(f"diffusion.schedule={config.diffusion.schedule!r} has no effect with objective='genmd4' (its "
                     "schedule is learned, starting from diffusion.genmd4.initial_power): leave it 'linear'")
-
-
-def bound_steps(spec: str) -> list[int]:
-  """eval.bound_steps "16,64,256" -> [16, 64, 256]."""
-  items = [item.strip() for item in spec.split(",") if item.strip()]
-  if not all(item.isdigit() and int(item) > 0 for item in items):
-    raise UserError(f"eval.bound_steps={spec!r}: write positive step counts separated by commas, e.g. 16,64,256")
-  return [int(item) for item in items]
 
 
 def _check_sampler(sampler, seq_len: int) -> None:
@@ -229,21 +216,6 @@ def check_against_devices(config, mode: str, mesh=None) -> None:
                       f"mesh.fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}, {jax.process_count()} process(es)): "
                       f"use a multiple of {shards} such as {' or '.join(map(str, multiples))} "
                       f"(--config.{key}={multiples[-1]}), or a config.mesh whose mesh.data x mesh.fsdp divides {size}")
-
-
-RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/run/workdir.py)
-
-
-def migrate(saved: dict) -> dict:
-  """A workdir's config.json as a config in today's key names (RENAMED): a run from before a rename stays
-  usable. The run record (RUN_RECORD) is left out."""
-  saved = json.loads(json.dumps(saved))  # a copy
-  saved.pop(RUN_RECORD, None)
-  for old_key, (new_key, _) in RENAMED.items():
-    group, _, name = old_key.rpartition(".")
-    if name in saved.get(group, {}):
-      saved[new_key] = saved[group].pop(name)
-  return saved
 
 
 def differences(saved: dict, config, reference=None) -> dict:

@@ -15,13 +15,13 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
+from md4_jax.data import pipeline
 from md4_jax.engine import generate, sharding
 from md4_jax.engine.checkpoints import Checkpointer
-from md4_jax.data import pipeline
+from md4_jax.engine.experiment import Experiment
+from md4_jax.engine.metrics_log import MetricsLog, ProgressBar
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output, powers, report
-from md4_jax.engine.metrics_log import MetricsLog, ProgressBar
-from md4_jax.engine.experiment import Experiment
 
 SAMPLE_SALT = 2  # fold_in tag: sample keys are apart from training and evaluation keys (bound.EVAL_SALT = 1)
 

@@ -14,16 +14,16 @@ from etils import epath
 from flax import nnx
 
 from md4_jax import evals, models, objectives
+from md4_jax.data import data_dir, pipeline, prepare_into, tokenizers, zero_shot_sets
+from md4_jax.data import modality as modalities
 from md4_jax.engine import generate, pictures, sharding
+from md4_jax.engine.checkpoints import restore_state
+from md4_jax.engine.experiment import Experiment
+from md4_jax.errors import UserError
 from md4_jax.run import conditioning, config_check, loop
+from md4_jax.run import workdir as workdirs
 from md4_jax.storage import files
 from md4_jax.storage import paths as storage
-from md4_jax.run import workdir as workdirs
-from md4_jax.data import modality as modalities
-from md4_jax.engine.checkpoints import restore_state
-from md4_jax.data import zero_shot_sets, data_dir, pipeline, prepare_into, tokenizers
-from md4_jax.errors import UserError
-from md4_jax.engine.experiment import Experiment
 
 MODES = ("train", "eval", "sample", "prepare", "params")
 

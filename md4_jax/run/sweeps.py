@@ -10,9 +10,9 @@ import importlib.util
 
 from etils import epath
 
+from md4_jax.errors import UserError
 from md4_jax.run import config_check
 from md4_jax.storage import paths as storage
-from md4_jax.errors import UserError
 
 
 def _load_sweep_function(config_path: str):

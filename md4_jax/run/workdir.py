@@ -20,10 +20,11 @@ import tempfile
 import jax
 from etils import epath
 
-from md4_jax.run import config_check
-from md4_jax.storage import files, paths as storage
 from md4_jax.data import mirror
 from md4_jax.errors import UserError
+from md4_jax.run import config_check
+from md4_jax.storage import files
+from md4_jax.storage import paths as storage
 
 # What a diverged run may change when it resumes (the NaN message suggests them): they change how the
 # remaining steps update the parameters, not what the checkpoint's arrays mean.

@@ -1,0 +1,101 @@
+"""Samplers that walk a time grid 1 = t_T > ... > t_0 = 0, one network call per step: ancestral (MD4's
+reverse process), mean (draw x0, then unmask) and confidence (MaskGIT / LLaDA). Shared and per-token schedules
+alike (a per-token schedule's unmasking probability is a vector over the vocabulary)."""
+
+import jax
+import jax.numpy as jnp
+
+from md4_jax.samplers.draws import categorical, process_logits, record_order, time_grid, uniform
+
+
+def _grid_sampler(update):
+  """A sampler that walks the time grid 1 = t_T > ... > t_0 = 0 with one network call per step, skipped
+  (the last output reused) when caching is allowed and the previous step changed nothing.
+  `update(key, z, is_masked, initial_count, logits, t, s, step, settings, schedule)` returns the new z."""
+
+  def run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
+    steps, batch_size = settings.steps, z_BxL.shape[0]
+    times = time_grid(steps, settings.grid)
+    reuse_allowed = settings.cache and not time_dependent
+    initial_B = active_BxL.sum(-1)
+    clock_start = jnp.max(order_BxL)  # semi_ar: later blocks continue the clock
+
+    def step(i, carry):
+      z_BxL, last_logits, changed, nfe, order_BxL = carry
+      t, s = times[steps - i], times[steps - i - 1]
+      call = lambda: denoise(z_BxL, jnp.full((batch_size,), t)).astype(jnp.float32)  # noqa: E731
+      logits = jax.lax.cond(changed, call, lambda: last_logits) if reuse_allowed else call()
+      is_masked_BxL = (z_BxL == vocab_size) & active_BxL
+      new_z = update(jax.random.fold_in(key, i), z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings,
+                     schedule)
+      order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + i + 1, vocab_size)
+      return (new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32),
+              order_BxL)
+
+    start = (z_BxL, jnp.zeros(z_BxL.shape + (vocab_size,), jnp.float32), jnp.array(True), jnp.zeros((), jnp.int32),
+             order_BxL)
+    z_BxL, _, _, nfe, order_BxL = jax.lax.fori_loop(0, steps, step, start)
+    return z_BxL, nfe, order_BxL
+
+  return run
+
+
+def _unmask_prob(schedule, t, s):
+  """P(a position masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); 1 at s = 0,
+  where the reverse process ends fully unmasked (alpha_0 = 1 - eps is only a numerical guard).
+  A scalar, or [V] (one per token it would become) for per-token schedules (GenMD4)."""
+  return jnp.where(s == 0, 1.0, (schedule.alpha(s) - schedule.alpha(t)) / schedule.mask_prob(t))
+
+
+def _ancestral_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+  """MD4's step: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q); with
+  per-token q_v (GenMD4), (p_v q_v, sum_v p_v (1 - q_v))."""
+  q = _unmask_prob(schedule, t, s)
+  log_probs = process_logits(logits, settings)
+  if jnp.ndim(q):
+    stay = jax.nn.logsumexp(log_probs + jnp.log1p(-q), axis=-1, keepdims=True)
+  else:
+    stay = jnp.broadcast_to(jnp.log1p(-q), log_probs.shape[:-1] + (1,))
+  choice_BxL = categorical(key, jnp.concatenate([log_probs + jnp.log(q), stay], axis=-1))
+  unmask_BxL = is_masked_BxL & (choice_BxL < log_probs.shape[-1])
+  return jnp.where(unmask_BxL, choice_BxL, z_BxL)
+
+
+def _mean_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+  """The same step in two stages: draw x0 at every position, then unmask each with probability q (q_x0)."""
+  token_key, unmask_key = jax.random.split(key)
+  x0_BxL = categorical(token_key, process_logits(logits, settings))
+  q = _unmask_prob(schedule, t, s)
+  unmask_BxL = is_masked_BxL & (uniform(unmask_key, z_BxL.shape) < (q[x0_BxL] if jnp.ndim(q) else q))
+  return jnp.where(unmask_BxL, x0_BxL, z_BxL)
+
+
+def _rank_desc(score_BxL):
+  """Rank of each entry in its row, 0 = largest (ties: leftmost first)."""
+  return jnp.argsort(jnp.argsort(-score_BxL, axis=-1, stable=True), axis=-1, stable=True)
+
+
+def _confidence_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+  """MaskGIT: draw every masked position, keep the most confident ones, re-mask the rest.
+
+  The count still masked after the step follows the schedule, round(initial * (1 - alpha_s) / (1 - alpha_1)),
+  0 at the end. Confidence = the model's log p(drawn token) (before temperature, top-k, top-p)
+  + choice_temperature * (1 - (i + 1) / steps) * Gumbel noise; choice_temperature 0 is LLaDA's
+  low-confidence remasking.
+  """
+  token_key, noise_key = jax.random.split(key)
+  x0_BxL = categorical(token_key, process_logits(logits, settings))
+  model_log_probs = jax.nn.log_softmax(logits, axis=-1)
+  confidence_BxL = jnp.take_along_axis(model_log_probs, x0_BxL[..., None], axis=-1)[..., 0]
+  anneal = settings.choice_temperature * (1.0 - (i + 1) / settings.steps)
+  score_BxL = confidence_BxL + anneal * jax.random.gumbel(noise_key, z_BxL.shape, mode="high")
+  score_BxL = jnp.where(is_masked_BxL, score_BxL, -jnp.inf)
+  keep_masked_B = jnp.where(s == 0, 0, jnp.round(initial_B * schedule.mean_mask_prob(s)
+                                                 / schedule.mean_mask_prob(1.0)))
+  unmask_count_B = jnp.maximum(is_masked_BxL.sum(-1) - keep_masked_B.astype(jnp.int32), 0)
+  unmask_BxL = is_masked_BxL & (_rank_desc(score_BxL) < unmask_count_B[:, None])
+  return jnp.where(unmask_BxL, x0_BxL, z_BxL)
+
+
+SAMPLERS = {"ancestral": _grid_sampler(_ancestral_update), "mean": _grid_sampler(_mean_update),
+            "confidence": _grid_sampler(_confidence_update)}
