@@ -43,7 +43,7 @@ from md4_jax.storage import paths as storage  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "
                                "samples/ (all modes but prepare).")
-_MODE = flags.DEFINE_enum("mode", "train", modes.MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
+_MODE = flags.DEFINE_enum("mode", "train", tuple(modes.MODES), "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
                             "preprocess data.source into data.dir), or params (print the parameter count).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "

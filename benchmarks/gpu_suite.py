@@ -128,9 +128,9 @@ def sampling(name: str, spec: str, batch: int) -> dict:
   experiment = Experiment(config, common.modality(config, GPT2_VOCAB), mesh)
   experiment = experiment.with_overrides("sampler", sample_suite.parse_variants(spec)[0])
   params = experiment.init_state(experiment.base_key)["ema_params"]
-  start_NxD = generate.unconditional_start(experiment, batch)
-  generate.draw_samples(experiment, params, jax.random.key(0), start_NxD)  # compiles
-  samples = generate.draw_samples(experiment, params, jax.random.key(1), start_NxD)
+  start_NxL = generate.unconditional_start(experiment, batch)
+  generate.draw_samples(experiment, params, jax.random.key(0), start_NxL)  # compiles
+  samples = generate.draw_samples(experiment, params, jax.random.key(1), start_NxL)
   tokens = batch * config.data.seq_len
   return {"measurement": name, "sampler": spec, "batch": batch, "length": config.data.seq_len, "nfe": samples.nfe,
           "seconds": round(samples.seconds, 3), "tokens_per_sec": round(tokens / samples.seconds, 1)}

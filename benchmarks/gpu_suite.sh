@@ -39,7 +39,7 @@ for name in names:
   except m.PackageNotFoundError:
     print(f"{name}: not installed")
 PY
-timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_attention_kernels.py 2>&1 \
+timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/models/test_attention.py 2>&1 \
   | tee "$out/attention_test.txt" || echo '{"benchmark": "gpu_suite", "measurement": "attention_test", "passed": false}'
 smoke=$([[ " ${*:2} " == *" --smoke "* ]] && echo --smoke || true)
 timeout "$(left 100)" python3 benchmarks/gpu_profile.py --out "$out/profile" $smoke 2>>"$out/stderr.txt" \

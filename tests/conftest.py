@@ -74,6 +74,16 @@ def reference():
   return base.get_config()
 
 
+def transformer_config(vocab_size: int, seq_len: int, **changes):
+  """models.transformer.TransformerConfig from configs/base.py's model group (the one place its defaults
+  live) for a vocabulary and length, with changes."""
+  from md4_jax.data.modality import Text  # noqa: PLC0415 (jax is imported after the settings above)
+  from md4_jax.models import transformer  # noqa: PLC0415
+
+  config = transformer.build(base.get_config(), Text(vocab_size, seq_len), {}).config
+  return dataclasses.replace(config, **changes)
+
+
 def sampler_settings(name: str | None = None, **changes):
   """samplers.Settings from configs/base.py's sampler group (the one place its defaults live), with changes."""
   from md4_jax import samplers  # noqa: PLC0415 (jax is imported after the compilation-cache settings above)
@@ -95,3 +105,11 @@ def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):
 
 def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
+
+
+def assert_clear_error(result, *fragments):
+  """A failed command's stderr: no traceback, and every fragment of the message."""
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in result.stderr, result.stderr[-3000:]

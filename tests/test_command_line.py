@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, launch, launch_tiny
-from tests.test_errors import assert_clear_error
+from tests.conftest import ROOT, assert_clear_error, launch, launch_tiny
 
 # The corpus holds '_', so the default infill gap is ambiguous for a character-level run on it.
 UNDERSCORE_CORPUS = "the quick brown fox jumps over the lazy dog. a snake_case cat sat on the mat. " * 60

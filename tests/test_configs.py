@@ -23,8 +23,7 @@ def test_config_validates_and_builds(module):
   config_check.check_scope(config, reference())
   if config.data.source == "textfile":
     config.data.source = "embedded"  # the shapes, without a file
-  make_model = models.backbone_factory(config, pipeline.nominal_modality(config.data),
-                                       objectives.get(config.objective).network_requirements)
+  make_model = objectives.build_model(config, pipeline.nominal_modality(config.data)).make
   model = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
   num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   assert num_params > 0
@@ -54,7 +53,7 @@ def test_the_layout_before_the_published_shapes_is_kept_at_zero_keys():
   """mlp_hidden = cond_dim = 0 is the layout of workdirs saved before those keys existed (their config.json lacks
   them and restores with them at 0): GLU 4 x width, modulations and one time layer from the full width."""
   config = make_config("unused.txt", model__width=32, model__num_heads=2, model__num_layers=2)
-  make_model = models.backbone_factory(config, Text(27, 16), {})
+  make_model = models.backbone(config, Text(27, 16)).make
   state = nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
   shapes = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
   assert shapes["['time_mlp']['kernel'].value"] == (32, 32) and "['time_mlp_out']" not in str(list(shapes))

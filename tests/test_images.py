@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from sklearn import datasets
 
-from md4_jax import models, objectives
+from md4_jax import objectives
 from md4_jax.data import image_sources, pipeline
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
@@ -93,8 +93,7 @@ def test_published_image_configs_build_to_their_sizes(module, published, backbon
   config = importlib.import_module(module).get_config()
   config_check.check_keys(config, reference())
   config_check.check_values(config)
-  make_model = models.backbone_factory(config, pipeline.nominal_modality(config.data),
-                                       objectives.get(config.objective).network_requirements)
+  make_model = objectives.build_model(config, pipeline.nominal_modality(config.data)).make
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))))
   assert config.model.backbone == backbone and abs(count / published - 1) < 0.05
 

@@ -105,18 +105,16 @@ class Geometric(Schedule):
     return -jnp.expm1(-self.sigma(t))
 
 
+# The schedules by name; "polyK" is a family (any K > 0) parsed from the name.
+SCHEDULES = {"linear": Linear, "cosine": Cosine, "geometric": Geometric}
 _POLY = re.compile(r"poly(\d+(\.\d+)?)")
-NAMES = ("linear", "cosine", "polyK (e.g. poly2, poly3, poly0.5)", "geometric")
+NAMES = (*SCHEDULES, "polyK (e.g. poly2, poly3, poly0.5)")
 
 
 def get_schedule(name: str) -> Schedule:
-  """Returns the schedule called `name`: linear, cosine, polyK or geometric."""
-  if name == "linear":
-    return Linear()
-  if name == "cosine":
-    return Cosine()
-  if name == "geometric":
-    return Geometric()
+  """Returns the schedule called `name`: one of SCHEDULES, or polyK."""
+  if name in SCHEDULES:
+    return SCHEDULES[name]()
   match = _POLY.fullmatch(name)
   if match and float(match.group(1)) > 0:
     return Poly(power=float(match.group(1)))

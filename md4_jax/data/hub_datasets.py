@@ -73,7 +73,7 @@ class HubSource:
 # - HuggingFaceFW/fineweb-edu, subset sample-10BT = sample/10BT/000_00000.parquet .. 013_00000.parquet
 #   (14 shards, ~28 GB, column "text"), pinned at commit fc9850dff5e2d0f8f776efe41b24a1c49556cfc5.
 #   The dataset card maps subsets sample-100BT and sample-350BT to sample/100BT/* and sample/350BT/*.
-SOURCES = {
+HUB_RELEASES = {
     "openwebtext": HubSource(
         repo="Skylion007/openwebtext", revision="refs%2Fconvert%2Fparquet", default_subset="",
         shard_dirs={"": "plain_text/train"}, shard_count={"": 80}, shard_name="{:04d}.parquet"),
@@ -83,9 +83,6 @@ SOURCES = {
         shard_dirs={"sample-10BT": "sample/10BT", "sample-100BT": "sample/100BT", "sample-350BT": "sample/350BT"},
         shard_count={"sample-10BT": 14}, shard_name="{:03d}_00000.parquet"),
 }
-
-
-PACKED_SOURCES = tuple(SOURCES) + ("lm1b",)  # every source this module prepares and loads
 
 
 def is_held_out(text: str) -> bool:
@@ -100,9 +97,9 @@ def _source(source: str, subset: str) -> tuple[HubSource | None, str]:
     if subset:
       raise UserError(f"data.subset={subset!r}: lm1b has no subsets; leave data.subset empty")
     return None, ""
-  if source not in SOURCES:
-    raise UserError(f"data.source={source!r} is not a hub dataset; choose one of {tuple(SOURCES)}")
-  entry = SOURCES[source]
+  if source not in HUB_RELEASES:
+    raise UserError(f"data.source={source!r} is not a hub dataset; choose one of {tuple(HUB_RELEASES)}")
+  entry = HUB_RELEASES[source]
   subset = subset or entry.default_subset
   if subset not in entry.shard_dirs:
     known = ", ".join(repr(s) for s in entry.shard_dirs if s) or "none (leave data.subset empty)"

@@ -35,31 +35,22 @@ The releases, and where each fact was found:
   1,281,167 train and 50,000 validation images (the TFDS catalog page for imagenet_resized).
 """
 
-import contextlib
 import dataclasses
-import io
 import itertools
 import json
 import pathlib
-import pickle
-import tarfile
-import zipfile
-import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from md4_jax.data import download, records
+from md4_jax.data import download, image_readers, records
+from md4_jax.data.image_readers import NPZ_FILES
 from md4_jax.errors import UserError
 from md4_jax.storage.files import write_text_atomically
 
 SPLITS = ("train", "validation")
 LEVELS = 256
 _BUILDER_DIR = "pixel_tokens/1.0.0"  # <dataset name>/<version>, the layout tfds.builder_from_directory expects
-_CIFAR_MEMBERS = {"train": [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
-                  "validation": ["cifar-10-batches-py/test_batch"]}
-_NPZ_FILES = {"train": [f"train_data_batch_{i}.npz" for i in range(1, 11)], "validation": ["val_data.npz"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,80 +74,6 @@ class Release:
   note: str = ""  # added to the instructions for getting the files by hand
 
 
-def cifar10_images(locations: dict, split: str):
-  """(image_32x32x3, label 0-9) of one split of cifar-10-python.tar.gz, read from the tar.gz in release order."""
-  archive = locations["cifar-10-python.tar.gz"]
-  try:
-    with tarfile.open(archive, "r:gz") as tar:
-      for member in _CIFAR_MEMBERS[split]:
-        try:
-          batch = pickle.load(tar.extractfile(member), encoding="bytes")
-        except KeyError:
-          raise UserError(f"{archive} has no member {member}: it is not CIFAR-10's python release") from None
-        data_Nx3072 = batch.get(b"data") if isinstance(batch, dict) else None
-        labels = list(batch.get(b"labels", ())) if isinstance(batch, dict) else []
-        if not (isinstance(data_Nx3072, np.ndarray) and data_Nx3072.dtype == np.uint8 and data_Nx3072.ndim == 2
-                and data_Nx3072.shape[1] == 3072 and len(labels) == len(data_Nx3072)
-                and all(0 <= label <= 9 for label in labels)):
-          raise UserError(f"{member} in {archive} is not a CIFAR-10 batch (b'data' uint8 [N, 3072], b'labels' 0-9)")
-        images_NxHxWxC = data_Nx3072.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel planes -> HWC
-        yield from zip(images_NxHxWxC, labels)
-  except (tarfile.TarError, OSError, EOFError, zlib.error, pickle.UnpicklingError) as error:
-    raise UserError(f"{archive} is damaged or not a tar.gz ({error}); get it again") from error
-
-
-def png_images(locations: dict, split: str, shape=(64, 64, 3)):
-  """(image_HxWxC, -1) of every PNG in the split's tar, in archive order, streamed (memory stays flat)."""
-  archive = locations[{"train": "train_64x64.tar", "validation": "valid_64x64.tar"}[split]]
-  height, width, _ = shape
-  try:
-    with tarfile.open(archive, "r|") as tar:
-      while (member := tar.next()) is not None:
-        tar.members.clear()  # tarfile keeps every member seen; 1.28M of them would cost ~1 GB
-        if not (member.isfile() and member.name.endswith(".png")):
-          continue
-        try:
-          with Image.open(io.BytesIO(tar.extractfile(member).read())) as png:
-            size, mode = png.size, png.mode
-            image_HxWxC = np.asarray(png) if (size, mode) == ((width, height), "RGB") else None
-        except (OSError, SyntaxError, ValueError) as error:  # Pillow's errors for undecodable data
-          raise UserError(f"{member.name} in {archive} is not a readable PNG ({error})") from error
-        if image_HxWxC is None:
-          raise UserError(f"{member.name} in {archive} is a {size[0]}x{size[1]} {mode} image, expected "
-                          f"{width}x{height} RGB: {archive.name} is not the {width}x{height} release")
-        yield image_HxWxC, -1
-  except (tarfile.TarError, OSError, EOFError) as error:
-    raise UserError(f"{archive} is damaged or not a tar file ({error}); get it again") from error
-
-
-def npz_images(locations: dict, split: str, shape=(64, 64, 3)):
-  """(image_HxWxC, label 0-999) of the split's npz files in order, from their zip or unzipped; one batch in memory."""
-  height, width, channels = shape
-  for name in _NPZ_FILES[split]:
-    path, in_zip = locations[name]
-    where = f"{name} in {path}" if in_zip else str(path)
-    try:
-      with contextlib.ExitStack() as stack:
-        file = stack.enter_context(open(path, "rb"))
-        if in_zip:  # found by file name: the zips hold Imagenet64_*_npz/<name>
-          archive = stack.enter_context(zipfile.ZipFile(file))
-          member = next((m for m in archive.namelist() if pathlib.PurePosixPath(m).name == name), None)
-          if member is None:
-            raise UserError(f"{path} lacks {name}; get the official {path.name} again")
-          file = stack.enter_context(archive.open(member))
-        with np.load(file, allow_pickle=False) as npz:
-          data_NxD, labels = npz["data"], npz["labels"].reshape(-1)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, zlib.error) as error:
-      raise UserError(f"{where} is damaged or not an npz with 'data' and 'labels' ({error})") from error
-    if (data_NxD.dtype, data_NxD.shape[1:]) != (np.uint8, (height * width * channels,)) \
-        or labels.shape != data_NxD.shape[:1] or not np.all((labels >= 1) & (labels <= 1000)):
-      raise UserError(f"{where} is not a Downsampled ImageNet {height}x{width} batch: data {data_NxD.dtype} "
-                      f"{data_NxD.shape}, {labels.size} labels (expected uint8 [N, {height * width * channels}] "
-                      "and N labels in 1..1000)")
-    images_NxHxWxC = data_NxD.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)  # planes -> HWC
-    yield from zip(images_NxHxWxC, (labels - 1).tolist())
-
-
 _SMALL, _DOWNSAMPLE = "http://image-net.org/small/", "https://image-net.org/data/downsample/"
 RELEASES = {
     ("cifar10", ""): Release(
@@ -164,29 +81,29 @@ RELEASES = {
             "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
             "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
             md5="c58f30108f718f92721af3b95e74349a"),),
-        (32, 32, 3), num_classes=10, split_sizes={"train": 50_000, "validation": 10_000}, reader=cifar10_images),
+        (32, 32, 3), num_classes=10, split_sizes={"train": 50_000, "validation": 10_000}, reader=image_readers.cifar10_images),
     ("imagenet64", ""): Release(
         "ImageNet 64x64 (van den Oord et al. 2016, unlabelled)", (
             ReleaseFile("train_64x64.tar", _SMALL + "train_64x64.tar",
                         "e2a2c1947a748d0d256e98e6d82800d855441dc9e4de2e71a773f1324c4524d7"),
             ReleaseFile("valid_64x64.tar", _SMALL + "valid_64x64.tar",
                         "eeac03ec4f585baf871d2b4cb9c974bfe345e74878a74e5820fe6eb1041629cd")),
-        (64, 64, 3), num_classes=0, split_sizes={"train": 1_281_149, "validation": 49_999}, reader=png_images,
+        (64, 64, 3), num_classes=0, split_sizes={"train": 1_281_149, "validation": 49_999}, reader=image_readers.png_images,
         note=" (image-net.org no longer serves them; a copy with the same SHA-256s is reported on Academic Torrents, "
              "infohash 96816a530ee002254d29bf7a61c0c158d3dedc3b)"),
     ("imagenet64", "labeled"): Release(
         "ImageNet 64x64 with labels (Chrabaszcz et al. 2017, npz)", tuple(
             ReleaseFile(f"Imagenet64_{part}_npz.zip", f"{_DOWNSAMPLE}Imagenet64_{part}_npz.zip", sha256,
                         members=tuple(members)) for part, members, sha256 in (
-                ("train_part1", _NPZ_FILES["train"][:5],
+                ("train_part1", NPZ_FILES["train"][:5],
                  "9422dc1dc5d092e9814a70a1cb7fc74880d2db5d88a0cb8a34ee363b12bde3f1"),
-                ("train_part2", _NPZ_FILES["train"][5:],
+                ("train_part2", NPZ_FILES["train"][5:],
                  "9fafc115afb7e6c301e66dc16b2d737152b427bd5dab26e1293487a6819c7f30"),
-                ("val", _NPZ_FILES["validation"], "e1e75133158a1924135a9c6f97a80d2d237b158945e0b34074e58e6c8430eeb8"))),
-        (64, 64, 3), num_classes=1000, split_sizes={"train": 1_281_167, "validation": 50_000}, reader=npz_images,
+                ("val", NPZ_FILES["validation"], "e1e75133158a1924135a9c6f97a80d2d237b158945e0b34074e58e6c8430eeb8"))),
+        (64, 64, 3), num_classes=1000, split_sizes={"train": 1_281_167, "validation": 50_000}, reader=image_readers.npz_images,
         login_url="https://image-net.org/download-images",
-        note=f", or the npz files unzipped from them ({_NPZ_FILES['train'][0]} .. {_NPZ_FILES['train'][-1]} and "
-             f"{_NPZ_FILES['validation'][0]})"),
+        note=f", or the npz files unzipped from them ({NPZ_FILES['train'][0]} .. {NPZ_FILES['train'][-1]} and "
+             f"{NPZ_FILES['validation'][0]})"),
 }
 
 

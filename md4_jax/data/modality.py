@@ -13,8 +13,7 @@ import json
 import numpy as np
 from etils import epath
 
-from md4_jax.data import tokenizers
-from md4_jax.engine import pictures
+from md4_jax.data import pictures, tokenizers
 from md4_jax.errors import UserError
 from md4_jax.storage import files
 
@@ -36,11 +35,15 @@ class Text:
     return cls(tokenizer.vocab_size, length, tokenizer)
 
   def to_json(self) -> dict:
-    return {"kind": "text", "length": self.length, "tokenizer": self.tokenizer.to_json()}
+    return {"kind": self.kind, "length": self.length, "tokenizer": self.tokenizer.to_json()}
 
-  def describe(self, tokens_D) -> dict:
+  @classmethod
+  def from_json(cls, spec: dict) -> "Text":
+    return cls.of(tokenizers.tokenizer_from_json(spec["tokenizer"]), spec["length"])
+
+  def describe(self, tokens_L) -> dict:
     """What a samples .jsonl line says of one sample."""
-    return {"text": self.tokenizer.decode(tokens_D)}
+    return {"text": self.tokenizer.decode(tokens_L)}
 
   token_kind = "token"
 
@@ -49,12 +52,12 @@ class Text:
     text = self.tokenizer.decode([token]) if self.tokenizer is not None else str(token)
     return text.replace(" ", "␣").replace("\n", "\\n") or repr(text)
 
-  def write_samples(self, stem: epath.Path, tokens_NxD, order_NxD) -> list[epath.Path]:
+  def write_samples(self, stem: epath.Path, tokens_NxL, order_NxL) -> list[epath.Path]:
     """stem.txt: the samples, readable."""
-    del order_NxD
+    del order_NxL
     path = stem.with_name(stem.name + ".txt")
     files.write_text_atomically(path, "".join(f"=== sample {i} ===\n{self.tokenizer.decode(row)}\n\n"
-                                              for i, row in enumerate(np.asarray(tokens_NxD))))
+                                              for i, row in enumerate(np.asarray(tokens_NxL))))
     return [path]
 
 
@@ -85,35 +88,40 @@ class Image:
   def shape(self) -> tuple[int, int, int]:
     return (self.height, self.width, self.channels)
 
+  @classmethod
+  def from_json(cls, spec: dict) -> "Image":
+    return cls(spec["height"], spec["width"], spec["channels"], spec["levels"], spec.get("num_classes", 0))
+
   def to_json(self) -> dict:
-    return {"kind": "image", "height": self.height, "width": self.width, "channels": self.channels,
+    return {"kind": self.kind, "height": self.height, "width": self.width, "channels": self.channels,
             "levels": self.levels, "num_classes": self.num_classes}
 
-  def describe(self, tokens_D) -> dict:
-    return {"tokens": np.asarray(tokens_D).tolist()}
+  def describe(self, tokens_L) -> dict:
+    return {"tokens": np.asarray(tokens_L).tolist()}
 
   token_kind = "pixel level"
 
   def token_name(self, token: int) -> str:
     return str(token)
 
-  def write_samples(self, stem: epath.Path, tokens_NxD, order_NxD, strip_rows: int = 4) -> list[epath.Path]:
+  def write_samples(self, stem: epath.Path, tokens_NxL, order_NxL, strip_rows: int = 4) -> list[epath.Path]:
     """stem.png: the samples in a grid; stem_process.png: the reverse process of the first `strip_rows`
     samples, from all masked (magenta) to finished."""
     grid_path, strip_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + "_process.png")
-    files.write_png_atomically(grid_path, pictures.sample_grid(tokens_NxD, self))
+    files.write_png_atomically(grid_path, pictures.sample_grid(tokens_NxL, self))
     files.write_png_atomically(strip_path, pictures.reverse_process_strip(
-        np.asarray(tokens_NxD)[:strip_rows], np.asarray(order_NxD)[:strip_rows], self))
+        np.asarray(tokens_NxL)[:strip_rows], np.asarray(order_NxL)[:strip_rows], self))
     return [grid_path, strip_path]
+
+
+KINDS = {modality.kind: modality for modality in (Text, Image)}  # what modality.json's "kind" may name
 
 
 def from_json(spec: dict):
   kind = spec.get("kind") if isinstance(spec, dict) else None
-  if kind == "text":
-    return Text.of(tokenizers.tokenizer_from_json(spec["tokenizer"]), spec["length"])
-  if kind == "image":
-    return Image(spec["height"], spec["width"], spec["channels"], spec["levels"], spec.get("num_classes", 0))
-  raise UserError(f"unknown modality description {spec!r}: its 'kind' must be 'text' or 'image'")
+  if kind not in KINDS:
+    raise UserError(f"unknown modality description {spec!r}: its 'kind' must be one of {tuple(KINDS)}")
+  return KINDS[kind].from_json(spec)
 
 
 def save(modality, workdir: epath.Path) -> None:

@@ -17,7 +17,6 @@ from md4_jax.data import data_dir, sources
 from md4_jax.data.rows import Data, RecordRows, StreamRows  # noqa: F401 (the pipeline's row types)
 from md4_jax.errors import UserError
 
-SOURCES = sources.NAMES
 __all__ = ["Data", "RecordRows", "StreamRows", "data_dir", "load_data", "prepare", "train_dataset", "eval_batches"]
 
 

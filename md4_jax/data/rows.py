@@ -47,8 +47,8 @@ class RecordRows:
 class ArrayRows:
   """Rows of an in-memory [N, D] array, with labels [N] when given."""
 
-  def __init__(self, tokens_NxD: np.ndarray, labels_N: np.ndarray | None = None):
-    self.tokens, self.labels = np.asarray(tokens_NxD, np.int32), labels_N
+  def __init__(self, tokens_NxL: np.ndarray, labels_N: np.ndarray | None = None):
+    self.tokens, self.labels = np.asarray(tokens_NxL, np.int32), labels_N
 
   def __len__(self):
     return len(self.tokens)

@@ -24,9 +24,9 @@ class Source:
 
 
 _SOURCES = (
-    Source("embedded", "text", text_sources.load_text, text_sources.nominal_modality),
-    Source("textfile", "text", text_sources.load_text, text_sources.nominal_modality),
-    Source("tokens", "text", text_sources.load_token_file, text_sources.nominal_modality),
+    Source("embedded", "text", text_sources.load_embedded, text_sources.nominal_modality),
+    Source("textfile", "text", text_sources.load_textfile, text_sources.textfile_modality),
+    Source("tokens", "text", text_sources.load_token_file, text_sources.token_file_modality),
     Source("text8", "text", text_sources.load_text8, text_sources.nominal_modality, text_sources.prepare_text8,
            held_out=("validation", "test")),
     *(Source(name, "text", text_sources.load_packed, text_sources.nominal_modality, text_sources.prepare_packed)

@@ -23,9 +23,10 @@ from md4_jax.errors import UserError
 
 
 def _tokenizer(data_config, train_text: str | None = None):
+  """data.tokenizer's tokenizer; a char tokenizer spans `train_text`'s characters (a textfile) or else text8's."""
+  if data_config.tokenizer == "char" and train_text is not None:
+    return tokenizers.CharTokenizer.from_text(train_text)
   if data_config.tokenizer == "char":
-    if data_config.source == "textfile":
-      return tokenizers.CharTokenizer.from_text(train_text)
     return tokenizers.CharTokenizer(tokenizers.TEXT8_ALPHABET)
   return tokenizers.make_tokenizer(data_config.tokenizer, bpe_path=data_config.tokenizer_path)
 
@@ -43,20 +44,29 @@ def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
   return text[:-num_eval], text[-num_eval:]
 
 
-def load_text(data_config, split: str, saved) -> Data:
-  """embedded (the Wikipedia excerpt shipped in gensim) or textfile (data.path)."""
+def load_embedded(data_config, split: str, saved) -> Data:
+  """embedded: the Wikipedia excerpt shipped in gensim (a char tokenizer over text8's alphabet)."""
   del split
-  text = (corpora.embedded_wikipedia() if data_config.source == "embedded"
-          else corpora.read_text_file(data_file(data_config)))
-  train_text, eval_text = split_text(text, data_config.eval_fraction)
+  train_text, eval_text = split_text(corpora.embedded_wikipedia(), data_config.eval_fraction)
+  tokenizer = saved.tokenizer if saved else _tokenizer(data_config)
+  return _plain_text_data(data_config, tokenizer, train_text, eval_text, "data.source='embedded'")
+
+
+def load_textfile(data_config, split: str, saved) -> Data:
+  """textfile: the user's file at data.path (a char tokenizer over the training part's characters)."""
+  del split
+  train_text, eval_text = split_text(corpora.read_text_file(data_file(data_config)), data_config.eval_fraction)
   tokenizer = saved.tokenizer if saved else _tokenizer(data_config, train_text)
+  return _plain_text_data(data_config, tokenizer, train_text, eval_text, f"data.path={data_config.path}")
+
+
+def _plain_text_data(data_config, tokenizer, train_text: str, eval_text: str, where: str) -> Data:
   if tokenizer.name == "char":  # held-out characters never seen in training cannot be encoded
     known = set(tokenizer.alphabet)
     kept = "".join(c for c in eval_text if c in known)
     # Else the first evaluation would find no token to score. (A file too short to train on gets that
     # error instead, from load_data: a longer file is the fix either way, but that one says why.)
     if not kept and len(train_text) >= data_config.seq_len:
-      where = f"data.path={data_config.path}" if data_config.source == "textfile" else "data.source='embedded'"
       raise UserError(f"the held-out part of {where} (its last {len(eval_text)} characters, data.eval_fraction="
                       f"{data_config.eval_fraction}) has only characters the training part never uses, so nothing "
                       "is left to evaluate: use a longer file whose end is text like the rest, or a larger "
@@ -115,13 +125,18 @@ def prepare_packed(data_config) -> str:
 
 
 def nominal_modality(data_config) -> modalities.Text:
-  """The vocabulary and length without reading data (a textfile's character set needs the file)."""
-  if data_config.source == "tokens":
-    vocab_size = data_config.vocab_size
-  elif data_config.tokenizer == "char":
-    if data_config.source == "textfile":
-      return load_text(data_config, "validation", None).modality
-    vocab_size = len(tokenizers.TEXT8_ALPHABET)
-  else:
-    vocab_size = {"byte": 256, "gpt2": 50257}[data_config.tokenizer]
+  """The vocabulary and length without reading data: data.tokenizer's (char: text8's alphabet)."""
+  tokenizer = data_config.tokenizer
+  vocab_size = len(tokenizers.TEXT8_ALPHABET) if tokenizer == "char" else tokenizers.TOKENIZERS[tokenizer].vocab_size
   return modalities.Text(vocab_size, data_config.seq_len)
+
+
+def textfile_modality(data_config) -> modalities.Text:
+  """A textfile's character set is the file's: read it (other tokenizers need no data)."""
+  if data_config.tokenizer == "char":
+    return load_textfile(data_config, "validation", None).modality
+  return nominal_modality(data_config)
+
+
+def token_file_modality(data_config) -> modalities.Text:
+  return modalities.Text(data_config.vocab_size, data_config.seq_len)

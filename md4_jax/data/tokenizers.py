@@ -21,7 +21,6 @@ from etils import epath
 from md4_jax.data import download
 from md4_jax.errors import UserError
 
-NAMES = ("char", "byte", "gpt2")  # the tokenizers data.tokenizer may name
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
 
 # GPT-2's pre-tokenization regex (from OpenAI's GPT-2 encoder; tiktoken's r50k pattern
@@ -68,6 +67,17 @@ class CharTokenizer:
   eos_id: ClassVar[int | None] = None  # char corpora are one stream, not documents
 
   @classmethod
+  def build(cls, bpe_path: str, alphabet: str) -> "CharTokenizer":
+    del bpe_path
+    if not alphabet:
+      raise UserError("the char tokenizer needs an alphabet (its characters, in id order)")
+    return cls(alphabet)
+
+  @classmethod
+  def from_json(cls, spec: dict) -> "CharTokenizer":
+    return cls(spec["alphabet"])
+
+  @classmethod
   def from_text(cls, text: str) -> "CharTokenizer":
     """The sorted set of characters of `text` (the training split, so held-out text adds none)."""
     return cls("".join(sorted(set(text))))
@@ -91,7 +101,7 @@ class CharTokenizer:
     return "".join(self.alphabet[i] if 0 <= i < self.vocab_size else "_" for i in np.asarray(ids).tolist())
 
   def to_json(self) -> dict:
-    return {"kind": "char", "alphabet": self.alphabet}
+    return {"kind": self.name, "alphabet": self.alphabet}
 
   def save(self, path: pathlib.Path) -> None:
     save_tokenizer(self, path)
@@ -112,6 +122,16 @@ class ByteTokenizer:
   vocab_size: ClassVar[int] = 256
   eos_id: ClassVar[int | None] = None  # every byte value can occur in text, so none is free for eos
 
+  @classmethod
+  def build(cls, bpe_path: str, alphabet: str) -> "ByteTokenizer":
+    del bpe_path, alphabet
+    return cls()
+
+  @classmethod
+  def from_json(cls, spec: dict) -> "ByteTokenizer":
+    del spec
+    return cls()
+
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
 
@@ -120,7 +140,7 @@ class ByteTokenizer:
     return _decode_around_masks(_check_ids(ids, 256), 256, lambda run: bytes(run).decode("utf-8", "replace"), "_")
 
   def to_json(self) -> dict:
-    return {"kind": "byte"}
+    return {"kind": self.name}
 
 
 _ENCODINGS = {}  # sha256 of a ranks file -> tiktoken.Encoding; building one takes ~0.1 s
@@ -168,6 +188,15 @@ class Gpt2Tokenizer:
                       + HOW_TO_GET_GPT2_BPE)
     self._encoding = _gpt2_encoding(self.bpe_path, self.sha256)
 
+  @classmethod
+  def build(cls, bpe_path: str, alphabet: str) -> "Gpt2Tokenizer":
+    del alphabet
+    return cls(find_gpt2_bpe(bpe_path))
+
+  @classmethod
+  def from_json(cls, spec: dict) -> "Gpt2Tokenizer":
+    return cls(spec["bpe_path"], expected_sha256=spec["sha256"])
+
   def encode(self, text: str) -> np.ndarray:
     """text -> int32 ids; a literal "<|endoftext|>" in the text becomes eos (50256).
 
@@ -181,7 +210,7 @@ class Gpt2Tokenizer:
     return _decode_around_masks(ids, self.vocab_size, self._encoding.decode, "[MASK]")
 
   def to_json(self) -> dict:
-    return {"kind": "gpt2", "bpe_path": str(self.bpe_path), "sha256": self.sha256}
+    return {"kind": self.name, "bpe_path": str(self.bpe_path), "sha256": self.sha256}
 
   def __eq__(self, other) -> bool:
     return isinstance(other, Gpt2Tokenizer) and other.sha256 == self.sha256  # same ranks, same ids
@@ -212,29 +241,24 @@ def find_gpt2_bpe(explicit_path: str = "") -> pathlib.Path:
   raise UserError("no GPT-2 BPE file found: " + HOW_TO_GET_GPT2_BPE)
 
 
+# The tokenizers by name: data.tokenizer names one, a saved tokenizer.json's "kind" another.
+TOKENIZERS = {tokenizer.name: tokenizer for tokenizer in (CharTokenizer, ByteTokenizer, Gpt2Tokenizer)}
+NAMES = tuple(TOKENIZERS)
+
+
 def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):
   """The tokenizer called `name`: "char" (over `alphabet`), "byte" or "gpt2" (from `bpe_path` or mlx-whisper)."""
-  if name == "char":
-    if not alphabet:
-      raise UserError("the char tokenizer needs an alphabet (its characters, in id order)")
-    return CharTokenizer(alphabet)
-  if name == "byte":
-    return ByteTokenizer()
-  if name == "gpt2":
-    return Gpt2Tokenizer(find_gpt2_bpe(bpe_path))
-  raise UserError(f"unknown tokenizer {name!r}; choose one of {NAMES}")
+  if name not in TOKENIZERS:
+    raise UserError(f"unknown tokenizer {name!r}; choose one of {NAMES}")
+  return TOKENIZERS[name].build(bpe_path, alphabet)
 
 
 def tokenizer_from_json(spec: dict):
   """The inverse of `to_json`; a gpt2 spec must find its BPE file with the recorded sha256."""
   kind = spec.get("kind") if isinstance(spec, dict) else None
-  if kind == "char":
-    return CharTokenizer(spec["alphabet"])
-  if kind == "byte":
-    return ByteTokenizer()
-  if kind == "gpt2":
-    return Gpt2Tokenizer(spec["bpe_path"], expected_sha256=spec["sha256"])
-  raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be 'char', 'byte' or 'gpt2'")
+  if kind not in TOKENIZERS:
+    raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be one of {NAMES}")
+  return TOKENIZERS[kind].from_json(spec)
 
 
 def save_tokenizer(tokenizer, path) -> None:

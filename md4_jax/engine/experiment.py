@@ -71,18 +71,14 @@ class Experiment:
   def __init__(self, config, modality, mesh):
     self.config, self.mesh, self.modality = config, mesh, modality
     self.vocab_size = modality.vocab_size
-    self.objective = objectives.get(config.objective)(config, self.vocab_size)
     try:
-      make_backbone = models.backbone_factory(config, modality, self.objective.network_requirements)
+      self.objective, self.model_config, self.make_model = objectives.build_model(config, modality)
     except ValueError as error:
       raise UserError(f"bad config value: {error}") from error
-    self.model_config = make_backbone.args[0]
-    # An objective with parameters of its own (GenMD4's schedule) keeps them beside the backbone's.
-    wrap = getattr(self.objective, "wrap_model", None)
-    self.make_model = wrap(make_backbone) if wrap else make_backbone
-    self.num_classes = getattr(self.model_config, "num_classes", 0)  # 0: the network reads no labels
-    self.optimizer = make_optimizer(config.train, getattr(self.objective, "own_learning_rates", lambda: None)())
-    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
+    self.num_classes = self.model_config.num_classes  # 0: the network reads no labels
+    self.optimizer = make_optimizer(config.train, self.objective.own_learning_rates())
+    abstract_model = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
+    self.graphdef, _ = nnx.split(abstract_model)
     self.base_key = jax.random.key(config.seed)
     self.grad_accum = config.train.grad_accum
     # Rows per device-local block of the batch: the masked-position gather runs per block.
@@ -91,7 +87,7 @@ class Experiment:
     if micro_batch % self.batch_groups:
       self.batch_groups = 1
     self.capacity_fraction = self.objective.capacity_fraction(micro_batch // self.batch_groups, modality.length)
-    if self.capacity_fraction < 1.0 and not hasattr(make_backbone.func, "head_logits"):
+    if self.capacity_fraction < 1.0 and not abstract_model.splits_head:
       raise UserError(f"train.logits_capacity={config.train.logits_capacity} needs a backbone with a separate "
                       f"output layer; model.backbone={config.model.backbone!r} has none: set train.logits_capacity=-1")
     abstract = jax.eval_shape(self._init, self.base_key)
@@ -109,7 +105,7 @@ class Experiment:
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
     self.sampler_settings = samplers.Settings.from_config(config.sampler)
-    # sample(params, key, z_BxD, label_B) -> (tokens_BxD, NFE, order_BxD): fills z's mask ids (vocab_size),
+    # sample(params, key, z_BxL, label_B) -> (tokens_BxL, NFE, order_BxL): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
 
@@ -118,6 +114,10 @@ class Experiment:
     config = self.config.copy_and_resolve_references()
     config[group].update(overrides)
     return Experiment(config, self.modality, self.mesh)
+
+  def eval_extras(self, params, step: int, workdir) -> list:
+    """The objective's files beside an evaluation (GenMD4: its learned powers); the paths written."""
+    return self.objective.eval_extras(nnx.merge(self.graphdef, params), step, workdir, self.modality)
 
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
@@ -145,7 +145,7 @@ class Experiment:
     timesteps = self.config.diffusion.timesteps if timesteps is None else timesteps
     return self.objective.terms(
         self._network(params, batch, key if training else None), batch["tokens"], key,
-        token_mask_BxD=batch["token_mask"], timesteps=timesteps, t_B=t_B,
+        token_mask_BxL=batch["token_mask"], timesteps=timesteps, t_B=t_B,
         capacity_fraction=self.capacity_fraction, groups=self.batch_groups, training=training)
 
   def _loss_and_grads(self, params, batch, key, total_tokens):
@@ -212,8 +212,7 @@ class Experiment:
                "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
                "param_norm": optax.tree.norm(params), "ema_decay": decay, "logits_fallback": fallback,
                "learning_rate": learning_rate_schedule(self.config.train)(state["step"])}
-    if hasattr(self.objective, "state_metrics"):
-      metrics.update(self.objective.state_metrics(nnx.merge(self.graphdef, params)))
+    metrics.update(self.objective.state_metrics(nnx.merge(self.graphdef, params)))
     new_state = {"step": state["step"] + 1, "params": params, "ema_params": ema_params, "opt_state": opt_state}
     return new_state, metrics
 
@@ -243,7 +242,7 @@ class Experiment:
     sums["num_sequences"] = jnp.sum(real_B)
     return sums
 
-  def _sample(self, params, key, z_BxD, label_B):
+  def _sample(self, params, key, z_BxL, label_B):
     """The objective's sampler over the network with labels label_B; sampler.guidance > 0 (class-conditional
     models) mixes in the unconditional prediction (classifier-free guidance, see samplers.guided)."""
     model = nnx.merge(self.graphdef, params)
@@ -252,5 +251,5 @@ class Experiment:
       null_B = jnp.full_like(label_B, self.num_classes)
       denoise = samplers.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
                                 self.sampler_settings.guidance)
-    return self.objective.sample(denoise, key, z_BxD, self.sampler_settings,
+    return self.objective.sample(denoise, key, z_BxL, self.sampler_settings,
                                  time_dependent=self.model_config.time_conditioning, module=model)

@@ -41,11 +41,11 @@ def sample_labels(experiment, num_samples: int, class_labels=None) -> np.ndarray
   return (np.arange(num_samples) % num_classes if num_classes else np.zeros(num_samples)).astype(np.int32)
 
 
-def draw_samples(experiment, params, key, start_NxD: np.ndarray, labels_N: np.ndarray | None = None) -> Samples:
-  """start_NxD's mask ids filled by the configured sampler (labels: see `sample_labels`)."""
+def draw_samples(experiment, params, key, start_NxL: np.ndarray, labels_N: np.ndarray | None = None) -> Samples:
+  """start_NxL's mask ids filled by the configured sampler (labels: see `sample_labels`)."""
   if labels_N is None:
-    labels_N = sample_labels(experiment, len(start_NxD))
-  start = sharding.replicated_array(np.asarray(start_NxD, np.int32), experiment.mesh)
+    labels_N = sample_labels(experiment, len(start_NxL))
+  start = sharding.replicated_array(np.asarray(start_NxL, np.int32), experiment.mesh)
   labels = sharding.replicated_array(np.asarray(labels_N, np.int32), experiment.mesh)
   experiment.sample.lower(params, key, start, labels).compile()  # compiled apart from the timed call (jit reuses it)
   start_time = time.perf_counter()
@@ -54,10 +54,10 @@ def draw_samples(experiment, params, key, start_NxD: np.ndarray, labels_N: np.nd
                  time.perf_counter() - start_time)
 
 
-def write_samples(experiment, params, stem: epath.Path, key, start_NxD: np.ndarray, record: dict,
+def write_samples(experiment, params, stem: epath.Path, key, start_NxL: np.ndarray, record: dict,
                   labels_N: np.ndarray | None = None) -> Samples:
   """Draws and writes one batch of samples (process 0 writes); `record` goes into every .jsonl line."""
-  samples = draw_samples(experiment, params, key, start_NxD, labels_N)
+  samples = draw_samples(experiment, params, key, start_NxL, labels_N)
   paths = ()
   if jax.process_index() == 0:
     modality = experiment.modality

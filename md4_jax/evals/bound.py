@@ -11,7 +11,8 @@ import jax
 
 from md4_jax.data import pipeline
 from md4_jax.engine import sharding
-from md4_jax.evals import output, powers
+from md4_jax.errors import UserError
+from md4_jax.evals import output
 
 EVAL_SALT = 1  # fold_in tag: evaluation keys are apart from training keys
 
@@ -75,9 +76,7 @@ def run(context) -> dict:
       values = evaluate(experiment.with_overrides("eval", {"timesteps": steps}), params, data.eval)
       bound_by_steps.append({"steps": steps, "bpt": values["bpt"], "bpt_stderr": values["bpt_stderr"]})
   bound_by_steps.sort(key=lambda row: row["steps"] or float("inf"))
-  learned = powers.learned_powers(experiment, params)
-  if learned is not None:  # before the report, which shows it
-    powers.write(context.workdir, step, learned, experiment.modality)
+  experiment.eval_extras(params, step, context.workdir)  # before the report, which shows them
   if jax.process_index() == 0:
     table = _markdown_table(per_split, step, config.eval.params, bound, config.eval.time_samples, experiment.modality)
     if len(bound_by_steps) > 1:

@@ -13,11 +13,12 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax.core import ar_likelihood
+from md4_jax import models, objectives
 from md4_jax.data import modality as modalities
 from md4_jax.data import pipeline
 from md4_jax.engine import generate, saved_config, sharding
@@ -63,8 +64,10 @@ class Judge:
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
     config = ml_collections.ConfigDict(saved_config.migrate(json.loads((path / "config.json").read_text())))
-    if config.get("objective", "md4") != "ar":
-      raise UserError(f"eval.judge={workdir!r} is an MD4 run; the judge must be autoregressive (objective='ar')")
+    objective_name = config.get("objective", "md4")
+    if objective_name not in objectives.OBJECTIVES or not objectives.get(objective_name).exact:
+      raise UserError(f"eval.judge={workdir!r} is an {objective_name} run, whose likelihood is a bound; the judge must "
+                      "score exactly (objective='ar')")
     judge_modality = modalities.load(path, config.data.seq_len)
     token_ids = lambda m: {k: v for k, v in m.to_json().items() if k != "length"}  # noqa: E731 (any length scores)
     if judge_modality is None or token_ids(judge_modality) != token_ids(modality):
@@ -75,11 +78,14 @@ class Judge:
     state = restore_state(path / "checkpoints", None, self.experiment.abstract_state,
                          self.experiment.state_summary)
     self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
-    vocab_size = judge_modality.vocab_size
-    graphdef = self.experiment.graphdef
+    graphdef, objective = self.experiment.graphdef, self.experiment.objective
 
     def total_nll(params, tokens_NxL):
-      return ar_likelihood.nll_terms(nnx.merge(graphdef, params), tokens_NxL, vocab_size=vocab_size)["loss"].sum()
+      """An exact objective draws nothing: its terms are the same for any key."""
+      net = models.Network(nnx.merge(graphdef, params))
+      terms = objective.terms(net, tokens_NxL, jax.random.key(0), token_mask_BxL=jnp.ones_like(tokens_NxL),
+                              timesteps=0)
+      return terms["loss"].sum()
 
     self._total_nll = jax.jit(total_nll, out_shardings=sharding.replicated(mesh))
 

@@ -1,6 +1,6 @@
 """Layers of the image backbones (U-Net, U-ViT): convolutions, group norms, pixel embedding and head.
 
-Images arrive flat, as the diffusion sees them: z_BxD with D = H * W * C sub-pixel tokens,
+Images arrive flat, as the diffusion sees them: z_BxL with D = H * W * C sub-pixel tokens,
 channel-interleaved per pixel (index (h W + w) C + c), each in [0, V] (V = the mask id).
 Activations are NHWC; convolution kernels HWIO with logical names on their channel axes.
 """
@@ -60,7 +60,7 @@ def _conv_backward(stride, residuals, dy_BxHxWxO):
   own kernel gradient (channels as the batch, "f01b_i01o->01bf") is rewritten to that form by XLA:CPU only
   outside loops: inside a lax.scan or fori_loop (train.steps_per_call, train.grad_accum) it runs 20-60x slower,
   the input gradient 2.5x (benchmarks/RESULTS.md, 2026-12-03). Same sums in the same order (bitwise equal on
-  the CPUs seen; tests/test_conv_gradient.py allows float rounding)."""
+  the CPUs seen; tests/models/test_image_layers.py allows float rounding)."""
   x_BxHxWxC, kernel_KxKxCxO = residuals
   kh, kw, _, _ = kernel_KxKxCxO.shape
   if stride == 1:  # dx: dy correlated with the kernel flipped in space, its in/out channels swapped
@@ -177,10 +177,10 @@ class PixelEmbedding(nnx.Module):
     self.table = param(rngs, normal(1.0), (levels + 1, embed_dim), ("vocab", "embed"))
     self.conv = Conv(self.image_shape[2] * embed_dim, width, rngs)
 
-  def __call__(self, z_BxD, dtype):
+  def __call__(self, z_BxL, dtype):
     height, width, channels = self.image_shape
-    x = self.table[...][z_BxD].astype(dtype)  # [B, D, E]
-    return self.conv(x.reshape(z_BxD.shape[0], height, width, -1))  # [B, H, W, C * E] -> [B, H, W, width]
+    x = self.table[...][z_BxL].astype(dtype)  # [B, D, E]
+    return self.conv(x.reshape(z_BxL.shape[0], height, width, -1))  # [B, H, W, C * E] -> [B, H, W, width]
 
 
 class PixelHead(nnx.Module):
@@ -244,17 +244,17 @@ class ResidualTrunk(nnx.Module):
     self.up = nnx.List([block(2 * width) for _ in range(cfg.num_res_blocks + 1)])
     self.head = PixelHead(width, cfg.image_shape, cfg.levels, rngs, cond_dim=cond_dim if conditioned_head else 0)
 
-  def __call__(self, z_BxD, t_B, label_B=None, *, dropout_key=None):
+  def __call__(self, z_BxL, t_B, label_B=None, *, dropout_key=None):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     if label_B is None and cfg.num_classes:
-      label_B = jnp.full(z_BxD.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
+      label_B = jnp.full(z_BxL.shape[:1], cfg.num_classes, jnp.int32)  # the null class: unconditional
     cond = self.condition(t_B, label_B, dtype)
     count = len(self.down) + len(self.up) + 1
     keys = list(jax.random.split(dropout_key, count)) if dropout_key is not None else [None] * count
     apply = lambda block, x, cond, key: block(x, cond, key)  # noqa: E731
     if cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
       apply = nnx.remat(apply)
-    h = self.embed(z_BxD, dtype)
+    h = self.embed(z_BxL, dtype)
     kept = [h]
     for block in self.down:
       h = apply(block, h, cond, keys.pop())

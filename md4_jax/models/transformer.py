@@ -14,6 +14,7 @@ setting is part of a run's config.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,26 +22,28 @@ from flax import nnx
 
 from md4_jax.core import fused_head
 from md4_jax.models.attention import attention, attention_kernel, check_attention
+from md4_jax.models.backbone import Backbone, classes, shared_keys
 from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, silu_glu, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
+  """The transformer's settings; their defaults and meanings live in configs/base.py (model.*)."""
   vocab_size: int  # V real tokens; the input vocabulary is V + 1 (mask id V)
   seq_len: int
-  num_layers: int = 4
-  width: int = 256
-  num_heads: int = 4
-  mlp_ratio: float = 4.0
-  mlp_hidden: int = 0  # the GLU's hidden size; 0 = mlp_ratio * width
-  cond_dim: int = 0  # width of the time condition the adaLN modulations read; 0 = width (see Conditioning)
-  positions: str = "rope"  # "rope" | "learned"
-  time_conditioning: bool = True  # adaLN-zero on t; without it the network is time-independent (RADD)
-  dtype: str = "float32"  # compute dtype of activations and matmuls; params stay float32
-  remat: str = "none"  # "block": recompute each block's activations in the backward pass
-  causal: bool = False  # attention to earlier positions only (the autoregressive baseline)
-  scan_layers: bool = False  # one Block program looped over stacked parameters (compile time flat in depth)
-  attention: str = "auto"  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
+  num_layers: int
+  width: int
+  num_heads: int
+  mlp_ratio: float
+  mlp_hidden: int  # the GLU's hidden size; 0 = mlp_ratio * width
+  cond_dim: int  # width of the time condition the adaLN modulations read; 0 = width
+  positions: str  # "rope" | "learned"
+  time_conditioning: bool  # adaLN-zero on t; without it the network is time-independent (RADD)
+  dtype: str  # compute dtype of activations and matmuls; params stay float32
+  remat: str  # "block": recompute each block's activations in the backward pass
+  causal: bool  # attention to earlier positions only (the autoregressive baseline)
+  scan_layers: bool  # one Block program looped over stacked parameters (compile time flat in depth)
+  attention: str  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -61,6 +64,10 @@ class TransformerConfig:
   def hidden(self) -> int:
     """The GLU's hidden size."""
     return self.mlp_hidden or int(self.width * self.mlp_ratio)
+
+  @property
+  def num_classes(self) -> int:
+    return 0  # no class input
 
   def summary(self) -> str:
     condition = f", condition {self.cond_dim}" if self.cond_dim and self.time_conditioning else ""
@@ -125,11 +132,11 @@ class Block(nnx.Module):
     self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
     self.modulation = modulation(cfg, 6, rngs) if cfg.time_conditioning else None
 
-  def __call__(self, x_BxLxD, cond_BxD):
+  def __call__(self, x_BxLxD, cond_BxC):
     if self.modulation is None:
       x_BxLxD = x_BxLxD + self.attention(self.attn_norm(x_BxLxD))
       return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
-    mods = self.modulation(cond_BxD)[:, None]  # [B, 1, 6, D]
+    mods = self.modulation(cond_BxC)[:, None]  # [B, 1, 6, D]
     shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
     h = self.attn_norm(x_BxLxD) * (1 + scale1) + shift1
     x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h)
@@ -183,18 +190,18 @@ class Transformer(nnx.Module):
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + self.pos_embed[...][None, : z_BxL.shape[1]]
     x_BxLxD = x_BxLxD.astype(dtype)
-    cond_BxD = None  # [B, cond_dim or D]
+    cond_BxC = None  # [B, cond_dim or D]
     if self.cfg.time_conditioning:
-      cond_BxD = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(dtype)))
+      cond_BxC = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(dtype)))
       if self.time_mlp_out is not None:
-        cond_BxD = jax.nn.silu(self.time_mlp_out(cond_BxD))
+        cond_BxC = jax.nn.silu(self.time_mlp_out(cond_BxC))
     if self.cfg.scan_layers:
       # jax.lax.scan over the stacked state, not nnx.scan: the samplers call the network inside their own
       # loops, and nnx's transforms refuse a module created outside the trace they run in.
       block_def, stacked = nnx.split(self.blocks)
 
       def apply_layer(x_BxLxD, layer):
-        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxD), None
+        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxC), None
 
       if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
         apply_layer = jax.checkpoint(apply_layer)
@@ -204,10 +211,10 @@ class Transformer(nnx.Module):
       if self.cfg.remat == "block":
         apply_block = nnx.remat(apply_block)
       for block in self.blocks:
-        x_BxLxD = apply_block(block, x_BxLxD, cond_BxD)
+        x_BxLxD = apply_block(block, x_BxLxD, cond_BxC)
     x_BxLxD = self.final_norm(x_BxLxD)
-    if cond_BxD is not None:
-      shift, scale = jnp.moveaxis(self.final_modulation(cond_BxD), 1, 0)[:, :, None]  # [B, 1, D] each
+    if cond_BxC is not None:
+      shift, scale = jnp.moveaxis(self.final_modulation(cond_BxC), 1, 0)[:, :, None]  # [B, 1, D] each
       x_BxLxD = x_BxLxD * (1 + scale) + shift
     return x_BxLxD
 
@@ -219,3 +226,16 @@ class Transformer(nnx.Module):
     """`token_loss(head_logits(h), x0, ...)` per position [N], fused and chunked (fused_head.head_loss): the
     loss in training and evaluation, with no [N, V] array kept."""
     return fused_head.head_loss(h_NxD, self.head.kernel[...], x0_N, **loss)
+
+
+def build(config, modality, requirements: dict) -> Backbone:
+  """model.backbone = "transformer": text, or any token sequence."""
+  if classes(config, modality):
+    raise ValueError("model.class_conditional=True needs an image backbone (model.backbone='unet' or 'uvit')")
+  model = config.model
+  cfg = TransformerConfig(vocab_size=modality.vocab_size, seq_len=modality.length, num_layers=model.num_layers,
+                          width=model.width, num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
+                          mlp_hidden=model.mlp_hidden, cond_dim=model.cond_dim, positions=model.positions,
+                          causal=requirements.get("causal", False), scan_layers=model.scan_layers,
+                          **shared_keys(config, requirements))
+  return Backbone(cfg, functools.partial(Transformer, cfg))

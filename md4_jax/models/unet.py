@@ -4,31 +4,34 @@ No down-sampling: `num_res_blocks` residual blocks at full resolution going down
 kept), a middle of residual block, single-head self-attention and residual block, then
 `num_res_blocks + 1` blocks coming up, each taking the matching kept output concatenated to
 its input. GroupNorm + swish throughout; the condition (time, class) is added in every block
-through a zero-initialised dense layer. `model(z_BxD, t_B, label_B) -> logits_BxDxV`.
+through a zero-initialised dense layer. `model(z_BxL, t_B, label_B) -> logits_BxLxV`.
 """
 
 import dataclasses
+import functools
 
 import jax
 from flax import nnx
 
 from md4_jax.models import image_layers
 from md4_jax.models.attention import attention_kernel, check_attention
+from md4_jax.models.backbone import Backbone, classes, image_only, shared_keys
 
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
+  """The settings of model.backbone='unet'; their defaults and meanings live in configs/base.py (model.unet.*)."""
   image_shape: tuple  # (H, W, C)
   levels: int  # V values per sub-pixel; the input vocabulary is V + 1 (mask id V)
-  channels: int = 128  # width of every block
-  num_res_blocks: int = 32  # blocks going down (and this plus one coming up)
-  embed_dim: int = 0  # per-sub-pixel embedding size; 0 = channels
-  dropout: float = 0.1
-  time_conditioning: bool = True
-  num_classes: int = 0  # 0 = unconditional
-  dtype: str = "float32"
-  remat: str = "none"
-  attention: str = "auto"  # the middle's attention kernel (attention.attention_kernel)
+  channels: int  # width of every block
+  num_res_blocks: int  # blocks going down (and this plus one coming up)
+  embed_dim: int  # per-sub-pixel embedding size; 0 = channels
+  dropout: float
+  time_conditioning: bool
+  num_classes: int  # 0 = unconditional
+  dtype: str
+  remat: str
+  attention: str  # the middle's attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     if self.channels <= 0 or self.num_res_blocks < 0:
@@ -63,3 +66,11 @@ class UNet(image_layers.ResidualTrunk):
     super().__init__(cfg, rngs, cond_mode="add", conditioned_head=False,
                      make_middle=lambda block, cond_dim: AttentionMiddle(
                          block, cfg.channels, rngs, attention_kernel(cfg.attention, cfg.dtype, cfg.channels)))
+
+
+def build(config, modality, requirements: dict) -> Backbone:
+  """model.backbone = "unet": images."""
+  image_only(config, modality, requirements)
+  cfg = UNetConfig(image_shape=modality.shape, levels=modality.levels, num_classes=classes(config, modality),
+                   **shared_keys(config, requirements), **dict(config.model.unet))
+  return Backbone(cfg, functools.partial(UNet, cfg))

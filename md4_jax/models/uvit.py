@@ -8,6 +8,7 @@ to patches. Then `num_res_blocks + 1` blocks coming up over the kept outputs, as
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,27 +17,29 @@ from flax import nnx
 
 from md4_jax.models import image_layers
 from md4_jax.models.attention import attention, attention_kernel, check_attention
+from md4_jax.models.backbone import Backbone, classes, image_only, shared_keys
 from md4_jax.models.layers import Dense, dropout, param
 
 
 @dataclasses.dataclass(frozen=True)
 class UViTConfig:
+  """The settings of model.backbone='uvit'; their defaults and meanings live in configs/base.py (model.uvit.*)."""
   image_shape: tuple  # (H, W, C)
   levels: int  # V values per sub-pixel; the input vocabulary is V + 1 (mask id V)
-  channels: int = 256  # width of the residual blocks (and of the condition vector)
-  num_res_blocks: int = 8  # blocks going down (and this plus one coming up)
-  embed_dim: int = 0  # per-sub-pixel embedding size; 0 = channels
-  patch_size: int = 2  # DiT patches
-  width: int = 768  # DiT width
-  num_layers: int = 20  # DiT blocks
-  num_heads: int = 12
-  mlp_ratio: float = 4.0
-  dropout: float = 0.1
-  time_conditioning: bool = True
-  num_classes: int = 0
-  dtype: str = "float32"
-  remat: str = "none"
-  attention: str = "auto"  # the DiT blocks' attention kernel (attention.attention_kernel)
+  channels: int  # width of the residual blocks (and of the condition vector)
+  num_res_blocks: int  # blocks going down (and this plus one coming up)
+  embed_dim: int  # per-sub-pixel embedding size; 0 = channels
+  patch_size: int  # DiT patches
+  width: int  # DiT width
+  num_layers: int  # DiT blocks
+  num_heads: int
+  mlp_ratio: float
+  dropout: float
+  time_conditioning: bool
+  num_classes: int
+  dtype: str
+  remat: str
+  attention: str  # the DiT blocks' attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
     height, width, _ = self.image_shape
@@ -150,3 +153,11 @@ class UViT(image_layers.ResidualTrunk):
   def __init__(self, cfg: UViTConfig, rngs: nnx.Rngs):
     super().__init__(cfg, rngs, cond_mode="norm", conditioned_head=True,
                      make_middle=lambda block, cond_dim: DiT(cfg, cond_dim, rngs))
+
+
+def build(config, modality, requirements: dict) -> Backbone:
+  """model.backbone = "uvit": images."""
+  image_only(config, modality, requirements)
+  cfg = UViTConfig(image_shape=modality.shape, levels=modality.levels, num_classes=classes(config, modality),
+                   **shared_keys(config, requirements), **dict(config.model.uvit))
+  return Backbone(cfg, functools.partial(UViT, cfg))

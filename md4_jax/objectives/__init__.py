@@ -1,20 +1,21 @@
 """Training objectives by name (`config.objective`): what a step optimises, what eval reports, how to sample.
 
-An objective gets the network as a `Network` (the backbone with the batch's labels and the
-step's dropout key bound: `net(z_BxD, t_B) -> logits_BxDxV`, and `net.features` /
-`net.head_logits` when the backbone splits them) and returns per-example terms in nats:
-`loss` (the bound: what is reported, and optimised unless there is a `surrogate`), `diffusion`,
-`reconstruction`, `prior`, `num_tokens`; `terms(..., training=True)` may add `surrogate` (optimised
-instead of `loss`, with extra gradient terms). Optional hooks: `wrap_model(make_backbone)` (parameters
-of the objective's own beside the backbone's), `own_learning_rates()`, `state_metrics(module)`.
-`sample(denoise, key, z, settings, time_dependent=..., module=...)` gets the whole merged module.
+Every objective implements the protocol in base.py (`Objective`: every method present, defaults there); its own
+config checks, sampler table and evaluation extras live in its module. To add one: write a module here with a
+subclass and `OBJECTIVE = <the subclass>`, and its keys (if any) in configs/base.py (docs/design.md).
 """
 
-from md4_jax.objectives.ar import Autoregressive
-from md4_jax.objectives.genmd4 import GenMD4
-from md4_jax.objectives.md4 import MD4
+import importlib
+import pkgutil
+from typing import Callable, NamedTuple
 
-OBJECTIVES = {"md4": MD4, "genmd4": GenMD4, "ar": Autoregressive}
+from md4_jax import models
+from md4_jax.objectives.base import Objective
+
+# The modules of this package that name an OBJECTIVE, by that objective's name.
+OBJECTIVES = {objective.name: objective for objective in (
+    getattr(importlib.import_module(f"{__name__}.{info.name}"), "OBJECTIVE", None)
+    for info in pkgutil.iter_modules(__path__)) if objective is not None}
 NAMES = tuple(OBJECTIVES)
 
 
@@ -23,3 +24,18 @@ def get(name: str):
   if name not in OBJECTIVES:
     raise ValueError(f"objective={name!r}: choose one of {NAMES}")
   return OBJECTIVES[name]
+
+
+class Model(NamedTuple):
+  """What a run trains, from its config: the objective, the backbone's config and `make(rngs)` for the whole
+  module (the backbone, with the objective's own parameters beside it)."""
+  objective: Objective
+  backbone_config: object
+  make: Callable
+
+
+def build_model(config, modality) -> Model:
+  """The one recipe (Experiment, --mode params): ValueError for a backbone and objective that cannot work."""
+  objective = get(config.objective)(config, modality.vocab_size)
+  backbone = models.backbone(config, modality, objective.network_requirements)
+  return Model(objective, backbone.config, objective.wrap_model(backbone.make))

@@ -3,32 +3,32 @@
 The backbone runs causally (it must support it: the transformer does) and without a time input.
 """
 
+import types
+
 from md4_jax.core import ar_likelihood
+from md4_jax.objectives.base import Objective
 from md4_jax.samplers import left_to_right
 
 
-class Autoregressive:
+class Autoregressive(Objective):
+  """Every position is a target, so the output layer runs at every position (the default capacity)."""
 
   name = "ar"
   exact = True  # --mode eval reports the exact likelihood: one draw, no T-step bounds
-  network_requirements = {"causal": True, "time_conditioning": False}
-
-  def __init__(self, config, vocab_size: int):
-    self.config, self.vocab_size = config, vocab_size
-
-  def capacity_fraction(self, rows: int, length: int) -> float:
-    del rows, length
-    return 1.0  # every position is a target
+  network_requirements = types.MappingProxyType({"causal": True, "time_conditioning": False})
 
   def bound_name(self, timesteps: int) -> str:
     del timesteps
     return "exact likelihood (autoregressive)"
 
-  def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+  def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
     del key, timesteps, t_B, capacity_fraction, groups, training  # nothing is drawn; every position is a target
-    return ar_likelihood.nll_terms(net, x0_BxD, vocab_size=self.vocab_size, token_mask_BxL=token_mask_BxD)
+    return ar_likelihood.nll_terms(net, x0_BxL, vocab_size=self.vocab_size, token_mask_BxL=token_mask_BxL)
 
-  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
+  def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     del time_dependent, module
-    return left_to_right.sample(denoise, key, z_BxD, settings, vocab_size=self.vocab_size, return_order=True)
+    return left_to_right.sample(denoise, key, z_BxL, settings, vocab_size=self.vocab_size, return_order=True)
+
+
+OBJECTIVE = Autoregressive

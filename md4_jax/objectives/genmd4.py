@@ -12,12 +12,15 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from md4_jax import samplers
 from md4_jax.core import diffusion, per_token
 from md4_jax.core.schedules import Poly
 from md4_jax.models.layers import param
+from md4_jax.objectives import genmd4_powers
+from md4_jax.objectives.base import Objective, refuse
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
 from md4_jax.samplers import thinning
 
@@ -64,27 +67,42 @@ class WithSchedule(nnx.Module):
 SAMPLERS = {**samplers.SAMPLERS, "exact": thinning.exact}
 
 
-class GenMD4:
+class GenMD4(Objective):
   """`diffusion.genmd4.*` keys: initial_power, t_min, network_draws, learning_rate (see configs/base.py)."""
 
   name = "genmd4"
-  exact = False
-  network_requirements = {}
 
   def __init__(self, config, vocab_size: int):
-    self.config, self.vocab_size = config, vocab_size
+    super().__init__(config, vocab_size)
     self.settings = config.diffusion.genmd4
     self.t_min = float(self.settings.t_min)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    settings = config.diffusion.genmd4
+    if settings.initial_power <= 0:
+      refuse(f"diffusion.genmd4.initial_power={settings.initial_power} must be > 0 (1 = the linear schedule)")
+    if not 0.0 <= settings.t_min < 1.0:
+      refuse(f"diffusion.genmd4.t_min={settings.t_min} must be in [0, 1) (the reference uses 1e-3)")
+    if settings.network_draws not in (1, 2):
+      refuse(f"diffusion.genmd4.network_draws={settings.network_draws}: choose 1 or 2 (draws of z_t the network's "
+             "gradient uses; the schedule's always uses both)")
+    if settings.learning_rate != -1 and settings.learning_rate < 0:
+      refuse(f"diffusion.genmd4.learning_rate={settings.learning_rate}: use -1 (train.learning_rate) or a peak "
+             "learning rate >= 0")
+    if config.diffusion.schedule != "linear":
+      refuse(f"diffusion.schedule={config.diffusion.schedule!r} has no effect with objective='genmd4' (its schedule "
+             "is learned, starting from diffusion.genmd4.initial_power): leave it 'linear'")
 
   def wrap_model(self, make_backbone):
     """`make(rngs)` for the backbone with the schedule's parameters beside it."""
     initial_power, vocab_size = float(self.settings.initial_power), self.vocab_size
     return lambda rngs: WithSchedule(make_backbone(rngs), LearnedPowers(vocab_size, initial_power, rngs))
 
-  def own_learning_rates(self) -> dict | None:
+  def own_learning_rates(self) -> dict:
     """diffusion.genmd4.learning_rate >= 0: the schedule's own peak learning rate (-1: the network's)."""
     rate = float(self.settings.learning_rate)
-    return {"schedule": rate} if rate >= 0 else None
+    return {"schedule": rate} if rate >= 0 else {}
 
   def capacity_fraction(self, rows: int, length: int) -> float:
     # Sized for the initial powers; when learned powers mask more, the exact fallback runs more often.
@@ -99,18 +117,19 @@ class GenMD4:
   def schedule(module) -> per_token.TokenPoly:
     return per_token.TokenPoly(module.schedule())
 
-  def powers(self, module):
-    return module.schedule()
+  def eval_extras(self, module, step: int, workdir, modality) -> list:
+    """eval/powers_step_N.png and .json: the learned powers, sorted (genmd4_powers.py)."""
+    return genmd4_powers.write(workdir, step, np.asarray(jax.device_get(module.schedule())), modality)
 
   def state_metrics(self, module) -> dict:
     powers = module.schedule()
     return {"power_min": jnp.min(powers), "power_mean": jnp.mean(powers), "power_max": jnp.max(powers)}
 
-  def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+  def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
     """The bound's terms per example in nats; training adds the second draw and `surrogate`."""
     schedule = self.schedule(net.module)
-    batch_size, length = x0_BxD.shape
+    batch_size, length = x0_BxL.shape
     time_key, mask_key = jax.random.split(key)  # as MD4's: with equal powers draw 1 is MD4's z_t
     draw_keys = (mask_key, jax.random.fold_in(mask_key, 1))
     u_B = diffusion.sample_times(time_key, batch_size, self.config.diffusion.antithetic) if t_B is None else t_B
@@ -122,24 +141,24 @@ class GenMD4:
       t_B = self.t_min + (1.0 - self.t_min) * u_B
       token_loss, row_values = per_token.integrand, schedule.rate(t_B)
       scale, recon_time = 1.0 - self.t_min, self.t_min
-    mask_prob_BxD = per_token.token_values(schedule.mask_prob(t_B), x0_BxD)
-    capacity = gather_capacity(capacity_fraction, x0_BxD.shape, groups)
+    mask_prob_BxL = per_token.token_values(schedule.mask_prob(t_B), x0_BxL)
+    capacity = gather_capacity(capacity_fraction, x0_BxL.shape, groups)
 
     def one_draw(draw_key, position_loss):
       """(sum over masked positions of position_loss(logits, x0, row values) [B], log q(z | x0) [B])."""
-      z_BxD = per_token.mask_tokens(draw_key, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+      z_BxL = per_token.mask_tokens(draw_key, x0_BxL, mask_prob_BxL, self.vocab_size, token_mask_BxL)
       if net.splits_head:  # the output layer fused with the loss (and gathered at masked positions)
         loss_B, _ = diffusion.masked_head_loss(
-            net.features(z_BxD, t_B), net.head_loss, x0_BxD, z_BxD, self.vocab_size, capacity=capacity,
+            net.features(z_BxL, t_B), net.head_loss, x0_BxL, z_BxL, self.vocab_size, capacity=capacity,
             groups=groups, token_loss=position_loss, row_values_BxR=row_values)
       else:
-        loss_BxD = position_loss(net(z_BxD, t_B), x0_BxD, row_values[:, None])
-        loss_B = jnp.sum(jnp.where(z_BxD == self.vocab_size, loss_BxD, 0.0), axis=-1)
-      return scale * loss_B, per_token.log_q(z_BxD, x0_BxD, mask_prob_BxD, self.vocab_size, token_mask_BxD)
+        loss_BxL = position_loss(net(z_BxL, t_B), x0_BxL, row_values[:, None])
+        loss_B = jnp.sum(jnp.where(z_BxL == self.vocab_size, loss_BxL, 0.0), axis=-1)
+      return scale * loss_B, per_token.log_q(z_BxL, x0_BxL, mask_prob_BxL, self.vocab_size, token_mask_BxL)
 
-    terms = {"reconstruction": per_token.reconstruction(schedule, x0_BxD, token_mask_BxD, recon_time),
-             "prior": per_token.prior(schedule, x0_BxD, token_mask_BxD, self.vocab_size),
-             "num_tokens": jnp.sum(token_mask_BxD, axis=-1).astype(jnp.float32)}
+    terms = {"reconstruction": per_token.reconstruction(schedule, x0_BxL, token_mask_BxL, recon_time),
+             "prior": per_token.prior(schedule, x0_BxL, token_mask_BxL, self.vocab_size),
+             "num_tokens": jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)}
     if not training:
       terms["diffusion"], _ = one_draw(draw_keys[0], token_loss)
     elif self.settings.network_draws == 2:
@@ -162,7 +181,10 @@ class GenMD4:
       terms["surrogate"] = terms["surrogate"] + terms["reconstruction"] + terms["prior"]
     return terms
 
-  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module):
-    """(tokens_BxD, NFE, order_BxD) from the state-dependent reverse process with the learned powers."""
-    return samplers.sample(denoise, key, self.schedule(module), z_BxD, settings, vocab_size=self.vocab_size,
+  def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
+    """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
+    return samplers.sample(denoise, key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, samplers=SAMPLERS)
+
+
+OBJECTIVE = GenMD4

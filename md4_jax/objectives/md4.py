@@ -8,6 +8,7 @@ import numpy as np
 from md4_jax import samplers
 from md4_jax.core import diffusion
 from md4_jax.core.schedules import get_schedule
+from md4_jax.objectives.base import Objective
 
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
@@ -37,23 +38,22 @@ def logits_capacity_fraction(config, vocab_size: int, schedule, rows: int, lengt
   return min(1.0, worst + noise)
 
 
-def gather_capacity(capacity_fraction: float, shape_BxD, groups: int) -> int | None:
+def gather_capacity(capacity_fraction: float, shape_BxL, groups: int) -> int | None:
   """Masked positions gathered per row block before the output layer (None: every position, at fraction 1)."""
   if capacity_fraction >= 1.0:
     return None
-  batch_size, length = shape_BxD
+  batch_size, length = shape_BxL
   return max(1, math.ceil(capacity_fraction * (batch_size // groups) * length))
 
 
-class MD4:
-  """The MD4 objective; `diffusion.*` keys pick the schedule, time sampling and bound."""
+class MD4(Objective):
+  """The MD4 objective; `diffusion.*` keys pick the schedule, time sampling and bound. Any backbone,
+  time-conditioned or not; --mode eval reports an upper bound on the negative log-likelihood."""
 
   name = "md4"
-  exact = False  # --mode eval reports an upper bound on the negative log-likelihood
-  network_requirements = {}  # any backbone, time-conditioned or not
 
   def __init__(self, config, vocab_size: int):
-    self.config, self.vocab_size = config, vocab_size
+    super().__init__(config, vocab_size)
     self.schedule = get_schedule(config.diffusion.schedule)
 
   def capacity_fraction(self, rows: int, length: int) -> float:
@@ -63,7 +63,7 @@ class MD4:
   def bound_name(self, timesteps: int) -> str:
     return "continuous-time negative-ELBO bound" if timesteps == 0 else f"{timesteps}-step negative-ELBO bound"
 
-  def terms(self, net, x0_BxD, key, *, token_mask_BxD, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+  def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
     """One-sample estimate of the bound's terms per example (see `diffusion.elbo_terms`).
 
@@ -74,14 +74,17 @@ class MD4:
     fused = {}
     if net.splits_head:
       fused = {"head_loss": net.head_loss, "groups": groups,
-               "capacity": gather_capacity(capacity_fraction, x0_BxD.shape, groups)}
+               "capacity": gather_capacity(capacity_fraction, x0_BxL.shape, groups)}
     return diffusion.elbo_terms(
-        net.features if fused else net, x0_BxD, key, self.schedule, vocab_size=self.vocab_size,
-        timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxD,
+        net.features if fused else net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
+        timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxL,
         t_B=t_B, **fused)
 
-  def sample(self, denoise, key, z_BxD, settings, *, time_dependent: bool, module=None):
-    """(tokens_BxD, NFE, order_BxD): the configured reverse-process sampler (see md4_jax/samplers/)."""
+  def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
+    """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
     del module  # the schedule is fixed: nothing to read from the parameters
-    return samplers.sample(denoise, key, self.schedule, z_BxD, settings, vocab_size=self.vocab_size,
+    return samplers.sample(denoise, key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True)
+
+
+OBJECTIVE = MD4

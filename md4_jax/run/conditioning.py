@@ -96,9 +96,9 @@ def kept_region(image, region: str) -> np.ndarray:
   return np.repeat(keep.reshape(-1), image.channels)  # every channel of a kept pixel
 
 
-def completion_start(tokens_NxD: np.ndarray, image, region: str) -> np.ndarray:
+def completion_start(tokens_NxL: np.ndarray, image, region: str) -> np.ndarray:
   """[N, D]: the images' tokens where `region` is kept, the mask id (image.levels) elsewhere."""
-  return np.where(kept_region(image, region)[None], tokens_NxD, image.levels).astype(np.int32)
+  return np.where(kept_region(image, region)[None], tokens_NxL, image.levels).astype(np.int32)
 
 
 def parse_class_labels(spec: str, num_classes: int) -> list[int]:

@@ -110,7 +110,7 @@ def check_values(config) -> None:
   try:
     schedules.get_schedule(config.diffusion.schedule)
     samplers.time_grid(1, config.sampler.grid)
-    models.backbone_factory(config, shape, objectives.get(config.objective).network_requirements)
+    objectives.build_model(config, shape)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
   if not 0.0 <= config.model.label_dropout < 1.0:
@@ -146,24 +146,7 @@ def check_values(config) -> None:
     raise UserError(f"train.grad_clip={train.grad_clip} must be >= 0 (the largest global gradient norm; 0 = no clipping)")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
-  _check_genmd4(config)
-
-
-def _check_genmd4(config) -> None:
-  settings = config.diffusion.genmd4
-  if settings.initial_power <= 0:
-    raise UserError(f"diffusion.genmd4.initial_power={settings.initial_power} must be > 0 (1 = the linear schedule)")
-  if not 0.0 <= settings.t_min < 1.0:
-    raise UserError(f"diffusion.genmd4.t_min={settings.t_min} must be in [0, 1) (the reference uses 1e-3)")
-  if settings.network_draws not in (1, 2):
-    raise UserError(f"diffusion.genmd4.network_draws={settings.network_draws}: choose 1 or 2 (draws of z_t the "
-                    "network's gradient uses; the schedule's always uses both)")
-  if settings.learning_rate != -1 and settings.learning_rate < 0:
-    raise UserError(f"diffusion.genmd4.learning_rate={settings.learning_rate}: use -1 (train.learning_rate) or "
-                    "a peak learning rate >= 0")
-  if config.objective == "genmd4" and config.diffusion.schedule != "linear":
-    raise UserError(f"diffusion.schedule={config.diffusion.schedule!r} has no effect with objective='genmd4' (its "
-                    "schedule is learned, starting from diffusion.genmd4.initial_power): leave it 'linear'")
+  objectives.get(config.objective).check_config(config)
 
 
 def _check_sampler(sampler, seq_len: int) -> None:

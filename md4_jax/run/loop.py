@@ -21,7 +21,7 @@ from md4_jax.engine.checkpoints import Checkpointer
 from md4_jax.engine.experiment import Experiment
 from md4_jax.engine.metrics_log import MetricsLog, ProgressBar
 from md4_jax.errors import UserError
-from md4_jax.evals import bound, output, powers, report
+from md4_jax.evals import bound, output, report
 
 SAMPLE_SALT = 2  # fold_in tag: sample keys are apart from training and evaluation keys (bound.EVAL_SALT = 1)
 
@@ -40,19 +40,51 @@ class MetricWindow:
   """Sums of train metrics since the last log line; saved with checkpoints so resumed means are exact."""
 
   def __init__(self, sums=None, count=0):
-    self.sums, self.count = dict(sums or {}), count
+    self.sums, self.count, self.started = dict(sums or {}), count, time.perf_counter()
 
   def add(self, metrics: dict) -> None:
     for key, value in metrics.items():
       self.sums[key] = self.sums.get(key, 0.0) + float(value)
     self.count += 1
 
-  def means(self) -> dict:
-    return {f"train/{key}": value / self.count for key, value in self.sums.items()}
+  def means(self, tokens_per_step: int) -> dict:
+    """The window's mean metrics, and its steps and tokens per second (wall clock, since it started)."""
+    seconds = time.perf_counter() - self.started
+    return {**{f"train/{key}": value / self.count for key, value in self.sums.items()},
+            "train/steps_per_sec": self.count / seconds, "train/tokens_per_sec": self.count * tokens_per_step / seconds}
+
+  def reset(self) -> None:
+    self.sums, self.count, self.started = {}, 0, time.perf_counter()
 
   def to_json(self) -> dict:
     # A copy: the checkpoint's JSON is written asynchronously (later still on a bucket), while add() goes on.
     return {"sums": dict(self.sums), "count": self.count}
+
+
+class StopRequest:
+  """Whether to stop after the step in flight, with a checkpoint. One process notes SIGTERM and SIGINT (Ctrl-C)
+  itself; with several, JAX's preemption service (started by jax.distributed.initialize) catches SIGTERM on any
+  of them and names one step at which all stop."""
+
+  def __init__(self):
+    self.signum, self.several_processes = None, jax.process_count() > 1
+    self._previous = {}
+
+  def __enter__(self) -> "StopRequest":
+    for signum in () if self.several_processes else (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, lambda signum, frame: setattr(self, "signum", signum))
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def poll(self, first: int, last: int) -> None:
+    """Steps first..last are done: every process asks about every step, in order (a list, not a short-circuiting
+    any())."""
+    if self.several_processes and any([multihost_utils.reached_preemption_sync_point(step)
+                                       for step in range(first, last + 1)]):
+      self.signum = signal.SIGTERM
 
 
 def sample_key(base_key, step: int):
@@ -72,141 +104,152 @@ def steps_in_call(train_cfg, done: int) -> int:
   return 1 if hooks_inside else k
 
 
-def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
-  """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
-  cfg = config.train
-  mesh = sharding.make_mesh(config.mesh)
-  experiment = Experiment(config, data.modality, mesh)
-  checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints, training=True,
-                              summary=experiment.state_summary)
-  iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
-  start = 0
-  if checkpointer.all_steps():  # the newest intact checkpoint (damaged newer ones are moved aside)
-    state, loop_state = checkpointer.restore(None, experiment.abstract_state)
-    start = int(state["step"])
-    iterator.set_state(loop_state["data"])
-    window = MetricWindow(**loop_state["window"])
-    say(f"resuming from step {start} ({checkpointer.directory / str(start)})")
-  else:
-    state, window = experiment.init_state(experiment.base_key), MetricWindow()
-  if start >= cfg.num_steps:
-    say(f"{workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
-  say(f"model: {experiment.num_params():,} parameters; writing metrics to {workdir / 'metrics.jsonl'}, "
-        f"checkpoints to {checkpointer.directory}, samples to {workdir / 'samples'}")
-  log = MetricsLog(workdir, resume_step=start)
-  stop = {"signal": None}
-  # One process notes SIGTERM and SIGINT (Ctrl-C) itself: the step in flight finishes, a checkpoint is
-  # written. With several, JAX's preemption service (started by jax.distributed.initialize) catches
-  # SIGTERM on any of them and names one step at which all stop.
-  several_processes = jax.process_count() > 1
-  stop_signals = () if several_processes else (signal.SIGTERM, signal.SIGINT)
-  previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
-                       for signum in stop_signals}
-  last_good, last_eval, pending = start or None, {}, None
-  bar = ProgressBar(start, cfg.num_steps)  # "compiling" until the first call returns
-  window_start, tokens_per_step = time.perf_counter(), cfg.batch_size * data.modality.length
-  unit = output.unit(data.modality)
+class Training:
+  """What one train() call holds: the experiment and its mesh, the data iterator, the checkpointer, the metrics
+  log and window, the progress bar, and the last step whose checkpoint is known good."""
 
-  def read(first, count, metrics):
+  def __init__(self, config, workdir: epath.Path, data: pipeline.Data):
+    cfg = self.cfg = config.train
+    self.config, self.workdir, self.data = config, workdir, data
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.experiment = Experiment(config, data.modality, self.mesh)
+    self.checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints, training=True,
+                                     summary=self.experiment.state_summary)
+    self.iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
+    self.window, self.last_good = MetricWindow(), None
+    self.tokens_per_step = cfg.batch_size * data.modality.length
+
+  def start(self):
+    """(state, step): the newest intact checkpoint's (damaged newer ones are moved aside), or a new state at 0;
+    then the metrics log (torn or later lines dropped) and the progress bar from that step."""
+    start = 0
+    if self.checkpointer.all_steps():
+      state, loop_state = self.checkpointer.restore(None, self.experiment.abstract_state)
+      start = self.last_good = int(state["step"])
+      self.iterator.set_state(loop_state["data"])
+      self.window = MetricWindow(**loop_state["window"])
+      say(f"resuming from step {start} ({self.checkpointer.directory / str(start)})")
+    else:
+      state = self.experiment.init_state(self.experiment.base_key)
+    if start >= self.cfg.num_steps:
+      say(f"{self.workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
+    say(f"model: {self.experiment.num_params():,} parameters; writing metrics to {self.workdir / 'metrics.jsonl'}, "
+        f"checkpoints to {self.checkpointer.directory}, samples to {self.workdir / 'samples'}")
+    self.log = MetricsLog(self.workdir, resume_step=start)
+    self.bar = ProgressBar(start, self.cfg.num_steps)  # "compiling" until the first call returns
+    self.window.started = time.perf_counter()
+    return state, start
+
+  def call(self, state, count: int):
+    """Dispatches `count` steps (one call) on the next batches; returns (state, metrics) without waiting."""
+    batches = tuple(sharding.global_batch(next(self.iterator), self.mesh) for _ in range(count))
+    return self.experiment.train_call(state, batches)
+
+  def read(self, first: int, count: int, metrics) -> None:
     """Host side of steps first .. first + count - 1 (one call; with count > 1 each metric has a leading axis)."""
     metrics = jax.device_get(metrics)
     for index in range(count):
       step_metrics = metrics if count == 1 else {key: value[index] for key, value in metrics.items()}
-      read_step(first + index, step_metrics)
-    bar.step(count, step_metrics["loss"], step_metrics["bits"])  # a call's steps at once: the rate is the calls'
+      self._read_step(first + index, step_metrics)
+    self.bar.step(count, step_metrics["loss"], step_metrics["bits"])  # a call's steps at once: the calls' rate
 
-  def read_step(step, metrics):
-    """Host side of step `step`: NaN check, window sums, a log line every log_every steps."""
-    nonlocal window_start
+  def _read_step(self, step: int, metrics: dict) -> None:
+    """NaN check, window sums, a log line every log_every steps."""
     bad = [f"the {name} became {metrics[key]}" for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"))
            if not math.isfinite(metrics[key])]
     if bad:
-      stop_for_non_finite(" and ".join(bad) + f" at step {step}" + (
+      self._stop_for_non_finite(" and ".join(bad) + f" at step {step}" + (
           f" (the loss was still {metrics['loss']:.4g})" if math.isfinite(metrics["loss"]) else ""))
-    window.add(metrics)
-    if step % cfg.log_every == 0:
-      seconds = time.perf_counter() - window_start
-      log.write(step, {**window.means(), "train/steps_per_sec": window.count / seconds,
-                       "train/tokens_per_sec": window.count * tokens_per_step / seconds})
-      window.__init__()
-      window_start = time.perf_counter()
+    self.window.add(metrics)
+    if step % self.cfg.log_every == 0:
+      self.log.write(step, self.window.means(self.tokens_per_step))
+      self.window.reset()
 
-  def stop_for_non_finite(what):
-    kept = (f"The last good checkpoint (step {last_good} in {checkpointer.directory}; its parameters and "
-            "optimizer state are finite) is kept. Resume from it" if last_good else
+  def _stop_for_non_finite(self, what: str) -> None:
+    kept = (f"The last good checkpoint (step {self.last_good} in {self.checkpointer.directory}; its parameters and "
+            "optimizer state are finite) is kept. Resume from it" if self.last_good else
             "No checkpoint was saved yet. Start again")
     raise NonFiniteLoss(f"{what}; training stopped. {kept} with a lower --config.train.learning_rate, a smaller "
                         "--config.train.grad_clip or longer --config.train.warmup_steps (these may change on "
                         "resume), or check the data.")
 
-  def save(step, state):
+  def save(self, step: int, state) -> None:
     """Starts checkpoint `step`: the state, the data iterator's position and the metric window."""
-    nonlocal last_good
-    summary = jax.device_get(experiment.state_summary(state))
+    summary = jax.device_get(self.experiment.state_summary(state))
     if not summary["finite"]:
-      stop_for_non_finite(f"the parameters or optimizer state hold NaN or Inf at step {step} (loss and gradient "
-                          "were finite)")
-    checkpointer.save(step, state, {"data": iterator.get_state(), "window": window.to_json(),
-                                    "state_checksum": int(summary["checksum"])})
-    last_good = step
+      self._stop_for_non_finite(f"the parameters or optimizer state hold NaN or Inf at step {step} (loss and "
+                                "gradient were finite)")
+    self.checkpointer.save(step, state, {"data": self.iterator.get_state(), "window": self.window.to_json(),
+                                         "state_checksum": int(summary["checksum"])})
+    self.last_good = step
 
-  def evaluate(step, state) -> dict:
-    """The held-out bound (a metrics line), samples and, for a learned schedule, its powers at `step`."""
-    bar.pause("evaluating")
-    values = {f"eval/{k}": v for k, v in bound.evaluate(experiment, state["ema_params"], data.eval).items()}
-    log.write(step, values)
-    generate.write_samples(experiment, state["ema_params"], workdir / "samples" / f"step_{step}",
+  def evaluate(self, step: int, state) -> dict:
+    """The held-out bound (a metrics line), samples and the objective's extras (GenMD4's powers) at `step`."""
+    experiment, workdir, ema_params = self.experiment, self.workdir, state["ema_params"]
+    self.bar.pause("evaluating")
+    values = {f"eval/{k}": v for k, v in bound.evaluate(experiment, ema_params, self.data.eval).items()}
+    self.log.write(step, values)
+    generate.write_samples(experiment, ema_params, workdir / "samples" / f"step_{step}",
                            sample_key(experiment.base_key, step),
-                           generate.unconditional_start(experiment, config.sampler.num_samples),
-                           {"step": step, "params": "ema", "seed": config.seed})
-    learned = powers.learned_powers(experiment, state["ema_params"])
-    if learned is not None and powers.write(workdir, step, learned, data.modality):
-      report.write(workdir, config)
+                           generate.unconditional_start(experiment, self.config.sampler.num_samples),
+                           {"step": step, "params": "ema", "seed": self.config.seed})
+    if experiment.eval_extras(ema_params, step, workdir):  # files for the report
+      report.write(workdir, self.config)
     ppl = f" (ppl {values['eval/ppl']:.3f})" if "eval/ppl" in values else ""
-    say(f"step {step}: held-out bound {values['eval/bpt']:.4f} {unit}{ppl}; samples in {workdir / 'samples'}")
+    say(f"step {step}: held-out bound {values['eval/bpt']:.4f} {output.unit(self.data.modality)}{ppl}; samples "
+        f"in {workdir / 'samples'}")
     return values
 
-  try:
-    # A run stopped after checkpointing an evaluation step and before logging its evaluation (a kill during
-    # it: the checkpoint is written first) evaluates it now, so its metrics equal an uninterrupted run's.
-    if start and (start % cfg.eval_every == 0 or start == cfg.num_steps) and not log.has(start, "eval/bpt"):
-      last_eval = evaluate(start, state)
-    step = start  # counts completed updates
-    while step < cfg.num_steps:
-      count = steps_in_call(cfg, step)
-      # The steady state may not copy implicitly between host and device (a hidden sync per step);
-      # the batch upload and the metric download below are explicit.
-      with jax.transfer_guard("disallow"):
-        batches = tuple(sharding.global_batch(next(iterator), mesh) for _ in range(count))
-        state, metrics = experiment.train_call(state, batches)
-        bar.resume()  # the call is compiled (the first one compiles before it returns)
-        if pending:
-          read(*pending)
-      pending, step = (step + 1, count, metrics), step + count
-      # Every process asks about every step, in order (a list, not a short-circuiting any()).
-      if several_processes and any([multihost_utils.reached_preemption_sync_point(done)
-                                    for done in range(step - count + 1, step + 1)]):
-        stop["signal"] = signal.SIGTERM
-      is_last = step == cfg.num_steps or stop["signal"] is not None
-      do_eval = step % cfg.eval_every == 0 or is_last and stop["signal"] is None
-      do_save = step % cfg.checkpoint_every == 0 or is_last
-      if do_eval or do_save:
-        read(*pending)
-        pending = None
-      if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
-        save(step, state)
-      if do_eval:
-        last_eval = evaluate(step, state)
-      if stop["signal"] is not None:
-        if not do_save:  # the signal came during this step's evaluation: keep the step's work too
-          save(step, state)
-        checkpointer.wait()
-        say(f"{signal.Signals(stop['signal']).name}: saved checkpoint {step}; run the same command to resume")
-        raise SystemExit(128 + stop["signal"])
-  finally:
-    bar.close()
-    checkpointer.close()
-    log.close()
-    for signum, handler in previous_handlers.items():
-      signal.signal(signum, handler)
+  def close(self) -> None:
+    self.bar.close()
+    self.checkpointer.close()
+    self.log.close()
+
+
+def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
+  """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
+  training = Training(config, workdir, data)
+  state, start = training.start()
+  with StopRequest() as stop:
+    try:
+      return _run(training, stop, state, start)
+    finally:
+      training.close()
+
+
+def _run(training: Training, stop: StopRequest, state, start: int) -> dict:
+  """The steps from `start` to train.num_steps, with evaluations and checkpoints where due."""
+  cfg, last_eval, pending = training.cfg, {}, None
+  # A run stopped after checkpointing an evaluation step and before logging its evaluation (a kill during
+  # it: the checkpoint is written first) evaluates it now, so its metrics equal an uninterrupted run's.
+  if start and (start % cfg.eval_every == 0 or start == cfg.num_steps) and not training.log.has(start, "eval/bpt"):
+    last_eval = training.evaluate(start, state)
+  step = start  # counts completed updates
+  while step < cfg.num_steps:
+    count = steps_in_call(cfg, step)
+    # The steady state may not copy implicitly between host and device (a hidden sync per step);
+    # the batch upload and the metric download are explicit.
+    with jax.transfer_guard("disallow"):
+      state, metrics = training.call(state, count)
+      training.bar.resume()  # the call is compiled (the first one compiles before it returns)
+      if pending:
+        training.read(*pending)  # the previous call's metrics, read while this one runs
+    pending, step = (step + 1, count, metrics), step + count
+    stop.poll(step - count + 1, step)
+    is_last = step == cfg.num_steps or stop.signum is not None
+    do_eval = step % cfg.eval_every == 0 or is_last and stop.signum is None
+    do_save = step % cfg.checkpoint_every == 0 or is_last
+    if do_eval or do_save:
+      training.read(*pending)
+      pending = None
+    if do_save:  # before the evaluation: an error or Ctrl-C there then loses no training
+      training.save(step, state)
+    if do_eval:
+      last_eval = training.evaluate(step, state)
+    if stop.signum is not None:
+      if not do_save:  # the signal came during this step's evaluation: keep the step's work too
+        training.save(step, state)
+      training.checkpointer.wait()
+      say(f"{signal.Signals(stop.signum).name}: saved checkpoint {step}; run the same command to resume")
+      raise SystemExit(128 + stop.signum)
   return last_eval

@@ -7,16 +7,17 @@ objectives, eval suites and modalities each live in their own module.
 
 import math
 import sys
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from etils import epath
 from flax import nnx
 
-from md4_jax import evals, models, objectives
-from md4_jax.data import data_dir, pipeline, prepare_into, tokenizers, zero_shot_sets
+from md4_jax import evals, objectives
+from md4_jax.data import data_dir, pictures, pipeline, prepare_into, tokenizers, zero_shot_sets
 from md4_jax.data import modality as modalities
-from md4_jax.engine import generate, pictures, sharding
+from md4_jax.engine import generate, sharding
 from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
@@ -25,65 +26,91 @@ from md4_jax.run import workdir as workdirs
 from md4_jax.storage import files
 from md4_jax.storage import paths as storage
 
-MODES = ("train", "eval", "sample", "prepare", "params")
+
+class Request(NamedTuple):
+  """The command line's per-call flags (launch.py): --step for eval/sample, the rest for sample only."""
+  step: int | None = None
+  prompt: str | None = None
+  infill: str | None = None
+  seed: int | None = None
+  num_samples: int | None = None
+  class_label: str | None = None
+  complete: str | None = None
+  gap_char: str | None = None
 
 
-def main(config, workdir, mode: str = "train", *, reference, step: int | None = None,
-         num_samples: int | None = None, prompt: str | None = None, infill: str | None = None,
-         seed: int | None = None, class_label: str | None = None, complete: str | None = None,
-         gap_char: str | None = None) -> dict:
-  """Validates everything first, then runs `mode`. Returns the eval result (train, eval) or samples.
+def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
+  """Validates everything first, then runs `mode` (one of MODES). Returns the eval result (train, eval) or samples.
 
-  prompt / infill (text; gap_char marks infill's gaps), complete / class_label (images) and seed condition and
-  seed --mode sample (see md4_jax.conditioning).
+  flags: Request's fields. prompt / infill (text; gap_char marks infill's gaps), complete / class_label (images)
+  and seed condition and seed --mode sample (see run/conditioning.py).
   """
   if mode not in MODES:
-    raise UserError(f"--mode={mode!r}; choose one of {MODES}")
-  if mode == "train" and step is not None:
-    raise UserError(f"--step={step} applies to --mode eval and --mode sample. Training always resumes from the "
-                    "latest checkpoint in WORKDIR/checkpoints; to continue from step N instead, move the later "
-                    "checkpoint directories out of WORKDIR/checkpoints, then run the same command without --step")
-  given = [name for name, value in (("--prompt", prompt), ("--infill", infill), ("--seed", seed),
-                                    ("--num_samples", num_samples), ("--class_label", class_label),
-                                    ("--complete", complete), ("--gap_char", gap_char)) if value is not None]
-  if num_samples is not None and num_samples < 1:
-    raise UserError(f"--num_samples={num_samples} must be positive")
-  if given and mode != "sample":
-    raise UserError(f"{', '.join(given)} only apply to --mode sample" +
-                    (" (the training seed is --config.seed)" if "--seed" in given else ""))
+    raise UserError(f"--mode={mode!r}; choose one of {tuple(MODES)}")
+  request = Request(**flags)
+  _check_flags(mode, request)
   config_check.check_keys(config, reference)
   config_check.check_values(config)
   config_check.check_scope(config, reference)
   config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
-  if mode == "prepare":
-    return _prepare(config)
-  if mode == "params":
-    return _describe(config)
+  if mode in WITHOUT_WORKDIR:
+    return MODES[mode](config)
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = storage.path(workdir)  # a local directory or gs://BUCKET/PATH
   workdirs.check_usable(workdir, mode)
-  if mode == "train":
-    with workdirs.training_lock(workdir):
-      return _train(config, workdir, reference)
+  return MODES[mode](config, workdir, reference, request)
+
+
+def _check_flags(mode: str, request: Request) -> None:
+  if mode == "train" and request.step is not None:
+    raise UserError(f"--step={request.step} applies to --mode eval and --mode sample. Training always resumes from "
+                    "the latest checkpoint in WORKDIR/checkpoints; to continue from step N instead, move the later "
+                    "checkpoint directories out of WORKDIR/checkpoints, then run the same command without --step")
+  if request.num_samples is not None and request.num_samples < 1:
+    raise UserError(f"--num_samples={request.num_samples} must be positive")
+  given = [f"--{name}" for name, value in request._asdict().items() if name != "step" and value is not None]
+  if given and mode != "sample":
+    raise UserError(f"{', '.join(given)} only apply to --mode sample" +
+                    (" (the training seed is --config.seed)" if "--seed" in given else ""))
+
+
+def _saved_modality(config, workdir: epath.Path, reference, mode: str):
+  """eval / sample: the config checked against the run's, and the run's modality (its tokenizer)."""
   workdirs.check_config(config, workdir, mode, reference)
   saved = modalities.load(workdir, config.data.seq_len)
   if saved is None:
     raise UserError(f"{workdir} holds no modality.json or tokenizer.json; it was not written by a training run")
-  if mode == "eval":
-    suite = evals.SUITES[config.eval.suite]
-    inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
-  else:
-    request = _sample_request(config, saved, num_samples, prompt, infill, class_label, complete, gap_char)
+  return saved
+
+
+def _restore(config, saved, workdir: epath.Path, step: int | None):
+  """The run's Experiment and its checkpointed state at `step` (None: the latest)."""
   experiment = Experiment(config, saved, sharding.make_mesh(config.mesh))
   state = restore_state(workdir / "checkpoints", step, experiment.abstract_state, experiment.state_summary)
-  restored_step = int(state["step"])
-  if mode == "eval":
-    return suite.run(evals.Context(config, experiment, _chosen_params(state, config.eval.params), restored_step,
-                                   workdir, inputs, loop.sample_key(experiment.base_key, restored_step)))
-  record = {"step": restored_step, "params": config.sampler.params, "seed": config.seed if seed is None else seed,
-            "prompt": prompt, "infill": infill, "gap_char": gap_char, "complete": complete}
-  return _sample(experiment, _chosen_params(state, config.sampler.params), workdir, request, record)
+  return experiment, state
+
+
+def _evaluate(config, workdir: epath.Path, reference, request: Request) -> dict:
+  """--mode eval: config.eval.suite on the checkpoint at --step (the latest by default)."""
+  saved = _saved_modality(config, workdir, reference, "eval")
+  suite = evals.SUITES[config.eval.suite]
+  inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
+  experiment, state = _restore(config, saved, workdir, request.step)
+  step = int(state["step"])
+  return suite.run(evals.Context(config, experiment, _chosen_params(state, config.eval.params), step, workdir,
+                                 inputs, loop.sample_key(experiment.base_key, step)))
+
+
+def _sample_mode(config, workdir: epath.Path, reference, request: Request) -> dict:
+  """--mode sample: samples from the checkpoint at --step (the latest by default), conditioned as asked."""
+  saved = _saved_modality(config, workdir, reference, "sample")
+  start = _sample_request(config, saved, request)
+  experiment, state = _restore(config, saved, workdir, request.step)
+  seed = config.seed if request.seed is None else request.seed
+  record = {"step": int(state["step"]), "params": config.sampler.params, "seed": seed, "prompt": request.prompt,
+            "infill": request.infill, "gap_char": request.gap_char, "complete": request.complete}
+  return _sample(experiment, _chosen_params(state, config.sampler.params), workdir, start, record)
 
 
 def _prepare(config) -> dict:
@@ -108,18 +135,21 @@ def _chosen_params(state, which: str):
 def _describe(config) -> dict:
   """Parameter count from shapes alone (no data, no compute)."""
   modality = pipeline.nominal_modality(config.data)
-  objective = objectives.get(config.objective)(config, modality.vocab_size)
-  make_backbone = models.backbone_factory(config, modality, objective.network_requirements)
-  wrap = getattr(objective, "wrap_model", None)  # an objective's own parameters (GenMD4's schedule) count too
-  make_model = wrap(make_backbone) if wrap else make_backbone
+  model = objectives.build_model(config, modality)  # an objective's own parameters (GenMD4's schedule) count too
   count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(nnx.eval_shape(
-      lambda: make_model(nnx.Rngs(0))))))
-  print(f"{count:,} parameters ({make_backbone.args[0].summary()})")
+      lambda: model.make(nnx.Rngs(0))))))
+  print(f"{count:,} parameters ({model.backbone_config.summary()})")
   return {"params": count, "vocab_size": modality.vocab_size}
 
 
-def _train(config, workdir: epath.Path, reference) -> dict:
+def _train(config, workdir: epath.Path, reference, request: Request) -> dict:
   """--mode train, holding the workdir's lock: a new run, or the resumed one (its saved tokenizer)."""
+  del request  # _check_flags refused every flag
+  with workdirs.training_lock(workdir):
+    return _train_locked(config, workdir, reference)
+
+
+def _train_locked(config, workdir: epath.Path, reference) -> dict:
   record = workdirs.check_config(config, workdir, "train", reference)
   if config.train.warmup_steps >= config.train.num_steps and jax.process_index() == 0:
     print(f"warning: train.warmup_steps={config.train.warmup_steps} is not below train.num_steps="
@@ -134,9 +164,11 @@ def _train(config, workdir: epath.Path, reference) -> dict:
   return loop.train(config, workdir, data)
 
 
-def _sample_request(config, modality, num_samples, prompt, infill, class_label, complete, gap_char=None) -> dict:
-  """--mode sample's start state [N, D], labels [N] (or None) and held-out originals (--complete)."""
-  count = num_samples or config.sampler.num_samples
+def _sample_request(config, modality, request: Request) -> dict:
+  """--mode sample's start state [N, L], labels [N] (or None) and held-out originals (--complete)."""
+  count = request.num_samples or config.sampler.num_samples
+  prompt, infill, gap_char, complete = request.prompt, request.infill, request.gap_char, request.complete
+  class_label = request.class_label
   text_flags = [flag for flag, value in (("--prompt", prompt), ("--infill", infill), ("--gap_char", gap_char))
                 if value is not None]
   if modality.kind == "image" and text_flags:
@@ -194,3 +226,9 @@ def _unused_stem(directory: epath.Path, name: str) -> epath.Path:
     index += 1
     stem = directory / f"{name}_{index}"
   return stem
+
+
+# The modes by name (launch.py's --mode): train / eval / sample take (config, workdir, reference, request);
+# prepare and params need no workdir and take the config alone.
+MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe}
+WITHOUT_WORKDIR = ("prepare", "params")

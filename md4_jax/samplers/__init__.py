@@ -7,19 +7,25 @@ of network calls actually made. See docs/sampling.md.
 
 A sampler is `run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL)
 -> (z_BxL, nfe, order_BxL)` filling the masked positions where active_BxL; each module registers its own in
-its SAMPLERS table (grid.py: ancestral, mean, confidence; exact.py: exact), and semi_ar runs any of them block
-by block. An objective may swap one in (GenMD4's exact is thinning.exact).
+its module-level SAMPLERS table (grid.py: ancestral, mean, confidence; exact.py: exact), found here by
+scanning this package, and semi_ar runs any of them block by block. An objective may swap one in (GenMD4's
+exact is thinning.exact).
 """
+
+import importlib
+import pkgutil
 
 import jax
 import jax.numpy as jnp
 
-from md4_jax.samplers import exact, grid, semi_ar
+from md4_jax.samplers import semi_ar
 from md4_jax.samplers.draws import GRIDS, Settings, categorical, process_logits, record_order, time_grid, uniform  # noqa: F401
 from md4_jax.samplers.guidance import guided  # noqa: F401
 from md4_jax.samplers.semi_ar import semi_ar_blocks  # noqa: F401
 
-SAMPLERS = {**grid.SAMPLERS, **exact.SAMPLERS}
+# Every module of this package with a SAMPLERS table contributes its samplers, by name.
+SAMPLERS = {name: run for info in pkgutil.iter_modules(__path__)
+            for name, run in getattr(importlib.import_module(f"{__name__}.{info.name}"), "SAMPLERS", {}).items()}
 INNER = tuple(SAMPLERS)  # what semi_ar runs inside each block
 NAMES = (*INNER, "semi_ar")
 

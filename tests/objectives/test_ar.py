@@ -10,17 +10,17 @@ import pytest
 from flax import nnx
 
 from md4_jax.core import ar_likelihood
-from md4_jax.models.transformer import Transformer, TransformerConfig
+from md4_jax.models.transformer import Transformer
 from md4_jax.run import modes
 from md4_jax.samplers import left_to_right
-from tests.conftest import make_config, reference, sampler_settings
-from tests.test_sampling import INITIAL, MASK, TRANSITION, L, V, chi_square_p_value
+from tests.conftest import make_config, reference, sampler_settings, transformer_config
+from tests.samplers.test_samplers import INITIAL, MASK, TRANSITION, L, V, chi_square_p_value
 
 SEQUENCES = jnp.asarray(list(itertools.product(range(3), repeat=3)), jnp.int32)  # all 27 sequences, V=3, L=3
 
 
 def random_network(causal: bool):
-  network = Transformer(TransformerConfig(vocab_size=3, seq_len=3, num_layers=1, width=16, num_heads=2,
+  network = Transformer(transformer_config(vocab_size=3, seq_len=3, num_layers=1, width=16, num_heads=2,
                                           time_conditioning=False, causal=causal), nnx.Rngs(0))
   graphdef, params = nnx.split(network)
   leaves, treedef = jax.tree.flatten(params)

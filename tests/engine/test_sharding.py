@@ -12,8 +12,8 @@ from flax import nnx
 
 from md4_jax.engine import sharding
 from md4_jax.errors import UserError
-from md4_jax.models.transformer import Transformer, TransformerConfig
-from tests.conftest import ROOT
+from md4_jax.models.transformer import Transformer
+from tests.conftest import ROOT, transformer_config
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_scanned_layers_shard_like_unrolled_ones_with_one_devices_losses(mesh_re
 
 
 def test_a_large_parameter_that_would_lose_its_sharding_is_refused():
-  abstract = nnx.state(nnx.eval_shape(lambda: Transformer(TransformerConfig(vocab_size=27, seq_len=8, num_layers=1,
+  abstract = nnx.state(nnx.eval_shape(lambda: Transformer(transformer_config(vocab_size=27, seq_len=8, num_layers=1,
                                                                              width=32, num_heads=2), nnx.Rngs(0))))
   tensor3 = types.SimpleNamespace(shape={"data": 1, "fsdp": 1, "tensor": 3})  # 27 + 1 ids: not a multiple of 3
   sharding.check_declared_sharding(abstract, tensor3)  # small parameters may be replicated

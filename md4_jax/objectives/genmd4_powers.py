@@ -8,18 +8,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from md4_jax.storage import files  # noqa: E402
 
 LABELLED = 24  # vocabularies up to this size get every token named; larger ones their extremes
-
-
-def learned_powers(experiment, params) -> np.ndarray | None:
-  """The powers w_v of the run's learned schedule, or None for objectives with a fixed schedule."""
-  if not hasattr(experiment.objective, "powers"):
-    return None
-  return np.asarray(jax.device_get(experiment.objective.powers(nnx.merge(experiment.graphdef, params))))
 
 
 def write(workdir, step: int, powers_V: np.ndarray, modality) -> list:

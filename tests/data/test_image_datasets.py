@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from md4_jax.data import download, image_datasets, records
+from md4_jax.data import download, image_datasets, image_readers, records
 from md4_jax.errors import UserError
 
 CIFAR_SIZES = {"train": 5, "validation": 3}  # per split; train spread over the five data_batch files
@@ -135,7 +135,7 @@ def cifar(tmp_path_factory):
 def test_cifar_reader_gives_pixels_and_labels_in_release_order(cifar):
   _, path, expected = cifar
   for split, (images, labels) in expected.items():
-    read = list(image_datasets.cifar10_images({path.name: path}, split))
+    read = list(image_readers.cifar10_images({path.name: path}, split))
     np.testing.assert_array_equal(np.stack([image for image, _ in read]), images)
     assert [label for _, label in read] == labels
 
@@ -147,11 +147,11 @@ def test_pure_red_is_red_in_every_release(tmp_path):
   tar = write_png_tar(tmp_path / "valid_64x64.tar", "valid_64x64", red_64)
   npz = write_npz_release(tmp_path / "n", np.repeat(red_64, 10, 0), [1] * 10, red_64, [1], zipped=False)
   red_tokens = [255, 0, 0] * 4
-  image, _ = next(image_datasets.cifar10_images({cifar.name: cifar}, "validation"))
+  image, _ = next(image_readers.cifar10_images({cifar.name: cifar}, "validation"))
   assert image.reshape(-1)[:12].tolist() == red_tokens and image.reshape(-1).sum() == 255 * 32 * 32
-  image, _ = next(image_datasets.png_images({"valid_64x64.tar": tar}, "validation"))
+  image, _ = next(image_readers.png_images({"valid_64x64.tar": tar}, "validation"))
   assert image.reshape(-1)[:12].tolist() == red_tokens and image.reshape(-1).sum() == 255 * 64 * 64
-  image, _ = next(image_datasets.npz_images({"val_data.npz": (npz / "val_data.npz", "")}, "validation"))
+  image, _ = next(image_readers.npz_images({"val_data.npz": (npz / "val_data.npz", "")}, "validation"))
   assert image.reshape(-1)[:12].tolist() == red_tokens and image.reshape(-1).sum() == 255 * 64 * 64
 
 
@@ -280,7 +280,7 @@ def test_imagenet64_png_release_round_trip(imagenet):
   root, expected = imagenet
   manual = root / "manual"
   for split, name in (("train", "train_64x64.tar"), ("validation", "valid_64x64.tar")):
-    read = list(image_datasets.png_images({name: manual / name}, split))
+    read = list(image_readers.png_images({name: manual / name}, split))
     np.testing.assert_array_equal(np.stack([image for image, _ in read]), expected[split])
     assert {label for _, label in read} == {-1}
   out_dir = image_datasets.prepare("imagenet64", root / "data", manual_dir=str(manual), split_sizes=IMAGENET_SIZES,
@@ -311,7 +311,7 @@ def test_a_png_of_the_wrong_size_is_refused(imagenet, tmp_path):
   with tarfile.open(manual / "valid_64x64.tar", "a") as tar:
     add_member(tar, "valid_64x64/grey.png", png_bytes(expected["validation"][0], mode="L"))
   with pytest.raises(UserError, match="grey.png .* is a 64x64 L image, expected 64x64 RGB"):
-    list(image_datasets.png_images({"valid_64x64.tar": manual / "valid_64x64.tar"}, "validation"))
+    list(image_readers.png_images({"valid_64x64.tar": manual / "valid_64x64.tar"}, "validation"))
 
 
 def test_missing_release_files_are_named(imagenet, tmp_path):

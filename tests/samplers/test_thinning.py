@@ -12,7 +12,7 @@ from md4_jax import samplers
 from md4_jax.core import per_token
 from md4_jax.core.schedules import get_schedule
 from md4_jax.objectives import genmd4
-from tests import test_sampling
+from tests.samplers import test_samplers as test_sampling
 from tests.conftest import sampler_settings
 
 V, L = 4, 4

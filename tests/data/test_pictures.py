@@ -3,9 +3,8 @@
 import numpy as np
 from PIL import Image as PILImage
 
-from md4_jax.data import image_sources
+from md4_jax.data import image_sources, pictures
 from md4_jax.data.modality import Image
-from md4_jax.engine import pictures
 from md4_jax.run import conditioning
 from md4_jax.storage import files
 

@@ -188,7 +188,7 @@ def test_two_processes_train_one_bucket_path_and_one_machine_restores_it(gcs, lo
   """A pod's workers (2 local processes x 4 devices) share gs://test-bucket/pod; both restore it on resume;
   one process on one device evaluates it afterwards. Compared with one local process on one device that
   stops and resumes at the same step (the learning-rate schedule follows num_steps)."""
-  from tests.test_multihost import assert_close, run_one, run_two_processes  # noqa: PLC0415
+  from tests.run.test_distributed import assert_close, run_one, run_two_processes  # noqa: PLC0415
 
   corpus, local = local_run[0], tmp_path / "one_device"
   pod = epath.Path(f"gs://{cloud_emulator.BUCKET}/pod")

@@ -66,7 +66,8 @@ def test_judge_perplexity_is_the_exact_likelihood(runs):
   assert judge.perplexity(tokens) == pytest.approx(math.exp(nll / tokens.size), rel=1e-5)
 
 
-@pytest.mark.parametrize("judge, message", [("md4", "must be autoregressive"), ("none", "holds no run")])
+@pytest.mark.parametrize("judge, message", [("md4", "whose likelihood is a bound; the judge must score exactly"),
+                                            ("none", "holds no run")])
 def test_a_bad_judge_is_a_clear_error(runs, judge, message):
   corpus, root = runs
   config = make_config(corpus, eval__suite="samples", eval__judge=str(root / judge))

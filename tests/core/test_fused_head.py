@@ -70,7 +70,7 @@ def objective_loss(config, fused: bool, capacity_fraction: float):
 
   def loss(params):
     network = (models.Network if fused else Plain)(nnx.merge(graphdef, params))
-    terms = objective.terms(network, x0, jax.random.key(11), token_mask_BxD=jnp.ones_like(x0), timesteps=0,
+    terms = objective.terms(network, x0, jax.random.key(11), token_mask_BxL=jnp.ones_like(x0), timesteps=0,
                             capacity_fraction=capacity_fraction, groups=2, training=True)
     return jnp.sum(terms.get("surrogate", terms["loss"]))
 

@@ -12,7 +12,8 @@ from scipy import stats
 from configs import base
 from md4_jax.core import per_token
 from md4_jax.core.schedules import EPS
-from md4_jax.objectives import MD4, GenMD4
+from md4_jax.objectives.genmd4 import GenMD4
+from md4_jax.objectives.md4 import MD4
 
 V, L = 5, 4
 
@@ -57,13 +58,13 @@ def test_equal_powers_give_md4_with_polyk_on_the_same_z(power, t_min, timesteps)
   key = jax.random.key(7)
   theta = jnp.full((V,), np.log(np.expm1(power)), jnp.float32)
   got = GenMD4(config_with(t_min=t_min, initial_power=power), V).terms(
-      FixedNet(theta, TABLE), x0, key, token_mask_BxD=token_mask, timesteps=timesteps, t_B=u_B)
+      FixedNet(theta, TABLE), x0, key, token_mask_BxL=token_mask, timesteps=timesteps, t_B=u_B)
   md4_config = base.get_config()
   md4_config.diffusion.schedule = f"poly{power}"
   # MD4 integrates over [0, 1]; GenMD4 over [t_min, 1] (u -> t_min + (1 - t_min) u) with the
   # reconstruction term at t_min. The T-step bound uses the grid over [0, 1] for both.
   t_B = u_B if timesteps else t_min + (1.0 - t_min) * u_B
-  want = MD4(md4_config, V).terms(FixedNet(theta, TABLE), x0, key, token_mask_BxD=token_mask,
+  want = MD4(md4_config, V).terms(FixedNet(theta, TABLE), x0, key, token_mask_BxL=token_mask,
                                   timesteps=timesteps, t_B=t_B)
   scale = 1.0 if timesteps else 1.0 - t_min
   np.testing.assert_allclose(got["diffusion"], scale * want["diffusion"], rtol=2e-5)
@@ -130,7 +131,7 @@ def test_the_enumerated_bound_matches_the_one_sample_estimate_on_average():
   x0, token_mask = batch()
   objective = GenMD4(config_with(t_min=T_MIN), V)
   estimate = jax.jit(jax.vmap(lambda key: objective.terms(
-      FixedNet(THETA, TABLE), x0, key, token_mask_BxD=token_mask, timesteps=0)["loss"].sum()))
+      FixedNet(THETA, TABLE), x0, key, token_mask_BxL=token_mask, timesteps=0)["loss"].sum()))
   values = np.asarray(estimate(jax.random.split(jax.random.key(1), 20_000)))
   want = expected_bound(THETA, x0, token_mask)
   assert abs(values.mean() - want) < 4 * values.std() / np.sqrt(values.size)
@@ -142,7 +143,7 @@ def test_the_schedule_gradient_matches_finite_differences_of_the_expected_bound(
   objective = GenMD4(config_with(t_min=T_MIN, network_draws=network_draws), V)
 
   def surrogate(theta, key):
-    terms = objective.terms(FixedNet(theta, TABLE), x0, key, token_mask_BxD=token_mask, timesteps=0, training=True)
+    terms = objective.terms(FixedNet(theta, TABLE), x0, key, token_mask_BxL=token_mask, timesteps=0, training=True)
     return terms["surrogate"].sum()
 
   grads = np.asarray(jax.jit(jax.vmap(jax.grad(surrogate), in_axes=(None, 0)))(
@@ -211,7 +212,7 @@ def test_genmd4_terms_and_gradients_are_finite_at_t_0_and_1_exactly():
   theta = jnp.asarray(np.log(np.expm1([0.3, 0.5, 1.0, 2.0, 4.0])), jnp.float32)  # powers below 1 included
 
   def surrogate(theta):
-    return objective.terms(FixedNet(theta, table), x0, jax.random.key(2), token_mask_BxD=jnp.ones_like(x0),
+    return objective.terms(FixedNet(theta, table), x0, jax.random.key(2), token_mask_BxL=jnp.ones_like(x0),
                            timesteps=0, t_B=jnp.array([0.0, 1.0]), training=True)["surrogate"].sum()
 
   value, grad = jax.value_and_grad(surrogate)(theta)

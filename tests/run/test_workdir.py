@@ -18,9 +18,8 @@ from md4_jax.engine import checkpoints, experiment
 from md4_jax.errors import UserError
 from md4_jax.run import modes
 from md4_jax.run.loop import NonFiniteLoss
-from tests.conftest import CORPUS, ROOT, launch_tiny, make_config, reference
+from tests.conftest import CORPUS, ROOT, assert_clear_error, launch_tiny, make_config, reference
 from tests.test_end_to_end import metric_rows
-from tests.test_errors import assert_clear_error
 
 STEPS = {"--config.train.num_steps": 8, "--config.train.checkpoint_every": 2, "--config.train.eval_every": 4}
 
@@ -144,14 +143,14 @@ def test_a_checkpoint_with_non_finite_state_is_never_saved(tmp_path, corpus_file
 
 def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_free(trained, tmp_path):
   workdir = copy_of(trained, tmp_path)
-  assert (workdir / "experiment.lock").is_file()  # left by the finished run: it binds nothing
+  assert (workdir / "train.lock").is_file()  # left by the finished run: it binds nothing
   first = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "tests/tiny_config.py"),
                             "--workdir", str(workdir), f"--config.data.path={trained[0]}",
                             *tiny_args(**{"--config.train.num_steps": 100000})],
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 120
-    while str(first.pid) not in (workdir / "experiment.lock").read_text():
+    while str(first.pid) not in (workdir / "train.lock").read_text():
       assert first.poll() is None and time.time() < deadline
       time.sleep(0.2)
     result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 100000}))
@@ -159,7 +158,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_free(trained, tmp_p
   finally:
     first.send_signal(signal.SIGKILL)  # a kill leaves the file, but not the lock
     first.wait()
-  with open(workdir / "experiment.lock", "a+") as handle:
+  with open(workdir / "train.lock", "a+") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise BlockingIOError if stuck
 
 
@@ -178,7 +177,7 @@ def test_an_unwritable_workdir_is_refused_before_any_work(trained, tmp_path, mon
     raise OSError(30, "Read-only file system")  # EROFS: what a read-only mount answers, even to root
 
   monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-  monkeypatch.setattr(run, "Experiment", None)  # no work may start: building the model would fail here
+  monkeypatch.setattr(modes, "Experiment", None)  # no work may start: building the model would fail here
   with pytest.raises(UserError, match=f"--workdir {workdir} cannot be written \\(Read-only file system\\)"):
     modes.main(make_config(trained[0]), workdir, mode, reference=reference())
 
@@ -188,11 +187,11 @@ def test_resuming_may_change_the_recovery_keys_and_config_json_keeps_the_history
   result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 10,
                                                          "--config.train.learning_rate": 0.005}))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert ("this run now differs from its original config: experiment.learning_rate 0.01 -> 0.005, from the checkpoint "
+  assert ("this run now differs from its original config: train.learning_rate 0.01 -> 0.005, from the checkpoint "
           "at step 8 on") in result.stdout
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["train"]["learning_rate"] == 0.005
-  assert saved["_run"]["recovery"] == [{"from_step": 8, "changes": {"experiment.learning_rate": [0.01, 0.005]}}]
+  assert saved["_run"]["recovery"] == [{"from_step": 8, "changes": {"train.learning_rate": [0.01, 0.005]}}]
   # Steps 9 and 10 (state steps 8 and 9) follow the new peak's schedule; the log line is their mean.
   schedule = experiment.learning_rate_schedule(make_config(trained[0], train__num_steps=10, train__learning_rate=0.005).train)
   logged = [row["train/learning_rate"] for row in metric_rows(workdir) if row["step"] == 10 and "train/loss" in row]
@@ -201,7 +200,7 @@ def test_resuming_may_change_the_recovery_keys_and_config_json_keeps_the_history
                                                          "--config.train.learning_rate": 0.005}))
   assert result.returncode == 0, result.stderr[-3000:]
   history = json.loads((workdir / "config.json").read_text())["_run"]["recovery"]
-  assert history[1] == {"from_step": 10, "changes": {"experiment.grad_clip": [1.0, 0.5]}}
+  assert history[1] == {"from_step": 10, "changes": {"train.grad_clip": [1.0, 0.5]}}
 
 
 def test_a_start_that_failed_before_any_checkpoint_binds_nothing(tmp_path, corpus_file):

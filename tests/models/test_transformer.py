@@ -1,5 +1,7 @@
 """The transformer denoiser: shapes, logical axes, time conditioning, bidirectionality."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +9,10 @@ import pytest
 from flax import nnx
 
 from md4_jax.models.attention import attention
-from md4_jax.models.transformer import Transformer, TransformerConfig, rope
+from md4_jax.models.transformer import Transformer, rope
+from tests.conftest import transformer_config
 
-CFG = TransformerConfig(vocab_size=11, seq_len=8, num_layers=2, width=32, num_heads=2)
+CFG = transformer_config(vocab_size=11, seq_len=8, num_layers=2, width=32, num_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_every_parameter_has_logical_axes():
 def test_time_conditioning_changes_output(model):
   z = jnp.array([[1, 2, CFG.vocab_size, 4, 5, 6, 7, 8]])
   assert not np.allclose(model(z, jnp.array([0.1])), model(z, jnp.array([0.9])))
-  unconditioned = Transformer(TransformerConfig(**{**CFG.__dict__, "time_conditioning": False}), nnx.Rngs(0))
+  unconditioned = Transformer(dataclasses.replace(CFG, time_conditioning=False), nnx.Rngs(0))
   unconditioned.head.kernel[...] = model.head.kernel[...]
   np.testing.assert_array_equal(unconditioned(z, jnp.array([0.1])), unconditioned(z, jnp.array([0.9])))
 
@@ -68,9 +71,9 @@ def test_rope_preserves_norm_and_encodes_relative_position():
 
 def test_bad_shapes_are_rejected():
   with pytest.raises(ValueError, match="num_heads"):
-    TransformerConfig(vocab_size=5, seq_len=4, width=30, num_heads=4)
+    transformer_config(vocab_size=5, seq_len=4, width=30, num_heads=4)
   with pytest.raises(ValueError, match="positions"):
-    TransformerConfig(vocab_size=5, seq_len=4, width=32, num_heads=2, positions="alibi")
+    transformer_config(vocab_size=5, seq_len=4, width=32, num_heads=2, positions="alibi")
 
 
 @pytest.mark.parametrize("causal", [False, True])

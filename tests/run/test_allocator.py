@@ -17,7 +17,7 @@ REEXEC = """
 import os, sys
 sys.path.insert(0, {root!r})
 print("start", flush=True)
-from md4_jax import allocator
+from md4_jax.run import allocator
 allocator.use_huge_pages()
 print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
 """
@@ -25,7 +25,7 @@ print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
 PROBE = """
 import resource, sys
 sys.path.insert(0, {root!r})
-from md4_jax import allocator
+from md4_jax.run import allocator
 allocator.use_huge_pages()
 import jax, jax.numpy as jnp
 x = jnp.ones((24 * 2**20,), jnp.float32)

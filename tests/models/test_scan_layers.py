@@ -9,8 +9,9 @@ from flax import nnx
 
 from md4_jax.data import modality
 from md4_jax.engine import experiment, sharding
-from md4_jax.models.transformer import Transformer, TransformerConfig
+from md4_jax.models.transformer import Transformer
 from tests import tiny_config
+from tests.conftest import transformer_config
 
 VOCAB, LENGTH, LAYERS = 11, 12, 3
 
@@ -29,8 +30,8 @@ def models(**overrides):
   """(unrolled, scanned) transformers holding the same parameters: the scanned one's are the unrolled
   blocks' stacked along a leading axis."""
   cfg = dict(vocab_size=VOCAB, seq_len=LENGTH, num_layers=LAYERS, width=32, num_heads=2, **overrides)
-  unrolled = Transformer(TransformerConfig(**cfg), nnx.Rngs(0))
-  scanned = Transformer(TransformerConfig(**cfg, scan_layers=True), nnx.Rngs(1))
+  unrolled = Transformer(transformer_config(**cfg), nnx.Rngs(0))
+  scanned = Transformer(transformer_config(**cfg, scan_layers=True), nnx.Rngs(1))
   params, stacked = perturbed_and_stacked(nnx.to_pure_dict(nnx.state(unrolled)), 0.1, seed=2)
   nnx.update(unrolled, params)
   scanned_state = nnx.state(scanned)
@@ -80,11 +81,11 @@ def _train_step_program(num_layers, scan_layers):
   config = tiny_config.get_config()
   config.model.num_layers, config.model.scan_layers = num_layers, scan_layers
   mesh = sharding.make_mesh(config.mesh)
-  experiment = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
+  built = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
   shape = (config.train.batch_size, LENGTH)
   batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
            for key in ("tokens", "token_mask")}
-  return experiment.train_step.lower(experiment.abstract_state, batch).as_text()
+  return built.train_step.lower(built.abstract_state, batch).as_text()
 
 
 def test_the_scanned_train_step_program_does_not_grow_with_depth():
@@ -128,8 +129,8 @@ def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws()
   for name in ("exact", "ancestral"):
     drawn = []
     for scan, params in ((False, unrolled_params), (True, scanned_params)):
-      experiment = experiments[scan].with_overrides("sampler", {"name": name, "steps": 8})
-      start = generate.unconditional_start(experiment, 4)
-      drawn.append(generate.draw_samples(experiment, params, jax.random.key(5), start).tokens)
+      sampling = experiments[scan].with_overrides("sampler", {"name": name, "steps": 8})
+      start = generate.unconditional_start(sampling, 4)
+      drawn.append(generate.draw_samples(sampling, params, jax.random.key(5), start).tokens)
     assert (drawn[0] < VOCAB).all()
     np.testing.assert_array_equal(drawn[1], drawn[0])

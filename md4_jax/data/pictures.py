@@ -13,9 +13,9 @@ MASK_COLOUR = np.array([255, 0, 255], np.uint8)
 GAP = 2  # pixels between cells, drawn white
 
 
-def to_rgb(tokens_NxD, image) -> np.ndarray:
+def to_rgb(tokens_NxL, image) -> np.ndarray:
   """[N, D] tokens of an md4_jax.modality.Image -> [N, H, W, 3] uint8."""
-  tokens = np.asarray(tokens_NxD).reshape(-1, image.height, image.width, image.channels)
+  tokens = np.asarray(tokens_NxL).reshape(-1, image.height, image.width, image.channels)
   masked = tokens >= image.levels
   values = np.round(np.clip(tokens, 0, image.levels - 1) * (255.0 / (image.levels - 1))).astype(np.uint8)
   if image.channels == 1:
@@ -41,9 +41,9 @@ def grid(cells_RxCxHxWx3: np.ndarray) -> np.ndarray:
   return out
 
 
-def sample_grid(tokens_NxD, image, columns: int = 0) -> np.ndarray:
+def sample_grid(tokens_NxL, image, columns: int = 0) -> np.ndarray:
   """The samples in a near-square grid (the last row padded with white cells)."""
-  pixels = enlarge(to_rgb(tokens_NxD, image))
+  pixels = enlarge(to_rgb(tokens_NxL, image))
   count = len(pixels)
   columns = columns or int(np.ceil(np.sqrt(count)))
   rows = -(-count // columns)
@@ -51,25 +51,25 @@ def sample_grid(tokens_NxD, image, columns: int = 0) -> np.ndarray:
   return grid(padded.reshape(rows, columns, *pixels.shape[1:]))
 
 
-def reverse_process_frames(tokens_NxD, order_NxD, num_frames: int, mask_id: int) -> np.ndarray:
+def reverse_process_frames(tokens_NxL, order_NxL, num_frames: int, mask_id: int) -> np.ndarray:
   """[N, F, D]: frame f shows the tokens filled by sampler clock round(f / (F - 1) * last clock), the rest
   masked: frame 0 is the start (only given tokens), the last the finished sample. Filled tokens never
   change, so the frames are the sampler's own states."""
-  tokens, order = np.asarray(tokens_NxD), np.asarray(order_NxD)
+  tokens, order = np.asarray(tokens_NxL), np.asarray(order_NxL)
   last = max(int(order.max()), 1)
   thresholds = np.round(np.linspace(0, last, num_frames)).astype(int)
   return np.stack([np.where(order <= threshold, tokens, mask_id) for threshold in thresholds], axis=1)
 
 
-def reverse_process_strip(tokens_NxD, order_NxD, image, num_frames: int = 8) -> np.ndarray:
+def reverse_process_strip(tokens_NxL, order_NxL, image, num_frames: int = 8) -> np.ndarray:
   """One row per sample, frames left (all masked) to right (finished)."""
-  frames_NxFxD = reverse_process_frames(tokens_NxD, order_NxD, num_frames, image.levels)
+  frames_NxFxD = reverse_process_frames(tokens_NxL, order_NxL, num_frames, image.levels)
   count = len(frames_NxFxD)
   pixels = enlarge(to_rgb(frames_NxFxD.reshape(count * num_frames, -1), image))
   return grid(pixels.reshape(count, num_frames, *pixels.shape[1:]))
 
 
-def completion_rows(originals_NxD, starts_NxD, completions_NxD, image) -> np.ndarray:
+def completion_rows(originals_NxL, starts_NxL, completions_NxL, image) -> np.ndarray:
   """One row per image: the original, what was kept (the rest masked), the completion."""
-  cells = [enlarge(to_rgb(tokens, image)) for tokens in (originals_NxD, starts_NxD, completions_NxD)]
+  cells = [enlarge(to_rgb(tokens, image)) for tokens in (originals_NxL, starts_NxL, completions_NxL)]
   return grid(np.stack(cells, axis=1))

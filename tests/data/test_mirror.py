@@ -17,8 +17,8 @@ from md4_jax.run import modes
 from tests import cloud_emulator
 from tests.cloud_emulator import gcs  # noqa: F401 (the emulator fixture)
 from tests.conftest import CORPUS, launch, make_config, reference
+from tests.data.test_text8 import make_text, make_zip
 from tests.test_end_to_end import metric_rows
-from tests.test_text8 import make_text, make_zip
 
 BUCKET = f"gs://{cloud_emulator.BUCKET}"
 SIZES = (4000, 400, 400)
@@ -125,7 +125,7 @@ def test_missing_data_in_a_bucket_is_one_line(gcs, monkeypatch, tmp_path):
 
 
 def test_a_sweep_runs_into_a_bucket(gcs, tmp_path):
-  from tests.test_sweeps import NAMES, write_sweep  # noqa: PLC0415
+  from tests.run.test_sweeps import NAMES, write_sweep  # noqa: PLC0415
 
   corpus = tmp_path / "corpus.txt"
   corpus.write_text(CORPUS)

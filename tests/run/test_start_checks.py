@@ -12,8 +12,7 @@ from md4_jax.data import pipeline, sources
 from md4_jax.data.rows import Data, StreamRows
 from md4_jax.errors import UserError
 from md4_jax.run import config_check
-from tests.conftest import ROOT, launch, launch_tiny, make_config
-from tests.test_errors import assert_clear_error
+from tests.conftest import ROOT, assert_clear_error, launch, launch_tiny, make_config
 
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 

@@ -1,0 +1,70 @@
+"""The objective protocol: every method every objective has, with the defaults an objective inherits.
+
+An objective gets the network as a `models.Network` (the backbone with the batch's labels and the step's
+dropout key bound: `net(z_BxL, t_B) -> logits_BxLxV`, and `net.features` / `net.head_loss` when the backbone
+splits its output layer off) and returns per-example terms in nats.
+"""
+
+import types
+
+from md4_jax.errors import UserError
+
+
+class Objective:
+  """Subclasses set `name` and implement `bound_name`, `terms` and `sample`; the rest has defaults."""
+
+  name: str = ""
+  exact = False  # True: --mode eval reports an exact likelihood (one draw, no T-step bounds), not an upper bound
+  network_requirements = types.MappingProxyType({})  # what it needs of the backbone, e.g. {"causal": True}
+
+  def __init__(self, config, vocab_size: int):
+    self.config, self.vocab_size = config, vocab_size
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """UserError for this objective's own config keys' bad values (run/config_check.py calls the chosen one's)."""
+    del config
+
+  def wrap_model(self, make_backbone):
+    """`make(rngs)` for the module trained: the backbone, or the backbone with the objective's own parameters."""
+    return make_backbone
+
+  def own_learning_rates(self) -> dict:
+    """{top-level parameter name: peak learning rate} for parameters with a rate of their own."""
+    return {}
+
+  def state_metrics(self, module) -> dict:
+    """Metrics of the trained module's own state (a learned schedule's powers), logged with train/."""
+    del module
+    return {}
+
+  def capacity_fraction(self, rows: int, length: int) -> float:
+    """Share of a block of `rows` sequences of `length` tokens the output layer needs (1 = every position)."""
+    del rows, length
+    return 1.0
+
+  def eval_extras(self, module, step: int, workdir, modality) -> list:
+    """Files an evaluation writes beside the bound (GenMD4: its learned powers' plot); the paths written."""
+    del module, step, workdir, modality
+    return []
+
+  def bound_name(self, timesteps: int) -> str:
+    """What --mode eval calls the figure it reports."""
+    raise NotImplementedError
+
+  def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+            groups: int = 1, training: bool = False) -> dict:
+    """[B] arrays in nats: `loss` (the bound: reported, and optimised unless there is a `surrogate`), `diffusion`,
+    `reconstruction`, `prior`, `num_tokens`; with training=True maybe `surrogate` (optimised instead of `loss`,
+    with extra gradient terms) and, through a gathered output layer, `fallback`."""
+    raise NotImplementedError
+
+  def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
+    """(tokens_BxL, NFE, order_BxL): z's mask ids filled by the configured sampler; `module` is the whole
+    trained module (an objective with parameters of its own reads them from it)."""
+    raise NotImplementedError
+
+
+def refuse(message: str) -> None:
+  """For check_config: one error naming the key and the fix."""
+  raise UserError(message)

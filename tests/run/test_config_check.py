@@ -1,0 +1,131 @@
+"""Bad config keys, types and values, and bad flags, end in one clear message (exit status 2 or a flags error)
+before any work, never a traceback (run/config_check.py, run/config_scope.py, launch.py)."""
+
+
+import ml_collections
+import pytest
+
+from md4_jax.errors import UserError
+from md4_jax.run import modes
+from tests.conftest import assert_clear_error, launch, launch_tiny, make_config, reference
+
+
+def test_unknown_key_on_the_command_line(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.model.widht=64"), "unknown config key", "widht")
+
+
+def test_wrong_type_on_the_command_line(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.train.num_steps=lots"), "num_steps")
+
+
+def test_bad_schedule_name(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path, "--config.diffusion.schedule=quadratic")
+  assert_clear_error(result, "unknown masking schedule 'quadratic'", "poly2")
+  assert result.returncode == 2
+
+
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), ("", "is empty")])
+def test_missing_or_empty_text_file(tmp_path, content, message):
+  path = tmp_path / "corpus.txt"
+  if content is not None:
+    path.write_text(content)
+  assert_clear_error(launch_tiny(path, tmp_path / "run"), message)
+
+
+def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
+  config = make_config(corpus_file)
+  config.model.dropout = 0.1
+  with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.width"):
+    modes.main(config, tmp_path, reference=reference())
+  values = make_config(corpus_file).to_dict()
+  values["train"]["num_steps"] = 10.5  # a config built without configs/base.py's typed defaults
+  config = ml_collections.ConfigDict(values)
+  with pytest.raises(UserError, match="'train.num_steps' = 10.5 is a float; it must be a int"):
+    modes.main(config, tmp_path, reference=reference())
+
+
+def test_type_error_inside_a_config_file(tmp_path, corpus_file):
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text("from tests import tiny_config\n\n\ndef get_config():\n"
+                         "  config = tiny_config.get_config()\n  config.train.num_steps = 10.5\n  return config\n")
+  result = launch("--config", config_file, "--workdir", tmp_path / "run", f"--config.data.path={corpus_file}")
+  assert_clear_error(result, "error in the config file", "num_steps")
+  assert result.returncode == 2
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train__batch_size", 0, "must be positive"),
+    ("diffusion__timesteps", -1, "diffusion.timesteps"),
+    ("model__num_heads", 5, "num_heads"),
+    ("sampler__grid", "log", "unknown time grid"),
+    ("sampler__name", "gibbs", "sampler.name.*choose one of"),
+    ("sampler__inner", "semi_ar", "sampler.inner.*choose one of"),
+    ("sampler__top_p", 0.0, "top_p"),
+    ("sampler__temperature", -1.0, "temperature"),
+    ("sampler__tokens_per_call", 0, "tokens_per_call"),
+    ("sampler__params", "best", "sampler.params"),
+    ("train__ema_decay", 1.0, "ema_decay"),
+    ("train__learning_rate", -1e-3, "learning_rate=-0.001 must be > 0"),
+    ("train__warmup_steps", -1, "warmup_steps=-1 must be >= 0"),
+    ("train__weight_decay", -0.1, "weight_decay"),
+    ("train__b1", 1.0, "b1=1.0 must be in"),
+    ("train__b2", -0.1, "b2=-0.1 must be in"),
+    ("train__grad_clip", -1.0, "grad_clip=-1.0 must be >= 0.*0 = no clipping"),
+])
+def test_bad_values_fail_before_any_work(corpus_file, tmp_path, key, value, message):
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, **{key: value}), tmp_path / "run", reference=reference())
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("diffusion__genmd4__network_draws", 3, "network_draws=3: choose 1 or 2"),
+    ("diffusion__genmd4__t_min", 1.0, "t_min=1.0 must be in"),
+    ("diffusion__genmd4__initial_power", 0.0, "initial_power=0.0 must be > 0"),
+    ("diffusion__genmd4__learning_rate", -0.5, "genmd4.learning_rate=-0.5: use -1"),
+])
+def test_genmd4_checks_its_own_keys(corpus_file, tmp_path, key, value, message):
+  """objectives/genmd4.py checks these (GenMD4.check_config), and only when the run is GenMD4."""
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, objective="genmd4", **{key: value}), tmp_path / "run", reference=reference())
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(sampler__name="semi_ar", sampler__block_length=5), "block_length=5 must divide the sequence length 16"),
+    (dict(sampler__name="semi_ar", sampler__block_length=4, sampler__steps=6), "multiple of the 4 semi_ar blocks"),
+])
+def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+
+
+def test_shorthand_config_flags(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--sampler.nme=exact")
+  assert_clear_error(result, "unknown config key 'sampler.nme'", "sampler.name")
+
+
+def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--model.kind=ar")
+  assert_clear_error(result, "'model.kind' was replaced by 'objective'", "--config.objective=ar")
+  assert result.returncode == 2
+  config = make_config(corpus_file).to_dict()
+  config["model"]["kind"] = "ar"  # a config file that still sets it
+  with pytest.raises(UserError, match="'model.kind' was replaced by 'objective'"):
+    modes.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
+
+
+def test_partial_multihost_flags(tmp_path, corpus_file):
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--num_processes=2"), "multi-host needs all of",
+                     "--coordinator_address=HOST:PORT")
+  assert_clear_error(launch_tiny(corpus_file, tmp_path, "--coordinator_address=localhost:1", "--num_processes=2",
+                                 "--process_id=2"), "--process_id=2 must be in [0, 2)")
+
+
+def test_optimizer_mistakes_and_a_step_in_train_mode_are_one_line_through_the_command(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--config.train.learning_rate=-0.01")
+  assert_clear_error(result, "train.learning_rate=-0.01 must be > 0")
+  assert not (tmp_path / "run").exists()
+  result = launch_tiny(corpus_file, tmp_path / "run", "--step=4")
+  assert_clear_error(result, "--step=4 applies to --mode eval and --mode sample", "move the later")
+  assert not (tmp_path / "run").exists()
