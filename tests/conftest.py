@@ -103,6 +103,26 @@ def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):
                 f"--config.data.path={corpus}", *args, **kwargs)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """(corpus, workdir, last eval): the tiny config trained once per test process (each xdist worker) and shared
+  by the files that need a finished run; use `copy_of_run` for one to change."""
+  from md4_jax.run import modes  # noqa: PLC0415 (jax is imported after the compilation-cache settings above)
+
+  root = tmp_path_factory.mktemp("tiny_run")
+  corpus = root / "corpus.txt"
+  corpus.write_text(CORPUS)
+  result = modes.main(make_config(corpus), root / "run", "train", reference=reference())
+  return corpus, root / "run", result
+
+
+def copy_of_run(run, target: pathlib.Path):
+  """(corpus, a copy of the run's workdir at `target`, last eval): the same corpus file, so the copy resumes."""
+  corpus, workdir, result = run
+  shutil.copytree(workdir, target)
+  return corpus, target, result
+
+
 def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
 

@@ -1,6 +1,8 @@
 """benchmarks/common.py's FLOP count of an image train step: the same work counts the same whether the batch
 goes through in one piece or in train.grad_accum microbatches (XLA's cost analysis counts a loop body once)."""
 
+import pytest
+
 from benchmarks import common
 from md4_jax.engine import sharding
 from tests import tiny_image_config
@@ -14,6 +16,7 @@ def image_step_flops(grad_accum):
   return common.train_step_model_flops(experiment, state, batch, config.train.batch_size * modality.length)
 
 
+@pytest.mark.slow
 def test_accumulated_steps_count_the_whole_batch():
   one, source = image_step_flops(1)
   assert source == "xla_cost_analysis" and one > 0

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import ROOT, assert_clear_error, launch, launch_tiny
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 # The corpus holds '_', so the default infill gap is ambiguous for a character-level run on it.
 UNDERSCORE_CORPUS = "the quick brown fox jumps over the lazy dog. a snake_case cat sat on the mat. " * 60
 SHORT_RUN = ("--config.train.num_steps=2", "--config.train.checkpoint_every=2")

@@ -16,7 +16,9 @@ import pytest
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
 from md4_jax.run import modes
-from tests.conftest import ROOT, launch, launch_tiny, make_config, reference
+from tests.conftest import ROOT, copy_of_run, launch, launch_tiny, make_config, reference
+
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 WALLCLOCK_KEYS = ("train/steps_per_sec", "train/tokens_per_sec")
 
@@ -42,16 +44,9 @@ def assert_same_arrays(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  """An uninterrupted 12-step run that the other tests compare against."""
-  from tests.conftest import CORPUS
-
-  root = tmp_path_factory.mktemp("reference")
-  corpus = root / "corpus.txt"
-  corpus.write_text(CORPUS)
-  workdir = root / "run"
-  result = modes.main(make_config(corpus), workdir, "train", reference=reference())
-  return corpus, workdir, result
+def reference_run(tiny_run, tmp_path_factory):
+  """An uninterrupted 12-step run that the other tests compare against (this file's own copy)."""
+  return copy_of_run(tiny_run, tmp_path_factory.mktemp("reference") / "run")
 
 
 def test_training_writes_the_workdir_and_learns(reference_run):

@@ -4,8 +4,12 @@ not be its first run. Its numbers on a CPU mean nothing; its lines and fields ar
 import json
 import subprocess
 
+import pytest
+
 from benchmarks import trace_table
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 
 def test_the_gpu_suite_runs_and_writes_one_json_line_per_measurement(tmp_path):

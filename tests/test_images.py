@@ -23,6 +23,8 @@ from tests import tiny_image_config
 from tests.conftest import override, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 
 def image_config(**overrides):
   return override(tiny_image_config.get_config(overrides.pop("model__backbone", "unet")), **overrides)

@@ -15,6 +15,8 @@ from packaging.version import Version
 from md4_jax.run import platform_check
 from tests.conftest import ROOT, launch
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 

@@ -14,7 +14,7 @@ GAP = 2  # pixels between cells, drawn white
 
 
 def to_rgb(tokens_NxL, image) -> np.ndarray:
-  """[N, D] tokens of an md4_jax.modality.Image -> [N, H, W, 3] uint8."""
+  """[N, L] tokens of a data.modality.Image (L = H W C) -> [N, H, W, 3] uint8."""
   tokens = np.asarray(tokens_NxL).reshape(-1, image.height, image.width, image.channels)
   masked = tokens >= image.levels
   values = np.round(np.clip(tokens, 0, image.levels - 1) * (255.0 / (image.levels - 1))).astype(np.uint8)

@@ -45,7 +45,7 @@ class RecordRows:
 
 
 class ArrayRows:
-  """Rows of an in-memory [N, D] array, with labels [N] when given."""
+  """Rows of an in-memory [N, L] array, with labels [N] when given."""
 
   def __init__(self, tokens_NxL: np.ndarray, labels_N: np.ndarray | None = None):
     self.tokens, self.labels = np.asarray(tokens_NxL, np.int32), labels_N
@@ -62,7 +62,7 @@ class ArrayRows:
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  modality: object  # md4_jax.modality.Text or Image: vocabulary, length, decoding
+  modality: object  # data.modality.Text or Image: vocabulary, length, decoding
   train: object  # random-access rows
   eval: object  # random-access rows of the held-out split (the last one may be padded)
 

@@ -19,8 +19,8 @@ from md4_jax.storage import files
 
 @dataclasses.dataclass(frozen=True)
 class Samples:
-  tokens: np.ndarray  # [N, D]
-  order: np.ndarray  # [N, D]: the sampler's clock at which each token was filled (0 = given)
+  tokens: np.ndarray  # [N, L]
+  order: np.ndarray  # [N, L]: the sampler's clock at which each token was filled (0 = given)
   labels: np.ndarray  # [N] class labels the samples were drawn for (meaningful for class-conditional runs)
   nfe: int  # network calls
   seconds: float  # the sampling call, without compilation

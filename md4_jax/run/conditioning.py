@@ -97,7 +97,7 @@ def kept_region(image, region: str) -> np.ndarray:
 
 
 def completion_start(tokens_NxL: np.ndarray, image, region: str) -> np.ndarray:
-  """[N, D]: the images' tokens where `region` is kept, the mask id (image.levels) elsewhere."""
+  """[N, L]: the images' tokens where `region` is kept, the mask id (image.levels) elsewhere."""
   return np.where(kept_region(image, region)[None], tokens_NxL, image.levels).astype(np.int32)
 
 

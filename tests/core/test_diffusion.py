@@ -72,6 +72,7 @@ def test_uniform_predictor_terms_exact():
   np.testing.assert_array_equal(terms["num_tokens"], [5, 5, 5])
 
 
+@pytest.mark.slow
 def test_antithetic_and_iid_agree_in_mean():
   # A denoiser that depends on the data so the loss depends on t.
   a_mean, a_err = mean_loss(informative_denoise, antithetic=True, n=1500)
@@ -89,6 +90,7 @@ def informative_denoise(z, t):
   return 3.0 * visible_Bx1x1 * jax.nn.one_hot(X0[: z.shape[0], : z.shape[1]], V)
 
 
+@pytest.mark.slow
 def test_discrete_time_approaches_continuous():
   cont, cont_err = mean_loss(informative_denoise, n=1500)
   gaps = []
@@ -138,6 +140,7 @@ def test_spread_order_balances_every_block_of_rows():
         assert np.max(np.abs(block_means - (batch - 1) / (2 * batch))) < 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capacity, groups, expect_fallback", [(40, 1, 0.0), (20, 2, 0.0), (8, 2, 1.0), (None, 1, 0.0)])
 def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fallback):
   """Applying the output layer only at masked positions changes the cost, never the value or gradient."""

@@ -25,6 +25,7 @@ def table_loss(logits_NxV, x0_N, values_NxV):
   return fused_head.cross_entropy(logits_NxV, x0_N, None) + jnp.sum(values_NxV * jax.nn.softmax(logits_NxV), -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_head_loss_equals_the_plain_layer_and_loss_over_several_blocks(monkeypatch, dtype, tolerance):
   monkeypatch.setattr(fused_head, "BLOCK_ELEMENTS", 128 * V)  # 128 rows per block: 300 rows -> 3 blocks, padded
@@ -77,6 +78,7 @@ def objective_loss(config, fused: bool, capacity_fraction: float):
   return jax.value_and_grad(loss)(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, capacity_fraction", [("md4", 1.0), ("md4", 0.6), ("md4", 0.1), ("genmd4", 0.6),
                                                           ("genmd4", 1.0), ("ar", 1.0)])
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
@@ -119,6 +121,7 @@ def test_rms_norm_and_glu_gradients_are_autodiffs(dtype, tolerance):
                                  rtol=tolerance, atol=tolerance * float(jnp.max(jnp.abs(reference))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_over_head_groups_is_the_same_function_and_gradient(monkeypatch, causal):
   """Scores too large for one block run in groups of heads (here 3 groups of 2): same values and gradients."""

@@ -65,6 +65,7 @@ def test_preparing_again_from_another_machine_keeps_the_bucket_copy(gcs, prepare
   assert generations(gcs, "data/") == before
 
 
+@pytest.mark.slow
 def test_a_bucket_dataset_trains_like_the_local_copy(gcs, prepared, monkeypatch):
   monkeypatch.setenv(mirror.CACHE_VARIABLE, str(prepared / "training_cache"))
   modes.main(text8_config(f"{BUCKET}/data"), prepared / "bucket_data_run", "train", reference=reference())
@@ -124,6 +125,7 @@ def test_missing_data_in_a_bucket_is_one_line(gcs, monkeypatch, tmp_path):
     modes.main(text8_config(f"{BUCKET}/data", f"{BUCKET}/raw"), None, "prepare", reference=reference())
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_into_a_bucket(gcs, tmp_path):
   from tests.run.test_sweeps import NAMES, write_sweep  # noqa: PLC0415
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from md4_jax.data import pipeline
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_two_processes_split_each_global_batch_and_resume(tmp_path):
   with socket.socket() as probe:  # a free port on localhost for the coordinator
     probe.bind(("localhost", 0))

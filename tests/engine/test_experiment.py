@@ -46,6 +46,7 @@ def test_remat_changes_memory_not_results(float32_step):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(float32_step):
   _, _, _, expected = float32_step
   half = experiment(model__dtype="bfloat16")

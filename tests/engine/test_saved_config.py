@@ -22,6 +22,7 @@ def test_incompatible_workdir_is_refused(tmp_path, corpus_file):
   assert json.loads((workdir / "config.json").read_text()) == saved  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_a_workdir_saved_with_model_kind_still_resumes(tmp_path, corpus_file):
   """Runs from before the objective key hold model.kind in config.json: read as `objective`."""
   workdir = tmp_path / "run"

@@ -15,6 +15,8 @@ from md4_jax.errors import UserError
 from md4_jax.models.transformer import Transformer
 from tests.conftest import ROOT, transformer_config
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 
 @pytest.fixture(scope="module")
 def mesh_results(tmp_path_factory):

@@ -79,6 +79,7 @@ def exact_bound(exp, params, timesteps: int) -> float:
   return float(np.mean(diffusion + ends))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timesteps, draws", [(0, 64), (4, 16)], ids=["continuous", "T4"])
 def test_estimator_matches_the_exact_bound(params, timesteps, draws):
   exp = experiment(time_samples=draws, timesteps=timesteps)

@@ -13,7 +13,7 @@ from md4_jax.engine import sharding
 from md4_jax.errors import UserError
 from md4_jax.evals import samples as sample_quality
 from md4_jax.run import modes
-from tests.conftest import CORPUS, make_config, reference
+from tests.conftest import copy_of_run, make_config, reference
 
 
 def test_unigram_entropy_sees_repetition():
@@ -31,15 +31,14 @@ def test_sampler_variants_parse_or_fail_clearly():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_run, tmp_path_factory):
   root = tmp_path_factory.mktemp("quality")
-  corpus = root / "corpus.txt"
-  corpus.write_text(CORPUS)
-  modes.main(make_config(corpus), root / "md4", "train", reference=reference())
+  corpus, _, _ = copy_of_run(tiny_run, root / "md4")
   modes.main(make_config(corpus, objective="ar"), root / "ar", "train", reference=reference())
   return corpus, root
 
 
+@pytest.mark.slow
 def test_samples_suite_writes_a_table_per_sampler(runs):
   corpus, root = runs
   config = make_config(corpus, eval__suite="samples", eval__samplers="ancestral:4,exact:1",

@@ -35,6 +35,7 @@ def gpt2_run(tmp_path_factory):
   return config, root / "run"
 
 
+@pytest.mark.slow
 def test_zero_shot_eval_covers_every_row_of_every_benchmark(gpt2_run):
   config, workdir = gpt2_run
   result = modes.main(config, workdir, "eval", reference=reference())

@@ -68,6 +68,7 @@ def test_autodiffs_kernel_gradient_in_a_loop_is_not_canonical():
   assert any(layout != CANONICAL for layout in conv_layouts(scanned_gradient_hlo(autodiff_conv, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the written-out gradient is the CPU's")
 @pytest.mark.parametrize("backbone", ["unet", "uvit"])
 def test_image_backbones_scanned_train_steps_have_only_canonical_convolutions(backbone):

@@ -46,6 +46,7 @@ def inputs():
           jnp.asarray(rng.uniform(size=4), jnp.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"remat": "block"}, {"causal": True, "time_conditioning": False}],
                          ids=["plain", "remat", "causal"])
 def test_scanned_layers_compute_the_unrolled_function_and_gradient(overrides):
@@ -112,6 +113,7 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   config_check.check_resumable(saved, config, "/runs/old", reference)
 
 
+@pytest.mark.slow
 def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws():
   """The samplers call the network inside their own loops (a regression: nnx.scan refused a module made
   outside that trace). Same parameters, same key: the same tokens, for a loop per step and per event."""

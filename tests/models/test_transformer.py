@@ -76,6 +76,7 @@ def test_bad_shapes_are_rejected():
     transformer_config(vocab_size=5, seq_len=4, width=32, num_heads=2, positions="alibi")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_attention_gradient_is_autodiffs(causal, dtype):

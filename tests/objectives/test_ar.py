@@ -29,6 +29,7 @@ def random_network(causal: bool):
                                                           for x, k in zip(leaves, keys)]))
 
 
+@pytest.mark.slow
 def test_the_likelihood_is_normalised_over_all_sequences():
   nll = ar_likelihood.nll_terms(random_network(causal=True), SEQUENCES, vocab_size=3)["loss"]
   assert abs(float(jnp.sum(jnp.exp(-nll))) - 1.0) < 1e-5

@@ -160,6 +160,7 @@ def test_the_schedule_gradient_matches_finite_differences_of_the_expected_bound(
     assert misfit(wrong) > 4 * threshold, (mean, wrong, stderr)
 
 
+@pytest.mark.slow
 def test_the_score_has_zero_mean_and_the_leave_one_out_term_estimates_the_score_gradient():
   """At fixed (x0, t): sum_z q(z) grad log q(z) = 0 (so the other draw is a valid baseline), and the
   REINFORCE term's mean gradient is E[l(z) grad log q(z)], both by enumeration of every z."""
@@ -205,6 +206,7 @@ def test_the_schedule_can_have_its_own_learning_rate():
     np.testing.assert_allclose(updates["schedule"]["theta"], ratio * updates["backbone"]["scale"][0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_genmd4_terms_and_gradients_are_finite_at_t_0_and_1_exactly():
   x0 = jax.random.randint(jax.random.key(0), (2, 4000), 0, V)
   table = jax.random.normal(jax.random.key(1), (4000, V + 1, V))

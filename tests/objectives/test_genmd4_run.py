@@ -16,6 +16,8 @@ from md4_jax.run import modes
 from tests.conftest import CORPUS, launch_tiny, make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 GENMD4 = {"objective": "genmd4", "diffusion__genmd4__learning_rate": 0.05}
 
 

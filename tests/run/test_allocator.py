@@ -58,6 +58,7 @@ def test_an_entry_point_restarts_once_with_the_tunable_and_its_arguments(tmp_pat
   assert run_script(tmp_path, REEXEC, "x", setting="default") == ["start", "None ['x']"]  # the opt-out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not THP.exists() or "[never]" in THP.read_text(), reason="the kernel grants no huge pages")
 def test_large_temporary_buffers_fault_by_the_huge_page(tmp_path):
   pages = 24 * 2**20 * 4 // 4096  # of the temporary buffer

@@ -20,20 +20,18 @@ from md4_jax.engine import checkpoints
 from md4_jax.run import modes
 from tests import cloud_emulator
 from tests.cloud_emulator import gcs  # noqa: F401 (the emulator fixture)
-from tests.conftest import CORPUS, ROOT, launch, make_config, reference
+from tests.conftest import ROOT, copy_of_run, launch, make_config, reference
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state
+
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 BUCKET_RUN = f"gs://{cloud_emulator.BUCKET}/run"
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_run(tiny_run, tmp_path_factory):
   """(corpus, workdir, result): the tiny config trained uninterrupted in a local directory."""
-  root = tmp_path_factory.mktemp("local")
-  corpus = root / "corpus.txt"
-  corpus.write_text(CORPUS)
-  result = modes.main(make_config(corpus), root / "run", "train", reference=reference())
-  return corpus, root / "run", result
+  return copy_of_run(tiny_run, tmp_path_factory.mktemp("local") / "run")
 
 
 def tiny_command(corpus, workdir, *args):

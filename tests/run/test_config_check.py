@@ -10,20 +10,24 @@ from md4_jax.run import modes
 from tests.conftest import assert_clear_error, launch, launch_tiny, make_config, reference
 
 
+@pytest.mark.slow
 def test_unknown_key_on_the_command_line(tmp_path, corpus_file):
   assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.model.widht=64"), "unknown config key", "widht")
 
 
+@pytest.mark.slow
 def test_wrong_type_on_the_command_line(tmp_path, corpus_file):
   assert_clear_error(launch_tiny(corpus_file, tmp_path, "--config.train.num_steps=lots"), "num_steps")
 
 
+@pytest.mark.slow
 def test_bad_schedule_name(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path, "--config.diffusion.schedule=quadratic")
   assert_clear_error(result, "unknown masking schedule 'quadratic'", "poly2")
   assert result.returncode == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, message", [(None, "does not exist"), ("", "is empty")])
 def test_missing_or_empty_text_file(tmp_path, content, message):
   path = tmp_path / "corpus.txt"
@@ -105,6 +109,7 @@ def test_shorthand_config_flags(tmp_path, corpus_file):
   assert_clear_error(result, "unknown config key 'sampler.nme'", "sampler.name")
 
 
+@pytest.mark.slow
 def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path / "run", "--model.kind=ar")
   assert_clear_error(result, "'model.kind' was replaced by 'objective'", "--config.objective=ar")
@@ -115,6 +120,7 @@ def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, co
     modes.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
 
 
+@pytest.mark.slow
 def test_partial_multihost_flags(tmp_path, corpus_file):
   assert_clear_error(launch_tiny(corpus_file, tmp_path, "--num_processes=2"), "multi-host needs all of",
                      "--coordinator_address=HOST:PORT")
@@ -122,6 +128,7 @@ def test_partial_multihost_flags(tmp_path, corpus_file):
                                  "--process_id=2"), "--process_id=2 must be in [0, 2)")
 
 
+@pytest.mark.slow
 def test_optimizer_mistakes_and_a_step_in_train_mode_are_one_line_through_the_command(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path / "run", "--config.train.learning_rate=-0.01")
   assert_clear_error(result, "train.learning_rate=-0.01 must be > 0")

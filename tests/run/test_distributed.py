@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import CORPUS, ROOT
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 TINY = ROOT / "tests/tiny_config.py"
 LOG_STEPS = [2, 4, 6, 8, 10, 12]
 

@@ -57,9 +57,9 @@ def test_calls_start_at_multiples_and_no_hook_falls_inside_one():
     assert done == cfg.num_steps
 
 
-def test_k_steps_per_call_is_the_one_step_run_and_resumes_the_same(corpus_file, tmp_path, monkeypatch):
-  one_by_one = tmp_path / "one"
-  modes.main(make_config(corpus_file), one_by_one, "train", reference=reference())
+@pytest.mark.slow
+def test_k_steps_per_call_is_the_one_step_run_and_resumes_the_same(tiny_run, tmp_path, monkeypatch):
+  corpus_file, one_by_one, _ = tiny_run  # only read
   real, seen = loop.steps_in_call, []
 
   def counting(cfg, done):
@@ -94,6 +94,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file
   assert steps[-1] == good_step
 
 
+@pytest.mark.slow
 def test_nan_loss_from_the_command_line_is_one_message(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path / "run", "--config.train.learning_rate=1e30",
                        "--config.train.grad_clip=1e30", "--config.train.warmup_steps=0", "--config.train.num_steps=50")
@@ -119,6 +120,7 @@ runpy.run_path("launch.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_message_and_the_run_resumes(tmp_path, corpus_file):
   workdir = tmp_path / "run"
   args = ["--config", ROOT / "tests/tiny_config.py", "--workdir", workdir, f"--config.data.path={corpus_file}"]

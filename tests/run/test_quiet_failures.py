@@ -15,6 +15,8 @@ import pytest
 from md4_jax.engine import metrics_log
 from tests.conftest import CORPUS, ROOT, launch, launch_tiny
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 # Big enough that a damaged checkpoint leaves reads in flight (the noise needs them; the 27k-parameter tiny
 # model's few arrays are read before the failure is noticed), small enough to train in seconds.
 WIDE = ("--config.model.width=128", "--config.model.num_layers=4", "--config.model.num_heads=4")

@@ -31,6 +31,7 @@ def eight_devices(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", EIGHT_DEVICES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["train.batch_size", "eval.batch_size"])
 def test_a_batch_size_the_devices_do_not_divide_fails_before_any_work(tmp_path, corpus_file, eight_devices, key):
   # Before: an IndivisibleError traceback at the first step (train) or after training, at the first eval.
@@ -41,6 +42,7 @@ def test_a_batch_size_the_devices_do_not_divide_fails_before_any_work(tmp_path, 
   assert not workdir.exists()  # no data read, no workdir, nothing compiled
 
 
+@pytest.mark.slow
 def test_eval_mode_checks_the_eval_batch_only_where_a_suite_uses_it(tmp_path, corpus_file, eight_devices):
   # Checked before the workdir is even read; the samples suite draws replicated samples, so it is not refused.
   empty = tmp_path / "none"
@@ -74,6 +76,7 @@ def test_the_data_parallel_size_counts_both_batch_axes_and_microbatches_and_samp
     ("tiny_image_config", ["--config.sampler.name=exact", "--config.sampler.tokens_per_call=65"],
      "sampler.tokens_per_call=65 unmasks more positions per call than the 64 of a sample"),  # digits: 8 x 8 x 1
 ])
+@pytest.mark.slow
 def test_more_tokens_per_call_than_a_sample_has_fails_at_start(tmp_path, corpus_file, config, args, message):
   # Before: a jax.lax.top_k ValueError traceback at the first samples, after training.
   workdir = tmp_path / "run"

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from md4_jax.run import sweeps
 from tests.conftest import ROOT, launch
+
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 SWEEP_CONFIG = '''
 from tests import tiny_config

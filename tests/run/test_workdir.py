@@ -21,6 +21,8 @@ from md4_jax.run.loop import NonFiniteLoss
 from tests.conftest import CORPUS, ROOT, assert_clear_error, launch_tiny, make_config, reference
 from tests.test_end_to_end import metric_rows
 
+pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
+
 STEPS = {"--config.train.num_steps": 8, "--config.train.checkpoint_every": 2, "--config.train.eval_every": 4}
 
 

@@ -83,6 +83,7 @@ def test_markov_denoiser_is_the_true_conditional():
       np.testing.assert_allclose(probs[n] / probs[n].sum(), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [SETTINGS("ancestral", steps=500), SETTINGS("mean", steps=500),
                                       SETTINGS("exact")], ids=["ancestral_T500", "mean_T500", "exact"])
 def test_samples_follow_the_true_distribution(settings):

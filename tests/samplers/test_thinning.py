@@ -12,8 +12,8 @@ from md4_jax import samplers
 from md4_jax.core import per_token
 from md4_jax.core.schedules import get_schedule
 from md4_jax.objectives import genmd4
-from tests.samplers import test_samplers as test_sampling
 from tests.conftest import sampler_settings
+from tests.samplers import test_samplers as test_sampling
 
 V, L = 4, 4
 MASK = V
@@ -71,6 +71,7 @@ def test_the_denoiser_is_the_true_conditional():
       np.testing.assert_allclose(probs[n], want, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [SETTINGS("exact"), SETTINGS("ancestral", steps=500),
                                       SETTINGS("mean", steps=500)], ids=["exact", "ancestral_T500", "mean_T500"])
 def test_samples_follow_the_true_distribution(settings):
