@@ -9,8 +9,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
-  # "md4": masked diffusion, the negative ELBO | "ar": causal next-token baseline, exact likelihood (needs
-  # model.backbone="transformer"). Replaces model.kind.
+  # "md4": masked diffusion, the negative ELBO | "genmd4": MD4 with a learned per-token schedule | "bd3": block
+  # diffusion (blocks of diffusion.block_size left to right; needs model.backbone="transformer") | "ar": causal
+  # next-token baseline, exact likelihood (needs model.backbone="transformer"). Replaces model.kind.
   config.objective = "md4"  # what a step optimises (see the lines above)
 
   config.data = ml_collections.ConfigDict()
@@ -72,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
   config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
   config.diffusion.antithetic = True  # low-discrepancy t across the batch (unbiased, lower variance)
+  config.diffusion.block_size = 4  # objective="bd3": tokens per block L' (divides data.seq_len; L' = L is MD4)
   config.diffusion.genmd4 = ml_collections.ConfigDict()  # objective="genmd4": a learned schedule per token
   config.diffusion.genmd4.initial_power = 1.0  # w_v at the start: alpha_{t,v} = 1 - t^w_v (1 = linear)
   config.diffusion.genmd4.t_min = 1e-3  # times drawn in [t_min, 1]; the reconstruction term is taken at t_min

@@ -53,11 +53,12 @@ class Network:
   def __init__(self, module, label_B=None, dropout_key=None):
     self.module, self.label_B, self.dropout_key = module, label_B, dropout_key
 
-  def __call__(self, z_BxL, t_B):
-    return self.module(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key)
+  def __call__(self, z_BxL, t_B, **context):
+    """context: what a backbone may take besides (positions_L, mask: the transformer's block layouts)."""
+    return self.module(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **context)
 
-  def features(self, z_BxL, t_B):
-    return self.module.features(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key)
+  def features(self, z_BxL, t_B, **context):
+    return self.module.features(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **context)
 
   def head_logits(self, h_xF):
     return self.module.head_logits(h_xF)

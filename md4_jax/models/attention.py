@@ -5,6 +5,10 @@ The XLA form keeps no [L, L] array for the backward pass: it saves the log-norma
 recomputes the probabilities (as FlashAttention does), and it runs over groups of heads (`lax.map`) so a step
 holds the float32 [B, heads, L, L] scores of one group at a time (at B 8, L 1024, 12 heads: 0.4 GiB per array
 for all heads at once, 64 MiB per group of two).
+
+Which keys a query may see is a `Mask` (static: part of the compiled program): none (bidirectional), causal
+(the autoregressive baseline), block-causal (block diffusion's sampler: a block sees itself and the blocks
+before it) and block diffusion's training layout (noised and clean sequence side by side, docs/method.md).
 """
 
 import functools
@@ -13,11 +17,15 @@ import math
 import jax
 import jax.numpy as jnp
 
+from md4_jax.core.attention_masks import CAUSAL, Mask  # noqa: F401 (the masks attention takes)
+
 SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group on the CPU: 64 MiB
 ACCELERATOR_SCORE_BLOCK_ELEMENTS = 1 << 27  # on a GPU/TPU: 512 MiB (fewer, larger steps keep it busy)
 
 
 ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+
+
 
 
 def check_attention(name: str, dtype: str) -> None:
@@ -40,18 +48,22 @@ def attention_kernel(name: str, dtype: str, head_dim: int) -> str:
   return name
 
 
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, kernel: str = "xla"):
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Mask | None = None,
+              kernel: str = "xla"):
   """Softmax attention; scores and softmax in float32, the weighted sum in the values' dtype.
 
   kernel "xla": the weighted sum is written heads-major ([B, H, L, K] operands): XLA:CPU compiles the
   equivalent einsum "bhqs,bshk->bqhk" (and jax.nn.dot_product_attention's XLA form, which uses it) into a dot
   that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
   written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
-  attention_kernel), same function up to rounding.
+  attention_kernel), same function up to rounding; block masks run the XLA form (untested on cuDNN here).
+  causal=True is mask=CAUSAL.
   """
-  if kernel == "cudnn":
-    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal, implementation="cudnn")
-  return _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)
+  mask = CAUSAL if causal else mask
+  if kernel == "cudnn" and mask in (None, CAUSAL):
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=mask == CAUSAL,
+                                        implementation="cudnn")
+  return _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
 
 
 def head_groups(batch: int, heads: int, length: int) -> int:
@@ -79,33 +91,32 @@ def _by_head_group(fn, groups: int, *arrays_BxHx):
   return jax.tree.map(join, jax.lax.map(lambda parts: fn(*parts), tuple(map(split, arrays_BxHx))))
 
 
-def _scores(q_BxHxLxK, k_BxHxLxK, causal):
-  """Scaled scores [B, H, L, L] in float32, -inf above the diagonal when causal."""
+def _scores(q_BxHxLxK, k_BxHxLxK, mask):
+  """Scaled scores [B, H, L, L] in float32, -inf where the mask forbids (every row keeps its own key)."""
   scores_BxHxLxL = jnp.matmul(q_BxHxLxK, jnp.swapaxes(k_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
   scores_BxHxLxL = scores_BxHxLxL / math.sqrt(q_BxHxLxK.shape[-1])
-  if causal:
-    length = scores_BxHxLxL.shape[-1]
-    scores_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores_BxHxLxL, -jnp.inf)
+  if mask is not None:
+    scores_BxHxLxL = jnp.where(mask.allowed(scores_BxHxLxL.shape[-1]), scores_BxHxLxL, -jnp.inf)
   return scores_BxHxLxL
 
 
-def _forward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, causal):
-  scores_BxHxLxL = _scores(q_BxHxLxK, k_BxHxLxK, causal)
+def _forward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, mask):
+  scores_BxHxLxL = _scores(q_BxHxLxK, k_BxHxLxK, mask)
   lse_BxHxL = jax.nn.logsumexp(scores_BxHxLxL, axis=-1)
   probs_BxHxLxL = jnp.exp(scores_BxHxLxL - lse_BxHxL[..., None])
   return jnp.matmul(probs_BxHxLxL.astype(v_BxHxLxK.dtype), v_BxHxLxK), lse_BxHxL
 
 
-def _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
+def _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask):
   q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
   groups = head_groups(*q_BxHxLxK.shape[:3])
-  out_BxHxLxK, lse_BxHxL = _by_head_group(functools.partial(_forward_group, causal=causal), groups,
+  out_BxHxLxK, lse_BxHxL = _by_head_group(functools.partial(_forward_group, mask=mask), groups,
                                           q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)
   return jnp.swapaxes(out_BxHxLxK, 1, 2), (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL)
 
 
-def _backward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL, dout_BxHxLxK, causal):
-  probs_BxHxLxL = jnp.exp(_scores(q_BxHxLxK, k_BxHxLxK, causal) - lse_BxHxL[..., None])
+def _backward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL, dout_BxHxLxK, mask):
+  probs_BxHxLxL = jnp.exp(_scores(q_BxHxLxK, k_BxHxLxK, mask) - lse_BxHxL[..., None])
   dv_BxHxLxK = jnp.matmul(jnp.swapaxes(probs_BxHxLxL.astype(v_BxHxLxK.dtype), -1, -2), dout_BxHxLxK)
   dprobs_BxHxLxL = jnp.matmul(dout_BxHxLxK, jnp.swapaxes(v_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
   # Softmax's gradient, times the 1/sqrt(K) the scores were scaled by.
@@ -117,21 +128,21 @@ def _backward_group(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, lse_BxHxL, dout_BxHxLxK, ca
   return dq_BxHxLxK.astype(q_BxHxLxK.dtype), dk_BxHxLxK.astype(k_BxHxLxK.dtype), dv_BxHxLxK
 
 
-def _attention_backward(causal, residuals, dout_BxLxHxK):
+def _attention_backward(mask, residuals, dout_BxLxHxK):
   """The gradient autodiff would give, with the probabilities recomputed from the saved log-normaliser and
   every product a plain batched matmul over heads-major operands (autodiff's own transposes of the forward
   einsums hit a slow XLA:CPU path; 15-20% of the attention core's forward + backward time at width 256, 4 heads,
   length 256). Masked scores have probability 0, so they get no gradient."""
   q_BxHxLxK = residuals[0]
   groups = head_groups(*q_BxHxLxK.shape[:3])
-  grads = _by_head_group(functools.partial(_backward_group, causal=causal), groups, *residuals,
+  grads = _by_head_group(functools.partial(_backward_group, mask=mask), groups, *residuals,
                          jnp.swapaxes(dout_BxLxHxK, 1, 2))
   return tuple(jnp.swapaxes(grad, 1, 2) for grad in grads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal):
-  return _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal)[0]
+def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask):
+  return _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)[0]
 
 
 _attention.defvjp(_attention_forward, _attention_backward)

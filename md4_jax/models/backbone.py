@@ -32,6 +32,7 @@ def image_only(config, modality, requirements: dict) -> None:
   if modality.kind != "image":
     raise ValueError(f"model.backbone={name!r} models images, but data.source={config.data.source!r} is "
                      f"{modality.kind}; use model.backbone='transformer'")
-  if requirements.get("causal"):
-    raise ValueError(f"objective={config.objective!r} needs a causal network; model.backbone={name!r} is not "
-                     "(use model.backbone='transformer')")
+  if requirements.get("causal") or requirements.get("block_masks"):
+    need = "a causal network" if requirements.get("causal") else "attention under block masks"
+    raise ValueError(f"objective={config.objective!r} needs {need}; model.backbone={name!r} has no attention "
+                     "masks (use model.backbone='transformer')")

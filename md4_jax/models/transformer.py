@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from md4_jax.core import fused_head
-from md4_jax.models.attention import attention, attention_kernel, check_attention
+from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel, check_attention
 from md4_jax.models.backbone import Backbone, classes, shared_keys
 from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, silu_glu, timestep_embedding
 
@@ -75,11 +75,12 @@ class TransformerConfig:
             f"vocab {self.vocab_size}, sequence {self.seq_len}")
 
 
-def rope(x_BxLxHxK):
-  """Rotary position embedding over the length axis (half-split convention)."""
+def rope(x_BxLxHxK, positions_L=None):
+  """Rotary position embedding over the length axis (half-split convention); positions_L default 0..L-1."""
   length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
+  positions_L = jnp.arange(length) if positions_L is None else positions_L
   inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
-  angles_LxK2 = jnp.arange(length)[:, None] * inv_freq[None, :]
+  angles_LxK2 = positions_L[:, None] * inv_freq[None, :]
   sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
   x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -94,14 +95,15 @@ class Attention(nnx.Module):
     self.key = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
     self.value = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
     self.out = Dense(qkv_shape, (cfg.width,), ("heads", "kv", "embed"), rngs)
-    self.use_rope, self.causal = cfg.positions == "rope", cfg.causal
+    self.use_rope, self.mask = cfg.positions == "rope", CAUSAL if cfg.causal else None
     self.kernel = attention_kernel(cfg.attention, cfg.dtype, head_dim)
 
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD, positions_L=None, mask: Mask | None = None):
+    """mask: this call's (block diffusion's layouts), else the configured one (causal or none)."""
     q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
     if self.use_rope:
-      q, k = rope(q), rope(k)
-    return self.out(attention(q, k, v, causal=self.causal, kernel=self.kernel))
+      q, k = rope(q, positions_L), rope(k, positions_L)
+    return self.out(attention(q, k, v, mask=mask or self.mask, kernel=self.kernel))
 
 
 class GluMlp(nnx.Module):
@@ -132,14 +134,14 @@ class Block(nnx.Module):
     self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
     self.modulation = modulation(cfg, 6, rngs) if cfg.time_conditioning else None
 
-  def __call__(self, x_BxLxD, cond_BxC):
+  def __call__(self, x_BxLxD, cond_BxC, positions_L=None, mask: Mask | None = None):
     if self.modulation is None:
-      x_BxLxD = x_BxLxD + self.attention(self.attn_norm(x_BxLxD))
+      x_BxLxD = x_BxLxD + self.attention(self.attn_norm(x_BxLxD), positions_L, mask)
       return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
     mods = self.modulation(cond_BxC)[:, None]  # [B, 1, 6, D]
     shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
     h = self.attn_norm(x_BxLxD) * (1 + scale1) + shift1
-    x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h)
+    x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h, positions_L, mask)
     h = self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2
     return x_BxLxD + (1 + gate2) * self.mlp(h)
 
@@ -178,17 +180,22 @@ class Transformer(nnx.Module):
     # Zero init: the untrained model predicts uniformly, so its loss starts at D log V.
     self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
 
-  def __call__(self, z_BxL, t_B, label_B=None, *, dropout_key=None):
-    return self.head_logits(self.features(z_BxL, t_B, label_B, dropout_key=dropout_key))
+  def __call__(self, z_BxL, t_B, label_B=None, *, dropout_key=None, positions_L=None, mask: Mask | None = None):
+    return self.head_logits(self.features(z_BxL, t_B, label_B, dropout_key=dropout_key, positions_L=positions_L,
+                                          mask=mask))
 
-  def features(self, z_BxL, t_B, label_B=None, *, dropout_key=None):
+  def features(self, z_BxL, t_B, label_B=None, *, dropout_key=None, positions_L=None, mask: Mask | None = None):
     """The final normalised hidden states h_BxLxD, in the compute dtype. The transformer has no class
-    input and no dropout (label_B and dropout_key are accepted for the common backbone protocol)."""
+    input and no dropout (label_B and dropout_key are accepted for the common backbone protocol).
+
+    positions_L: each input position's index (default 0..L-1; block diffusion repeats them for its two
+    halves); mask: an attention mask for this call (default: causal if configured, else none)."""
     del label_B, dropout_key
     dtype = jnp.dtype(self.cfg.dtype)
     x_BxLxD = self.embed[...][z_BxL]
     if self.pos_embed is not None:
-      x_BxLxD = x_BxLxD + self.pos_embed[...][None, : z_BxL.shape[1]]
+      table = self.pos_embed[...]
+      x_BxLxD = x_BxLxD + (table[None, : z_BxL.shape[1]] if positions_L is None else table[positions_L][None])
     x_BxLxD = x_BxLxD.astype(dtype)
     cond_BxC = None  # [B, cond_dim or D]
     if self.cfg.time_conditioning:
@@ -201,17 +208,17 @@ class Transformer(nnx.Module):
       block_def, stacked = nnx.split(self.blocks)
 
       def apply_layer(x_BxLxD, layer):
-        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxC), None
+        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxC, positions_L, mask), None
 
       if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
         apply_layer = jax.checkpoint(apply_layer)
       x_BxLxD, _ = jax.lax.scan(apply_layer, x_BxLxD, stacked)
     else:
-      apply_block = lambda block, x, cond: block(x, cond)  # noqa: E731
+      apply_block = lambda block, x, cond, positions: block(x, cond, positions, mask)  # noqa: E731
       if self.cfg.remat == "block":
         apply_block = nnx.remat(apply_block)
       for block in self.blocks:
-        x_BxLxD = apply_block(block, x_BxLxD, cond_BxC)
+        x_BxLxD = apply_block(block, x_BxLxD, cond_BxC, positions_L)
     x_BxLxD = self.final_norm(x_BxLxD)
     if cond_BxC is not None:
       shift, scale = jnp.moveaxis(self.final_modulation(cond_BxC), 1, 0)[:, :, None]  # [B, 1, D] each

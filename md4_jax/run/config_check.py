@@ -120,6 +120,7 @@ def check_values(config) -> None:
   if config.sampler.guidance and not config.model.class_conditional:
     raise UserError(f"sampler.guidance={config.sampler.guidance} needs a class-conditional model "
                     "(model.class_conditional=True, trained with label dropout)")
+  objectives.get(config.objective).check_config(config)  # its own keys, and what it makes of the sampler's
   _check_sampler(config.sampler, shape.length)
   if config.eval.suite == "samples":  # its exact:k variants run the exact sampler with tokens_per_call=k
     for variant in evals.samples.parse_variants(config.eval.samplers):
@@ -146,7 +147,6 @@ def check_values(config) -> None:
     raise UserError(f"train.grad_clip={train.grad_clip} must be >= 0 (the largest global gradient norm; 0 = no clipping)")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
-  objectives.get(config.objective).check_config(config)
 
 
 def _check_sampler(sampler, seq_len: int) -> None:

@@ -13,7 +13,7 @@ from md4_jax.data import modality
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
-from md4_jax.models.attention import attention, attention_kernel
+from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel
 from tests import tiny_config
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -58,3 +58,28 @@ def test_cudnn_attention_equals_the_xla_form(causal):
       lambda q: jnp.sum(attention(q, k, v, causal=causal, kernel=kernel).astype(jnp.float32) ** 2)))(q)
   np.testing.assert_allclose(np.asarray(grad("cudnn"), np.float32), np.asarray(grad("xla"), np.float32),
                              atol=5e-2, rtol=5e-2)
+
+
+def test_the_block_diffusion_mask_is_the_layout_of_docs_method():
+  """L = 4, blocks of 2: rows/columns are z0 z1 z2 z3 | x0 x1 x2 x3 (z noised, x clean)."""
+  expected = np.array([
+      # z0 z1 z2 z3 x0 x1 x2 x3
+      [1, 1, 0, 0, 0, 0, 0, 0],  # z block 0: itself only
+      [1, 1, 0, 0, 0, 0, 0, 0],
+      [0, 0, 1, 1, 1, 1, 0, 0],  # z block 1: itself and x block 0
+      [0, 0, 1, 1, 1, 1, 0, 0],
+      [0, 0, 0, 0, 1, 1, 0, 0],  # x block 0: x blocks <= 0
+      [0, 0, 0, 0, 1, 1, 0, 0],
+      [0, 0, 0, 0, 1, 1, 1, 1],  # x block 1: x blocks <= 1
+      [0, 0, 0, 0, 1, 1, 1, 1],
+  ], bool)
+  np.testing.assert_array_equal(Mask("block_diffusion", 2).allowed(8), expected)
+  np.testing.assert_array_equal(Mask("block_causal", 2).allowed(4), expected[4:, 4:])
+  np.testing.assert_array_equal(CAUSAL.allowed(3), np.tril(np.ones((3, 3), bool)))
+
+
+@pytest.mark.parametrize("mask", [Mask("block_causal", 3), Mask("block_diffusion", 2)], ids=lambda m: m.kind)
+def test_block_masks_equal_the_library_kernel_with_the_same_mask(mask):
+  q, k, v = (jax.random.normal(key, (2, 12, 3, 8)) for key in jax.random.split(jax.random.key(0), 3))
+  expected = jax.nn.dot_product_attention(q, k, v, mask=mask.allowed(12)[None, None])
+  np.testing.assert_allclose(attention(q, k, v, mask=mask), expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,81 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): the sequence is K blocks of L' tokens, and the negative ELBO is
+the sum over blocks of MD4's bound for block k given the clean blocks before it (docs/method.md).
+
+Every block has its own time t_k (so its own mask rate). All blocks are scored in one network call over 2L
+positions: the noised sequence z and the clean one x side by side, both at positions 0..L-1, under the
+`block_diffusion` attention mask (z's block k sees itself and x's blocks before k; x's block k sees x's blocks
+up to k). The network is time-independent (blocks differ in t), as in the paper. Pure jnp: the network enters
+as a `models.Network` (its `features` / `head_loss` when it splits its output layer off).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from md4_jax.core import diffusion
+from md4_jax.core.attention_masks import Mask
+from md4_jax.core.fused_head import token_nll
+
+
+def block_times(key, batch_size: int, num_blocks: int, antithetic: bool = True, t_B=None):
+  """t_BxK, each block's time. Drawn: B K times (antithetic over all of them, so K = 1 draws MD4's t_B from
+  the same key). Given t_B (evaluation's stratified draws): block k at (t_b + k / K) mod 1, uniform when t_b is."""
+  if t_B is None:
+    return diffusion.sample_times(key, batch_size * num_blocks, antithetic).reshape(batch_size, num_blocks)
+  return jnp.mod(t_B[:, None] + jnp.arange(num_blocks) / num_blocks, 1.0)
+
+
+def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int):
+  """-log p(x0 | z's block, x's earlier blocks) at every position [B, L], from one call over [z | x]."""
+  batch_size, length = x0_BxL.shape
+  inputs_Bx2L = jnp.concatenate([z_BxL, x0_BxL], axis=1)
+  context = {"positions_L": jnp.tile(jnp.arange(length), 2), "mask": Mask("block_diffusion", block_size)}
+  no_time_B = jnp.zeros((batch_size,))
+  if net.splits_head:
+    h_BxLxD = net.features(inputs_Bx2L, no_time_B, **context)[:, :length]
+    return net.head_loss(h_BxLxD.reshape(batch_size * length, -1), x0_BxL.reshape(-1)).reshape(batch_size, length)
+  return token_nll(net(inputs_Bx2L, no_time_B, **context)[:, :length], x0_BxL)
+
+
+def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timesteps: int = 0, token_mask_BxL=None):
+  """The bound's terms per example in nats for given noised tokens z and block times t (already on the T-step
+  grid when timesteps > 0): `diffusion`, `reconstruction`, `prior`, `loss`, `num_tokens`."""
+  if token_mask_BxL is None:
+    token_mask_BxL = jnp.ones_like(x0_BxL)
+  block_size = x0_BxL.shape[1] // t_BxK.shape[1]
+  t_BxL = jnp.repeat(t_BxK, block_size, axis=1)
+  nll_BxL = token_nll_in_layout(net, z_BxL, x0_BxL, block_size)
+  if timesteps:
+    # T * E_i[(alpha_s - alpha_t) / (1 - alpha_t) * CE] per block, as diffusion.elbo_terms per sequence.
+    coef_BxL = timesteps * (schedule.alpha(t_BxL - 1.0 / timesteps) - schedule.alpha(t_BxL)) / schedule.mask_prob(
+        t_BxL)
+  else:
+    positive_BxL = t_BxL > 0  # the weight is infinite at t = 0 for polyK with K < 1; the term is 0 there
+    coef_BxL = jnp.where(positive_BxL, -schedule.weight(jnp.where(positive_BxL, t_BxL, 1.0)), 0.0)
+  num_tokens_B = jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)
+  log_v = jnp.log(float(vocab_size))
+  terms = {
+      "diffusion": jnp.sum(jnp.where(z_BxL == vocab_size, coef_BxL * nll_BxL, 0.0), axis=-1),
+      "reconstruction": num_tokens_B * schedule.mask_prob(jnp.zeros(())) * log_v,
+      "prior": num_tokens_B * schedule.alpha(jnp.ones(())) * log_v,
+  }
+  terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
+  terms["num_tokens"] = num_tokens_B
+  return terms
+
+
+def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, timesteps: int = 0,
+               antithetic: bool = True, token_mask_BxL=None, t_B=None):
+  """One-sample estimate of the block-diffusion negative ELBO's terms, per example, in nats: block times and
+  masks drawn from `key` (split like diffusion.elbo_terms, so block_size = L draws MD4's t and z_t)."""
+  batch_size, length = x0_BxL.shape
+  time_key, mask_key = jax.random.split(key)
+  t_BxK = block_times(time_key, batch_size, length // block_size, antithetic, t_B)
+  if timesteps:
+    t_BxK = diffusion.discretize_times(t_BxK, timesteps)
+  mask_prob_BxL = schedule.mask_prob(jnp.repeat(t_BxK, block_size, axis=1))
+  masked_BxL = jax.random.uniform(mask_key, x0_BxL.shape) < mask_prob_BxL
+  if token_mask_BxL is not None:
+    masked_BxL &= token_mask_BxL.astype(bool)
+  z_BxL = jnp.where(masked_BxL, vocab_size, x0_BxL)
+  return terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, vocab_size=vocab_size, timesteps=timesteps,
+                     token_mask_BxL=token_mask_BxL)

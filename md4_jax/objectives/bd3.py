@@ -1,0 +1,68 @@
+"""Block diffusion (`objective = "bd3"`, BD3-LM): blocks of diffusion.block_size tokens, each an MD4 bound given
+the clean blocks before it (core/block_diffusion.py); sampled block by block, left to right.
+
+The transformer runs without a time input (blocks differ in t) and with the block layouts' attention masks.
+block_size = data.seq_len is MD4 with a time-independent network; block_size = 1 is, in expectation, the
+autoregressive likelihood.
+"""
+
+import dataclasses
+import functools
+import types
+
+from md4_jax import samplers
+from md4_jax.core import block_diffusion
+from md4_jax.core.attention_masks import Mask
+from md4_jax.core.schedules import get_schedule
+from md4_jax.objectives.base import Objective, refuse
+
+
+class BlockDiffusion(Objective):
+  """--mode eval reports an upper bound (continuous or T-step, per block) on the negative log-likelihood."""
+
+  name = "bd3"
+  network_requirements = types.MappingProxyType({"time_conditioning": False, "block_masks": True})
+
+  def __init__(self, config, vocab_size: int):
+    super().__init__(config, vocab_size)
+    self.schedule = get_schedule(config.diffusion.schedule)
+    self.block_size = int(config.diffusion.block_size)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    block_size, length = config.diffusion.block_size, config.data.seq_len
+    if block_size < 1 or length % block_size:
+      refuse(f"diffusion.block_size={block_size} must divide data.seq_len={length} (blocks tile the sequence; "
+             f"e.g. 4, or {length} for one block = MD4)")
+    num_blocks, steps = length // block_size, config.sampler.steps
+    if steps % num_blocks:
+      refuse(f"sampler.steps={steps} must be a multiple of the {num_blocks} blocks (data.seq_len / "
+             f"diffusion.block_size): the blocks share the steps, e.g. sampler.steps={num_blocks * 4}")
+    if config.sampler.name == "semi_ar":
+      refuse("sampler.name='semi_ar': objective='bd3' already samples block by block (blocks of "
+             "diffusion.block_size); name the sampler run inside each block instead, e.g. sampler.name='ancestral'")
+
+  def bound_name(self, timesteps: int) -> str:
+    kind = "continuous-time" if timesteps == 0 else f"{timesteps}-step"
+    return f"{kind} block-diffusion negative-ELBO bound (blocks of {self.block_size})"
+
+  def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
+            groups: int = 1, training: bool = False) -> dict:
+    """One-sample estimate per example: every block's time and mask drawn, all blocks scored in one call."""
+    del capacity_fraction, groups, training  # every position goes through the output layer
+    return block_diffusion.elbo_terms(net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
+                                      block_size=self.block_size, timesteps=timesteps,
+                                      antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxL,
+                                      t_B=t_B)
+
+  def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
+    """Blocks left to right, each filled by the configured sampler (sampler.steps shared by the blocks) with
+    the network under the block-causal mask: a block sees itself and the blocks before it, never later ones."""
+    del time_dependent, module
+    block_causal = functools.partial(denoise, mask=Mask("block_causal", self.block_size))
+    by_blocks = dataclasses.replace(settings, name="semi_ar", inner=settings.name, block_length=self.block_size)
+    return samplers.sample(block_causal, key, self.schedule, z_BxL, by_blocks, vocab_size=self.vocab_size,
+                           time_dependent=False, return_order=True)
+
+
+OBJECTIVE = BlockDiffusion

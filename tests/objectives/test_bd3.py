@@ -1,0 +1,84 @@
+"""objective='bd3' (objectives/bd3.py): its config checks, its block-by-block sampler against the true
+distribution of a Markov chain, and a tiny run that trains, evaluates and samples."""
+
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from md4_jax.errors import UserError
+from md4_jax.objectives.bd3 import BlockDiffusion
+from md4_jax.run import modes
+from tests.conftest import make_config, reference, sampler_settings
+from tests.samplers.test_samplers import MASK, L, V, chi_square_p_value, markov_denoiser
+from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
+
+
+def block_causal_markov_denoiser(z_BxL, t_B, *, mask):
+  """The chain's true conditionals when position n sees only the blocks up to its own (what the block-causal
+  mask lets a network see): later blocks are treated as masked."""
+  block_L = np.arange(L) // mask.block_size
+  rows = [markov_denoiser(jnp.where(jnp.asarray(block_L > block), MASK, z_BxL), t_B)[:, block_L == block]
+          for block in range(L // mask.block_size)]
+  return jnp.concatenate(rows, axis=1)
+
+
+def bd3_sampler(block_size: int, settings):
+  config = make_config("unused.txt", objective="bd3", diffusion__block_size=block_size, data__seq_len=L)
+  objective = BlockDiffusion(config, V)
+  return jax.jit(lambda key, z: objective.sample(block_causal_markov_denoiser, key, z, settings,
+                                                 time_dependent=False, module=None))
+
+
+@pytest.mark.parametrize("block_size, settings", [(2, sampler_settings("ancestral", steps=300)),
+                                                  (3, sampler_settings("exact")),
+                                                  (6, sampler_settings("exact"))], ids=["ancestral_2", "exact_3",
+                                                                                       "exact_6"])
+def test_block_by_block_samples_follow_the_true_distribution(block_size, settings):
+  tokens, nfe, order = bd3_sampler(block_size, settings)(jax.random.key(0), jnp.full((5000, L), MASK, jnp.int32))
+  assert chi_square_p_value(tokens) > 1e-3
+  block_L = np.arange(L) // block_size
+  order = np.asarray(order)
+  for block in range(L // block_size - 1):  # every token of a block is drawn before any of the next
+    assert np.all(order[:, block_L == block].max(axis=1) < order[:, block_L == block + 1].min(axis=1))
+
+
+def test_a_sampler_that_sees_later_blocks_fails_the_same_check():
+  """The check above can fail: blocks of 2 sampled with one step each draw a block's tokens independently."""
+  tokens, _, _ = bd3_sampler(2, sampler_settings("ancestral", steps=3))(jax.random.key(0),
+                                                                       jnp.full((5000, L), MASK, jnp.int32))
+  assert chi_square_p_value(tokens) < 1e-6
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"diffusion__block_size": 5}, "diffusion.block_size=5 must divide data.seq_len=16"),
+    ({"diffusion__block_size": 0}, "diffusion.block_size=0 must divide"),
+    ({"sampler__steps": 6}, "sampler.steps=6 must be a multiple of the 4 blocks"),
+    ({"sampler__name": "semi_ar"}, "already samples block by block"),
+])
+def test_bad_bd3_settings_fail_before_any_work(corpus_file, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, objective="bd3", **overrides), tmp_path / "run", reference=reference())
+
+
+def test_block_size_is_refused_under_other_objectives(corpus_file, tmp_path):
+  with pytest.raises(UserError, match="diffusion.block_size=8 has no effect on this run: it applies to "
+                                      "objective='bd3'"):
+    modes.main(make_config(corpus_file, diffusion__block_size=8), tmp_path / "run", reference=reference())
+
+
+@pytest.mark.slow
+def test_bd3_run_trains_resumes_exactly_evaluates_and_samples(tmp_path, corpus_file, monkeypatch):
+  config = make_config(corpus_file, objective="bd3")
+  result = modes.main(config, tmp_path / "whole", "train", reference=reference())
+  assert np.isfinite(result["eval/bpt"]) and result["eval/bpt"] < np.log2(28)
+  assert train_until_sigterm_at_step_7(config, tmp_path / "resumed", monkeypatch) == 128 + signal.SIGTERM
+  modes.main(config, tmp_path / "resumed", "train", reference=reference())
+  assert metric_rows(tmp_path / "resumed") == metric_rows(tmp_path / "whole")
+  assert_same_arrays(saved_state(tmp_path / "resumed", 12), saved_state(tmp_path / "whole", 12))
+  evaluated = modes.main(config, tmp_path / "whole", "eval", reference=reference())
+  assert np.isfinite(evaluated["eval/bpt"])
+  samples = modes.main(config, tmp_path / "whole", "sample", reference=reference(), num_samples=3)
+  assert len(samples["samples"]) == 3 and all(len(text) == 16 for text in samples["samples"])
