@@ -3,7 +3,8 @@
   python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.width=256 \
       --config.data.seq_len=256 --batch 16 --samplers ancestral:100,ancestral:1000,exact:1
 
-Each sampler is `name:steps` (ancestral, mean, confidence) or `exact:k` (k tokens per call). Freshly
+Each sampler is `name:steps` (ancestral, mean, confidence) or `exact:k` (k tokens per call). Block diffusion
+with and without its cache: `--config configs/quickstart_bd3.py --config.sampler.kv_cache=exact` (or none). Freshly
 initialised weights (speed does not depend on them); compilation is excluded. Reports seconds per batch,
 network calls (NFE), seconds per call, and one bare network call's time against the matmul ceiling.
 """
@@ -68,14 +69,16 @@ def main(_):
     experiment = base_experiment.with_overrides("sampler", overrides)
     samples = generate.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
     results.append({"sampler": spec, "seconds_per_batch": round(samples.seconds, 3), "nfe": samples.nfe,
-                    "seconds_per_call": round(samples.seconds / samples.nfe, 4)})
+                    "seconds_per_call": round(samples.seconds / samples.nfe, 4),
+                    "tokens_per_sec": round(_BATCH.value * length / samples.seconds, 1)})
   baseline = next((r for r in results if r["sampler"] == "ancestral:1000"), None)
   for result in results:
     if baseline:
       result["speedup_vs_ancestral_1000"] = round(baseline["seconds_per_batch"] / result["seconds_per_batch"], 2)
   print(json.dumps({
       "benchmark": "sample_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "backbone": config.model.backbone, "params": base_experiment.num_params(), "batch": _BATCH.value,
+      "objective": config.objective, "kv_cache": config.sampler.kv_cache, "backbone": config.model.backbone,
+      "params": base_experiment.num_params(), "batch": _BATCH.value,
       "seq_len": length, "vocab": modality.vocab_size, "devices": len(jax.devices()),
       "network_call_seconds": round(call_seconds, 4),
       "network_call_gflops_per_sec": round(forward_flops / call_seconds / 1e9, 2),

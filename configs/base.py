@@ -130,6 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampler.block_length = 0  # semi_ar: positions per block (divides data.seq_len)
   config.sampler.inner = "confidence"  # semi_ar: "ancestral" | "mean" | "exact" | "confidence" within a block
   config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
+  config.sampler.kv_cache = "none"  # "none" | "exact" (objective="bd3": finished blocks' keys/values cached)
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample

@@ -116,3 +116,14 @@ def dropout(key, x, rate: float):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def rope(x_BxLxHxK, positions_L=None):
+  """Rotary position embedding over the length axis (half-split convention); positions_L default 0..L-1."""
+  length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
+  positions_L = jnp.arange(length) if positions_L is None else positions_L
+  inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
+  angles_LxK2 = positions_L[:, None] * inv_freq[None, :]
+  sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
+  x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -23,7 +23,7 @@ from flax import nnx
 from md4_jax.core import fused_head
 from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel, check_attention
 from md4_jax.models.backbone import Backbone, classes, shared_keys
-from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, silu_glu, timestep_embedding
+from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, rope, silu_glu, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +75,6 @@ class TransformerConfig:
             f"vocab {self.vocab_size}, sequence {self.seq_len}")
 
 
-def rope(x_BxLxHxK, positions_L=None):
-  """Rotary position embedding over the length axis (half-split convention); positions_L default 0..L-1."""
-  length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
-  positions_L = jnp.arange(length) if positions_L is None else positions_L
-  inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
-  angles_LxK2 = positions_L[:, None] * inv_freq[None, :]
-  sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
-  x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
 class Attention(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs):
@@ -104,6 +93,22 @@ class Attention(nnx.Module):
     if self.use_rope:
       q, k = rope(q, positions_L), rope(k, positions_L)
     return self.out(attention(q, k, v, mask=mask or self.mask, kernel=self.kernel))
+
+
+  def extend(self, x_BxCxD, positions_C, keys_BxLxHxK, values_BxLxHxK, start):
+    """A chunk of C positions (start..start+C-1) attending to the cached keys and values of positions < start
+    and to itself (bidirectionally): block diffusion's sampler with an exact cache. Returns (out_BxCxD, the
+    chunk's (keys, values) [B, C, H, K] for the cache)."""
+    q, k, v = self.query(x_BxCxD), self.key(x_BxCxD), self.value(x_BxCxD)
+    if self.use_rope:
+      q, k = rope(q, positions_C), rope(k, positions_C)
+    all_k, all_v = jnp.concatenate([keys_BxLxHxK, k], axis=1), jnp.concatenate([values_BxLxHxK, v], axis=1)
+    cached_L = keys_BxLxHxK.shape[1]
+    visible_LplusC = jnp.concatenate([jnp.arange(cached_L) < start, jnp.ones(x_BxCxD.shape[1], bool)])
+    scores_BxHxCxS = jnp.einsum("bqhk,bshk->bhqs", q, all_k, preferred_element_type=jnp.float32)
+    scores_BxHxCxS = jnp.where(visible_LplusC, scores_BxHxCxS / jnp.sqrt(q.shape[-1]).astype(jnp.float32), -jnp.inf)
+    probs_BxHxCxS = jax.nn.softmax(scores_BxHxCxS, axis=-1).astype(all_v.dtype)
+    return self.out(jnp.einsum("bhqs,bshk->bqhk", probs_BxHxCxS, all_v)), (k, v)
 
 
 class GluMlp(nnx.Module):
@@ -144,6 +149,14 @@ class Block(nnx.Module):
     x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h, positions_L, mask)
     h = self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2
     return x_BxLxD + (1 + gate2) * self.mlp(h)
+
+
+  def extend(self, x_BxCxD, positions_C, keys_BxLxHxK, values_BxLxHxK, start):
+    """Block.__call__ for a chunk over cached keys and values (Attention.extend); no time conditioning."""
+    out_BxCxD, chunk_kv = self.attention.extend(self.attn_norm(x_BxCxD), positions_C, keys_BxLxHxK,
+                                                values_BxLxHxK, start)
+    x_BxCxD = x_BxCxD + out_BxCxD
+    return x_BxCxD + self.mlp(self.mlp_norm(x_BxCxD)), chunk_kv
 
 
 class Transformer(nnx.Module):
@@ -224,6 +237,42 @@ class Transformer(nnx.Module):
       shift, scale = jnp.moveaxis(self.final_modulation(cond_BxC), 1, 0)[:, :, None]  # [B, 1, D] each
       x_BxLxD = x_BxLxD * (1 + scale) + shift
     return x_BxLxD
+
+  def empty_cache(self, batch_size: int):
+    """(keys, values), each [layers, B, L, H, K] in the compute dtype: nothing cached yet."""
+    cfg = self.cfg
+    shape = (cfg.num_layers, batch_size, cfg.seq_len, cfg.num_heads, cfg.width // cfg.num_heads)
+    return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
+
+  def extend(self, chunk_BxC, start, cache):
+    """Hidden states h_BxCxD of the C tokens at positions start..start+C-1, each seeing the cached positions
+    < start and the whole chunk (block diffusion's block-causal pass, one block at a time); returns (h, the
+    cache with the chunk's keys and values written at start). Time-independent networks only."""
+    if self.cfg.time_conditioning:
+      raise ValueError("a cached pass needs a time-independent network (model.time_conditioning=False)")
+    keys_NxBxLxHxK, values_NxBxLxHxK = cache
+    positions_C = start + jnp.arange(chunk_BxC.shape[1])
+    x_BxCxD = self.embed[...][chunk_BxC]
+    if self.pos_embed is not None:
+      x_BxCxD = x_BxCxD + self.pos_embed[...][positions_C][None]
+    x_BxCxD = x_BxCxD.astype(jnp.dtype(self.cfg.dtype))
+    if self.cfg.scan_layers:
+      block_def, stacked = nnx.split(self.blocks)
+
+      def apply_layer(x, layer_and_cache):
+        layer, keys, values = layer_and_cache
+        return nnx.merge(block_def, layer).extend(x, positions_C, keys, values, start)
+
+      x_BxCxD, (chunk_k, chunk_v) = jax.lax.scan(apply_layer, x_BxCxD, (stacked, keys_NxBxLxHxK, values_NxBxLxHxK))
+    else:
+      chunks = []
+      for index, block in enumerate(self.blocks):
+        x_BxCxD, kv = block.extend(x_BxCxD, positions_C, keys_NxBxLxHxK[index], values_NxBxLxHxK[index], start)
+        chunks.append(kv)
+      chunk_k, chunk_v = (jnp.stack(parts) for parts in zip(*chunks))
+    write = lambda cached, chunk: jax.lax.dynamic_update_slice_in_dim(cached, chunk.astype(cached.dtype), start,  # noqa: E731
+                                                                      axis=2)
+    return self.final_norm(x_BxCxD), (write(keys_NxBxLxHxK, chunk_k), write(values_NxBxLxHxK, chunk_v))
 
   def head_logits(self, h_xD):
     """Hidden states [..., D] -> float32 logits [..., V] over the real tokens."""

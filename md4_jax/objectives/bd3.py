@@ -10,6 +10,9 @@ import dataclasses
 import functools
 import types
 
+import jax
+import jax.numpy as jnp
+
 from md4_jax import samplers
 from md4_jax.core import block_diffusion
 from md4_jax.core.attention_masks import Mask
@@ -56,13 +59,49 @@ class BlockDiffusion(Objective):
                                       t_B=t_B)
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
-    """Blocks left to right, each filled by the configured sampler (sampler.steps shared by the blocks) with
-    the network under the block-causal mask: a block sees itself and the blocks before it, never later ones."""
-    del time_dependent, module
-    block_causal = functools.partial(denoise, mask=Mask("block_causal", self.block_size))
-    by_blocks = dataclasses.replace(settings, name="semi_ar", inner=settings.name, block_length=self.block_size)
-    return samplers.sample(block_causal, key, self.schedule, z_BxL, by_blocks, vocab_size=self.vocab_size,
-                           time_dependent=False, return_order=True)
+    """(tokens_BxL, NFE, order_BxL): blocks left to right (a `lax.fori_loop`), block b filled by the configured
+    sampler (sampler.steps shared by the blocks, key fold_in(key, b)) while the network sees block b and the
+    blocks before it, never later ones.
+
+    sampler.kv_cache='none': every call runs the network over the whole sequence under the block-causal mask.
+    'exact': calls run over block b's C tokens alone (`module.extend`) against the finished blocks' cached keys
+    and values; once the block is finished one more pass over its clean tokens writes its keys and values. Same
+    function, so the same draws (tested), without recomputing finished tokens. NFE counts the sampler's calls.
+    """
+    del time_dependent  # the network is time-independent
+    batch_size, length = z_BxL.shape
+    size, vocab_size, cached = self.block_size, self.vocab_size, settings.kv_cache == "exact"
+    num_blocks = length // size
+    by_blocks = dataclasses.replace(settings, name="semi_ar", inner=settings.name, block_length=size)
+    ((inner_settings, _), *_) = samplers.semi_ar.blocks(by_blocks, length)
+    inner = samplers.SAMPLERS[inner_settings.name]
+    block_L = jnp.arange(length) // size
+    whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
+
+    def one_block(index, carry):
+      z_BxL, nfe, order_BxL, cache = carry
+      start = index * size
+      block_of = lambda z_BxL: jax.lax.dynamic_slice_in_dim(z_BxL, start, size, axis=1)  # noqa: E731
+
+      def block_only(z_BxL, t_B):
+        del t_B
+        h_BxCxD, _ = module.extend(block_of(z_BxL), start, cache)
+        logits_BxLxV = jnp.zeros((batch_size, length, vocab_size), jnp.float32)  # only the block's are read
+        return jax.lax.dynamic_update_slice_in_dim(logits_BxLxV, module.head_logits(h_BxCxD), start, axis=1)
+
+      block_key = key if num_blocks == 1 else jax.random.fold_in(key, index)
+      active_BxL = (z_BxL == vocab_size) & (block_L == index)
+      z_BxL, block_nfe, order_BxL = inner(block_only if cached else whole_sequence, block_key, self.schedule,
+                                          z_BxL, active_BxL, inner_settings, vocab_size, False, order_BxL)
+      if cached:
+        _, cache = module.extend(block_of(z_BxL), start, cache)
+      return z_BxL, nfe + block_nfe, order_BxL, cache
+
+    z_BxL = jnp.asarray(z_BxL, jnp.int32)
+    cache = module.empty_cache(batch_size) if cached else ()
+    z_BxL, nfe, order_BxL, _ = jax.lax.fori_loop(
+        0, num_blocks, one_block, (z_BxL, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxL), cache))
+    return z_BxL, nfe, order_BxL
 
 
 OBJECTIVE = BlockDiffusion

@@ -43,6 +43,8 @@ SCOPES = (
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
     ("diffusion.block_size", lambda c: c.objective == "bd3", "objective='bd3'"),
+    ("sampler.kv_cache", lambda c: c.objective == "bd3", "objective='bd3' (an exact cache of finished blocks; "
+     "MD4's approximate caches are not built yet)"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "
        "masking schedule)") for name in ("schedule", "timesteps", "antithetic")),
     ("sampler.block_length", lambda c: c.sampler.name == "semi_ar", "sampler.name='semi_ar'"),

@@ -29,6 +29,7 @@ class Settings:
   block_length: int
   inner: str
   cache: bool
+  kv_cache: str  # "none" | "exact": the objective's sampler keeps finished blocks' keys and values (bd3)
   guidance: float
 
   @classmethod

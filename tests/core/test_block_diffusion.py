@@ -26,15 +26,18 @@ from tests.conftest import transformer_config
 V = 5
 
 
-def random_network(length: int, positions: str = "rope"):
-  """A time-independent transformer with every weight random (the zero-initialised head too)."""
+def random_network(length: int, positions: str = "rope", scan_layers: bool = False, network_only: bool = False):
+  """A time-independent transformer with every weight random (the zero-initialised head too), as a Network (or
+  the module itself with network_only)."""
   network = Transformer(transformer_config(vocab_size=V, seq_len=length, num_layers=2, width=16, num_heads=2,
-                                          time_conditioning=False, positions=positions), nnx.Rngs(0))
+                                          time_conditioning=False, positions=positions, scan_layers=scan_layers),
+                        nnx.Rngs(0))
   graphdef, params = nnx.split(network)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  return models.Network(nnx.merge(graphdef, jax.tree.unflatten(
-      treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])))
+  module = nnx.merge(graphdef, jax.tree.unflatten(
+      treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+  return module if network_only else models.Network(module)
 
 
 @pytest.mark.parametrize("timesteps", [0, 10])

@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from md4_jax import models
 from md4_jax.errors import UserError
 from md4_jax.objectives.bd3 import BlockDiffusion
 from md4_jax.run import modes
 from tests.conftest import make_config, reference, sampler_settings
+from tests.core.test_block_diffusion import V as NETWORK_V
+from tests.core.test_block_diffusion import random_network
 from tests.samplers.test_samplers import MASK, L, V, chi_square_p_value, markov_denoiser
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
@@ -82,3 +85,22 @@ def test_bd3_run_trains_resumes_exactly_evaluates_and_samples(tmp_path, corpus_f
   assert np.isfinite(evaluated["eval/bpt"])
   samples = modes.main(config, tmp_path / "whole", "sample", reference=reference(), num_samples=3)
   assert len(samples["samples"]) == 3 and all(len(text) == 16 for text in samples["samples"])
+
+
+@pytest.mark.parametrize("name, scan_layers, positions", [("ancestral", False, "rope"), ("exact", True, "learned"),
+                                                          ("confidence", True, "rope")])
+def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_layers, positions):
+  length, block_size = 12, 4
+  network = random_network(length, positions=positions, scan_layers=scan_layers, network_only=True)
+  config = make_config("unused.txt", objective="bd3", diffusion__block_size=block_size, data__seq_len=length)
+  objective = BlockDiffusion(config, NETWORK_V)
+  z = jnp.full((6, length), NETWORK_V, jnp.int32).at[:, :2].set(jnp.asarray([[1, 3]]))  # a prompt in block 0
+  drawn = {}
+  for kv_cache in ("none", "exact"):
+    settings = sampler_settings(name, steps=9, kv_cache=kv_cache)
+    drawn[kv_cache] = jax.jit(lambda key, z: objective.sample(models.Network(network), key, z, settings,
+                                                              time_dependent=False, module=network))(
+        jax.random.key(7), z)
+  for uncached, cached in zip(drawn["none"], drawn["exact"]):
+    np.testing.assert_array_equal(uncached, cached)
+  assert np.all(np.asarray(drawn["exact"][0]) < NETWORK_V) and np.all(np.asarray(drawn["exact"][0])[:, :2] == [1, 3])
