@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
   config.diffusion.antithetic = True  # low-discrepancy t across the batch (unbiased, lower variance)
   config.diffusion.block_size = 4  # objective="bd3": tokens per block L' (divides data.seq_len; L' = L is MD4)
+  # objective="bd3": training draws block times in [clip_low, clip_high] (BD3-LM's clipped schedule: less gradient
+  # variance; train/loss is then that clipped objective, not a bound); evaluation always takes t in [0, 1).
+  config.diffusion.clip_low = 0.0  # bd3: lowest training time (0 = the bound)
+  config.diffusion.clip_high = 1.0  # bd3: highest training time (1 = the bound)
   config.diffusion.genmd4 = ml_collections.ConfigDict()  # objective="genmd4": a learned schedule per token
   config.diffusion.genmd4.initial_power = 1.0  # w_v at the start: alpha_{t,v} = 1 - t^w_v (1 = linear)
   config.diffusion.genmd4.t_min = 1e-3  # times drawn in [t_min, 1]; the reconstruction term is taken at t_min

@@ -16,11 +16,14 @@ from md4_jax.core.attention_masks import Mask
 from md4_jax.core.fused_head import token_nll
 
 
-def block_times(key, batch_size: int, num_blocks: int, antithetic: bool = True, t_B=None):
+def block_times(key, batch_size: int, num_blocks: int, antithetic: bool = True, t_B=None, clip=(0.0, 1.0)):
   """t_BxK, each block's time. Drawn: B K times (antithetic over all of them, so K = 1 draws MD4's t_B from
-  the same key). Given t_B (evaluation's stratified draws): block k at (t_b + k / K) mod 1, uniform when t_b is."""
+  the same key), mapped from [0, 1) onto [clip_low, clip_high) (BD3-LM's clipped schedule; (0, 1) is the bound).
+  Given t_B (evaluation's stratified draws): block k at (t_b + k / K) mod 1, uniform when t_b is."""
   if t_B is None:
-    return diffusion.sample_times(key, batch_size * num_blocks, antithetic).reshape(batch_size, num_blocks)
+    low, high = clip
+    t_BxK = diffusion.sample_times(key, batch_size * num_blocks, antithetic).reshape(batch_size, num_blocks)
+    return t_BxK if (low, high) == (0.0, 1.0) else low + (high - low) * t_BxK
   return jnp.mod(t_B[:, None] + jnp.arange(num_blocks) / num_blocks, 1.0)
 
 
@@ -64,12 +67,13 @@ def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timeste
 
 
 def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, timesteps: int = 0,
-               antithetic: bool = True, token_mask_BxL=None, t_B=None):
+               antithetic: bool = True, token_mask_BxL=None, t_B=None, clip=(0.0, 1.0)):
   """One-sample estimate of the block-diffusion negative ELBO's terms, per example, in nats: block times and
-  masks drawn from `key` (split like diffusion.elbo_terms, so block_size = L draws MD4's t and z_t)."""
+  masks drawn from `key` (split like diffusion.elbo_terms, so block_size = L draws MD4's t and z_t). A `clip`
+  other than (0, 1) draws times in that range: a training objective, no longer the bound."""
   batch_size, length = x0_BxL.shape
   time_key, mask_key = jax.random.split(key)
-  t_BxK = block_times(time_key, batch_size, length // block_size, antithetic, t_B)
+  t_BxK = block_times(time_key, batch_size, length // block_size, antithetic, t_B, clip)
   if timesteps:
     t_BxK = diffusion.discretize_times(t_BxK, timesteps)
   mask_prob_BxL = schedule.mask_prob(jnp.repeat(t_BxK, block_size, axis=1))

@@ -41,6 +41,10 @@ class BlockDiffusion(Objective):
     if steps % num_blocks:
       refuse(f"sampler.steps={steps} must be a multiple of the {num_blocks} blocks (data.seq_len / "
              f"diffusion.block_size): the blocks share the steps, e.g. sampler.steps={num_blocks * 4}")
+    low, high = config.diffusion.clip_low, config.diffusion.clip_high
+    if not 0.0 <= low < high <= 1.0:
+      refuse(f"diffusion.clip_low={low}, diffusion.clip_high={high}: need 0 <= clip_low < clip_high <= 1 (the "
+             "range training draws block times from; 0 and 1 = the plain bound)")
     if config.sampler.name == "semi_ar":
       refuse("sampler.name='semi_ar': objective='bd3' already samples block by block (blocks of "
              "diffusion.block_size); name the sampler run inside each block instead, e.g. sampler.name='ancestral'")
@@ -51,12 +55,15 @@ class BlockDiffusion(Objective):
 
   def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
-    """One-sample estimate per example: every block's time and mask drawn, all blocks scored in one call."""
-    del capacity_fraction, groups, training  # every position goes through the output layer
+    """One-sample estimate per example: every block's time and mask drawn, all blocks scored in one call. In
+    training, times come from [diffusion.clip_low, clip_high] (the plain bound at the defaults 0 and 1)."""
+    del capacity_fraction, groups  # every position goes through the output layer
+    diffusion_cfg = self.config.diffusion
+    clip = (float(diffusion_cfg.clip_low), float(diffusion_cfg.clip_high)) if training else (0.0, 1.0)
     return block_diffusion.elbo_terms(net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
                                       block_size=self.block_size, timesteps=timesteps,
-                                      antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxL,
-                                      t_B=t_B)
+                                      antithetic=diffusion_cfg.antithetic, token_mask_BxL=token_mask_BxL, t_B=t_B,
+                                      clip=clip)
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): blocks left to right (a `lax.fori_loop`), block b filled by the configured

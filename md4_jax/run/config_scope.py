@@ -42,7 +42,8 @@ SCOPES = (
       for name in ("num_layers", "width", "num_heads", "mlp_ratio", "mlp_hidden", "cond_dim", "positions")),
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
-    ("diffusion.block_size", lambda c: c.objective == "bd3", "objective='bd3'"),
+    *((f"diffusion.{name}", lambda c: c.objective == "bd3", "objective='bd3'")
+      for name in ("block_size", "clip_low", "clip_high")),
     ("sampler.kv_cache", lambda c: c.objective == "bd3", "objective='bd3' (an exact cache of finished blocks; "
      "MD4's approximate caches are not built yet)"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "

@@ -111,3 +111,14 @@ def test_a_block_never_sees_later_blocks():
 def test_eval_times_give_each_block_a_uniform_time():
   t_BxK = block_diffusion.block_times(None, 2, 4, t_B=jnp.asarray([0.1, 0.9]))
   np.testing.assert_allclose(t_BxK, [[0.1, 0.35, 0.6, 0.85], [0.9, 0.15, 0.4, 0.65]], atol=1e-6)
+
+
+def test_clipped_training_times_stay_in_their_range_and_the_default_is_the_bound():
+  key = jax.random.key(6)
+  plain = block_diffusion.block_times(key, 8, 4)
+  np.testing.assert_array_equal(block_diffusion.block_times(key, 8, 4, clip=(0.0, 1.0)), plain)
+  clipped = np.asarray(block_diffusion.block_times(key, 8, 4, clip=(0.3, 0.8)))
+  assert clipped.min() >= 0.3 and clipped.max() < 0.8
+  np.testing.assert_allclose(clipped, 0.3 + 0.5 * np.asarray(plain), rtol=1e-6)
+  given = block_diffusion.block_times(key, 2, 4, t_B=jnp.asarray([0.1, 0.9]), clip=(0.3, 0.8))
+  assert float(given[0, 0]) == pytest.approx(0.1)  # evaluation's times are never clipped

@@ -60,6 +60,7 @@ def test_a_sampler_that_sees_later_blocks_fails_the_same_check():
     ({"diffusion__block_size": 0}, "diffusion.block_size=0 must divide"),
     ({"sampler__steps": 6}, "sampler.steps=6 must be a multiple of the 4 blocks"),
     ({"sampler__name": "semi_ar"}, "already samples block by block"),
+    ({"diffusion__clip_low": 0.9, "diffusion__clip_high": 0.5}, "need 0 <= clip_low < clip_high <= 1"),
 ])
 def test_bad_bd3_settings_fail_before_any_work(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
