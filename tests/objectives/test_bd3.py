@@ -35,6 +35,7 @@ def bd3_sampler(block_size: int, settings):
                                                  time_dependent=False, module=None))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_size, settings", [(2, sampler_settings("ancestral", steps=300)),
                                                   (3, sampler_settings("exact")),
                                                   (6, sampler_settings("exact"))], ids=["ancestral_2", "exact_3",
@@ -48,8 +49,8 @@ def test_block_by_block_samples_follow_the_true_distribution(block_size, setting
     assert np.all(order[:, block_L == block].max(axis=1) < order[:, block_L == block + 1].min(axis=1))
 
 
-def test_a_sampler_that_sees_later_blocks_fails_the_same_check():
-  """The check above can fail: blocks of 2 sampled with one step each draw a block's tokens independently."""
+def test_the_check_rejects_a_block_sampler_that_draws_a_blocks_tokens_independently():
+  """The check above can fail: blocks of 2 sampled with one step each draw a block's two tokens independently."""
   tokens, _, _ = bd3_sampler(2, sampler_settings("ancestral", steps=3))(jax.random.key(0),
                                                                        jnp.full((5000, L), MASK, jnp.int32))
   assert chi_square_p_value(tokens) < 1e-6
@@ -88,6 +89,7 @@ def test_bd3_run_trains_resumes_exactly_evaluates_and_samples(tmp_path, corpus_f
   assert len(samples["samples"]) == 3 and all(len(text) == 16 for text in samples["samples"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, scan_layers, positions", [("ancestral", False, "rope"), ("exact", True, "learned"),
                                                           ("confidence", True, "rope")])
 def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_layers, positions):
