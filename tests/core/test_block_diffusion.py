@@ -92,7 +92,7 @@ def test_the_training_layout_scores_blocks_as_a_direct_loop(length, block_size):
     nll = token_nll(logits[:, start:], x0[:, start:end])
     t = t_BxK[:, block][:, None]
     loop += jnp.sum(jnp.where(z[:, start:end] == V, -schedule.weight(t) * nll, 0.0), axis=1)
-  assert float(jnp.min(loop)) > 0
+  assert float(jnp.sum(loop)) > 0  # some positions were masked
   np.testing.assert_allclose(layout, loop, rtol=2e-5)
 
 
