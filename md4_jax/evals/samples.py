@@ -97,8 +97,8 @@ class Judge:
 
 
 def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
-  """One row per sampler variant of base's eval.samplers (sampler, NFE, seconds, generative perplexity,
-  unigram entropy, a sample), and the judge used (None without eval.judge)."""
+  """One row per sampler variant of base's eval.samplers (sampler, NFE, seconds, tokens/s, generative
+  perplexity, unigram entropy, a sample), and the judge used (None without eval.judge)."""
   config, modality = base.config, base.modality
   judge = Judge(config.eval.judge, modality, base.mesh) if config.eval.judge else None
   rows = []
@@ -108,6 +108,7 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
     samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = ":".join(str(v) for v in overrides.values())
     rows.append({"sampler": label, "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
+                 "tokens_per_sec": round(samples.tokens.size / samples.seconds, 1),
                  "gen_ppl": judge.perplexity(samples.tokens) if judge else None,
                  "unigram_entropy_bits": unigram_entropy_bits(samples.tokens, modality.vocab_size),
                  **modality.describe(samples.tokens[0])})
@@ -126,11 +127,11 @@ def run(context) -> dict:
   judge_text = f"judge {judge.workdir} (step {judge.step})" if judge else "no judge (set eval.judge)"
   lines = [f"Step {step}, {config.eval.params} params, {config.sampler.num_samples} samples per sampler; "
            f"{judge_text}. Held-out data's unigram entropy: {data_entropy:.3f} bits.", "",
-           "| sampler | network calls | seconds | generative perplexity | unigram entropy (bits) |",
-           "|---|---|---|---|---|"]
+           "| sampler | network calls | seconds | tokens/s | generative perplexity | unigram entropy (bits) |",
+           "|---|---|---|---|---|---|"]
   for row in rows:
     ppl = f"{row['gen_ppl']:.3f}" if row["gen_ppl"] is not None else "-"
-    lines.append(f"| {row['sampler']} | {row['nfe']} | {row['seconds']:.1f} | {ppl} | "
+    lines.append(f"| {row['sampler']} | {row['nfe']} | {row['seconds']:.1f} | {row['tokens_per_sec']:.1f} | {ppl} | "
                  f"{row['unigram_entropy_bits']:.3f} |")
   table = "\n".join(lines) + "\n"
   result = {"step": step, "params": config.eval.params, "judge": judge and judge.workdir,

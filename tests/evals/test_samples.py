@@ -48,10 +48,25 @@ def test_samples_suite_writes_a_table_per_sampler(runs):
   assert [row["nfe"] for row in result["samplers"]] == [4, 16]
   for row in result["samplers"]:
     assert 1.0 < row["gen_ppl"] < 1e4 and 0 < row["unigram_entropy_bits"] <= math.log2(27)
+    assert row["tokens_per_sec"] == pytest.approx(3 * 16 / row["seconds"], rel=0.05)
   assert 3.0 < result["held_out_unigram_entropy_bits"] < math.log2(27)
   table = (root / "md4" / "eval" / "samples_step_12.md").read_text()
   assert "| exact:1 | 16 |" in table
   assert json.loads((root / "md4" / "eval" / "samples_step_12.json").read_text())["judge"] == str(root / "ar")
+
+
+@pytest.mark.slow
+def test_samples_suite_scores_a_bd3_run_the_same_with_and_without_its_cache(runs):
+  corpus, root = runs
+  modes.main(make_config(corpus, objective="bd3"), root / "bd3", "train", reference=reference())
+  rows = {}
+  for kv_cache in ("none", "exact"):
+    config = make_config(corpus, objective="bd3", eval__suite="samples", eval__samplers="ancestral:8,exact:1",
+                         eval__judge=str(root / "ar"), sampler__num_samples=3, sampler__kv_cache=kv_cache)
+    rows[kv_cache] = modes.main(config, root / "bd3", "eval", reference=reference())["samplers"]
+  for uncached, cached in zip(rows["none"], rows["exact"]):  # the same draws: the same scores
+    assert uncached["nfe"] == cached["nfe"] and uncached["text"] == cached["text"]
+    assert uncached["gen_ppl"] == pytest.approx(cached["gen_ppl"], rel=1e-6) and 1.0 < cached["gen_ppl"] < 1e4
 
 
 def test_judge_perplexity_is_the_exact_likelihood(runs):
