@@ -107,12 +107,17 @@ def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):
 def tiny_run(tmp_path_factory):
   """(corpus, workdir, last eval): the tiny config trained once per test process (each xdist worker) and shared
   by the files that need a finished run; use `copy_of_run` for one to change."""
+  return train_tiny(tmp_path_factory.mktemp("tiny_run"))
+
+
+def train_tiny(root: pathlib.Path, **overrides):
+  """(corpus, workdir, last eval): CORPUS written to root/corpus.txt and the tiny config with `overrides` (as in
+  `override`) trained on it in root/run, in this process."""
   from md4_jax.run import modes  # noqa: PLC0415 (jax is imported after the compilation-cache settings above)
 
-  root = tmp_path_factory.mktemp("tiny_run")
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
-  result = modes.main(make_config(corpus), root / "run", "train", reference=reference())
+  result = modes.main(make_config(corpus, **overrides), root / "run", "train", reference=reference())
   return corpus, root / "run", result
 
 

@@ -45,25 +45,11 @@ def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timeste
   if token_mask_BxL is None:
     token_mask_BxL = jnp.ones_like(x0_BxL)
   block_size = x0_BxL.shape[1] // t_BxK.shape[1]
-  t_BxL = jnp.repeat(t_BxK, block_size, axis=1)
+  weight_BxL = diffusion.bound_weight(schedule, jnp.repeat(t_BxK, block_size, axis=1), timesteps)
   nll_BxL = token_nll_in_layout(net, z_BxL, x0_BxL, block_size)
-  if timesteps:
-    # T * E_i[(alpha_s - alpha_t) / (1 - alpha_t) * CE] per block, as diffusion.elbo_terms per sequence.
-    coef_BxL = timesteps * (schedule.alpha(t_BxL - 1.0 / timesteps) - schedule.alpha(t_BxL)) / schedule.mask_prob(
-        t_BxL)
-  else:
-    positive_BxL = t_BxL > 0  # the weight is infinite at t = 0 for polyK with K < 1; the term is 0 there
-    coef_BxL = jnp.where(positive_BxL, -schedule.weight(jnp.where(positive_BxL, t_BxL, 1.0)), 0.0)
+  diffusion_B = jnp.sum(jnp.where(z_BxL == vocab_size, weight_BxL * nll_BxL, 0.0), axis=-1)
   num_tokens_B = jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)
-  log_v = jnp.log(float(vocab_size))
-  terms = {
-      "diffusion": jnp.sum(jnp.where(z_BxL == vocab_size, coef_BxL * nll_BxL, 0.0), axis=-1),
-      "reconstruction": num_tokens_B * schedule.mask_prob(jnp.zeros(())) * log_v,
-      "prior": num_tokens_B * schedule.alpha(jnp.ones(())) * log_v,
-  }
-  terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
-  terms["num_tokens"] = num_tokens_B
-  return terms
+  return diffusion.bound_terms(diffusion_B, num_tokens_B, schedule, vocab_size)
 
 
 def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, timesteps: int = 0,
@@ -77,9 +63,6 @@ def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, 
   if timesteps:
     t_BxK = diffusion.discretize_times(t_BxK, timesteps)
   mask_prob_BxL = schedule.mask_prob(jnp.repeat(t_BxK, block_size, axis=1))
-  masked_BxL = jax.random.uniform(mask_key, x0_BxL.shape) < mask_prob_BxL
-  if token_mask_BxL is not None:
-    masked_BxL &= token_mask_BxL.astype(bool)
-  z_BxL = jnp.where(masked_BxL, vocab_size, x0_BxL)
+  z_BxL = diffusion.mask_tokens(mask_key, x0_BxL, mask_prob_BxL, vocab_size, token_mask_BxL)
   return terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, vocab_size=vocab_size, timesteps=timesteps,
                      token_mask_BxL=token_mask_BxL)

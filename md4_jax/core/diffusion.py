@@ -51,11 +51,13 @@ def discretize_times(t_B, timesteps: int):
 
 
 def mask_tokens(key, x0_BxL, mask_prob_B, mask_id: int, token_mask_BxL=None):
-  """z_t: each token independently replaced by `mask_id` with probability 1 - alpha_t.
+  """z_t: each token independently replaced by `mask_id` with probability 1 - alpha_t: mask_prob_B is one rate
+  per sequence [B], or one per position [B, L] (block diffusion's per-block times).
 
   Padding (token_mask == 0) is never masked, so it never enters the loss.
   """
-  masked_BxL = jax.random.uniform(key, x0_BxL.shape) < mask_prob_B[:, None]
+  mask_prob_Bx1_or_BxL = mask_prob_B[:, None] if mask_prob_B.ndim == 1 else mask_prob_B
+  masked_BxL = jax.random.uniform(key, x0_BxL.shape) < mask_prob_Bx1_or_BxL
   if token_mask_BxL is not None:
     masked_BxL &= token_mask_BxL.astype(bool)
   return jnp.where(masked_BxL, mask_id, x0_BxL)
@@ -159,25 +161,32 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
   else:
     cross_entropy_B, fallback = masked_head_loss(denoise(z_BxL, t_B), head_loss, x0_BxL, z_BxL, vocab_size,
                                                  capacity=capacity, groups=groups)
-  if timesteps:
-    s_B = t_B - 1.0 / timesteps
-    # T * E_i[(alpha_s - alpha_t) / (1 - alpha_t) * CE]: i drawn uniformly from T steps.
-    coef_B = timesteps * (schedule.alpha(s_B) - schedule.alpha(t_B)) / mask_prob_B
-  else:
-    # polyK with K < 1 has an infinite weight at t = 0 (a point of measure zero, met about B 2^-23 times
-    # per step): the term is 0 there, and the weight is never evaluated at 0, so no NaN and no NaN gradient.
-    positive_B = t_B > 0
-    coef_B = jnp.where(positive_B, -schedule.weight(jnp.where(positive_B, t_B, 1.0)), 0.0)
-  log_v = jnp.log(float(vocab_size))
-  terms = {
-      "diffusion": coef_B * cross_entropy_B,
-      # Tokens already masked at t=0 are predicted uniformly.
-      "reconstruction": num_tokens_B * schedule.mask_prob(jnp.zeros(())) * log_v,
-      # KL(q(z_1 | x0) || p(z_1)) with p(z_1) = mask w.p. 1 - alpha_1, else uniform over V.
-      "prior": num_tokens_B * schedule.alpha(jnp.ones(())) * log_v,
-  }
-  terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
-  terms["num_tokens"] = num_tokens_B
+  terms = bound_terms(bound_weight(schedule, t_B, timesteps) * cross_entropy_B, num_tokens_B, schedule, vocab_size)
   if fallback is not None:
     terms["fallback"] = fallback
+  return terms
+
+
+def bound_weight(schedule, t, timesteps: int):
+  """The weight of a masked position's cross-entropy at time t (any shape): -alpha'_t / (1 - alpha_t) for the
+  continuous-time bound, T (alpha_s - alpha_t) / (1 - alpha_t) with s = t - 1/T for the T-step bound (t on its
+  grid: T * E_i[...] with step i drawn uniformly)."""
+  if timesteps:
+    return timesteps * (schedule.alpha(t - 1.0 / timesteps) - schedule.alpha(t)) / schedule.mask_prob(t)
+  # polyK with K < 1 has an infinite weight at t = 0 (a point of measure zero, met about B 2^-23 times
+  # per step): the term is 0 there, and the weight is never evaluated at 0, so no NaN and no NaN gradient.
+  positive = t > 0
+  return jnp.where(positive, -schedule.weight(jnp.where(positive, t, 1.0)), 0.0)
+
+
+def bound_terms(diffusion_B, num_tokens_B, schedule, vocab_size: int) -> dict:
+  """The bound's terms per example from its diffusion term: `reconstruction` (tokens already masked at t = 0,
+  predicted uniformly), `prior` (KL(q(z_1 | x0) || p(z_1)), p(z_1) = mask w.p. 1 - alpha_1, else uniform over
+  V), `loss` (the sum) and `num_tokens`."""
+  log_v = jnp.log(float(vocab_size))
+  terms = {"diffusion": diffusion_B,
+           "reconstruction": num_tokens_B * schedule.mask_prob(jnp.zeros(())) * log_v,
+           "prior": num_tokens_B * schedule.alpha(jnp.ones(())) * log_v}
+  terms["loss"] = terms["diffusion"] + terms["reconstruction"] + terms["prior"]
+  terms["num_tokens"] = num_tokens_B
   return terms

@@ -205,11 +205,7 @@ class Transformer(nnx.Module):
     halves); mask: an attention mask for this call (default: causal if configured, else none)."""
     del label_B, dropout_key
     dtype = jnp.dtype(self.cfg.dtype)
-    x_BxLxD = self.embed[...][z_BxL]
-    if self.pos_embed is not None:
-      table = self.pos_embed[...]
-      x_BxLxD = x_BxLxD + (table[None, : z_BxL.shape[1]] if positions_L is None else table[positions_L][None])
-    x_BxLxD = x_BxLxD.astype(dtype)
+    x_BxLxD = self._input_embeddings(z_BxL, positions_L)
     cond_BxC = None  # [B, cond_dim or D]
     if self.cfg.time_conditioning:
       cond_BxC = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(dtype)))
@@ -238,6 +234,14 @@ class Transformer(nnx.Module):
       x_BxLxD = x_BxLxD * (1 + scale) + shift
     return x_BxLxD
 
+  def _input_embeddings(self, z_BxL, positions_L=None):
+    """Token (+ learned position) embeddings in the compute dtype; positions_L default 0..L-1."""
+    x_BxLxD = self.embed[...][z_BxL]
+    if self.pos_embed is not None:
+      table = self.pos_embed[...]
+      x_BxLxD = x_BxLxD + (table[None, : z_BxL.shape[1]] if positions_L is None else table[positions_L][None])
+    return x_BxLxD.astype(jnp.dtype(self.cfg.dtype))
+
   def empty_cache(self, batch_size: int):
     """(keys, values), each [layers, B, L, H, K] in the compute dtype: nothing cached yet."""
     cfg = self.cfg
@@ -252,10 +256,7 @@ class Transformer(nnx.Module):
       raise ValueError("a cached pass needs a time-independent network (model.time_conditioning=False)")
     keys_NxBxLxHxK, values_NxBxLxHxK = cache
     positions_C = start + jnp.arange(chunk_BxC.shape[1])
-    x_BxCxD = self.embed[...][chunk_BxC]
-    if self.pos_embed is not None:
-      x_BxCxD = x_BxCxD + self.pos_embed[...][positions_C][None]
-    x_BxCxD = x_BxCxD.astype(jnp.dtype(self.cfg.dtype))
+    x_BxCxD = self._input_embeddings(chunk_BxC, positions_C)
     if self.cfg.scan_layers:
       block_def, stacked = nnx.split(self.blocks)
 

@@ -78,10 +78,9 @@ class BlockDiffusion(Objective):
     del time_dependent  # the network is time-independent
     batch_size, length = z_BxL.shape
     size, vocab_size, cached = self.block_size, self.vocab_size, settings.kv_cache == "exact"
-    num_blocks = length // size
-    by_blocks = dataclasses.replace(settings, name="semi_ar", inner=settings.name, block_length=size)
-    ((inner_settings, _), *_) = samplers.semi_ar.blocks(by_blocks, length)
-    inner = samplers.SAMPLERS[inner_settings.name]
+    num_blocks = samplers.semi_ar_blocks(size, settings.steps, length)  # the blocks share the steps evenly
+    inner_settings = dataclasses.replace(settings, steps=settings.steps // num_blocks)
+    inner = samplers.SAMPLERS[settings.name]
     block_L = jnp.arange(length) // size
     whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
 

@@ -13,7 +13,7 @@ from md4_jax.data import modality
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 from md4_jax.run import modes
-from tests.conftest import CORPUS, launch_tiny, make_config, reference
+from tests.conftest import CORPUS, launch_tiny, make_config, reference, train_tiny
 from tests.test_end_to_end import assert_same_arrays, metric_rows, saved_state, train_until_sigterm_at_step_7
 
 pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
@@ -23,12 +23,7 @@ GENMD4 = {"objective": "genmd4", "diffusion__genmd4__learning_rate": 0.05}
 
 @pytest.fixture(scope="module")
 def genmd4_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("genmd4")
-  corpus = root / "corpus.txt"
-  corpus.write_text(CORPUS)
-  workdir = root / "run"
-  result = modes.main(make_config(corpus, **GENMD4), workdir, "train", reference=reference())
-  return corpus, workdir, result
+  return train_tiny(tmp_path_factory.mktemp("genmd4"), **GENMD4)
 
 
 def test_the_schedule_trains_and_is_logged(genmd4_run):

@@ -18,7 +18,7 @@ from md4_jax.engine import checkpoints, experiment
 from md4_jax.errors import UserError
 from md4_jax.run import modes
 from md4_jax.run.loop import NonFiniteLoss
-from tests.conftest import CORPUS, ROOT, assert_clear_error, launch_tiny, make_config, reference
+from tests.conftest import CORPUS, ROOT, assert_clear_error, launch_tiny, make_config, reference, train_tiny
 from tests.test_end_to_end import metric_rows
 
 pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
@@ -33,12 +33,8 @@ def tiny_args(**changes):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(corpus, workdir): 8 steps with checkpoints at 4, 6, 8 (keep 3)."""
-  root = tmp_path_factory.mktemp("trained")
-  corpus = root / "corpus.txt"
-  corpus.write_text(CORPUS)
-  workdir = root / "run"
-  config = make_config(corpus, train__num_steps=8, train__checkpoint_every=2, train__eval_every=4)
-  modes.main(config, workdir, "train", reference=reference())
+  corpus, workdir, _ = train_tiny(tmp_path_factory.mktemp("trained"), train__num_steps=8,
+                                  train__checkpoint_every=2, train__eval_every=4)
   return corpus, workdir
 
 
