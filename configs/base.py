@@ -122,19 +122,24 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sampler = ml_collections.ConfigDict()
   # "ancestral" (MD4) | "mean" (draw x0, then unmask) | "exact" (continuous-time reverse process, one event
-  # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.inner in each)
+  # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.inner in each) |
+  # "parallel" (Fast-dLLM: blocks of sampler.block_length, every token above sampler.threshold per call)
   config.sampler.name = "ancestral"  # which sampler (see above and docs/sampling.md)
-  config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence; semi_ar: all blocks together)
+  config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence; semi_ar: all blocks together;
+  # parallel: unused, its calls stop when a block is full)
   config.sampler.grid = "cosine"  # "cosine" | "uniform" time grid
   config.sampler.temperature = 1.0  # softmax temperature of token draws; 0 = argmax
   config.sampler.top_k = 0  # draw among the k most likely tokens; 0 = all
   config.sampler.top_p = 1.0  # nucleus: the fewest most likely tokens holding this mass; 1 = all
   config.sampler.tokens_per_call = 1  # exact: unmasking events per network call (k > 1 is approximate)
   config.sampler.choice_temperature = 4.5  # confidence: Gumbel noise on log-confidence, annealed to 0; 0 = LLaDA
-  config.sampler.block_length = 0  # semi_ar: positions per block (divides data.seq_len)
+  config.sampler.block_length = 0  # semi_ar, parallel: positions per block (divides data.seq_len; parallel: 0 = one)
   config.sampler.inner = "confidence"  # semi_ar: "ancestral" | "mean" | "exact" | "confidence" within a block
   config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
-  config.sampler.kv_cache = "none"  # "none" | "exact" (objective="bd3": finished blocks' keys/values cached)
+  config.sampler.kv_cache = "none"  # "none" | "exact" (objective="bd3": finished blocks' keys/values cached) |
+  # "prefix" | "dual" (sampler.name="parallel": Fast-dLLM's approximate caches, keys/values before / around a block)
+  config.sampler.cache_refresh = 0  # prefix / dual: whole-sequence refresh every this many calls; 0 = per block
+  config.sampler.threshold = 0.9  # parallel: unmask every token whose confidence exceeds it (at least one per call)
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample

@@ -146,3 +146,15 @@ def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask):
 
 
 _attention.defvjp(_attention_forward, _attention_backward)
+
+
+def cached_attention(q_BxCxHxK, k_BxCxHxK, v_BxCxHxK, cached_k_BxSxHxK, cached_v_BxSxHxK, visible_S):
+  """A chunk of C queries over its own keys (all of them) and the cached keys where visible_S: the sampling
+  caches' pass (block diffusion's exact one, MD4's approximate ones). Scores and softmax in float32."""
+  keys_BxTxHxK = jnp.concatenate([cached_k_BxSxHxK, k_BxCxHxK], axis=1)  # T = S + C
+  values_BxTxHxK = jnp.concatenate([cached_v_BxSxHxK, v_BxCxHxK], axis=1)
+  visible_T = jnp.concatenate([visible_S, jnp.ones(q_BxCxHxK.shape[1], bool)])
+  scores_BxHxCxT = jnp.einsum("bqhk,bshk->bhqs", q_BxCxHxK, keys_BxTxHxK, preferred_element_type=jnp.float32)
+  scores_BxHxCxT = jnp.where(visible_T, scores_BxHxCxT / math.sqrt(q_BxCxHxK.shape[-1]), -jnp.inf)
+  probs_BxHxCxT = jax.nn.softmax(scores_BxHxCxT, axis=-1).astype(values_BxTxHxK.dtype)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxCxT, values_BxTxHxK)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from md4_jax.core import fused_head
-from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel, check_attention
+from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel, cached_attention, check_attention
 from md4_jax.models.backbone import Backbone, classes, shared_keys
 from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, rope, silu_glu, timestep_embedding
 
@@ -87,28 +87,16 @@ class Attention(nnx.Module):
     self.use_rope, self.mask = cfg.positions == "rope", CAUSAL if cfg.causal else None
     self.kernel = attention_kernel(cfg.attention, cfg.dtype, head_dim)
 
-  def __call__(self, x_BxLxD, positions_L=None, mask: Mask | None = None):
-    """mask: this call's (block diffusion's layouts), else the configured one (causal or none)."""
+  def __call__(self, x_BxLxD, positions_L=None, mask: Mask | None = None, context=None):
+    """mask: this call's (block diffusion's layouts), else the configured one (causal or none). context: (cached
+    keys, values [B, S, H, K], visible_S), a sampling cache's pass: the queries see each other (bidirectionally)
+    and the cached positions where visible_S. Returns (out_BxLxD, this call's (keys, values) [B, L, H, K])."""
     q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
     if self.use_rope:
       q, k = rope(q, positions_L), rope(k, positions_L)
-    return self.out(attention(q, k, v, mask=mask or self.mask, kernel=self.kernel))
-
-
-  def extend(self, x_BxCxD, positions_C, keys_BxLxHxK, values_BxLxHxK, start):
-    """A chunk of C positions (start..start+C-1) attending to the cached keys and values of positions < start
-    and to itself (bidirectionally): block diffusion's sampler with an exact cache. Returns (out_BxCxD, the
-    chunk's (keys, values) [B, C, H, K] for the cache)."""
-    q, k, v = self.query(x_BxCxD), self.key(x_BxCxD), self.value(x_BxCxD)
-    if self.use_rope:
-      q, k = rope(q, positions_C), rope(k, positions_C)
-    all_k, all_v = jnp.concatenate([keys_BxLxHxK, k], axis=1), jnp.concatenate([values_BxLxHxK, v], axis=1)
-    cached_L = keys_BxLxHxK.shape[1]
-    visible_LplusC = jnp.concatenate([jnp.arange(cached_L) < start, jnp.ones(x_BxCxD.shape[1], bool)])
-    scores_BxHxCxS = jnp.einsum("bqhk,bshk->bhqs", q, all_k, preferred_element_type=jnp.float32)
-    scores_BxHxCxS = jnp.where(visible_LplusC, scores_BxHxCxS / jnp.sqrt(q.shape[-1]).astype(jnp.float32), -jnp.inf)
-    probs_BxHxCxS = jax.nn.softmax(scores_BxHxCxS, axis=-1).astype(all_v.dtype)
-    return self.out(jnp.einsum("bhqs,bshk->bqhk", probs_BxHxCxS, all_v)), (k, v)
+    if context is None:
+      return self.out(attention(q, k, v, mask=mask or self.mask, kernel=self.kernel)), (k, v)
+    return self.out(cached_attention(q, k, v, *context)), (k, v)
 
 
 class GluMlp(nnx.Module):
@@ -139,24 +127,15 @@ class Block(nnx.Module):
     self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
     self.modulation = modulation(cfg, 6, rngs) if cfg.time_conditioning else None
 
-  def __call__(self, x_BxLxD, cond_BxC, positions_L=None, mask: Mask | None = None):
-    if self.modulation is None:
-      x_BxLxD = x_BxLxD + self.attention(self.attn_norm(x_BxLxD), positions_L, mask)
-      return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
-    mods = self.modulation(cond_BxC)[:, None]  # [B, 1, 6, D]
-    shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
-    h = self.attn_norm(x_BxLxD) * (1 + scale1) + shift1
-    x_BxLxD = x_BxLxD + (1 + gate1) * self.attention(h, positions_L, mask)
-    h = self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2
-    return x_BxLxD + (1 + gate2) * self.mlp(h)
-
-
-  def extend(self, x_BxCxD, positions_C, keys_BxLxHxK, values_BxLxHxK, start):
-    """Block.__call__ for a chunk over cached keys and values (Attention.extend); no time conditioning."""
-    out_BxCxD, chunk_kv = self.attention.extend(self.attn_norm(x_BxCxD), positions_C, keys_BxLxHxK,
-                                                values_BxLxHxK, start)
-    x_BxCxD = x_BxCxD + out_BxCxD
-    return x_BxCxD + self.mlp(self.mlp_norm(x_BxCxD)), chunk_kv
+  def __call__(self, x_BxLxD, cond_BxC, positions_L=None, mask: Mask | None = None, context=None):
+    """Returns (x_BxLxD, the attention's (keys, values)); context: see Attention."""
+    shift1 = scale1 = gate1 = shift2 = scale2 = gate2 = 0.0
+    if self.modulation is not None:
+      mods = self.modulation(cond_BxC)[:, None]  # [B, 1, 6, D]
+      shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
+    attended, kv = self.attention(self.attn_norm(x_BxLxD) * (1 + scale1) + shift1, positions_L, mask, context)
+    x_BxLxD = x_BxLxD + (1 + gate1) * attended
+    return x_BxLxD + (1 + gate2) * self.mlp(self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2), kv
 
 
 class Transformer(nnx.Module):
@@ -204,35 +183,50 @@ class Transformer(nnx.Module):
     positions_L: each input position's index (default 0..L-1; block diffusion repeats them for its two
     halves); mask: an attention mask for this call (default: causal if configured, else none)."""
     del label_B, dropout_key
-    dtype = jnp.dtype(self.cfg.dtype)
-    x_BxLxD = self._input_embeddings(z_BxL, positions_L)
-    cond_BxC = None  # [B, cond_dim or D]
-    if self.cfg.time_conditioning:
-      cond_BxC = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(dtype)))
-      if self.time_mlp_out is not None:
-        cond_BxC = jax.nn.silu(self.time_mlp_out(cond_BxC))
+    return self._layers(self._input_embeddings(z_BxL, positions_L), self._condition(t_B), positions_L, mask)[0]
+
+  def _condition(self, t_B):
+    """The time condition [B, cond_dim or D] the adaLN modulations read; None without time conditioning."""
+    if not self.cfg.time_conditioning:
+      return None
+    cond_BxC = jax.nn.silu(self.time_mlp(timestep_embedding(t_B, self.cfg.cond_dim or self.cfg.width).astype(
+        jnp.dtype(self.cfg.dtype))))
+    return cond_BxC if self.time_mlp_out is None else jax.nn.silu(self.time_mlp_out(cond_BxC))
+
+  def _layers(self, x_BxLxD, cond_BxC, positions_L, mask, cache=None, visible_S=None, keep_kv: bool = False):
+    """Every block, then the final norm (and modulation): (h_BxLxD, each layer's keys and values [layers, B, L,
+    H, K] when keep_kv, else None). cache: ([layers, B, S, H, K] keys, values) the positions also see where
+    visible_S (the sampling caches' pass)."""
+    context = lambda layer_cache: None if cache is None else (*layer_cache, visible_S)  # noqa: E731
     if self.cfg.scan_layers:
       # jax.lax.scan over the stacked state, not nnx.scan: the samplers call the network inside their own
       # loops, and nnx's transforms refuse a module created outside the trace they run in.
       block_def, stacked = nnx.split(self.blocks)
 
-      def apply_layer(x_BxLxD, layer):
-        return nnx.merge(block_def, layer)(x_BxLxD, cond_BxC, positions_L, mask), None
+      def apply_layer(x_BxLxD, layer_and_cache):
+        layer, layer_cache = layer_and_cache
+        x_BxLxD, kv = nnx.merge(block_def, layer)(x_BxLxD, cond_BxC, positions_L, mask, context(layer_cache))
+        return x_BxLxD, kv if keep_kv else None
 
-      if self.cfg.remat == "block":  # keep only each block's input; recompute its insides for the gradient
+      if self.cfg.remat == "block" and not keep_kv:  # keep only each block's input; recompute its insides
         apply_layer = jax.checkpoint(apply_layer)
-      x_BxLxD, _ = jax.lax.scan(apply_layer, x_BxLxD, stacked)
+      x_BxLxD, kv = jax.lax.scan(apply_layer, x_BxLxD, (stacked, cache))
     else:
-      apply_block = lambda block, x, cond, positions: block(x, cond, positions, mask)  # noqa: E731
-      if self.cfg.remat == "block":
+      apply_block = lambda block, x, cond, positions, layer_cache: block(x, cond, positions, mask,  # noqa: E731
+                                                                          context(layer_cache))
+      if self.cfg.remat == "block" and not keep_kv:
         apply_block = nnx.remat(apply_block)
-      for block in self.blocks:
-        x_BxLxD = apply_block(block, x_BxLxD, cond_BxC, positions_L)
+      layer_kvs = []
+      for index, block in enumerate(self.blocks):
+        layer_cache = None if cache is None else (cache[0][index], cache[1][index])
+        x_BxLxD, layer_kv = apply_block(block, x_BxLxD, cond_BxC, positions_L, layer_cache)
+        layer_kvs.append(layer_kv)
+      kv = tuple(jnp.stack(parts) for parts in zip(*layer_kvs)) if keep_kv else None
     x_BxLxD = self.final_norm(x_BxLxD)
     if cond_BxC is not None:
       shift, scale = jnp.moveaxis(self.final_modulation(cond_BxC), 1, 0)[:, :, None]  # [B, 1, D] each
       x_BxLxD = x_BxLxD * (1 + scale) + shift
-    return x_BxLxD
+    return x_BxLxD, kv
 
   def _input_embeddings(self, z_BxL, positions_L=None):
     """Token (+ learned position) embeddings in the compute dtype; positions_L default 0..L-1."""
@@ -242,38 +236,21 @@ class Transformer(nnx.Module):
       x_BxLxD = x_BxLxD + (table[None, : z_BxL.shape[1]] if positions_L is None else table[positions_L][None])
     return x_BxLxD.astype(jnp.dtype(self.cfg.dtype))
 
-  def empty_cache(self, batch_size: int):
-    """(keys, values), each [layers, B, L, H, K] in the compute dtype: nothing cached yet."""
+  def empty_cache(self, batch_size: int, length: int | None = None):
+    """(keys, values), each [layers, B, length (default seq_len), H, K] in the compute dtype, all zero."""
     cfg = self.cfg
-    shape = (cfg.num_layers, batch_size, cfg.seq_len, cfg.num_heads, cfg.width // cfg.num_heads)
+    shape = (cfg.num_layers, batch_size, length or cfg.seq_len, cfg.num_heads, cfg.width // cfg.num_heads)
     return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
 
-  def extend(self, chunk_BxC, start, cache):
-    """Hidden states h_BxCxD of the C tokens at positions start..start+C-1, each seeing the cached positions
-    < start and the whole chunk (block diffusion's block-causal pass, one block at a time); returns (h, the
-    cache with the chunk's keys and values written at start). Time-independent networks only."""
-    if self.cfg.time_conditioning:
-      raise ValueError("a cached pass needs a time-independent network (model.time_conditioning=False)")
-    keys_NxBxLxHxK, values_NxBxLxHxK = cache
-    positions_C = start + jnp.arange(chunk_BxC.shape[1])
-    x_BxCxD = self._input_embeddings(chunk_BxC, positions_C)
-    if self.cfg.scan_layers:
-      block_def, stacked = nnx.split(self.blocks)
-
-      def apply_layer(x, layer_and_cache):
-        layer, keys, values = layer_and_cache
-        return nnx.merge(block_def, layer).extend(x, positions_C, keys, values, start)
-
-      x_BxCxD, (chunk_k, chunk_v) = jax.lax.scan(apply_layer, x_BxCxD, (stacked, keys_NxBxLxHxK, values_NxBxLxHxK))
-    else:
-      chunks = []
-      for index, block in enumerate(self.blocks):
-        x_BxCxD, kv = block.extend(x_BxCxD, positions_C, keys_NxBxLxHxK[index], values_NxBxLxHxK[index], start)
-        chunks.append(kv)
-      chunk_k, chunk_v = (jnp.stack(parts) for parts in zip(*chunks))
-    write = lambda cached, chunk: jax.lax.dynamic_update_slice_in_dim(cached, chunk.astype(cached.dtype), start,  # noqa: E731
-                                                                      axis=2)
-    return self.final_norm(x_BxCxD), (write(keys_NxBxLxHxK, chunk_k), write(values_NxBxLxHxK, chunk_v))
+  def extend(self, chunk_BxC, positions_C, cache=None, visible_S=None, t_B=None):
+    """The sampling caches' pass: hidden states h_BxCxD of C tokens at positions_C, which see each other and
+    the cached positions where visible_S ([S] bool); cache None: only each other (a whole sequence's pass that
+    fills a cache). Returns (h, the chunk's (keys, values) [layers, B, C, H, K]; `write_cache` stores them).
+    t_B: the time, for a time-conditioned network."""
+    if self.cfg.time_conditioning and t_B is None:
+      raise ValueError("a time-conditioned network's cached pass needs t_B")
+    return self._layers(self._input_embeddings(chunk_BxC, positions_C), self._condition(t_B), positions_C, None,
+                        cache, visible_S, keep_kv=True)
 
   def head_logits(self, h_xD):
     """Hidden states [..., D] -> float32 logits [..., V] over the real tokens."""
@@ -296,3 +273,9 @@ def build(config, modality, requirements: dict) -> Backbone:
                           causal=requirements.get("causal", False), scan_layers=model.scan_layers,
                           **shared_keys(config, requirements))
   return Backbone(cfg, functools.partial(Transformer, cfg))
+
+
+def write_cache(cache, chunk_kv, start):
+  """The cache ([layers, B, S, H, K] keys, values) with a chunk's keys and values written at slots start..."""
+  return tuple(jax.lax.dynamic_update_slice_in_dim(cached, chunk.astype(cached.dtype), start, axis=2)
+               for cached, chunk in zip(cache, chunk_kv))

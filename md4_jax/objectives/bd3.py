@@ -17,6 +17,7 @@ from md4_jax import samplers
 from md4_jax.core import block_diffusion
 from md4_jax.core.attention_masks import Mask
 from md4_jax.core.schedules import get_schedule
+from md4_jax.models.transformer import write_cache
 from md4_jax.objectives.base import Objective, refuse
 
 
@@ -66,47 +67,61 @@ class BlockDiffusion(Objective):
                                       clip=clip)
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
-    """(tokens_BxL, NFE, order_BxL): blocks left to right (a `lax.fori_loop`), block b filled by the configured
-    sampler (sampler.steps shared by the blocks, key fold_in(key, b)) while the network sees block b and the
-    blocks before it, never later ones.
+    """(tokens_BxN, NFE, order_BxN): blocks left to right (a `lax.fori_loop`), block b filled by the configured
+    sampler (key fold_in(key, b); each block gets the steps it has at the training length, sampler.steps /
+    (data.seq_len / block_size)) while the network sees block b and the blocks before it, never later ones.
 
     sampler.kv_cache='none': every call runs the network over the whole sequence under the block-causal mask.
     'exact': calls run over block b's C tokens alone (`module.extend`) against the finished blocks' cached keys
     and values; once the block is finished one more pass over its clean tokens writes its keys and values. Same
-    function, so the same draws (tested), without recomputing finished tokens. NFE counts the sampler's calls.
+    function, so the same draws (tested), without recomputing finished tokens. The cache holds data.seq_len
+    positions, one slot per block, reused in turn: a sequence longer than the training length (N > seq_len,
+    `--length`) is drawn with each block seeing the seq_len / block_size - 1 blocks before it (the most any
+    block saw in training). NFE counts the sampler's calls.
     """
     del time_dependent  # the network is time-independent
     batch_size, length = z_BxL.shape
     size, vocab_size, cached = self.block_size, self.vocab_size, settings.kv_cache == "exact"
-    num_blocks = samplers.semi_ar_blocks(size, settings.steps, length)  # the blocks share the steps evenly
-    inner_settings = dataclasses.replace(settings, steps=settings.steps // num_blocks)
+    trained_length = int(self.config.data.seq_len)
+    if length != trained_length and not cached:
+      raise ValueError(f"a length of {length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
+    slots = trained_length // size  # the cache's blocks
+    steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
+    inner_settings = dataclasses.replace(settings, steps=steps)
     inner = samplers.SAMPLERS[settings.name]
-    block_L = jnp.arange(length) // size
+    slot_S = jnp.arange(trained_length) // size
     whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
 
     def one_block(index, carry):
       z_BxL, nfe, order_BxL, cache = carry
       start = index * size
-      block_of = lambda z_BxL: jax.lax.dynamic_slice_in_dim(z_BxL, start, size, axis=1)  # noqa: E731
+      positions_C = start + jnp.arange(size)
+      sees_S = (slot_S < index) & (slot_S != index % slots)  # the previous slots - 1 blocks
+      block_of = lambda x_BxL: jax.lax.dynamic_slice_in_dim(x_BxL, start, size, axis=1)  # noqa: E731
 
-      def block_only(z_BxL, t_B):
+      def block_only(z_BxC, t_B):
         del t_B
-        h_BxCxD, _ = module.extend(block_of(z_BxL), start, cache)
-        logits_BxLxV = jnp.zeros((batch_size, length, vocab_size), jnp.float32)  # only the block's are read
-        return jax.lax.dynamic_update_slice_in_dim(logits_BxLxV, module.head_logits(h_BxCxD), start, axis=1)
+        return module.head_logits(module.extend(z_BxC, positions_C, cache, sees_S)[0])
 
-      block_key = key if num_blocks == 1 else jax.random.fold_in(key, index)
-      active_BxL = (z_BxL == vocab_size) & (block_L == index)
-      z_BxL, block_nfe, order_BxL = inner(block_only if cached else whole_sequence, block_key, self.schedule,
-                                          z_BxL, active_BxL, inner_settings, vocab_size, False, order_BxL)
+      def in_sequence(z_BxC, t_B):
+        logits_BxLxV = whole_sequence(jax.lax.dynamic_update_slice_in_dim(z_BxL, z_BxC, start, axis=1), t_B)
+        return block_of(logits_BxLxV)
+
+      block_key = key if length == size else jax.random.fold_in(key, index)
+      z_BxC = block_of(z_BxL)
+      z_BxC, block_nfe, order_BxC = inner(block_only if cached else in_sequence, block_key, self.schedule, z_BxC,
+                                          z_BxC == vocab_size, inner_settings, vocab_size, False, jnp.zeros_like(z_BxC))
+      order_BxC = jnp.where(order_BxC > 0, order_BxC + jnp.max(order_BxL), 0)  # the clock runs on across blocks
       if cached:
-        _, cache = module.extend(block_of(z_BxL), start, cache)
-      return z_BxL, nfe + block_nfe, order_BxL, cache
+        kv = module.extend(z_BxC, positions_C, cache, sees_S)[1]
+        cache = write_cache(cache, kv, (index % slots) * size)
+      update = lambda x_BxL, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxL, x_BxC, start, axis=1)  # noqa: E731
+      return update(z_BxL, z_BxC), nfe + block_nfe, update(order_BxL, order_BxC), cache
 
     z_BxL = jnp.asarray(z_BxL, jnp.int32)
     cache = module.empty_cache(batch_size) if cached else ()
     z_BxL, nfe, order_BxL, _ = jax.lax.fori_loop(
-        0, num_blocks, one_block, (z_BxL, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxL), cache))
+        0, length // size, one_block, (z_BxL, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxL), cache))
     return z_BxL, nfe, order_BxL
 
 

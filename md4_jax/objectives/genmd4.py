@@ -184,7 +184,7 @@ class GenMD4(Objective):
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
     return samplers.sample(denoise, key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
-                           time_dependent=time_dependent, return_order=True, samplers=SAMPLERS)
+                           time_dependent=time_dependent, return_order=True, samplers=SAMPLERS, module=module)
 
 
 OBJECTIVE = GenMD4

@@ -82,9 +82,8 @@ class MD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
-    del module  # the schedule is fixed: nothing to read from the parameters
     return samplers.sample(denoise, key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
-                           time_dependent=time_dependent, return_order=True)
+                           time_dependent=time_dependent, return_order=True, module=module)
 
 
 OBJECTIVE = MD4

@@ -87,6 +87,9 @@ def unknown_key(key: str, known: dict) -> str:
           "(see configs/base.py)")
 
 
+KV_CACHES = ("none", "exact", *samplers.parallel.CACHES)
+
+
 def check_values(config) -> None:
   """Values each key accepts, checked up front so no run dies after minutes of work."""
   flat = flatten(config)
@@ -100,7 +103,7 @@ def check_values(config) -> None:
   source = sources.get(config.data.source)
   choices = {"objective": objectives.NAMES, "model.backbone": models.BACKBONES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER,
-             "sampler.params": ("ema", "raw"), "sampler.kv_cache": ("none", "exact"), "eval.params": ("ema", "raw"),
+             "sampler.params": ("ema", "raw"), "sampler.kv_cache": KV_CACHES, "eval.params": ("ema", "raw"),
              "eval.suite": evals.NAMES}
   for key, allowed in choices.items():
     if flat[key] not in allowed:
@@ -122,6 +125,7 @@ def check_values(config) -> None:
                     "(model.class_conditional=True, trained with label dropout)")
   objectives.get(config.objective).check_config(config)  # its own keys, and what it makes of the sampler's
   _check_sampler(config.sampler, shape.length)
+  _check_parallel(config, shape.length)
   if config.eval.suite == "samples":  # its exact:k variants run the exact sampler with tokens_per_call=k
     for variant in evals.samples.parse_variants(config.eval.samplers):
       _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
@@ -167,6 +171,34 @@ def _check_sampler(sampler, seq_len: int) -> None:
       raise UserError(str(error)) from None
   _check_tokens_per_call(sampler.inner if sampler.name == "semi_ar" else sampler.name, sampler.tokens_per_call,
                          seq_len, "sampler.tokens_per_call=")
+
+
+def _check_parallel(config, seq_len: int) -> None:
+  """The parallel sampler's keys, and which cache applies to which model."""
+  sampler, bd3 = config.sampler, config.objective == "bd3"
+  cache = sampler.kv_cache
+  if not 0.0 < sampler.threshold <= 1.0:
+    raise UserError(f"sampler.threshold={sampler.threshold} must be in (0, 1] (1 = one token per call)")
+  if sampler.cache_refresh < 0:
+    raise UserError(f"sampler.cache_refresh={sampler.cache_refresh} must be >= 0 (0 = refresh at each block's start)")
+  if bd3 and cache in samplers.parallel.CACHES:
+    raise UserError(f"sampler.kv_cache={cache!r}: objective='bd3' keeps an exact cache of its finished blocks; use "
+                    "sampler.kv_cache='exact' (or 'none')")
+  if not bd3 and cache == "exact":
+    raise UserError("sampler.kv_cache='exact' is block diffusion's (objective='bd3'); a bidirectional model's cache "
+                    "is approximate: sampler.name='parallel' with sampler.kv_cache='prefix' or 'dual'")
+  if cache in samplers.parallel.CACHES and sampler.name != "parallel":
+    raise UserError(f"sampler.kv_cache={cache!r} caches block by block for sampler.name='parallel' (this config: "
+                    f"{sampler.name!r}); set sampler.name='parallel' or sampler.kv_cache='none'")
+  if cache in samplers.parallel.CACHES and config.model.backbone != "transformer":
+    raise UserError(f"sampler.kv_cache={cache!r} needs model.backbone='transformer' (a cached pass over keys and "
+                    f"values); {config.model.backbone!r} has none: use sampler.kv_cache='none'")
+  if samplers.parallel.uses_blocks(sampler):
+    length = config.diffusion.block_size if bd3 else seq_len  # bd3: parallel runs inside each of its blocks
+    if sampler.block_length < 0 or (sampler.block_length and length % sampler.block_length):
+      raise UserError(f"sampler.block_length={sampler.block_length} must divide {length} ("
+                      f"{'diffusion.block_size' if bd3 else 'data.seq_len'}) for sampler.name='parallel'; "
+                      "0 = one block")
 
 
 def _check_tokens_per_call(sampler_name: str, tokens_per_call: int, seq_len: int, what: str) -> None:

@@ -44,11 +44,16 @@ SCOPES = (
     ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
     *((f"diffusion.{name}", lambda c: c.objective == "bd3", "objective='bd3'")
       for name in ("block_size", "clip_low", "clip_high")),
-    ("sampler.kv_cache", lambda c: c.objective == "bd3", "objective='bd3' (an exact cache of finished blocks; "
-     "MD4's approximate caches are not built yet)"),
+    ("sampler.kv_cache", lambda c: c.objective == "bd3" or c.sampler.name == "parallel", "objective='bd3' (an "
+     "exact cache of finished blocks) or sampler.name='parallel' (approximate caches)"),
+    ("sampler.cache_refresh", lambda c: c.sampler.kv_cache in ("prefix", "dual"),
+     "sampler.kv_cache='prefix' or 'dual'"),
+    ("sampler.threshold", lambda c: _sampler_uses(c, "parallel"),
+     "sampler.name='parallel' (or 'semi_ar' with sampler.inner='parallel')"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "
        "masking schedule)") for name in ("schedule", "timesteps", "antithetic")),
-    ("sampler.block_length", lambda c: c.sampler.name == "semi_ar", "sampler.name='semi_ar'"),
+    ("sampler.block_length", lambda c: c.sampler.name in ("semi_ar", "parallel"), "sampler.name='semi_ar' or "
+     "'parallel'"),
     ("sampler.inner", lambda c: c.sampler.name == "semi_ar", "sampler.name='semi_ar'"),
     ("sampler.tokens_per_call", lambda c: _sampler_uses(c, "exact"),
      "sampler.name='exact' (or 'semi_ar' with sampler.inner='exact')"),

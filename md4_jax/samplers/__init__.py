@@ -18,7 +18,7 @@ import pkgutil
 import jax
 import jax.numpy as jnp
 
-from md4_jax.samplers import semi_ar
+from md4_jax.samplers import parallel, semi_ar
 from md4_jax.samplers.draws import GRIDS, Settings, categorical, process_logits, record_order, time_grid, uniform  # noqa: F401
 from md4_jax.samplers.guidance import guided  # noqa: F401
 from md4_jax.samplers.semi_ar import semi_ar_blocks  # noqa: F401
@@ -31,7 +31,7 @@ NAMES = (*INNER, "semi_ar")
 
 
 def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int, time_dependent: bool = True,
-           return_order: bool = False, samplers: dict | None = None):
+           return_order: bool = False, samplers: dict | None = None, module=None):
   """Fills the mask ids of z_BxL (tokens elsewhere are clamped). Returns (tokens_BxL, NFE as an int32 scalar),
   and with `return_order` also order_BxL: the sampler's clock (grid step or unmasking event, counted
   from 1 across semi_ar blocks) at which each position was filled, 0 for given tokens. Filled tokens
@@ -39,10 +39,15 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
 
   `time_dependent=False` declares that `denoise` ignores t, which lets `settings.cache` skip a call whose
   input z equals the previous call's. `samplers`: the name -> sampler table to use (default SAMPLERS).
+  `module`: the network's module, whose `extend` runs the cached passes of settings.kv_cache = 'prefix' or
+  'dual' (sampler.name = 'parallel').
   """
   samplers = SAMPLERS if samplers is None else samplers
   if settings.name not in (*samplers, "semi_ar"):
     raise ValueError(f"unknown sampler {settings.name!r}; choose one of {NAMES}")
+  if settings.kv_cache in parallel.CACHES:
+    tokens_BxL, nfe, order_BxL = parallel.sample_cached(module, key, schedule, z_BxL, settings, vocab_size)
+    return (tokens_BxL, nfe, order_BxL) if return_order else (tokens_BxL, nfe)
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
   order_BxL = jnp.zeros_like(z_BxL)
   blocks = [(settings, z_BxL == vocab_size)]

@@ -29,7 +29,9 @@ class Settings:
   block_length: int
   inner: str
   cache: bool
-  kv_cache: str  # "none" | "exact": the objective's sampler keeps finished blocks' keys and values (bd3)
+  kv_cache: str  # "none" | "exact" (bd3: finished blocks) | "prefix" | "dual" (parallel: approximate caches)
+  cache_refresh: int  # parallel with a cache: calls between whole-sequence refreshes (0: a block's first only)
+  threshold: float  # parallel: unmask every position whose confidence exceeds it (and the best one)
   guidance: float
 
   @classmethod

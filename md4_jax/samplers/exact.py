@@ -8,12 +8,13 @@ from md4_jax.samplers.draws import categorical, process_logits, record_order, un
 
 
 def time_of_mask_prob(schedule, mask_prob_B, iterations: int = 32):
-  """t in [0, 1] with schedule.mask_prob(t) = mask_prob_B, by bisection (mask_prob increases with t)."""
+  """t in [0, 1] with schedule.mean_mask_prob(t) = mask_prob_B, by bisection (it increases with t; a shared
+  schedule's mean is its mask_prob)."""
 
   def halve(_, bounds):
     low, high = bounds
     middle = (low + high) / 2
-    below = schedule.mask_prob(middle) < mask_prob_B
+    below = schedule.mean_mask_prob(middle) < mask_prob_B
     return jnp.where(below, middle, low), jnp.where(below, high, middle)
 
   bounds = (jnp.zeros_like(mask_prob_B), jnp.ones_like(mask_prob_B))

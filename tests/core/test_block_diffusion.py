@@ -26,11 +26,13 @@ from tests.conftest import transformer_config
 V = 5
 
 
-def random_network(length: int, positions: str = "rope", scan_layers: bool = False, network_only: bool = False):
-  """A time-independent transformer with every weight random (the zero-initialised head too), as a Network (or
-  the module itself with network_only)."""
+def random_network(length: int, positions: str = "rope", scan_layers: bool = False, network_only: bool = False,
+                   time_conditioning: bool = False):
+  """A transformer (time-independent unless asked) with every weight random (the zero-initialised head and
+  modulations too), as a Network (or the module itself with network_only)."""
   network = Transformer(transformer_config(vocab_size=V, seq_len=length, num_layers=2, width=16, num_heads=2,
-                                          time_conditioning=False, positions=positions, scan_layers=scan_layers),
+                                          time_conditioning=time_conditioning, positions=positions,
+                                          scan_layers=scan_layers),
                         nnx.Rngs(0))
   graphdef, params = nnx.split(network)
   leaves, treedef = jax.tree.flatten(params)

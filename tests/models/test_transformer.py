@@ -105,3 +105,27 @@ def test_attention_equals_the_library_kernel(causal):
   q, k, v = (jax.random.normal(key, (2, 7, 3, 8)) for key in jax.random.split(jax.random.key(0), 3))
   expected = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
   np.testing.assert_allclose(attention(q, k, v, causal=causal), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("window", ["prefix", "dual"])
+def test_a_cached_pass_over_a_current_cache_is_the_whole_pass(model, window, scan_layers):
+  """extend over a chunk, against the keys and values of the same sequence (a refresh), gives the whole pass's
+  hidden states at the chunk: the sampling caches are exact while nothing else changed. (Block diffusion's
+  exact cache is checked at its sampler: cached and uncached draws are equal.)"""
+  net = Transformer(dataclasses.replace(CFG, scan_layers=True), nnx.Rngs(0)) if scan_layers else model
+  z = jax.random.randint(jax.random.key(3), (2, CFG.seq_len), 0, CFG.vocab_size + 1)
+  t = jnp.asarray([0.3, 0.8])
+  positions, (start, end) = jnp.arange(CFG.seq_len), (2, 5)
+  whole = net.features(z, t)
+  refreshed, cache = net.extend(z, positions, t_B=t)
+  np.testing.assert_allclose(refreshed, whole, rtol=1e-5, atol=1e-5)
+  last = CFG.seq_len if window == "prefix" else end  # prefix: the block and everything after it
+  sees = (positions < start) | ((positions >= end) & (window == "dual"))
+  chunk, chunk_kv = net.extend(z[:, start:last], positions[start:last], cache, sees, t_B=t)
+  np.testing.assert_allclose(chunk[:, :end - start], whole[:, start:end], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(chunk_kv[0], cache[0][:, :, start:last], rtol=1e-5, atol=1e-5)
+  # Another sequence's keys and values change the chunk's states: the cache is really read.
+  _, stale = net.extend(jnp.roll(z, 1, axis=1), positions, t_B=t)
+  changed, _ = net.extend(z[:, start:last], positions[start:last], stale, sees, t_B=t)
+  assert np.abs(np.asarray(changed[:, :end - start] - whole[:, start:end])).max() > 1e-3

@@ -145,7 +145,8 @@ CLAMPED = np.array([[2, 3, MASK, MASK, MASK, MASK],  # prompt
 @pytest.mark.parametrize("settings", [
     SETTINGS("ancestral", steps=8), SETTINGS("mean", steps=8), SETTINGS("exact"), SETTINGS("exact", tokens_per_call=2),
     SETTINGS("confidence", steps=4), SETTINGS("semi_ar", steps=4, block_length=3, inner="confidence"),
-    SETTINGS("semi_ar", steps=2, block_length=3, inner="exact")], ids=lambda s: f"{s.name}-{s.inner}")
+    SETTINGS("semi_ar", steps=2, block_length=3, inner="exact"), SETTINGS("parallel", block_length=2),
+    SETTINGS("parallel", threshold=1e-3)], ids=lambda s: f"{s.name}-{s.inner}-{s.threshold}")
 def test_no_mask_survives_and_clamped_tokens_never_change(settings):
   tokens, nfe = jitted_sampler(settings)(jax.random.key(4), jnp.asarray(CLAMPED))
   tokens = np.asarray(tokens)

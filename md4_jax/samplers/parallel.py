@@ -1,0 +1,127 @@
+"""`parallel`: Fast-dLLM's confidence-aware parallel decoding, block by block, with or without an approximate
+KV cache (Wu et al. 2025).
+
+Blocks of sampler.block_length positions (0: the whole sequence as one block) are filled left to right. Each
+network call draws every masked position of the block (temperature, top-k, top-p) and unmasks those whose
+confidence, the model's probability of the drawn token, exceeds sampler.threshold, and always the most
+confident one: threshold 1.0 is one token per call (LLaDA's low-confidence remasking). Calls go on until the
+block is full, so NFE depends on the model. A time-conditioned network is called at the time whose mask
+probability equals the share of the row still masked.
+
+Caches (sampler.kv_cache; `sample_cached`, a transformer's `extend`): a refresh call runs the whole sequence
+and keeps every position's keys and values, at the block's first call and then every sampler.cache_refresh
+calls (0: only the first). Between refreshes, 'prefix' runs the block and everything after it against the
+cached positions before the block; 'dual' runs the block alone against the cached positions before and after
+it. Other tokens change while the cache stays, and a bidirectional model's keys depend on them, so both are
+approximations; cache_refresh = 1 refreshes every call, which is the uncached sampler (tested).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from md4_jax.samplers.draws import categorical, process_logits, record_order
+from md4_jax.samplers.exact import time_of_mask_prob
+
+CACHES = ("prefix", "dual")  # sampler.kv_cache values this sampler implements
+
+
+def uses_blocks(settings) -> bool:
+  """Whether sampler.block_length means this sampler's blocks (name='parallel', not semi_ar's)."""
+  return settings.name == "parallel"
+
+
+def _blocks(settings, length: int):
+  """[(start, size), ...] left to right."""
+  size = settings.block_length or length
+  if length % size:
+    raise ValueError(f"sampler.block_length={size} must divide the sequence length {length} for "
+                     "sampler.name='parallel'")
+  return [(start, size) for start in range(0, length, size)]
+
+
+def _threshold_update(key, z_BxC, masked_BxC, logits_BxCxV, settings):
+  """Draws every masked position; keeps those whose confidence passes the threshold, and each row's best."""
+  x0_BxC = categorical(key, process_logits(logits_BxCxV, settings))
+  probs_BxCxV = jax.nn.softmax(logits_BxCxV.astype(jnp.float32), axis=-1)
+  confidence_BxC = jnp.where(masked_BxC, jnp.take_along_axis(probs_BxCxV, x0_BxC[..., None], axis=-1)[..., 0], -1.0)
+  best_BxC = jax.nn.one_hot(jnp.argmax(confidence_BxC, axis=-1), z_BxC.shape[1], dtype=bool)
+  unmask_BxC = masked_BxC & ((confidence_BxC > settings.threshold) | best_BxC)
+  return jnp.where(unmask_BxC, x0_BxC, z_BxC)
+
+
+def _decode(window, key, z_BxL, active_BxL, settings, vocab_size, order_BxL):
+  """The blocks in turn; `window(start, size) -> (cache, call)` with call(z_BxL, call_in_block, cache) ->
+  (logits_BxCxV of the block, cache)."""
+  clock_start = jnp.max(order_BxL)
+  nfe = jnp.zeros((), jnp.int32)
+  for index, (start, size) in enumerate(_blocks(settings, z_BxL.shape[1])):
+    block_key = jax.random.fold_in(key, index)
+    active_BxC = active_BxL[:, start:start + size]
+    masked = lambda z_BxL: (z_BxL[:, start:start + size] == vocab_size) & active_BxC  # noqa: E731
+    cache, call = window(start, size)
+
+    def one_call(carry, start=start, size=size, call=call, masked=masked, block_key=block_key):
+      z_BxL, nfe, calls, order_BxL, cache = carry
+      logits_BxCxV, cache = call(z_BxL, calls, cache)
+      z_BxC = _threshold_update(jax.random.fold_in(block_key, calls), z_BxL[:, start:start + size], masked(z_BxL),
+                                logits_BxCxV, settings)
+      new_z = z_BxL.at[:, start:start + size].set(z_BxC)
+      order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + nfe + 1, vocab_size)
+      return new_z, nfe + 1, calls + 1, order_BxL, cache
+
+    z_BxL, nfe, _, order_BxL, _ = jax.lax.while_loop(
+        lambda carry, masked=masked: jnp.any(masked(carry[0])), one_call,
+        (z_BxL, nfe, jnp.zeros((), jnp.int32), order_BxL, cache))
+  return z_BxL, nfe, order_BxL
+
+
+def _masked_time(schedule, z_BxL, vocab_size: int):
+  """[B] the time whose mask probability is the share of each row still masked."""
+  return time_of_mask_prob(schedule, jnp.mean(z_BxL == vocab_size, axis=-1).astype(jnp.float32))
+
+
+def _parallel(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
+  """No cache: every call runs the network over the whole sequence."""
+  del time_dependent
+
+  def window(start, size):
+    call = lambda z_BxL, calls, cache: (  # noqa: E731
+        denoise(z_BxL, _masked_time(schedule, z_BxL, vocab_size))[:, start:start + size].astype(jnp.float32), cache)
+    return (), call
+
+  return _decode(window, key, jnp.asarray(z_BxL, jnp.int32), active_BxL, settings, vocab_size, order_BxL)
+
+
+def sample_cached(module, key, schedule, z_BxL, settings, vocab_size: int):
+  """(tokens_BxL, NFE, order_BxL): `parallel` over the block-wise approximate cache settings.kv_cache."""
+  z_BxL = jnp.asarray(z_BxL, jnp.int32)
+  batch_size, length = z_BxL.shape
+  positions_L = jnp.arange(length)
+  refresh_every = settings.cache_refresh
+
+  def window(start, size):
+    end = start + size
+    chunk_start = start if settings.kv_cache == "prefix" else None  # prefix: the block and all after it
+    sees_L = positions_L < start if chunk_start is not None else (positions_L < start) | (positions_L >= end)
+
+    def call(z_BxL, calls, cache):
+      t_B = _masked_time(schedule, z_BxL, vocab_size)
+
+      def refresh(cache):
+        h_BxLxD, kv = module.extend(z_BxL, positions_L, t_B=t_B)
+        return module.head_logits(h_BxLxD[:, start:end]), tuple(x.astype(c.dtype) for x, c in zip(kv, cache))
+
+      def reuse(cache):
+        first, last = start, (length if chunk_start is not None else end)
+        h_BxCxD, _ = module.extend(z_BxL[:, first:last], positions_L[first:last], cache, sees_L, t_B=t_B)
+        return module.head_logits(h_BxCxD[:, :size]), cache
+
+      refresh_now = (calls == 0) | ((refresh_every > 0) & (calls % max(refresh_every, 1) == 0))
+      return jax.lax.cond(refresh_now, refresh, reuse, cache)
+
+    return module.empty_cache(batch_size, length), call
+
+  return _decode(window, key, z_BxL, z_BxL == vocab_size, settings, vocab_size, jnp.zeros_like(z_BxL))
+
+
+SAMPLERS = {"parallel": _parallel}

@@ -1,0 +1,101 @@
+"""sampler.name='parallel' (samplers/parallel.py): threshold decoding, its blocks, and the approximate KV caches
+against the uncached sampler."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from md4_jax import models, samplers
+from md4_jax.core.schedules import get_schedule
+from tests.conftest import sampler_settings
+from tests.core.test_block_diffusion import V, random_network
+from tests.samplers.test_samplers import MARGINALS
+from tests.samplers.test_samplers import L as CHAIN_L
+from tests.samplers.test_samplers import V as CHAIN_V
+from tests.samplers.test_samplers import all_masked, jitted_sampler, markov_denoiser
+
+LENGTH = 12
+SCHEDULE = get_schedule("cosine")
+
+
+def draw(network, settings, z_BxL, key=0, time_conditioning=False):
+  """(tokens, NFE, order) from the parallel sampler over a transformer module, its caches included."""
+  run = jax.jit(lambda key, z: samplers.sample(models.Network(network), key, SCHEDULE, z, settings, vocab_size=V,
+                                               time_dependent=time_conditioning, return_order=True,
+                                               module=network))
+  return [np.asarray(x) for x in run(jax.random.key(key), z_BxL)]
+
+
+def prompted(rows: int = 4):
+  return jnp.full((rows, LENGTH), V, jnp.int32).at[:, :3].set(jnp.asarray([[2, 0, 1]]))
+
+
+@pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
+@pytest.mark.parametrize("time_conditioning, scan_layers", [(False, False), (True, True)])
+def test_refreshing_every_call_draws_what_no_cache_draws(kv_cache, time_conditioning, scan_layers):
+  network = random_network(LENGTH, scan_layers=scan_layers, network_only=True, time_conditioning=time_conditioning)
+  settings = sampler_settings("parallel", block_length=4, threshold=1.0, cache_refresh=1)
+  uncached = draw(network, sampler_settings("parallel", block_length=4, threshold=1.0), prompted(),
+                  time_conditioning=time_conditioning)
+  cached = draw(network, dataclasses.replace(settings, kv_cache=kv_cache), prompted(),
+                time_conditioning=time_conditioning)
+  for want, got in zip(uncached, cached):
+    np.testing.assert_array_equal(got, want)
+  # The cached pass is not trivially the uncached one: refreshing once per block draws something else here.
+  stale = draw(network, sampler_settings("parallel", block_length=4, threshold=1.0, kv_cache=kv_cache),
+               prompted(), time_conditioning=time_conditioning)
+  assert not np.array_equal(stale[0], uncached[0])
+
+
+@pytest.mark.parametrize("kv_cache", ["none", "dual"])
+def test_threshold_one_unmasks_one_token_per_call(kv_cache):
+  network = random_network(LENGTH, network_only=True)
+  tokens, nfe, order = draw(network, sampler_settings("parallel", block_length=3, threshold=1.0, kv_cache=kv_cache),
+                            prompted())
+  assert int(nfe) == LENGTH - 3 and np.all(tokens < V)
+  for row in order:  # each call filled exactly one position, in every row
+    np.testing.assert_array_equal(np.sort(row[3:]), np.arange(1, LENGTH - 2))
+
+
+def test_a_low_threshold_fills_a_block_per_call_left_to_right():
+  network = random_network(LENGTH, network_only=True)
+  tokens, nfe, order = draw(network, sampler_settings("parallel", block_length=4, threshold=1e-6), prompted())
+  assert int(nfe) == LENGTH // 4  # every masked token of a block passes at once
+  np.testing.assert_array_equal(order[:, :3], 0)
+  np.testing.assert_array_equal(order[:, 3:], np.repeat([[1, 2, 2, 2, 2, 3, 3, 3, 3]], 4, axis=0))
+  np.testing.assert_array_equal(tokens[:, :3], np.asarray(prompted())[:, :3])
+
+
+def test_tokens_passing_the_threshold_and_the_best_one_are_unmasked():
+  """A denoiser that is sure of the last two positions (p = 0.95) and unsure elsewhere: at threshold 0.9 the first
+  call fills exactly those two, then the one best of the rest per call."""
+  confident_L = jnp.asarray([0.0] * (CHAIN_L - 2) + [1.0, 1.0])
+
+  def denoiser(z_BxL, t_B):
+    del t_B
+    sure = jnp.log(jnp.asarray([0.95, 0.05 / 3, 0.05 / 3, 0.05 / 3]))
+    top_L = 0.3 + 0.02 * jnp.arange(CHAIN_L)  # later positions are more confident
+    unsure = jnp.log(jnp.stack([top_L] + [(1 - top_L) / 3] * 3, axis=-1))
+    return jnp.broadcast_to(jnp.where(confident_L[:, None] > 0, sure, unsure), z_BxL.shape + (CHAIN_V,))
+
+  settings = sampler_settings("parallel", threshold=0.9, temperature=0.0)
+  _, nfe, order = jax.jit(lambda key, z: samplers.sample(denoiser, key, SCHEDULE, z, settings, vocab_size=CHAIN_V,
+                                                          return_order=True))(jax.random.key(0), all_masked(2))
+  np.testing.assert_array_equal(np.asarray(order), [[5, 4, 3, 2, 1, 1]] * 2)
+  assert int(nfe) == 5
+
+
+def test_one_call_draws_each_position_from_the_model():
+  """Every token passes a tiny threshold, so one call fills the block: each position independently from the
+  denoiser's conditional given the rest masked (the chain's marginals), at every position."""
+  tokens, nfe = jitted_sampler(sampler_settings("parallel", threshold=1e-9), markov_denoiser)(
+      jax.random.key(3), all_masked(4000))
+  assert int(nfe) == 1
+  tokens = np.asarray(tokens)
+  for position in range(CHAIN_L):
+    counts = np.bincount(tokens[:, position], minlength=CHAIN_V)
+    assert stats.chisquare(counts, MARGINALS[position] * len(tokens)).pvalue > 1e-4
