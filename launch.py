@@ -53,6 +53,8 @@ _INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in whic
                               "token to generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
 _GAP_CHAR = flags.DEFINE_string("gap_char", conditioning.GAP_CHAR, "With --infill: the character that marks a token "
                                 "to generate, for an alphabet that holds '_' or a template that needs a literal '_'.")
+_LENGTH = flags.DEFINE_integer("length", None, "--mode sample: tokens per sample (default: data.seq_len). Block "
+                                "diffusion (objective='bd3', sampler.kv_cache='exact') draws longer ones.")
 _SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
 _CLASS_LABEL = flags.DEFINE_string("class_label", None, "--mode sample, class-conditional image runs: the class of "
                                    "every sample, or a list (e.g. 1,4,7) given to the samples in turn.")
@@ -209,7 +211,7 @@ def main(argv):
         print(f"=== sweep run {name} in {workdir}")
       modes.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
                num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value,
-               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value,
+               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value, length=_LENGTH.value,
                gap_char=_GAP_CHAR.value if flags.FLAGS["gap_char"].present else None)  # given, or the default
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)

@@ -25,6 +25,14 @@ class Objective:
     """UserError for this objective's own config keys' bad values (run/config_check.py calls the chosen one's)."""
     del config
 
+  @classmethod
+  def check_sample_length(cls, config, length: int) -> None:
+    """UserError unless --mode sample can draw sequences of `length` tokens (only the trained length, unless the
+    objective generates others)."""
+    if length != config.data.seq_len:
+      refuse(f"--length={length}: objective={config.objective!r} generates the trained length only "
+             f"(data.seq_len={config.data.seq_len}); objective='bd3' with sampler.kv_cache='exact' draws longer ones")
+
   def wrap_model(self, make_backbone):
     """`make(rngs)` for the module trained: the backbone, or the backbone with the objective's own parameters."""
     return make_backbone

@@ -50,6 +50,23 @@ class BlockDiffusion(Objective):
       refuse("sampler.name='semi_ar': objective='bd3' already samples block by block (blocks of "
              "diffusion.block_size); name the sampler run inside each block instead, e.g. sampler.name='ancestral'")
 
+  @classmethod
+  def check_sample_length(cls, config, length: int) -> None:
+    """Any whole number of blocks, through the exact cache (its slots slide); longer than trained needs
+    relative positions (learned ones end at data.seq_len)."""
+    if length == config.data.seq_len:
+      return
+    size = config.diffusion.block_size
+    if length % size:
+      refuse(f"--length={length} must be a whole number of blocks (diffusion.block_size={size}), e.g. "
+             f"{(length // size + 1) * size}")
+    if config.sampler.kv_cache != "exact":
+      refuse(f"--length={length} (data.seq_len={config.data.seq_len}) is drawn through the block cache: add "
+             "--config.sampler.kv_cache=exact")
+    if length > config.data.seq_len and config.model.positions != "rope":
+      refuse(f"--length={length} is longer than the training length {config.data.seq_len}, and "
+             f"model.positions={config.model.positions!r} has no embedding past it; train with model.positions='rope'")
+
   def bound_name(self, timesteps: int) -> str:
     kind = "continuous-time" if timesteps == 0 else f"{timesteps}-step"
     return f"{kind} block-diffusion negative-ELBO bound (blocks of {self.block_size})"
@@ -85,18 +102,16 @@ class BlockDiffusion(Objective):
     trained_length = int(self.config.data.seq_len)
     if length != trained_length and not cached:
       raise ValueError(f"a length of {length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
-    slots = trained_length // size  # the cache's blocks
     steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
     inner_settings = dataclasses.replace(settings, steps=steps)
     inner = samplers.SAMPLERS[settings.name]
-    slot_S = jnp.arange(trained_length) // size
     whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
 
     def one_block(index, carry):
       z_BxL, nfe, order_BxL, cache = carry
       start = index * size
       positions_C = start + jnp.arange(size)
-      sees_S = (slot_S < index) & (slot_S != index % slots)  # the previous slots - 1 blocks
+      slot_start, sees_S = cache_slot(index, size, trained_length)
       block_of = lambda x_BxL: jax.lax.dynamic_slice_in_dim(x_BxL, start, size, axis=1)  # noqa: E731
 
       def block_only(z_BxC, t_B):
@@ -114,7 +129,7 @@ class BlockDiffusion(Objective):
       order_BxC = jnp.where(order_BxC > 0, order_BxC + jnp.max(order_BxL), 0)  # the clock runs on across blocks
       if cached:
         kv = module.extend(z_BxC, positions_C, cache, sees_S)[1]
-        cache = write_cache(cache, kv, (index % slots) * size)
+        cache = write_cache(cache, kv, slot_start)
       update = lambda x_BxL, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxL, x_BxC, start, axis=1)  # noqa: E731
       return update(z_BxL, z_BxC), nfe + block_nfe, update(order_BxL, order_BxC), cache
 
@@ -123,6 +138,15 @@ class BlockDiffusion(Objective):
     z_BxL, nfe, order_BxL, _ = jax.lax.fori_loop(
         0, length // size, one_block, (z_BxL, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxL), cache))
     return z_BxL, nfe, order_BxL
+
+
+def cache_slot(index, block_size: int, trained_length: int):
+  """Block `index`'s slot in a cache of trained_length positions (blocks take the slots in turn): (its first
+  position, [trained_length] bool: the slots holding the blocks it sees, the trained_length / block_size - 1
+  before it, or all earlier ones at the start)."""
+  slots = trained_length // block_size
+  slot_S = jnp.arange(trained_length) // block_size
+  return (index % slots) * block_size, (slot_S < index) & (slot_S != index % slots)
 
 
 OBJECTIVE = BlockDiffusion

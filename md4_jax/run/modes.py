@@ -37,6 +37,7 @@ class Request(NamedTuple):
   class_label: str | None = None
   complete: str | None = None
   gap_char: str | None = None
+  length: int | None = None
 
 
 def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
@@ -53,6 +54,10 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   config_check.check_values(config)
   config_check.check_scope(config, reference)
   config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
+  if request.length is not None:
+    if pipeline.nominal_modality(config.data).kind == "image":
+      raise UserError(f"--length={request.length}: image runs draw whole images; --length applies to text")
+    objectives.get(config.objective).check_sample_length(config, request.length)
   if mode in WITHOUT_WORKDIR:
     return MODES[mode](config)
   if not workdir:
@@ -69,6 +74,8 @@ def _check_flags(mode: str, request: Request) -> None:
                     "checkpoint directories out of WORKDIR/checkpoints, then run the same command without --step")
   if request.num_samples is not None and request.num_samples < 1:
     raise UserError(f"--num_samples={request.num_samples} must be positive")
+  if request.length is not None and request.length < 1:
+    raise UserError(f"--length={request.length} must be positive")
   given = [f"--{name}" for name, value in request._asdict().items() if name != "step" and value is not None]
   if given and mode != "sample":
     raise UserError(f"{', '.join(given)} only apply to --mode sample" +
@@ -187,10 +194,10 @@ def _sample_request(config, modality, request: Request) -> dict:
       labels = np.asarray([row["label"] for row in rows], np.int32)  # complete each image as its own class
     return {"start": conditioning.completion_start(originals, modality, complete), "labels": labels,
             "originals": originals}
-  start = np.full(modality.length, modality.vocab_size, np.int32)
+  length = modality.length if request.length is None else request.length  # checked in main
+  start = np.full(length, modality.vocab_size, np.int32)
   if modality.kind == "text":
-    start = conditioning.start_state(modality.tokenizer, modality.length, prompt=prompt, infill=infill,
-                                     gap_char=gap_char)
+    start = conditioning.start_state(modality.tokenizer, length, prompt=prompt, infill=infill, gap_char=gap_char)
   return {"start": np.tile(start, (count, 1)), "labels": labels, "originals": None}
 
 

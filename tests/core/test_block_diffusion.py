@@ -27,10 +27,10 @@ V = 5
 
 
 def random_network(length: int, positions: str = "rope", scan_layers: bool = False, network_only: bool = False,
-                   time_conditioning: bool = False):
+                   time_conditioning: bool = False, num_layers: int = 2):
   """A transformer (time-independent unless asked) with every weight random (the zero-initialised head and
   modulations too), as a Network (or the module itself with network_only)."""
-  network = Transformer(transformer_config(vocab_size=V, seq_len=length, num_layers=2, width=16, num_heads=2,
+  network = Transformer(transformer_config(vocab_size=V, seq_len=length, num_layers=num_layers, width=16, num_heads=2,
                                           time_conditioning=time_conditioning, positions=positions,
                                           scan_layers=scan_layers),
                         nnx.Rngs(0))

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from md4_jax import models
+from md4_jax.core.attention_masks import Mask
 from md4_jax.errors import UserError
-from md4_jax.objectives.bd3 import BlockDiffusion
+from md4_jax.models.transformer import write_cache
+from md4_jax.objectives.bd3 import BlockDiffusion, cache_slot
 from md4_jax.run import modes
 from tests.conftest import make_config, reference, sampler_settings
 from tests.core.test_block_diffusion import V as NETWORK_V
@@ -87,6 +89,22 @@ def test_bd3_run_trains_resumes_exactly_evaluates_and_samples(tmp_path, corpus_f
   assert np.isfinite(evaluated["eval/bpt"])
   samples = modes.main(config, tmp_path / "whole", "sample", reference=reference(), num_samples=3)
   assert len(samples["samples"]) == 3 and all(len(text) == 16 for text in samples["samples"])
+  # Longer than trained (16): through the exact cache, whose slots slide; a prompt stays where it was put.
+  config.sampler.kv_cache = "exact"
+  longer = modes.main(config, tmp_path / "whole", "sample", reference=reference(), num_samples=2, length=40,
+                      prompt="the ")
+  assert all(len(text) == 40 and text.startswith("the ") for text in longer["samples"])
+  assert np.all(np.asarray(longer["tokens"]) < 28)  # no mask id left
+  with pytest.raises(UserError, match="--length=42 must be a whole number of blocks"):
+    modes.main(config, tmp_path / "whole", "sample", reference=reference(), length=42)
+  config.sampler.kv_cache = "none"
+  with pytest.raises(UserError, match="add --config.sampler.kv_cache=exact"):
+    modes.main(config, tmp_path / "whole", "sample", reference=reference(), length=40)
+
+
+def test_other_objectives_draw_the_trained_length_only(corpus_file, tmp_path):
+  with pytest.raises(UserError, match="--length=40: objective='md4' generates the trained length only"):
+    modes.main(make_config(corpus_file), tmp_path / "run", "sample", reference=reference(), length=40)
 
 
 @pytest.mark.slow
@@ -107,3 +125,23 @@ def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_lay
   for uncached, cached in zip(drawn["none"], drawn["exact"]):
     np.testing.assert_array_equal(uncached, cached)
   assert np.all(np.asarray(drawn["exact"][0]) < NETWORK_V) and np.all(np.asarray(drawn["exact"][0])[:, :2] == [1, 3])
+
+
+def test_the_sliding_cache_shows_each_block_the_window_it_was_trained_on():
+  """Past the training length, block b attends to the blocks in the cache's other slots (cache_slot): the
+  trained_length / block_size - 1 before it. With one layer its states are then those of the block-causal pass
+  over the training-length window that ends with b (RoPE sees only relative positions). With more layers the
+  cached keys of the window's first blocks saw blocks before the window, as in any sliding-window cache."""
+  trained, size = 8, 2
+  network = random_network(trained, network_only=True, num_layers=1)
+  x_BxN = jax.random.randint(jax.random.key(0), (2, 3 * trained), 0, NETWORK_V)
+  cache = network.empty_cache(2)
+  for index in range(3 * trained // size):
+    slot_start, sees_S = cache_slot(index, size, trained)
+    positions_C = index * size + jnp.arange(size)
+    h_BxCxD, kv = network.extend(x_BxN[:, index * size:(index + 1) * size], positions_C, cache, sees_S)
+    cache = write_cache(cache, kv, slot_start)
+    first = max(index + 1 - trained // size, 0) * size
+    window_BxL = x_BxN[:, first:(index + 1) * size]
+    want = network.features(window_BxL, None, mask=Mask("block_causal", size))[:, -size:]
+    np.testing.assert_allclose(h_BxCxD, want, rtol=2e-4, atol=2e-4)

@@ -7,7 +7,8 @@ import pytest
 
 from md4_jax.errors import UserError
 from md4_jax.run import modes
-from tests.conftest import assert_clear_error, launch, launch_tiny, make_config, reference
+from tests import tiny_image_config
+from tests.conftest import assert_clear_error, launch, launch_tiny, make_config, override, reference
 
 
 @pytest.mark.slow
@@ -102,6 +103,32 @@ def test_genmd4_checks_its_own_keys(corpus_file, tmp_path, key, value, message):
 def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
     modes.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(sampler__kv_cache="exact"), "'exact' is block diffusion's \\(objective='bd3'\\)"),
+    (dict(sampler__kv_cache="prefix"), "caches block by block for sampler.name='parallel' \\(this config: 'ancestral'"),
+    (dict(sampler__name="parallel", sampler__kv_cache="exact"), "'exact' is block diffusion's.*'prefix' or 'dual'"),
+    (dict(sampler__name="parallel", sampler__kv_cache="full"), "sampler.kv_cache.*choose one of"),
+    (dict(objective="bd3", diffusion__block_size=4, sampler__kv_cache="dual"), "use sampler.kv_cache='exact'"),
+    (dict(objective="bd3", diffusion__block_size=4, sampler__name="parallel", sampler__block_length=3),
+     "block_length=3 must divide 4 \\(diffusion.block_size\\)"),
+    (dict(sampler__name="parallel", sampler__threshold=0.0), "threshold=0.0 must be in \\(0, 1\\]"),
+    (dict(sampler__name="parallel", sampler__block_length=5), "block_length=5 must divide 16 \\(data.seq_len\\)"),
+    (dict(sampler__name="parallel", sampler__kv_cache="dual", sampler__cache_refresh=-1), "cache_refresh=-1"),
+    (dict(sampler__threshold=0.5), "sampler.threshold=0.5 has no effect.*sampler.name='parallel'"),
+    (dict(sampler__cache_refresh=2), "sampler.cache_refresh=2 has no effect.*'prefix' or 'dual'"),
+])
+def test_cache_and_threshold_mistakes(corpus_file, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+  assert not (tmp_path / "run").exists()
+
+
+def test_an_approximate_cache_needs_a_transformer(tmp_path):
+  config = override(tiny_image_config.get_config("unet"), sampler__name="parallel", sampler__kv_cache="dual")
+  with pytest.raises(UserError, match="sampler.kv_cache='dual' needs model.backbone='transformer'"):
+    modes.main(config, tmp_path / "run", reference=reference())
 
 
 def test_shorthand_config_flags(tmp_path, corpus_file):

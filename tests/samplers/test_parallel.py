@@ -13,10 +13,9 @@ from md4_jax import models, samplers
 from md4_jax.core.schedules import get_schedule
 from tests.conftest import sampler_settings
 from tests.core.test_block_diffusion import V, random_network
-from tests.samplers.test_samplers import MARGINALS
+from tests.samplers.test_samplers import MARGINALS, all_masked, jitted_sampler, markov_denoiser
 from tests.samplers.test_samplers import L as CHAIN_L
 from tests.samplers.test_samplers import V as CHAIN_V
-from tests.samplers.test_samplers import all_masked, jitted_sampler, markov_denoiser
 
 LENGTH = 12
 SCHEDULE = get_schedule("cosine")
