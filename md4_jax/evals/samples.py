@@ -1,7 +1,7 @@
 """The `samples` suite (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
 
-For each sampler variant in eval.samplers ("ancestral:100,exact:1": name:steps, or exact:k tokens per
-call) it draws sampler.num_samples unconditional samples from the checkpoint and reports
+For each sampler variant in eval.samplers ("ancestral:100,exact:1,parallel:0.9:dual": name:steps, exact:k tokens
+per call or parallel:threshold, optionally :kv_cache) it draws sampler.num_samples unconditional samples from the checkpoint and reports
 - generative perplexity: exp(mean next-token NLL per token) of the samples under the judge, an
   autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params);
 - unigram entropy in bits of the samples' token frequencies (a repetitive sampler scores low; the
@@ -43,13 +43,21 @@ def held_out_unigram_entropy_bits(rows, vocab_size: int, max_rows: int = 2000) -
 
 
 def parse_variants(spec: str) -> list[dict]:
-  """"ancestral:100,exact:1" -> [{"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 1}]."""
+  """"ancestral:100,exact:1,parallel:0.9:dual" -> sampler overrides, one dict per item: name:steps (grid samplers),
+  exact:k (tokens per call) or parallel:threshold, each optionally followed by :kv_cache (none, exact, prefix,
+  dual)."""
   variants = []
   for item in filter(None, (part.strip() for part in spec.split(","))):
-    name, _, number = item.partition(":")
-    if not number.isdigit() or int(number) < 1:
-      raise UserError(f"eval.samplers item {item!r}: write name:steps (e.g. ancestral:100) or exact:k")
-    variants.append({"name": name, ("tokens_per_call" if name == "exact" else "steps"): int(number)})
+    name, number, *cache = (item + ":").split(":")[:-1] if item.count(":") else (item, "")
+    key = {"exact": "tokens_per_call", "parallel": "threshold"}.get(name, "steps")
+    try:
+      value = float(number) if key == "threshold" else int(number)
+    except ValueError:
+      value = 0
+    if value <= 0 or len(cache) > 1:
+      raise UserError(f"eval.samplers item {item!r}: write name:steps (e.g. ancestral:100), exact:k or "
+                      "parallel:threshold (e.g. parallel:0.9), optionally then :kv_cache (e.g. parallel:0.9:dual)")
+    variants.append({"name": name, key: value, **({"kv_cache": cache[0]} if cache else {})})
   if not variants:
     raise UserError("eval.samplers is empty: list sampler variants, e.g. --eval.samplers=ancestral:100,exact:1")
   return variants

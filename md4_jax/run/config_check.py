@@ -126,9 +126,19 @@ def check_values(config) -> None:
   objectives.get(config.objective).check_config(config)  # its own keys, and what it makes of the sampler's
   _check_sampler(config.sampler, shape.length)
   _check_parallel(config, shape.length)
-  if config.eval.suite == "samples":  # its exact:k variants run the exact sampler with tokens_per_call=k
+  if config.eval.suite == "samples":  # each variant is the config with its sampler keys changed
     for variant in evals.samples.parse_variants(config.eval.samplers):
       _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
+      changed = config.copy_and_resolve_references()
+      changed.sampler.update(variant)
+      if variant["name"] not in samplers.NAMES:
+        raise UserError(f"eval.samplers names {variant['name']!r}; choose one of {samplers.NAMES}")
+      if changed.sampler.kv_cache not in KV_CACHES:
+        raise UserError(f"eval.samplers item with :{changed.sampler.kv_cache}; choose one of {KV_CACHES}")
+      try:
+        _check_parallel(changed, shape.length)
+      except UserError as error:
+        raise UserError(f"eval.samplers item {':'.join(map(str, variant.values()))}: {error}") from None
   evals.bound.bound_steps(config.eval.bound_steps)
   zero_shot_sets.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:

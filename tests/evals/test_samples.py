@@ -23,9 +23,10 @@ def test_unigram_entropy_sees_repetition():
 
 
 def test_sampler_variants_parse_or_fail_clearly():
-  assert sample_quality.parse_variants("ancestral:100, exact:2") == [
-      {"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 2}]
-  for bad in ("ancestral", "exact:0", ""):
+  assert sample_quality.parse_variants("ancestral:100, exact:2,parallel:0.9:dual,ancestral:8:exact") == [
+      {"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 2},
+      {"name": "parallel", "threshold": 0.9, "kv_cache": "dual"}, {"name": "ancestral", "steps": 8, "kv_cache": "exact"}]
+  for bad in ("ancestral", "exact:0", "", "parallel:x", "ancestral:2.5", "parallel:0.9:dual:1"):
     with pytest.raises(UserError, match="eval.samplers"):
       sample_quality.parse_variants(bad)
 
@@ -67,6 +68,24 @@ def test_samples_suite_scores_a_bd3_run_the_same_with_and_without_its_cache(runs
   for uncached, cached in zip(rows["none"], rows["exact"]):  # the same draws: the same scores
     assert uncached["nfe"] == cached["nfe"] and uncached["text"] == cached["text"]
     assert uncached["gen_ppl"] == pytest.approx(cached["gen_ppl"], rel=1e-6) and 1.0 < cached["gen_ppl"] < 1e4
+
+
+@pytest.mark.slow
+def test_samples_suite_scores_parallel_decoding_with_its_caches(runs):
+  """refresh every call: the dual cache draws what no cache draws, so both score the same."""
+  corpus, root = runs
+  rows = []
+  for variants in ("parallel:1.0:none,parallel:0.5:prefix", "parallel:1.0"):  # the first variants share a key
+    config = make_config(corpus, eval__suite="samples", eval__samplers=variants, eval__judge=str(root / "ar"),
+                         sampler__num_samples=3, sampler__name="parallel", sampler__block_length=4,
+                         sampler__kv_cache="dual", sampler__cache_refresh=1)
+    rows += modes.main(config, root / "md4", "eval", reference=reference())["samplers"]
+  assert [row["sampler"] for row in rows] == ["parallel:1.0:none", "parallel:0.5:prefix", "parallel:1.0"]
+  assert rows[0]["nfe"] == rows[2]["nfe"] == 16 and rows[0]["text"] == rows[2]["text"]  # one token per call
+  assert rows[0]["gen_ppl"] == pytest.approx(rows[2]["gen_ppl"], rel=1e-6) and 1.0 < rows[1]["gen_ppl"] < 1e4
+  bad = make_config(corpus, eval__suite="samples", eval__samplers="ancestral:8:dual", eval__judge=str(root / "ar"))
+  with pytest.raises(UserError, match="eval.samplers item ancestral:8:dual: .*caches block by block"):
+    modes.main(bad, root / "md4", "eval", reference=reference())
 
 
 def test_judge_perplexity_is_the_exact_likelihood(runs):
