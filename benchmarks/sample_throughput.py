@@ -78,7 +78,8 @@ def main(_):
                     "seconds_per_call": round(samples.seconds / samples.nfe, 4),
                     "tokens_per_sec": round(_BATCH.value * length / samples.seconds, 1)})
   for result in results:
-    result[f"speedup_vs_{results[0]['sampler']}"] = round(results[0]["seconds_per_batch"] / result["seconds_per_batch"], 2)
+    speedup = results[0]["seconds_per_batch"] / result["seconds_per_batch"]
+    result[f"speedup_vs_{results[0]['sampler']}"] = round(speedup, 2)
   print(json.dumps({
       "benchmark": "sample_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
       "objective": config.objective, "kv_cache": config.sampler.kv_cache, "backbone": config.model.backbone,

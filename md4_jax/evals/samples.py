@@ -1,7 +1,8 @@
 """The `samples` suite (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
 
 For each sampler variant in eval.samplers ("ancestral:100,exact:1,parallel:0.9:dual": name:steps, exact:k tokens
-per call or parallel:threshold, optionally :kv_cache) it draws sampler.num_samples unconditional samples from the checkpoint and reports
+per call or parallel:threshold, optionally :kv_cache) it draws sampler.num_samples unconditional samples from
+the checkpoint and reports
 - generative perplexity: exp(mean next-token NLL per token) of the samples under the judge, an
   autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params);
 - unigram entropy in bits of the samples' token frequencies (a repetitive sampler scores low; the

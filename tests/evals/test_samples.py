@@ -25,7 +25,8 @@ def test_unigram_entropy_sees_repetition():
 def test_sampler_variants_parse_or_fail_clearly():
   assert sample_quality.parse_variants("ancestral:100, exact:2,parallel:0.9:dual,ancestral:8:exact") == [
       {"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 2},
-      {"name": "parallel", "threshold": 0.9, "kv_cache": "dual"}, {"name": "ancestral", "steps": 8, "kv_cache": "exact"}]
+      {"name": "parallel", "threshold": 0.9, "kv_cache": "dual"},
+      {"name": "ancestral", "steps": 8, "kv_cache": "exact"}]
   for bad in ("ancestral", "exact:0", "", "parallel:x", "ancestral:2.5", "parallel:0.9:dual:1"):
     with pytest.raises(UserError, match="eval.samplers"):
       sample_quality.parse_variants(bad)
