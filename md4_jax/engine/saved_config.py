@@ -11,6 +11,16 @@ RENAMED = {"model.kind": ("objective", "set config.objective (or --config.object
 RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/run/workdir.py)
 
 
+def with_missing_keys(saved: dict, current: dict) -> dict:
+  """saved (a migrated config.json) with every key it lacks taken from `current` (a config as a dict): a run saved
+  before a key was added, read whole (the AR judge: its model keys are its own, newer sampler keys unused)."""
+  merged = json.loads(json.dumps(current))
+  for key, value in saved.items():
+    both_groups = isinstance(value, dict) and isinstance(merged.get(key), dict)
+    merged[key] = with_missing_keys(value, merged[key]) if both_groups else value
+  return merged
+
+
 def migrate(saved: dict) -> dict:
   """A workdir's config.json as a config in today's key names (RENAMED): a run from before a rename stays
   usable. The run record (RUN_RECORD) is left out."""

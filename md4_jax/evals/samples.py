@@ -67,12 +67,14 @@ def parse_variants(spec: str) -> list[dict]:
 class Judge:
   """An autoregressive run restored from its workdir; scores token sequences by their exact NLL."""
 
-  def __init__(self, workdir: str, modality, mesh):
+  def __init__(self, workdir: str, modality, mesh, current_config):
+    """current_config: the evaluating run's, whose values fill keys the judge's config.json predates."""
     path = storage.path(workdir)
     if not (path / "config.json").is_file():
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
-    config = ml_collections.ConfigDict(saved_config.migrate(json.loads((path / "config.json").read_text())))
+    saved = saved_config.migrate(json.loads((path / "config.json").read_text()))
+    config = ml_collections.ConfigDict(saved_config.with_missing_keys(saved, current_config.to_dict()))
     objective_name = config.get("objective", "md4")
     if objective_name not in objectives.OBJECTIVES or not objectives.get(objective_name).exact:
       raise UserError(f"eval.judge={workdir!r} is an {objective_name} run, whose likelihood is a bound; the judge must "
@@ -109,7 +111,7 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
   """One row per sampler variant of base's eval.samplers (sampler, NFE, seconds, tokens/s, generative
   perplexity, unigram entropy, a sample), and the judge used (None without eval.judge)."""
   config, modality = base.config, base.modality
-  judge = Judge(config.eval.judge, modality, base.mesh) if config.eval.judge else None
+  judge = Judge(config.eval.judge, modality, base.mesh, config) if config.eval.judge else None
   rows = []
   for index, overrides in enumerate(parse_variants(config.eval.samplers)):
     experiment = base.with_overrides("sampler", overrides)
