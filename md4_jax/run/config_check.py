@@ -103,7 +103,8 @@ def check_values(config) -> None:
   source = sources.get(config.data.source)
   choices = {"objective": objectives.NAMES, "model.backbone": models.BACKBONES, "data.tokenizer": tokenizers.NAMES,
              "eval.split": ("validation", "test"), "sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER,
-             "sampler.params": ("ema", "raw"), "sampler.kv_cache": KV_CACHES, "eval.params": ("ema", "raw"),
+             "sampler.params": ("ema", "raw"), "sampler.kv_cache": KV_CACHES,
+             "sampler.fallback": samplers.parallel.FALLBACKS, "eval.params": ("ema", "raw"),
              "eval.suite": evals.NAMES}
   for key, allowed in choices.items():
     if flat[key] not in allowed:

@@ -48,8 +48,8 @@ SCOPES = (
      "exact cache of finished blocks) or sampler.name='parallel' (approximate caches)"),
     ("sampler.cache_refresh", lambda c: c.sampler.kv_cache in ("prefix", "dual"),
      "sampler.kv_cache='prefix' or 'dual'"),
-    ("sampler.threshold", lambda c: _sampler_uses(c, "parallel"),
-     "sampler.name='parallel' (or 'semi_ar' with sampler.inner='parallel')"),
+    *((f"sampler.{name}", lambda c: _sampler_uses(c, "parallel"),
+       "sampler.name='parallel' (or 'semi_ar' with sampler.inner='parallel')") for name in ("threshold", "fallback")),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "
        "masking schedule)") for name in ("schedule", "timesteps", "antithetic")),
     ("sampler.block_length", lambda c: c.sampler.name in ("semi_ar", "parallel"), "sampler.name='semi_ar' or "

@@ -31,7 +31,8 @@ class Settings:
   cache: bool
   kv_cache: str  # "none" | "exact" (bd3: finished blocks) | "prefix" | "dual" (parallel: approximate caches)
   cache_refresh: int  # parallel with a cache: calls between whole-sequence refreshes (0: a block's first only)
-  threshold: float  # parallel: unmask every position whose confidence exceeds it (and the best one)
+  threshold: float  # parallel: unmask every position whose confidence exceeds it (and one more, see fallback)
+  fallback: str  # parallel: "confidence" (the most confident masked position) | "random" (a uniform one)
   guidance: float
 
   @classmethod

@@ -4,8 +4,9 @@ KV cache (Wu et al. 2025).
 Blocks of sampler.block_length positions (0: the whole sequence as one block) are filled left to right. Each
 network call draws every masked position of the block (temperature, top-k, top-p) and unmasks those whose
 confidence, the model's probability of the drawn token, exceeds sampler.threshold, and always the most
-confident one: threshold 1.0 is one token per call (LLaDA's low-confidence remasking). Calls go on until the
-block is full, so NFE depends on the model. A time-conditioned network is called at the time whose mask
+confident one (sampler.fallback='confidence'; 'random': a uniformly chosen masked one, the order of the exact
+sampler). Threshold 1.0 is one token per call: LLaDA's low-confidence remasking with 'confidence', MD4's
+random order (block by block) with 'random'. Calls go on until the block is full, so NFE depends on the model. A time-conditioned network is called at the time whose mask
 probability equals the share of the row still masked.
 
 Caches (sampler.kv_cache; `sample_cached`, a transformer's `extend`): a refresh call runs the whole sequence
@@ -19,10 +20,11 @@ approximations; cache_refresh = 1 refreshes every call, which is the uncached sa
 import jax
 import jax.numpy as jnp
 
-from md4_jax.samplers.draws import categorical, process_logits, record_order
+from md4_jax.samplers.draws import categorical, process_logits, record_order, uniform
 from md4_jax.samplers.exact import time_of_mask_prob
 
 CACHES = ("prefix", "dual")  # sampler.kv_cache values this sampler implements
+FALLBACKS = ("confidence", "random")  # sampler.fallback: the one position a call unmasks when none passes
 
 
 def uses_blocks(settings) -> bool:
@@ -40,12 +42,19 @@ def _blocks(settings, length: int):
 
 
 def _threshold_update(key, z_BxC, masked_BxC, logits_BxCxV, settings):
-  """Draws every masked position; keeps those whose confidence passes the threshold, and each row's best."""
-  x0_BxC = categorical(key, process_logits(logits_BxCxV, settings))
+  """Draws every masked position; keeps those whose confidence passes the threshold, and one more per row: the
+  most confident (fallback 'confidence', Fast-dLLM) or a uniformly chosen one ('random', the exact sampler's
+  order)."""
+  token_key, position_key = jax.random.split(key)
+  x0_BxC = categorical(token_key, process_logits(logits_BxCxV, settings))
   probs_BxCxV = jax.nn.softmax(logits_BxCxV.astype(jnp.float32), axis=-1)
   confidence_BxC = jnp.where(masked_BxC, jnp.take_along_axis(probs_BxCxV, x0_BxC[..., None], axis=-1)[..., 0], -1.0)
-  best_BxC = jax.nn.one_hot(jnp.argmax(confidence_BxC, axis=-1), z_BxC.shape[1], dtype=bool)
-  unmask_BxC = masked_BxC & ((confidence_BxC > settings.threshold) | best_BxC)
+  if settings.fallback == "random":
+    choice_BxC = jnp.where(masked_BxC, uniform(position_key, z_BxC.shape), -1.0)
+  else:
+    choice_BxC = confidence_BxC
+  one_BxC = jax.nn.one_hot(jnp.argmax(choice_BxC, axis=-1), z_BxC.shape[1], dtype=bool)
+  unmask_BxC = masked_BxC & ((confidence_BxC > settings.threshold) | one_BxC)
   return jnp.where(unmask_BxC, x0_BxC, z_BxC)
 
 

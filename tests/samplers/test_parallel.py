@@ -69,23 +69,40 @@ def test_a_low_threshold_fills_a_block_per_call_left_to_right():
   np.testing.assert_array_equal(tokens[:, :3], np.asarray(prompted())[:, :3])
 
 
+def sure_of_the_last_two(z_BxL, t_B):
+  """Sure of the last two positions (p = 0.95 for token 0), unsure elsewhere, later positions a little surer."""
+  del t_B
+  sure = jnp.log(jnp.asarray([0.95, 0.05 / 3, 0.05 / 3, 0.05 / 3]))
+  top_L = 0.3 + 0.02 * jnp.arange(CHAIN_L)
+  unsure = jnp.log(jnp.stack([top_L] + [(1 - top_L) / 3] * 3, axis=-1))
+  confident_L = jnp.arange(CHAIN_L) >= CHAIN_L - 2
+  return jnp.broadcast_to(jnp.where(confident_L[:, None], sure, unsure), z_BxL.shape + (CHAIN_V,))
+
+
+def parallel_order(settings, rows: int, key: int = 0):
+  run = jax.jit(lambda key, z: samplers.sample(sure_of_the_last_two, key, SCHEDULE, z, settings, vocab_size=CHAIN_V,
+                                               return_order=True))
+  tokens, nfe, order = run(jax.random.key(key), all_masked(rows))
+  return np.asarray(tokens), int(nfe), np.asarray(order)
+
+
 def test_tokens_passing_the_threshold_and_the_best_one_are_unmasked():
-  """A denoiser that is sure of the last two positions (p = 0.95) and unsure elsewhere: at threshold 0.9 the first
-  call fills exactly those two, then the one best of the rest per call."""
-  confident_L = jnp.asarray([0.0] * (CHAIN_L - 2) + [1.0, 1.0])
+  """At threshold 0.9 the first call fills exactly the two sure positions, then the most confident of the rest,
+  one per call."""
+  _, nfe, order = parallel_order(sampler_settings("parallel", threshold=0.9, temperature=0.0), rows=2)
+  np.testing.assert_array_equal(order, [[5, 4, 3, 2, 1, 1]] * 2)
+  assert nfe == 5
 
-  def denoiser(z_BxL, t_B):
-    del t_B
-    sure = jnp.log(jnp.asarray([0.95, 0.05 / 3, 0.05 / 3, 0.05 / 3]))
-    top_L = 0.3 + 0.02 * jnp.arange(CHAIN_L)  # later positions are more confident
-    unsure = jnp.log(jnp.stack([top_L] + [(1 - top_L) / 3] * 3, axis=-1))
-    return jnp.broadcast_to(jnp.where(confident_L[:, None] > 0, sure, unsure), z_BxL.shape + (CHAIN_V,))
 
-  settings = sampler_settings("parallel", threshold=0.9, temperature=0.0)
-  _, nfe, order = jax.jit(lambda key, z: samplers.sample(denoiser, key, SCHEDULE, z, settings, vocab_size=CHAIN_V,
-                                                          return_order=True))(jax.random.key(0), all_masked(2))
-  np.testing.assert_array_equal(np.asarray(order), [[5, 4, 3, 2, 1, 1]] * 2)
-  assert int(nfe) == 5
+def test_the_random_fallback_unmasks_a_uniformly_chosen_position():
+  """fallback='random' at threshold 1.0: the first position filled is uniform over the row (the exact sampler's
+  order), where 'confidence' always takes the surest."""
+  _, nfe, order = parallel_order(sampler_settings("parallel", threshold=1.0, fallback="random"), rows=3000)
+  assert nfe == CHAIN_L and np.all(np.sort(order, axis=1) == np.arange(1, CHAIN_L + 1))
+  first_L = np.bincount(np.argmax(order == 1, axis=1), minlength=CHAIN_L)
+  assert stats.chisquare(first_L).pvalue > 1e-4
+  _, _, order = parallel_order(sampler_settings("parallel", threshold=1.0), rows=50)
+  assert set(np.argmax(order == 1, axis=1)) <= {CHAIN_L - 2, CHAIN_L - 1}
 
 
 def test_one_call_draws_each_position_from_the_model():
