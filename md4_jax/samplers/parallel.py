@@ -3,11 +3,12 @@ KV cache (Wu et al. 2025).
 
 Blocks of sampler.block_length positions (0: the whole sequence as one block) are filled left to right. Each
 network call draws every masked position of the block (temperature, top-k, top-p) and unmasks those whose
-confidence, the model's probability of the drawn token, exceeds sampler.threshold, and always the most
-confident one (sampler.fallback='confidence'; 'random': a uniformly chosen masked one, the order of the exact
-sampler). Threshold 1.0 is one token per call: LLaDA's low-confidence remasking with 'confidence', MD4's
-random order (block by block) with 'random'. Calls go on until the block is full, so NFE depends on the model. A time-conditioned network is called at the time whose mask
-probability equals the share of the row still masked.
+confidence, the model's probability of the drawn token, exceeds sampler.threshold, and always one more: a
+uniformly chosen masked position (sampler.fallback='random', the default: the exact sampler's order, which
+keeps unconditional samples' entropy; benchmarks/RESULTS.md) or the most confident one ('confidence',
+Fast-dLLM's rule). Threshold 1.0 is one token per call: MD4's random order block by block, or LLaDA's
+low-confidence remasking. Calls go on until the block is full, so NFE depends on the model. A time-conditioned
+network is called at the time whose mask probability equals the share of the row still masked.
 
 Caches (sampler.kv_cache; `sample_cached`, a transformer's `extend`): a refresh call runs the whole sequence
 and keeps every position's keys and values, at the block's first call and then every sampler.cache_refresh
@@ -42,9 +43,8 @@ def _blocks(settings, length: int):
 
 
 def _threshold_update(key, z_BxC, masked_BxC, logits_BxCxV, settings):
-  """Draws every masked position; keeps those whose confidence passes the threshold, and one more per row: the
-  most confident (fallback 'confidence', Fast-dLLM) or a uniformly chosen one ('random', the exact sampler's
-  order)."""
+  """Draws every masked position; keeps those whose confidence passes the threshold, and one more per row: a
+  uniformly chosen one (fallback 'random', the exact sampler's order) or the most confident ('confidence')."""
   token_key, position_key = jax.random.split(key)
   x0_BxC = categorical(token_key, process_logits(logits_BxCxV, settings))
   probs_BxCxV = jax.nn.softmax(logits_BxCxV.astype(jnp.float32), axis=-1)

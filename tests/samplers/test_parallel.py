@@ -34,20 +34,23 @@ def prompted(rows: int = 4):
 
 
 @pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
-@pytest.mark.parametrize("time_conditioning, scan_layers", [(False, False), (True, True)])
-def test_refreshing_every_call_draws_what_no_cache_draws(kv_cache, time_conditioning, scan_layers):
+@pytest.mark.parametrize("time_conditioning, scan_layers, fallback", [(False, False, "confidence"),
+                                                                      (True, True, "random")])
+def test_refreshing_every_call_draws_what_no_cache_draws(kv_cache, time_conditioning, scan_layers, fallback):
   network = random_network(LENGTH, scan_layers=scan_layers, network_only=True, time_conditioning=time_conditioning)
-  settings = sampler_settings("parallel", block_length=4, threshold=1.0, cache_refresh=1)
-  uncached = draw(network, sampler_settings("parallel", block_length=4, threshold=1.0), prompted(),
-                  time_conditioning=time_conditioning)
-  cached = draw(network, dataclasses.replace(settings, kv_cache=kv_cache), prompted(),
-                time_conditioning=time_conditioning)
-  for want, got in zip(uncached, cached):
-    np.testing.assert_array_equal(got, want)
-  # The cached pass is not trivially the uncached one: refreshing once per block draws something else here.
-  stale = draw(network, sampler_settings("parallel", block_length=4, threshold=1.0, kv_cache=kv_cache),
-               prompted(), time_conditioning=time_conditioning)
-  assert not np.array_equal(stale[0], uncached[0])
+  uncached = sampler_settings("parallel", block_length=4, threshold=1.0, fallback=fallback)
+  drawn = {}
+  for name, settings in (("none", uncached), ("refresh 1", dataclasses.replace(uncached, kv_cache=kv_cache,
+                                                                                cache_refresh=1)),
+                         ("refresh per block", dataclasses.replace(uncached, kv_cache=kv_cache))):
+    drawn[name] = [draw(network, settings, prompted(), key=key, time_conditioning=time_conditioning)
+                   for key in range(3)]
+  for want, got in zip(drawn["none"], drawn["refresh 1"]):
+    for want_part, got_part in zip(want, got):  # tokens, NFE, order
+      np.testing.assert_array_equal(got_part, want_part)
+  # The cached pass is not trivially the uncached one: refreshing once per block draws something else.
+  assert any(not np.array_equal(stale[0], fresh[0]) for stale, fresh in zip(drawn["refresh per block"],
+                                                                             drawn["none"]))
 
 
 @pytest.mark.parametrize("kv_cache", ["none", "dual"])
@@ -89,7 +92,8 @@ def parallel_order(settings, rows: int, key: int = 0):
 def test_tokens_passing_the_threshold_and_the_best_one_are_unmasked():
   """At threshold 0.9 the first call fills exactly the two sure positions, then the most confident of the rest,
   one per call."""
-  _, nfe, order = parallel_order(sampler_settings("parallel", threshold=0.9, temperature=0.0), rows=2)
+  _, nfe, order = parallel_order(sampler_settings("parallel", threshold=0.9, temperature=0.0, fallback="confidence"),
+                                 rows=2)
   np.testing.assert_array_equal(order, [[5, 4, 3, 2, 1, 1]] * 2)
   assert nfe == 5
 
@@ -101,7 +105,7 @@ def test_the_random_fallback_unmasks_a_uniformly_chosen_position():
   assert nfe == CHAIN_L and np.all(np.sort(order, axis=1) == np.arange(1, CHAIN_L + 1))
   first_L = np.bincount(np.argmax(order == 1, axis=1), minlength=CHAIN_L)
   assert stats.chisquare(first_L).pvalue > 1e-4
-  _, _, order = parallel_order(sampler_settings("parallel", threshold=1.0), rows=50)
+  _, _, order = parallel_order(sampler_settings("parallel", threshold=1.0, fallback="confidence"), rows=50)
   assert set(np.argmax(order == 1, axis=1)) <= {CHAIN_L - 2, CHAIN_L - 1}
 
 
