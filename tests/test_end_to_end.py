@@ -187,6 +187,7 @@ def test_sample_mode_writes_and_prints(reference_run, capsys):
   rows = [json.loads(line) for line in (workdir / "samples" / "step_12_ancestral.jsonl").read_text().splitlines()]
   assert [row["text"] for row in rows] == out["samples"]
   assert rows[0]["nfe"] == 8 and rows[0]["sampler"]["steps"] == 8 and rows[0]["params"] == "ema"
+  assert rows[0]["tokens_per_sec"] > 0 and len({row["tokens_per_sec"] for row in rows}) == 1  # the batch's
 
 
 def test_sample_command_with_a_prompt_and_the_exact_sampler(reference_run, tmp_path):

@@ -2,7 +2,8 @@
 
 Files per batch of samples: the modality's own (text: stem.txt; images: stem.png, a grid, and
 stem_process.png, the reverse process) and stem.jsonl, one object per sample with its text or
-tokens, its class label (class-conditional runs), the sampler settings, network calls and seconds.
+tokens, its class label (class-conditional runs), the sampler settings, network calls, seconds and tokens/s
+(all of the batch's tokens, given ones included, over the sampling call's seconds).
 """
 
 import dataclasses
@@ -67,7 +68,8 @@ def write_samples(experiment, params, stem: epath.Path, key, start_NxL: np.ndarr
     jsonl = stem.with_name(stem.name + ".jsonl")
     files.write_text_atomically(jsonl, "".join(
         json.dumps({"index": i, **modality.describe(row), **label(i), **record, "sampler": settings,
-                    "nfe": samples.nfe, "seconds": round(samples.seconds, 3)}) + "\n"
+                    "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
+                    "tokens_per_sec": round(samples.tokens.size / max(samples.seconds, 1e-9), 1)}) + "\n"
         for i, row in enumerate(samples.tokens)))
     paths = (*modality.write_samples(stem, samples.tokens, samples.order), jsonl)
   return dataclasses.replace(samples, paths=paths)
