@@ -140,9 +140,8 @@ def get_config() -> ml_collections.ConfigDict:
   # "prefix" | "dual" (sampler.name="parallel": Fast-dLLM's approximate caches, keys/values before / around a block)
   config.sampler.cache_refresh = 0  # prefix / dual: whole-sequence refresh every this many calls; 0 = per block
   config.sampler.threshold = 0.9  # parallel: unmask every token whose confidence exceeds it (at least one per call)
-  # parallel: the one position unmasked when none passes the threshold: "random" (uniform, MD4's order; keeps
-  # unconditional samples' entropy) | "confidence" (the most confident: Fast-dLLM / LLaDA's rule)
-  config.sampler.fallback = "random"
+  # "random" (uniform, MD4's order; keeps unconditional samples' entropy) | "confidence" (Fast-dLLM / LLaDA)
+  config.sampler.fallback = "random"  # parallel: the one position unmasked when none passes the threshold
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
