@@ -48,6 +48,17 @@ def test_a_stray_argument_is_one_line_not_the_help(tmp_path, corpus_file):
   assert not (tmp_path / "run").exists()
 
 
+def test_length_reaches_the_sampler_and_is_checked_before_any_work(tmp_path, corpus_file):
+  result = launch_tiny(corpus_file, tmp_path / "run", "--mode", "sample", "--length", "40")
+  assert_clear_error(result, "--length=40: objective='md4' generates the trained length only")
+  result = launch_tiny(corpus_file, tmp_path / "run", "--mode", "sample", "--length", "40", "--config.objective=bd3",
+                       "--config.diffusion.block_size=4")
+  assert_clear_error(result, "add --config.sampler.kv_cache=exact")
+  result = launch_tiny(corpus_file, tmp_path / "run", "--length", "40")
+  assert_clear_error(result, "--length only apply to --mode sample")
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def underscore_run(tmp_path_factory):
   """(sample(*args) -> finished launch.py --mode sample, workdir, alphabet) of one short run on UNDERSCORE_CORPUS."""
