@@ -10,7 +10,9 @@ Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, whil
      it at), as configured and at every position;
   3. bfloat16 with the layers unrolled (model.scan_layers=False: no stacked residuals to slice), with remat,
      with the XLA attention kernel, and the largest batch (powers of two from 128) that fits without remat;
-  4. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second;
+  4. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second; then the caches of
+     issue 30: MD4 `parallel:0.9:dual` (blocks of 32) and block diffusion (blocks of 4, 4 ancestral steps each)
+     with and without its exact cache;
   5. the image configs' train steps (digits, cifar10, imagenet64) in bfloat16, and the largest batch with remat.
 MFU = model FLOPs per second / the GPU's published dense bfloat16 peak (PEAK_BF16_TFLOPS; --peak_tflops for
 others). Model FLOPs: the transformer's analytic count (benchmarks/common.train_flops_per_token: every position
@@ -18,6 +20,7 @@ through the output layer, whatever the run computes), images' from XLA's cost an
 shape so the script's paths can run on a CPU (tests/test_gpu_suite.py).
 """
 
+import functools
 import gc
 import json
 import pathlib
@@ -49,6 +52,7 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these measurements (names as in 
 # sheets: H100/H200 SXM 989.4, H100 PCIe 756, A100 312).
 PEAK_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100": 989.4, "NVIDIA A100": 312.0}
 GPT2_VOCAB = 50_257
+BD3 = {"objective": "bd3", "diffusion__block_size": 4}  # configs/bd3_owt_small.py's blocks, on text_config
 START = time.perf_counter()
 
 
@@ -72,7 +76,10 @@ def text_config(batch: int, dtype: str = "bfloat16", **model):
     config.model.mlp_hidden, config.model.cond_dim = 64, 8
   for key, value in model.items():
     group, _, name = key.partition("__")
-    config[group][name] = value
+    if name:
+      config[group][name] = value
+    else:
+      config[group] = value
   return config
 
 
@@ -122,8 +129,9 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   return record
 
 
-def sampling(name: str, spec: str, batch: int) -> dict:
-  config = text_config(batch)
+def sampling(name: str, spec: str, batch: int, **config_changes) -> dict:
+  """Tokens/s of one eval.samplers item at owt_small's shape (config_changes as text_config's: group__key)."""
+  config = text_config(batch, **config_changes)
   mesh = sharding.make_mesh(config.mesh)
   experiment = Experiment(config, common.modality(config, GPT2_VOCAB), mesh)
   experiment = experiment.with_overrides("sampler", sample_suite.parse_variants(spec)[0])
@@ -132,7 +140,8 @@ def sampling(name: str, spec: str, batch: int) -> dict:
   generate.draw_samples(experiment, params, jax.random.key(0), start_NxL)  # compiles
   samples = generate.draw_samples(experiment, params, jax.random.key(1), start_NxL)
   tokens = batch * config.data.seq_len
-  return {"measurement": name, "sampler": spec, "batch": batch, "length": config.data.seq_len, "nfe": samples.nfe,
+  return {"measurement": name, "objective": config.objective, "sampler": spec, "batch": batch,
+          "length": config.data.seq_len, "nfe": samples.nfe,
           "seconds": round(samples.seconds, 3), "tokens_per_sec": round(tokens / samples.seconds, 1)}
 
 
@@ -173,6 +182,9 @@ def main(_):
       ("owt_small_sample", lambda: sampling("owt_small_sample", "exact:1", samples)),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "ancestral:4" if _SMOKE.value else "ancestral:1000",
                                             samples)),
+      *(("cached_sample", functools.partial(sampling, "cached_sample", spec, samples, **changes)) for spec, changes in (
+          ("parallel:0.9:dual", {"sampler__block_length": 8 if _SMOKE.value else 32}),
+          *((f"ancestral:{8 if _SMOKE.value else 1024}:{cache}", BD3) for cache in ("exact", "none")))),
       ("digits_train", lambda: time_train_step("digits_train", image_config(digits, 256), 17)),
       ("cifar10_train", lambda: time_train_step(
           "cifar10_train", image_config(cifar10, 8 if _SMOKE.value else 128), 256)),
