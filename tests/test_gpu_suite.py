@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 def test_the_gpu_suite_runs_and_writes_one_json_line_per_measurement(tmp_path):
   done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_suite.sh"), str(tmp_path), "--smoke", "--steps", "1",
-                         "--only", "owt_small_train,owt_small_sample,cached_sample"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+                         "--only", "owt_small_train,owt_small_sample,cached_sample"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-2000:] + (tmp_path / "stderr.txt").read_text()[-3000:]
   # At most 8 files come back from a lent machine, none in a sub-folder deeper than two.
   assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_test.txt", "environment.txt", "gpu_suite.jsonl",
