@@ -139,10 +139,9 @@ def sampling(name: str, spec: str, batch: int, **config_changes) -> dict:
   start_NxL = generate.unconditional_start(experiment, batch)
   generate.draw_samples(experiment, params, jax.random.key(0), start_NxL)  # compiles
   samples = generate.draw_samples(experiment, params, jax.random.key(1), start_NxL)
-  tokens = batch * config.data.seq_len
   return {"measurement": name, "objective": config.objective, "sampler": spec, "batch": batch,
           "length": config.data.seq_len, "nfe": samples.nfe,
-          "seconds": round(samples.seconds, 3), "tokens_per_sec": round(tokens / samples.seconds, 1)}
+          "seconds": round(samples.seconds, 3), "tokens_per_sec": round(samples.tokens_per_sec, 1)}
 
 
 def largest_batch(remat: str) -> dict:

@@ -76,7 +76,7 @@ def main(_):
     samples = generate.draw_samples(experiment, params, jax.random.key(0), all_masked)  # compile not timed
     results.append({"sampler": spec, "seconds_per_batch": round(samples.seconds, 3), "nfe": samples.nfe,
                     "seconds_per_call": round(samples.seconds / samples.nfe, 4),
-                    "tokens_per_sec": round(_BATCH.value * length / samples.seconds, 1)})
+                    "tokens_per_sec": round(samples.tokens_per_sec, 1)})
   for result in results:
     speedup = results[0]["seconds_per_batch"] / result["seconds_per_batch"]
     result[f"speedup_vs_{results[0]['sampler']}"] = round(speedup, 2)

@@ -3,7 +3,7 @@
 Files per batch of samples: the modality's own (text: stem.txt; images: stem.png, a grid, and
 stem_process.png, the reverse process) and stem.jsonl, one object per sample with its text or
 tokens, its class label (class-conditional runs), the sampler settings, network calls, seconds and tokens/s
-(all of the batch's tokens, given ones included, over the sampling call's seconds).
+(Samples.tokens_per_sec).
 """
 
 import dataclasses
@@ -26,6 +26,11 @@ class Samples:
   nfe: int  # network calls
   seconds: float  # the sampling call, without compilation
   paths: tuple = ()  # files written
+
+  @property
+  def tokens_per_sec(self) -> float:
+    """All of the batch's tokens (given ones included) over the sampling call's seconds."""
+    return self.tokens.size / max(self.seconds, 1e-9)
 
 
 def unconditional_start(experiment, num_samples: int) -> np.ndarray:
@@ -69,7 +74,7 @@ def write_samples(experiment, params, stem: epath.Path, key, start_NxL: np.ndarr
     files.write_text_atomically(jsonl, "".join(
         json.dumps({"index": i, **modality.describe(row), **label(i), **record, "sampler": settings,
                     "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
-                    "tokens_per_sec": round(samples.tokens.size / max(samples.seconds, 1e-9), 1)}) + "\n"
+                    "tokens_per_sec": round(samples.tokens_per_sec, 1)}) + "\n"
         for i, row in enumerate(samples.tokens)))
     paths = (*modality.write_samples(stem, samples.tokens, samples.order), jsonl)
   return dataclasses.replace(samples, paths=paths)

@@ -119,7 +119,7 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
     samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = ":".join(str(v) for v in overrides.values())
     rows.append({"sampler": label, "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
-                 "tokens_per_sec": round(samples.tokens.size / samples.seconds, 1),
+                 "tokens_per_sec": round(samples.tokens_per_sec, 1),
                  "gen_ppl": judge.perplexity(samples.tokens) if judge else None,
                  "unigram_entropy_bits": unigram_entropy_bits(samples.tokens, modality.vocab_size),
                  **modality.describe(samples.tokens[0])})

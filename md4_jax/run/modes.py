@@ -219,7 +219,7 @@ def _sample(experiment, params, workdir, request, record) -> dict:
         print(f"=== sample {i} ===\n{experiment.modality.tokenizer.decode(row)}\n")
     print(f"{len(samples.tokens)} samples from step {record['step']} ({record['params']} params) with sampler "
           f"{experiment.sampler_settings.name}: {samples.nfe} network calls, {samples.seconds:.1f} s "
-          f"({samples.tokens.size / max(samples.seconds, 1e-9):.0f} tokens/s); wrote "
+          f"({samples.tokens_per_sec:.0f} tokens/s); wrote "
           + ", ".join(str(path) for path in paths))
   texts = ([experiment.modality.tokenizer.decode(row) for row in samples.tokens]
            if experiment.modality.kind == "text" else None)
