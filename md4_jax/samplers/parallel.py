@@ -106,12 +106,12 @@ def sample_cached(module, key, schedule, z_BxL, settings, vocab_size: int):
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
   batch_size, length = z_BxL.shape
   positions_L = jnp.arange(length)
-  refresh_every = settings.cache_refresh
+  prefix, refresh_every = settings.kv_cache == "prefix", settings.cache_refresh
 
   def window(start, size):
     end = start + size
-    chunk_start = start if settings.kv_cache == "prefix" else None  # prefix: the block and all after it
-    sees_L = positions_L < start if chunk_start is not None else (positions_L < start) | (positions_L >= end)
+    last = length if prefix else end  # the chunk a cached call runs: prefix, the block and all after it
+    sees_L = positions_L < start if prefix else (positions_L < start) | (positions_L >= end)
 
     def call(z_BxL, calls, cache):
       t_B = _masked_time(schedule, z_BxL, vocab_size)
@@ -121,11 +121,10 @@ def sample_cached(module, key, schedule, z_BxL, settings, vocab_size: int):
         return module.head_logits(h_BxLxD[:, start:end]), tuple(x.astype(c.dtype) for x, c in zip(kv, cache))
 
       def reuse(cache):
-        first, last = start, (length if chunk_start is not None else end)
-        h_BxCxD, _ = module.extend(z_BxL[:, first:last], positions_L[first:last], cache, sees_L, t_B=t_B)
+        h_BxCxD, _ = module.extend(z_BxL[:, start:last], positions_L[start:last], cache, sees_L, t_B=t_B)
         return module.head_logits(h_BxCxD[:, :size]), cache
 
-      refresh_now = (calls == 0) | ((refresh_every > 0) & (calls % max(refresh_every, 1) == 0))
+      refresh_now = calls % refresh_every == 0 if refresh_every else calls == 0
       return jax.lax.cond(refresh_now, refresh, reuse, cache)
 
     return module.empty_cache(batch_size, length), call
