@@ -88,6 +88,15 @@ def unknown_key(key: str, known: dict) -> str:
 
 
 KV_CACHES = ("none", "exact", *samplers.parallel.CACHES)
+# The sampler keys with a fixed set of values: checked for the config and for each eval.samplers variant.
+SAMPLER_CHOICES = {"sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER, "sampler.params": ("ema", "raw"),
+                   "sampler.kv_cache": KV_CACHES, "sampler.fallback": samplers.parallel.FALLBACKS}
+
+
+def _check_choices(flat: dict, choices: dict) -> None:
+  for key, allowed in choices.items():
+    if flat[key] not in allowed:
+      raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
 
 
 def check_values(config) -> None:
@@ -101,14 +110,9 @@ def check_values(config) -> None:
   if config.diffusion.timesteps < 0:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
   source = sources.get(config.data.source)
-  choices = {"objective": objectives.NAMES, "model.backbone": models.BACKBONES, "data.tokenizer": tokenizers.NAMES,
-             "eval.split": ("validation", "test"), "sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER,
-             "sampler.params": ("ema", "raw"), "sampler.kv_cache": KV_CACHES,
-             "sampler.fallback": samplers.parallel.FALLBACKS, "eval.params": ("ema", "raw"),
-             "eval.suite": evals.NAMES}
-  for key, allowed in choices.items():
-    if flat[key] not in allowed:
-      raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
+  _check_choices(flat, {"objective": objectives.NAMES, "model.backbone": models.BACKBONES,
+                        "data.tokenizer": tokenizers.NAMES, "eval.split": ("validation", "test"), **SAMPLER_CHOICES,
+                        "eval.params": ("ema", "raw"), "eval.suite": evals.NAMES})
   # The backbone's own checks, on the source's shape (text: any vocabulary; images: known without data).
   shape = image_sources.nominal_modality(config.data) if source.kind == "image" else modality.Text(2, config.data.seq_len)
   try:
@@ -132,11 +136,8 @@ def check_values(config) -> None:
       _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
       changed = config.copy_and_resolve_references()
       changed.sampler.update(variant)
-      if variant["name"] not in samplers.NAMES:
-        raise UserError(f"eval.samplers names {variant['name']!r}; choose one of {samplers.NAMES}")
-      if changed.sampler.kv_cache not in KV_CACHES:
-        raise UserError(f"eval.samplers item with :{changed.sampler.kv_cache}; choose one of {KV_CACHES}")
       try:
+        _check_choices(flatten(changed), SAMPLER_CHOICES)
         _check_parallel(changed, shape.length)
       except UserError as error:
         raise UserError(f"eval.samplers item {':'.join(map(str, variant.values()))}: {error}") from None

@@ -118,6 +118,10 @@ def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
     (dict(sampler__name="parallel", sampler__kv_cache="dual", sampler__cache_refresh=-1), "cache_refresh=-1"),
     (dict(sampler__threshold=0.5), "sampler.threshold=0.5 has no effect.*sampler.name='parallel'"),
     (dict(sampler__cache_refresh=2), "sampler.cache_refresh=2 has no effect.*'prefix' or 'dual'"),
+    (dict(eval__suite="samples", eval__samplers="parallel:0.9:full"),
+     "eval.samplers item parallel:0.9:full: config key 'sampler.kv_cache' = 'full'; choose one of"),
+    (dict(eval__suite="samples", eval__samplers="gibbs:8"),
+     "eval.samplers item gibbs:8: config key 'sampler.name' = 'gibbs'; choose one of"),
 ])
 def test_cache_and_threshold_mistakes(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
