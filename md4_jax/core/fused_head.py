@@ -10,6 +10,12 @@ autodiff's up to summation order.
 The loss of a position is `token_loss(logits_NxV, x0_N, values_NxK)`: cross-entropy for MD4 and the AR
 baseline, GenMD4's integrand with its per-class rates. `values` come from a per-row table [R, K] looked up by
 each position's row inside the block, so a GenMD4 table [B, V] is never expanded to [N, V] either.
+
+Cross-entropy (MD4 and the AR baseline: the every-position step of a text model) has its own pass,
+`_head_nll`, written for memory traffic: the logits stay the padded kernel's width W with the padding columns at
+-inf (no slice of them, no pad of their gradient), and the forward keeps each row's log-normaliser, so the
+backward turns the recomputed logits into their gradient in one elementwise pass instead of reducing them again.
+On a GPU every pass over a block's [rows, W] float32 logits is a gigabyte of traffic.
 """
 
 import functools
@@ -55,6 +61,12 @@ def _matmul_kernel(kernel_DxV, dtype):
 def _logits(h_NxD, kernel_DxW, vocab_size: int):
   """float32 logits [N, V] of the padded kernel [D, W >= V]."""
   return jnp.matmul(h_NxD, kernel_DxW, preferred_element_type=jnp.float32)[:, :vocab_size]
+
+
+def _padded_logits(h_NxD, kernel_DxW, vocab_size: int):
+  """float32 logits [N, W] of the padded kernel, the W - V padding columns at -inf (softmax gives them 0)."""
+  logits_NxW = jnp.matmul(h_NxD, kernel_DxW, preferred_element_type=jnp.float32)
+  return jnp.where(jnp.arange(kernel_DxW.shape[-1]) < vocab_size, logits_NxW, -jnp.inf)
 
 
 def _blocks(x, rows: int):
@@ -108,6 +120,48 @@ def _backward(token_loss, rows, residuals, dloss_N):
 _head_loss.defvjp(_forward, _backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _head_nll(h_NxD, kernel_DxV, x0_N, rows):
+  return _nll_forward(h_NxD, kernel_DxV, x0_N, rows)[0]
+
+
+def _nll_forward(h_NxD, kernel_DxV, x0_N, rows):
+  kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
+
+  def one_block(_, block):
+    h, x0 = block
+    logits_RxW = _padded_logits(h, kernel_DxW, vocab_size)
+    lse_R = jax.nn.logsumexp(logits_RxW, axis=-1)
+    return None, (lse_R - jnp.take_along_axis(logits_RxW, x0[:, None], axis=-1)[:, 0], lse_R)
+
+  _, (nll_BxR, lse_BxR) = jax.lax.scan(one_block, None, (_blocks(h_NxD, rows), _blocks(x0_N, rows)))
+  num_rows = h_NxD.shape[0]
+  return nll_BxR.reshape(-1)[:num_rows], (h_NxD, kernel_DxV, x0_N, lse_BxR.reshape(-1)[:num_rows])
+
+
+def _nll_backward(rows, residuals, dnll_N):
+  """Per block: the logits again and, from the kept log-normaliser, their gradient (softmax - one-hot) x dnll
+  in one elementwise pass, rounded to the activations' dtype for the two GEMMs as in `_backward`."""
+  h_NxD, kernel_DxV, x0_N, lse_N = residuals
+  kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
+  columns_W = jnp.arange(kernel_DxW.shape[-1])
+
+  def one_block(dkernel_DxW, block):
+    h_RxD, x0_R, lse_R, dnll_R = block
+    softmax_RxW = jnp.exp(_padded_logits(h_RxD, kernel_DxW, vocab_size) - lse_R[:, None])
+    dlogits_RxW = ((softmax_RxW - (columns_W == x0_R[:, None])) * dnll_R[:, None]).astype(h_RxD.dtype)
+    dh_RxD = jnp.matmul(dlogits_RxW, kernel_DxW.T, preferred_element_type=jnp.float32).astype(h_RxD.dtype)
+    return dkernel_DxW + jnp.matmul(h_RxD.T, dlogits_RxW, preferred_element_type=jnp.float32), dh_RxD
+
+  blocks = (_blocks(h_NxD, rows), _blocks(x0_N, rows), _blocks(lse_N, rows), _blocks(dnll_N, rows))
+  dkernel_DxW, dh_BxRxD = jax.lax.scan(one_block, jnp.zeros(kernel_DxW.shape, jnp.float32), blocks)
+  dh_NxD = dh_BxRxD.reshape(-1, h_NxD.shape[-1])[: h_NxD.shape[0]]
+  return dh_NxD, dkernel_DxW[:, :vocab_size].astype(kernel_DxV.dtype), None
+
+
+_head_nll.defvjp(_nll_forward, _nll_backward)
+
+
 def head_loss(h_NxD, kernel_DxV, x0_N, *, token_loss=cross_entropy, row_N=None, table_RxK=None):
   """[N] float32: token_loss(h_NxD @ kernel_DxV, x0_N, table_RxK[row_N]) per position, block by block.
 
@@ -120,4 +174,6 @@ def head_loss(h_NxD, kernel_DxV, x0_N, *, token_loss=cross_entropy, row_N=None, 
   if num_rows == 0:
     return jnp.zeros((0,), jnp.float32)
   rows = block_rows(num_rows, kernel_DxV.shape[-1])
+  if token_loss is cross_entropy:  # the table is unused: the lean pass above
+    return _head_nll(h_NxD, kernel_DxV, x0_N, rows)
   return _head_loss(token_loss, h_NxD, kernel_DxV, table_RxK, x0_N, row_N.astype(jnp.int32), rows)

@@ -55,6 +55,38 @@ def test_head_loss_equals_the_plain_layer_and_loss_over_several_blocks(monkeypat
                                atol=tolerance * scale, rtol=tolerance)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_cross_entropy_pass_equals_the_plain_layer_and_the_generic_pass(monkeypatch, dtype, tolerance):
+  """Cross-entropy's own pass (padded columns at -inf, kept log-normaliser): the plain layer's values and
+  gradients over several padded blocks, and the generic pass's to rounding. V = 1100 pads to 1152 columns, so
+  padding that leaked into the softmax or the kernel's gradient would show."""
+  monkeypatch.setattr(fused_head, "BLOCK_ELEMENTS", 128 * V)
+  keys = jax.random.split(jax.random.key(1), 3)
+  h = (2.0 * jax.random.normal(keys[0], (300, 16))).astype(dtype)
+  kernel = jax.random.normal(keys[1], (16, V)) * 0.3
+  x0 = jax.random.randint(keys[2], (300,), 0, V).at[:3].set(jnp.array([0, V - 1, V - 2]))
+  weights = jnp.arange(300.0) - 100.0  # negative, zero and positive cotangents
+  generic = lambda logits, x0, values: fused_head.cross_entropy(logits, x0, values)  # noqa: E731 (a new function: the generic pass)
+
+  def fused(token_loss):
+    return lambda h, kernel: jnp.sum(fused_head.head_loss(h, kernel, x0, token_loss=token_loss) * weights)
+
+  def plain(h, kernel):
+    logits = jnp.matmul(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+    return jnp.sum(fused_head.token_nll(logits, x0) * weights)
+
+  results = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, kernel)
+             for f in (fused(fused_head.cross_entropy), fused(generic), plain)]
+  (value, grads), (generic_value, generic_grads), (expected, expected_grads) = results
+  for other_value, other_grads in ((expected, expected_grads), (generic_value, generic_grads)):
+    np.testing.assert_allclose(value, other_value, rtol=1e-5)
+    for grad, other in zip(grads, other_grads):
+      assert grad.dtype == other.dtype and grad.shape == other.shape
+      scale = float(jnp.max(jnp.abs(other.astype(jnp.float32))))
+      np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(other, np.float32),
+                                 atol=tolerance * scale, rtol=tolerance)
+
+
 class Plain(models.Network):
   """The same network, seen by the objectives as one without a separate output layer: full logits, plain loss."""
 
