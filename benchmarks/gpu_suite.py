@@ -4,12 +4,13 @@
 
 Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, while the time budget lasts:
   1. owt_small's train step in bfloat16 at its real shape (12 layers, width 768, GPT-2 vocabulary, 1,024
-     tokens; batch 64): as configured (masked-position output layer, scanned layers) and with the output layer
-     at every position; tokens/s and MFU;
-  2. the same in float32 at batch 32 (the reference code's dtype, at the batch benchmarks/RESULTS.md compares
-     it at), as configured and at every position;
-  3. bfloat16 with the layers unrolled (model.scan_layers=False: no stacked residuals to slice), with remat,
-     with the XLA attention kernel, and the largest batch (powers of two from 128) that fits without remat;
+     tokens; batch 64): as configured (masked-position output layer, a rolled loop over the stacked layers)
+     and with the output layer at every position, each also with model.scan_unroll=0 (the same parameters as
+     straight-line code: no per-layer activation stacks to fill and copy back out); tokens/s and MFU;
+  2. the same four in float32 at batch 32 (the reference code's dtype, at the batch benchmarks/RESULTS.md
+     compares it at);
+  3. bfloat16 with remat, with the XLA attention kernel, and the largest batch (powers of two from 128) that
+     fits without remat;
   4. `exact` and `ancestral` sampling at owt_small's shape: tokens generated per second; then the caches of
      issue 30: MD4 `parallel:0.9:dual` (blocks of 32) and block diffusion (blocks of 4, 4 ancestral steps each)
      with and without its exact cache;
@@ -103,6 +104,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   modality = common.modality(config, vocab_size)
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
             "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity,
+            "scan_unroll": config.model.get("scan_unroll", 1) if config.model.get("scan_layers") else None,
             "huge_pages": allocator.in_effect()}
   try:
     experiment, state, batch = common.random_train_setup(config, modality, mesh)
@@ -160,24 +162,23 @@ def main(_):
         "jax": jax.__version__, "published_bf16_peak_tflops": (peak_flops() or 0) / 1e12 or None})
   batch = 8 if _SMOKE.value else 64
   samples = 2 if _SMOKE.value else 16
-  plan = [
-      ("owt_small_train", lambda: time_train_step("owt_small_train", text_config(batch))),
-      ("owt_small_train_every_position", lambda: time_train_step(
-          "owt_small_train_every_position", text_config(batch, train__logits_capacity=1.0))),
-      ("owt_small_train_float32", lambda: time_train_step(
-          "owt_small_train_float32", text_config(batch // 2, "float32"))),
-      ("owt_small_train_float32_every_position", lambda: time_train_step(
-          "owt_small_train_float32_every_position", text_config(batch // 2, "float32", train__logits_capacity=1.0))),
-      ("owt_small_train_unrolled", lambda: time_train_step(
-          "owt_small_train_unrolled", text_config(batch, model__scan_layers=False))),
-      ("owt_small_train_every_position_unrolled", lambda: time_train_step(
-          "owt_small_train_every_position_unrolled",
-          text_config(batch, model__scan_layers=False, train__logits_capacity=1.0))),
-      ("owt_small_train_remat", lambda: time_train_step(
-          "owt_small_train_remat", text_config(batch, model__remat="block"))),
+  every_position, unrolled = {"train__logits_capacity": 1.0}, {"model__scan_unroll": 0}
+
+  def step(name, rows, dtype="bfloat16", **changes):
+    return name, lambda: time_train_step(name, text_config(rows, dtype, **changes))
+
+  plan = [  # bfloat16 at batch 64; float32 at the reference code's batch, 32
+      step("owt_small_train", batch),
+      step("owt_small_train_every_position", batch, **every_position),
+      step("owt_small_train_unrolled", batch, **unrolled),
+      step("owt_small_train_every_position_unrolled", batch, **every_position, **unrolled),
+      step("owt_small_train_float32", batch // 2, "float32"),
+      step("owt_small_train_float32_unrolled", batch // 2, "float32", **unrolled),
+      step("owt_small_train_float32_every_position", batch // 2, "float32", **every_position),
+      step("owt_small_train_float32_every_position_unrolled", batch // 2, "float32", **every_position, **unrolled),
+      step("owt_small_train_remat", batch, model__remat="block"),
       ("largest_batch_remat_none", lambda: largest_batch("none")),
-      ("owt_small_train_xla_attention", lambda: time_train_step(
-          "owt_small_train_xla_attention", text_config(batch, model__attention="xla"))),
+      step("owt_small_train_xla_attention", batch, model__attention="xla"),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "exact:1", samples)),
       ("owt_small_sample", lambda: sampling("owt_small_sample", "ancestral:4" if _SMOKE.value else "ancestral:1000",
                                             samples)),

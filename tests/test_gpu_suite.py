@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 def test_the_gpu_suite_runs_and_writes_one_json_line_per_measurement(tmp_path):
   done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_suite.sh"), str(tmp_path), "--smoke", "--steps", "1",
-                         "--only", "owt_small_train,owt_small_sample,cached_sample"], cwd=ROOT, capture_output=True,
+                         "--only", "owt_small_train,owt_small_train_every_position_unrolled,owt_small_sample,cached_sample"], cwd=ROOT, capture_output=True,
                         text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-2000:] + (tmp_path / "stderr.txt").read_text()[-3000:]
   # At most 8 files come back from a lent machine, none in a sub-folder deeper than two.
@@ -24,18 +24,20 @@ def test_the_gpu_suite_runs_and_writes_one_json_line_per_measurement(tmp_path):
   assert "jax==" in (tmp_path / "environment.txt").read_text() and "flax==" in (tmp_path / "environment.txt").read_text()
   lines = [json.loads(line) for line in (tmp_path / "gpu_suite.jsonl").read_text().splitlines()]
   assert [line.get("measurement", line["benchmark"]) for line in lines] == [
-      "gpu_profile", "device", "owt_small_train", "owt_small_sample", "owt_small_sample", "cached_sample",
-      "cached_sample", "cached_sample", "device", "owt_small_train"]
+      "gpu_profile", "device", "owt_small_train", "owt_small_train_every_position_unrolled", "owt_small_sample",
+      "owt_small_sample", "cached_sample", "cached_sample", "cached_sample", "device", "owt_small_train"]
   profile = json.loads((tmp_path / "profile.json").read_text())
   assert profile["kernels"] and profile["device_ms_per_step"] > 0 and "| 1 |" in (tmp_path / "profile.md").read_text()
-  train, train_default_malloc = lines[2], lines[9]
+  train, unrolled, train_default_malloc = lines[2], lines[3], lines[10]
   assert train["fits"] and train["tokens_per_sec"] > 0 and train["dtype"] == "bfloat16"
   assert train["mfu"] is None  # no published peak for a CPU
-  assert [line["sampler"] for line in lines[3:5]] == ["exact:1", "ancestral:4"]
-  assert all(line["tokens_per_sec"] > 0 for line in lines[3:8])
-  assert [(line["objective"], line["sampler"]) for line in lines[5:8]] == [
+  assert train["scan_unroll"] == 1 and train["logits_capacity"] == -1.0  # as configured
+  assert unrolled["fits"] and unrolled["scan_unroll"] == 0 and unrolled["logits_capacity"] == 1.0
+  assert [line["sampler"] for line in lines[4:6]] == ["exact:1", "ancestral:4"]
+  assert all(line["tokens_per_sec"] > 0 for line in lines[4:9])
+  assert [(line["objective"], line["sampler"]) for line in lines[6:9]] == [
       ("md4", "parallel:0.9:dual"), ("bd3", "ancestral:8:exact"), ("bd3", "ancestral:8:none")]
-  assert lines[6]["nfe"] == lines[7]["nfe"] == 8  # cached or not, one call per step
+  assert lines[7]["nfe"] == lines[8]["nfe"] == 8  # cached or not, one call per step
   # The allocator check: the same step, once with the tunable launch.py sets and once without.
   assert train["huge_pages"] and not train_default_malloc["huge_pages"]
   assert train_default_malloc["fits"] and train_default_malloc["tokens_per_sec"] > 0

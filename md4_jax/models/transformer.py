@@ -10,7 +10,10 @@ With `scan_layers` the blocks are one Block whose parameters are stacked along
 a leading `layers` axis, run by `jax.lax.scan`: the program holds one block, so
 compile time does not grow with depth (benchmarks/compile_time.py). The two
 layouts compute the same function but their checkpoints differ, so the
-setting is part of a run's config.
+setting is part of a run's config. `scan_unroll` = 0 runs the same stacked
+parameters as straight-line code instead (the GPU's choice: a rolled loop
+stores each layer's saved activations in stacks and copies them back out in
+the backward pass); it changes cost only, so a resumed run may change it.
 """
 
 import dataclasses
@@ -43,6 +46,7 @@ class TransformerConfig:
   remat: str  # "block": recompute each block's activations in the backward pass
   causal: bool  # attention to earlier positions only (the autoregressive baseline)
   scan_layers: bool  # one Block program looped over stacked parameters (compile time flat in depth)
+  scan_unroll: int  # with scan_layers: layers per loop iteration; 0 = all (straight-line code, stacked params)
   attention: str  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
@@ -55,6 +59,8 @@ class TransformerConfig:
       raise ValueError(f"model.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
+    if self.scan_unroll < 0:
+      raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 0 (1 = a rolled loop, 0 = every layer)")
     if self.mlp_hidden < 0 or self.cond_dim < 0:
       raise ValueError(f"model.mlp_hidden={self.mlp_hidden} and model.cond_dim={self.cond_dim} must be >= 0 "
                        "(0 = the width-derived size)")
@@ -210,7 +216,7 @@ class Transformer(nnx.Module):
 
       if self.cfg.remat == "block" and not keep_kv:  # keep only each block's input; recompute its insides
         apply_layer = jax.checkpoint(apply_layer)
-      x_BxLxD, kv = jax.lax.scan(apply_layer, x_BxLxD, (stacked, cache))
+      x_BxLxD, kv = jax.lax.scan(apply_layer, x_BxLxD, (stacked, cache), unroll=self.cfg.scan_unroll or True)
     else:
       apply_block = lambda block, x, cond, positions, layer_cache: block(x, cond, positions, mask,  # noqa: E731
                                                                           context(layer_cache))
@@ -271,6 +277,7 @@ def build(config, modality, requirements: dict) -> Backbone:
                           width=model.width, num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
                           mlp_hidden=model.mlp_hidden, cond_dim=model.cond_dim, positions=model.positions,
                           causal=requirements.get("causal", False), scan_layers=model.scan_layers,
+                          scan_unroll=model.scan_unroll,
                           **shared_keys(config, requirements))
   return Backbone(cfg, functools.partial(Transformer, cfg))
 

@@ -17,12 +17,12 @@ from md4_jax.errors import UserError
 from md4_jax.run import config_scope
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
-# grad_accum changes only which random numbers are drawn; remat, logits_capacity and steps_per_call change only
-# cost.
+# grad_accum changes only which random numbers are drawn; remat, attention, scan_unroll, logits_capacity and
+# steps_per_call change only cost.
 # Data locations may move between machines (what is read there is checked: prepared meta, BPE checksum).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.grad_accum", "train.logits_capacity", "model.remat",
-                     "model.attention", "train.steps_per_call",
+                     "model.attention", "model.scan_unroll", "train.steps_per_call",
                      "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",

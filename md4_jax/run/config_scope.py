@@ -40,6 +40,8 @@ SCOPES = (
     *((f"model.{name}", lambda c: c.model.backbone == "transformer", "model.backbone='transformer' (image "
        "backbones have their groups model.unet.* and model.uvit.*)")
       for name in ("num_layers", "width", "num_heads", "mlp_ratio", "mlp_hidden", "cond_dim", "positions")),
+    ("model.scan_unroll", lambda c: c.model.backbone == "transformer" and c.model.scan_layers,
+     "model.scan_layers=True (it unrolls the loop over the transformer's stacked layers)"),
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
     *((f"diffusion.{name}", lambda c: c.objective == "bd3", "objective='bd3'")

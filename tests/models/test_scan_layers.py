@@ -47,8 +47,9 @@ def inputs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [{}, {"remat": "block"}, {"causal": True, "time_conditioning": False}],
-                         ids=["plain", "remat", "causal"])
+@pytest.mark.parametrize("overrides", [{}, {"remat": "block"}, {"causal": True, "time_conditioning": False},
+                                       {"scan_unroll": 0}, {"scan_unroll": 2, "remat": "block"}],
+                         ids=["plain", "remat", "causal", "unrolled", "two_per_iteration"])
 def test_scanned_layers_compute_the_unrolled_function_and_gradient(overrides):
   unrolled, scanned = models(**overrides)
   z, t = inputs()
@@ -66,6 +67,21 @@ def test_scanned_layers_compute_the_unrolled_function_and_gradient(overrides):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  layer_i, unrolled_grads["blocks"][i])  # layer i's gradient lands in slice i
   np.testing.assert_allclose(scanned_grads["embed"], unrolled_grads["embed"], rtol=1e-4, atol=1e-5)
+
+
+def test_scan_unroll_zero_is_straight_line_code_over_the_stacked_parameters():
+  """scan_unroll=0: no loop left in the forward or backward program (nothing stacked to copy back out);
+  the rolled default has its loops."""
+  def program(scan_unroll):
+    model = Transformer(transformer_config(VOCAB, LENGTH, num_layers=LAYERS, width=32, num_heads=2,
+                                           scan_layers=True, scan_unroll=scan_unroll), nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    z, t = inputs()
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(z, t))  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+
+  assert program(1).count("stablehlo.while") >= 2
+  assert program(0).count("stablehlo.while") == 0
 
 
 def test_weight_decay_skips_stacked_vectors_as_it_skips_unrolled_ones():
@@ -110,6 +126,23 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   with pytest.raises(UserError, match=r"model.scan_layers: False in the workdir, True now"):
     config_check.check_resumable(saved, config, "/runs/old", reference)
   config.model.scan_layers = False
+  config_check.check_resumable(saved, config, "/runs/old", reference)
+
+
+def test_a_scanned_run_may_change_scan_unroll_on_resume():
+  """Same checkpoint layout: a workdir written with the rolled loop (or before the key existed) resumes
+  unrolled, and back."""
+  from configs import base
+  from md4_jax.run import config_check
+  reference = base.get_config().to_dict()
+  saved = base.get_config().to_dict()
+  saved["model"]["scan_layers"] = True
+  config = base.get_config()
+  config.model.scan_layers, config.model.scan_unroll = True, 0
+  config_check.check_resumable(saved, config, "/runs/old", reference)
+  del saved["model"]["scan_unroll"]
+  config_check.check_resumable(saved, config, "/runs/old", reference)
+  saved["model"]["scan_unroll"], config.model.scan_unroll = 0, 1
   config_check.check_resumable(saved, config, "/runs/old", reference)
 
 

@@ -129,6 +129,16 @@ def test_cache_and_threshold_mistakes(corpus_file, tmp_path, overrides, message)
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model__scan_unroll=0), r"model.scan_unroll=0 has no effect on this run: it applies to model.scan_layers=True"),
+    (dict(model__scan_layers=True, model__scan_unroll=-1), r"model.scan_unroll=-1 must be >= 0"),
+])
+def test_scan_unroll_mistakes(corpus_file, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    modes.main(make_config(corpus_file, **overrides), tmp_path / "run", reference=reference())
+  assert not (tmp_path / "run").exists()
+
+
 def test_an_approximate_cache_needs_a_transformer(tmp_path):
   config = override(tiny_image_config.get_config("unet"), sampler__name="parallel", sampler__kv_cache="dual")
   with pytest.raises(UserError, match="sampler.kv_cache='dual' needs model.backbone='transformer'"):
