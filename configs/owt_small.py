@@ -26,6 +26,7 @@ def get_config():
   config.data.seq_len = 1024
   config.model.num_layers = 12
   config.model.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
+  # On a GPU, --config.model.scan_unroll=0 runs the same stacked layers as straight-line code (docs/scaling.md).
   config.model.width = 768
   config.model.num_heads = 12
   config.model.mlp_hidden = 2048  # the reference's rule: 2/3 x 4 x width, rounded up to a multiple of 32

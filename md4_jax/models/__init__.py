@@ -13,7 +13,7 @@ dataclass and `make(rngs)`), found by its name, and its keys in configs/base.py 
 
 | name | modality | keys |
 |---|---|---|
-| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, mlp_hidden, cond_dim, positions, scan_layers |
+| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, mlp_hidden, cond_dim, positions, scan_layers, scan_unroll |
 | unet | image | model.unet.* |
 | uvit | image | model.uvit.* |
 """

@@ -87,6 +87,18 @@ def test_cross_entropy_pass_equals_the_plain_layer_and_the_generic_pass(monkeypa
                                  atol=tolerance * scale, rtol=tolerance)
 
 
+def test_blocks_are_the_fewest_that_fit_balanced_to_under_128_padding_rows_each(monkeypatch):
+  monkeypatch.setattr(fused_head, "BLOCK_ELEMENTS", 1 << 28)  # the accelerators' block, on this backend
+  most = (1 << 28) // 50257 // 128 * 128  # 5,248 rows
+  for num_rows in (1, 300, most, most + 1, 36864, 65536, 10**6):
+    rows = fused_head.block_rows(num_rows, 50257)
+    blocks = -(-num_rows // rows)
+    assert rows <= most  # every block's logits fit
+    assert blocks == -(-num_rows // most)  # no more blocks than needed
+    assert rows == num_rows or (rows % 128 == 0 and blocks * rows - num_rows < 128 * blocks)
+  assert fused_head.block_rows(65536, 50257) == 5120  # 1,024 padding rows, not 2,688 (blocks of 5,248)
+
+
 class Plain(models.Network):
   """The same network, seen by the objectives as one without a separate output layer: full logits, plain loss."""
 
