@@ -60,8 +60,9 @@ def main(_):
   table = trace_table.kernel_table(trace_table.kernel_events(trace), _STEPS.value, _TOP.value)
   device = jax.devices()[0].device_kind
   title = (f"{config_flags.get_config_filename(flags.FLAGS['config'])}, {config.model.dtype}, batch "
-           f"{config.train.batch_size} x {modality.length}, {device}, jax {jax.__version__}, "
-           f"{time.strftime('%Y-%m-%d')}")
+           f"{config.train.batch_size} x {modality.length}, logits_capacity {config.train.logits_capacity}, "
+           f"scan_layers {config.model.scan_layers} (unroll {config.model.scan_unroll}), {device}, "
+           f"jax {jax.__version__}, {time.strftime('%Y-%m-%d')}")
   record = {"benchmark": "gpu_profile", "title": title, "step_seconds_traced": round(seconds, 4), **table,
             "tracks": trace_table.tracks(trace)}
   (out / "profile.json").write_text(json.dumps(record, indent=1))

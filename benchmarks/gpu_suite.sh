@@ -2,7 +2,8 @@
 # The GPU measurements on one lent GPU, in under 9 minutes of device time, each stage under a deadline:
 #   1. versions of the image's jax, flax and friends (the suite runs on them: never carry jax or flax wheels);
 #   2. the cuDNN-vs-XLA attention test;
-#   3. benchmarks/gpu_profile.py: a kernel table of owt_small's bfloat16 step (copy it into benchmarks/profiles/);
+#   3. benchmarks/gpu_profile.py: kernel tables of owt_small's step, bfloat16 at batch 64 with the output layer at
+#      every position, then float32 at batch 32, both with model.scan_unroll=0 (copy them into benchmarks/profiles/);
 #   4. benchmarks/gpu_suite.py: one JSON line per measurement (its docstring says which);
 #   5. the MD4 reference code's float32 step at batch 32 beside ours, if .gpu_kit is there
 #      (bash ../shared/bench/gpu_side_by_side.sh prepare, then carry .gpu_kit);
@@ -27,7 +28,7 @@ deadline=$((SECONDS + ${GPU_SUITE_SECONDS:-520}))
 left() { local s=$((deadline - SECONDS)); echo $((s < $1 ? (s > 1 ? s : 1) : $1)); }
 stopped() { echo "{\"benchmark\": \"gpu_suite\", \"measurement\": \"stopped\", \"stage\": \"$1\"}" | tee -a "$out/gpu_suite.jsonl"; }
 # At most 8 files come back from a lent machine: environment.txt, attention_test.txt, profile.md, profile.json,
-# gpu_suite.jsonl and stderr.txt (every stage's stderr, in order).
+# profile_float32.md, profile_float32.json, gpu_suite.jsonl and stderr.txt (every stage's stderr, in order).
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/environment.txt" || true
 python3 - <<'PY' 2>&1 | tee -a "$out/environment.txt" || true
 import importlib.metadata as m
@@ -42,10 +43,14 @@ PY
 timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/models/test_attention.py 2>&1 \
   | tee "$out/attention_test.txt" || echo '{"benchmark": "gpu_suite", "measurement": "attention_test", "passed": false}'
 smoke=$([[ " ${*:2} " == *" --smoke "* ]] && echo --smoke || true)
-timeout "$(left 100)" python3 benchmarks/gpu_profile.py --out "$out/profile" $smoke 2>>"$out/stderr.txt" \
-  | tee -a "$out/gpu_suite.jsonl" || stopped profile
-[ -f "$out/profile/profile.md" ] && cp "$out/profile/profile.md" "$out/profile/profile.json" "$out/" || true
-rm -rf "$out/profile"  # the trace is hundreds of MB; the tables (copied above) are what comes back
+profile() {  # profile NAME SECONDS [gpu_profile.py flags]: NAME.md and NAME.json come back
+  timeout "$(left "$2")" python3 benchmarks/gpu_profile.py --out "$out/$1" --config.model.scan_unroll=0 "${@:3}" \
+    $smoke 2>>"$out/stderr.txt" | tee -a "$out/gpu_suite.jsonl" || stopped "$1"
+  [ -f "$out/$1/profile.md" ] && cp "$out/$1/profile.md" "$out/$1.md" && cp "$out/$1/profile.json" "$out/$1.json" || true
+  rm -rf "${out:?}/$1"  # the trace is hundreds of MB; the tables (copied above) are what comes back
+}
+profile profile 100 --config.train.logits_capacity=1.0
+profile profile_float32 70 --dtype float32 --batch 32
 kit=$([ -d .gpu_kit ] && [ -z "$smoke" ] && echo 130 || echo 0)
 main=$(( $(left 600) - kit - 60 ))
 main=$((main > 60 ? main : 60))
