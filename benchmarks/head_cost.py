@@ -1,5 +1,6 @@
-"""Cost of the fused output layer + loss (md4_jax/core/fused_head.py): cross-entropy's own pass against the
-generic pass (any token_loss) on the same rows, value and gradient, one JSON line per dtype.
+"""Cost of the fused output layer + loss (md4_jax/core/fused_head.py), value and gradient, on the same rows:
+cross-entropy's own pass, the generic pass (any token_loss) and the weighted pass that makes its gradient in the
+forward pass (MD4's training path); one JSON line per dtype, ratios against the generic pass.
 
   python benchmarks/head_cost.py [--rows 4096] [--width 768] [--vocab 50257] [--repeats 5]
 
@@ -39,10 +40,13 @@ def measure(rows: int, width: int, vocab: int, dtype, repeats: int) -> dict:
   h_NxD = jax.random.normal(keys[0], (rows, width)).astype(dtype)
   kernel_DxV = 0.02 * jax.random.normal(keys[1], (width, vocab))
   x0_N = jax.random.randint(keys[2], (rows,), 0, vocab)
+  weight_N = jnp.ones((rows,))
+  losses = {"cross_entropy": lambda h, kernel: jnp.sum(fused_head.head_loss(h, kernel, x0_N) * weight_N),
+            "generic": lambda h, kernel: jnp.sum(fused_head.head_loss(h, kernel, x0_N,
+                                                                     token_loss=generic_cross_entropy) * weight_N),
+            "weighted": lambda h, kernel: fused_head.weighted_nll(h, kernel, x0_N, weight_N)[0]}
   passes = {}
-  for name, token_loss in (("cross_entropy", fused_head.cross_entropy), ("generic", generic_cross_entropy)):
-    loss = lambda h, kernel, token_loss=token_loss: jnp.sum(fused_head.head_loss(h, kernel, x0_N,  # noqa: E731
-                                                                                 token_loss=token_loss))
+  for name, loss in losses.items():
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_NxD, kernel_DxV).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -58,8 +62,10 @@ def measure(rows: int, width: int, vocab: int, dtype, repeats: int) -> dict:
           "block_rows": fused_head.block_rows(rows, vocab), "backend": jax.default_backend(),
           **{f"{name}_seconds": round(value, 4) for name, value in seconds.items()},
           **{f"{name}_gb_per_block": round(result["bytes"] / 1e9, 3) for name, result in passes.items()},
-          "seconds_ratio": round(seconds["cross_entropy"] / seconds["generic"], 3),
-          "bytes_ratio": round(passes["cross_entropy"]["bytes"] / passes["generic"]["bytes"], 3)}
+          **{f"{name}_seconds_ratio": round(seconds[name] / seconds["generic"], 3) for name in ("cross_entropy",
+                                                                                                "weighted")},
+          **{f"{name}_bytes_ratio": round(passes[name]["bytes"] / passes["generic"]["bytes"], 3)
+             for name in ("cross_entropy", "weighted")}}
 
 
 def main(_):

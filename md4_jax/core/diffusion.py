@@ -69,12 +69,17 @@ def masked_cross_entropy(logits_BxLxV, x0_BxL, z_BxL, mask_id: int):
 
 
 def masked_head_loss(h_BxLxD, head_loss, x0_BxL, z_BxL, mask_id: int, *, capacity: int | None = None,
-                     groups: int = 1, token_loss=None, row_values_BxR=None):
+                     groups: int = 1, token_loss=None, row_values_BxR=None, weighted_nll=None, weight_B=None):
   """The sum over masked positions of a position's loss, per example, with the output layer fused into it.
 
   head_loss(h_NxD, x0_N, token_loss=, row_N=, table_RxK=) -> [N]: the network's output layer and the loss in
   one (fused_head.py: no [N, V] array is kept). token_loss(logits_NxV, x0_N, values_NxK) is -log p(x0) by
   default; values are each position's row of row_values_BxR (a per-example table, e.g. GenMD4's per-class rates).
+
+  weighted_nll (cross-entropy only, with weight_B [B]): the network's `weighted_nll(h_NxD, x0_N, weight_N)`,
+  used instead of head_loss to also return sum_b weight_B[b] loss_B[b] with its gradient made in the layer's
+  forward pass (fused_head.weighted_nll); loss_B then carries no gradient. For training, where that weighted
+  sum is what is differentiated.
 
   capacity None: every position goes through the layer (masked ones count). Else the B rows form `groups`
   contiguous blocks (one per batch shard, so gathers stay on their device) and each block's first `capacity`
@@ -82,7 +87,8 @@ def masked_head_loss(h_BxLxD, head_loss, x0_BxL, z_BxL, mask_id: int, *, capacit
   instead (`lax.cond`), so the value is always the exact objective, only the cost changes.
 
   Returns:
-    (loss_B, 1.0 if every position went through the layer because a block overflowed else 0.0).
+    (loss_B, 1.0 if every position went through the layer because a block overflowed else 0.0, the weighted
+    sum: 0.0 without weighted_nll).
   """
   batch_size, length = z_BxL.shape
   rows = batch_size // groups
@@ -90,37 +96,50 @@ def masked_head_loss(h_BxLxD, head_loss, x0_BxL, z_BxL, mask_id: int, *, capacit
     token_loss = fused_head.cross_entropy
   if row_values_BxR is None:
     row_values_BxR = jnp.zeros((batch_size, 1))
+  if weight_B is None:
+    weight_B = jnp.zeros((batch_size,))
+
+  def losses(h_NxD, x0_N, row_N, values_RxK, weight_R, counted_N):
+    """(each position's loss [N], the weighted sum over the counted positions or 0.0)."""
+    if weighted_nll is None:
+      return head_loss(h_NxD, x0_N, token_loss=token_loss, row_N=row_N, table_RxK=values_RxK), jnp.zeros(())
+    total, loss_N = weighted_nll(h_NxD, x0_N, jnp.where(counted_N, weight_R[row_N], 0.0))
+    return loss_N, total
 
   def every_position():
-    loss_N = head_loss(h_BxLxD.reshape(batch_size * length, -1), x0_BxL.reshape(-1), token_loss=token_loss,
-                       row_N=jnp.repeat(jnp.arange(batch_size), length), table_RxK=row_values_BxR)
-    return jnp.sum(jnp.where(z_BxL == mask_id, loss_N.reshape(batch_size, length), 0.0), axis=-1)
+    masked_BxL = z_BxL == mask_id
+    loss_N, total = losses(h_BxLxD.reshape(batch_size * length, -1), x0_BxL.reshape(-1),
+                           jnp.repeat(jnp.arange(batch_size), length), row_values_BxR, weight_B, masked_BxL.reshape(-1))
+    return jnp.sum(jnp.where(masked_BxL, loss_N.reshape(batch_size, length), 0.0), axis=-1), total
 
   if capacity is None or capacity >= rows * length:
-    return every_position(), jnp.zeros((), jnp.float32)
+    loss_B, total = every_position()
+    return loss_B, jnp.zeros((), jnp.float32), total
   masked_GxN = (z_BxL == mask_id).reshape(groups, rows * length)
   overflow = jnp.any(jnp.sum(masked_GxN, axis=-1) > capacity)
 
   def gathered():
-    def one_group(masked_N, h_NxD, x0_N, values_RxK):
+    def one_group(masked_N, h_NxD, x0_N, values_RxK, weight_R):
       (index_C,) = jnp.nonzero(masked_N, size=capacity, fill_value=0)
       valid_C = jnp.arange(capacity) < jnp.sum(masked_N)
       row_C = index_C // length
-      loss_C = head_loss(h_NxD[index_C], x0_N[index_C], token_loss=token_loss, row_N=row_C, table_RxK=values_RxK)
-      return jax.ops.segment_sum(jnp.where(valid_C, loss_C, 0.0), row_C, num_segments=rows)
+      loss_C, total = losses(h_NxD[index_C], x0_N[index_C], row_C, values_RxK, weight_R, valid_C)
+      return jax.ops.segment_sum(jnp.where(valid_C, loss_C, 0.0), row_C, num_segments=rows), total
 
-    loss_GxR = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
-                                   x0_BxL.reshape(groups, rows * length),
-                                   row_values_BxR.reshape(groups, rows, -1))
-    return loss_GxR.reshape(batch_size)
+    loss_GxR, total_G = jax.vmap(one_group)(masked_GxN, h_BxLxD.reshape(groups, rows * length, -1),
+                                            x0_BxL.reshape(groups, rows * length),
+                                            row_values_BxR.reshape(groups, rows, -1), weight_B.reshape(groups, rows))
+    return loss_GxR.reshape(batch_size), jnp.sum(total_G)
 
-  # Neither branch keeps [N, V] residuals (head_loss recomputes its logits in the backward pass).
-  return jax.lax.cond(overflow, every_position, gathered), overflow.astype(jnp.float32)
+  # Neither branch keeps [N, V] residuals (the fused layer recomputes its logits in the backward pass or makes
+  # its gradient in the forward pass).
+  loss_B, total = jax.lax.cond(overflow, every_position, gathered)
+  return loss_B, overflow.astype(jnp.float32), total
 
 
 def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: int = 0,
                antithetic: bool = True, token_mask_BxL=None, head_loss=None, capacity: int | None = None,
-               groups: int = 1, t_B=None):
+               groups: int = 1, t_B=None, weighted_nll=None):
   """One-sample estimate of the negative ELBO terms, per example, in nats.
 
   Args:
@@ -138,11 +157,14 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
       every position).
     groups: contiguous row blocks gathered separately (with `head_loss`).
     t_B: times in [0, 1) to use instead of drawing them.
+    weighted_nll: with `head_loss`, the network's `weighted_nll` (training: see `masked_head_loss`); then the
+      gradient flows through the returned `surrogate` only.
 
   Returns:
     dict of [B] arrays: `diffusion`, `reconstruction`, `prior`, `loss` (their sum),
     `num_tokens` (real tokens per example, for per-token units) and, with `head_loss`,
-    `fallback` (scalar: 1.0 when a block had more masked positions than `capacity`).
+    `fallback` (scalar: 1.0 when a block had more masked positions than `capacity`); with `weighted_nll`,
+    `surrogate`: `loss`'s value with its gradient.
   """
   batch_size = x0_BxL.shape[0]
   if token_mask_BxL is None:
@@ -155,15 +177,21 @@ def elbo_terms(denoise, x0_BxL, key, schedule, *, vocab_size: int, timesteps: in
     t_B = discretize_times(t_B, timesteps)
   mask_prob_B = schedule.mask_prob(t_B)
   z_BxL = mask_tokens(mask_key, x0_BxL, mask_prob_B, vocab_size, token_mask_BxL)
+  weight_B = bound_weight(schedule, t_B, timesteps)
   fallback = None
   if head_loss is None:
     cross_entropy_B = masked_cross_entropy(denoise(z_BxL, t_B), x0_BxL, z_BxL, vocab_size)
   else:
-    cross_entropy_B, fallback = masked_head_loss(denoise(z_BxL, t_B), head_loss, x0_BxL, z_BxL, vocab_size,
-                                                 capacity=capacity, groups=groups)
-  terms = bound_terms(bound_weight(schedule, t_B, timesteps) * cross_entropy_B, num_tokens_B, schedule, vocab_size)
+    cross_entropy_B, fallback, weighted = masked_head_loss(
+        denoise(z_BxL, t_B), head_loss, x0_BxL, z_BxL, vocab_size, capacity=capacity, groups=groups,
+        weighted_nll=weighted_nll, weight_B=weight_B)
+  terms = bound_terms(weight_B * cross_entropy_B, num_tokens_B, schedule, vocab_size)
   if fallback is not None:
     terms["fallback"] = fallback
+  if weighted_nll is not None:
+    # cross_entropy_B has no gradient here; `weighted` (sum_b weight_B cross_entropy_B) has it. The surrogate
+    # is `loss` plus that sum minus itself, spread over the batch: the bound's value, the bound's gradient.
+    terms["surrogate"] = terms["loss"] + (weighted - jax.lax.stop_gradient(weighted)) / batch_size
   return terms
 
 

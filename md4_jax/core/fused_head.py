@@ -16,6 +16,12 @@ Cross-entropy (MD4 and the AR baseline: the every-position step of a text model)
 -inf (no slice of them, no pad of their gradient), and the forward keeps each row's log-normaliser, so the
 backward turns the recomputed logits into their gradient in one elementwise pass instead of reducing them again.
 On a GPU every pass over a block's [rows, W] float32 logits is a gigabyte of traffic.
+
+Training MD4 knows each position's weight in the loss before the layer runs (the bound's weight of its example,
+0 where unmasked), so `weighted_nll` takes the weights and makes the gradient in the forward pass, block by
+block, while the logits are at hand: three matmuls per block instead of four (no recomputed logits), and the
+backward pass only scales what the forward kept by the loss's cotangent (the idea of Liger Kernel's fused linear
+cross-entropy, Hsu et al. 2024).
 """
 
 import functools
@@ -165,6 +171,63 @@ def _nll_backward(rows, residuals, dnll_N):
 
 
 _head_nll.defvjp(_nll_forward, _nll_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _weighted_nll(h_NxD, kernel_DxV, x0_N, weight_N, rows):
+  return _weighted_forward(h_NxD, kernel_DxV, x0_N, weight_N, rows)[0]
+
+
+def _weighted_forward(h_NxD, kernel_DxV, x0_N, weight_N, rows):
+  """(sum of weight x nll, nll_N) and, for the backward pass, the gradients of that sum w.r.t. h (float32) and
+  the kernel, made per block as `_nll_backward` makes them (logit gradient rounded to the activations' dtype)."""
+  kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
+  columns_W = jnp.arange(kernel_DxW.shape[-1])
+
+  def one_block(dkernel_DxW, block):
+    h_RxD, x0_R, weight_R = block
+    logits_RxW = _padded_logits(h_RxD, kernel_DxW, vocab_size)
+    lse_R = jax.nn.logsumexp(logits_RxW, axis=-1)
+    nll_R = lse_R - jnp.take_along_axis(logits_RxW, x0_R[:, None], axis=-1)[:, 0]
+    softmax_RxW = jnp.exp(logits_RxW - lse_R[:, None])
+    dlogits_RxW = ((softmax_RxW - (columns_W == x0_R[:, None])) * weight_R[:, None]).astype(h_RxD.dtype)
+    dh_RxD = jnp.matmul(dlogits_RxW, kernel_DxW.T, preferred_element_type=jnp.float32)
+    return dkernel_DxW + jnp.matmul(h_RxD.T, dlogits_RxW, preferred_element_type=jnp.float32), (nll_R, dh_RxD)
+
+  blocks = (_blocks(h_NxD, rows), _blocks(x0_N, rows), _blocks(weight_N, rows))
+  dkernel_DxW, (nll_BxR, dh_BxRxD) = jax.lax.scan(one_block, jnp.zeros(kernel_DxW.shape, jnp.float32), blocks)
+  num_rows = h_NxD.shape[0]
+  nll_N, dh_NxD = nll_BxR.reshape(-1)[:num_rows], dh_BxRxD.reshape(-1, h_NxD.shape[-1])[:num_rows]
+  # The two zero-size arrays carry h's and the kernel's dtypes to the backward pass.
+  residuals = (dh_NxD, dkernel_DxW[:, :vocab_size], nll_N, h_NxD[:0, :0], kernel_DxV[:0, :0])
+  return (jnp.sum(weight_N * nll_N), nll_N), residuals
+
+
+def _weighted_backward(rows, residuals, cotangents):
+  """The forward's gradients scaled by the sum's cotangent. nll_N's cotangent is ignored: `weighted_nll` stops
+  its gradient, so it is always zero here."""
+  del rows
+  dh_NxD, dkernel_DxV, nll_N, h_marker, kernel_marker = residuals
+  dtotal, _ = cotangents
+  return ((dtotal * dh_NxD).astype(h_marker.dtype), (dtotal * dkernel_DxV).astype(kernel_marker.dtype), None,
+          dtotal * nll_N)
+
+
+_weighted_nll.defvjp(_weighted_forward, _weighted_backward)
+
+
+def weighted_nll(h_NxD, kernel_DxV, x0_N, weight_N):
+  """(sum_i weight_N[i] nll_i, nll_N) with nll_i = -log softmax(h_NxD @ kernel_DxV)[i, x0_N[i]], block by block.
+
+  Only the sum carries a gradient (nll_N is for metrics), and that gradient is made in the forward pass: call
+  it where the weights are known and the sum is what is differentiated (MD4's training loss).
+  """
+  num_rows = h_NxD.shape[0]
+  if num_rows == 0:
+    return jnp.zeros((), jnp.float32), jnp.zeros((0,), jnp.float32)
+  rows = block_rows(num_rows, kernel_DxV.shape[-1])
+  total, nll_N = _weighted_nll(h_NxD, kernel_DxV, x0_N, weight_N.astype(jnp.float32), rows)
+  return total, jax.lax.stop_gradient(nll_N)
 
 
 def head_loss(h_NxD, kernel_DxV, x0_N, *, token_loss=cross_entropy, row_N=None, table_RxK=None):

@@ -4,9 +4,10 @@
 tokens): z holds ids in [0, V] (V = mask), t the diffusion time, label the class (None or the null
 class num_classes = unconditional; only class-conditional backbones read it), dropout_key turns
 dropout on (training). Backbones that split their last layer off (the transformer) also have
-`features(z, t, label, dropout_key=...)`, `head_logits(h)` and `head_loss(h_NxD, x0_N, **loss)` (the output
-layer fused with the loss: fused_head.py), so the loss keeps no [N, V] array and can apply the output layer at
-masked positions only.
+`features(z, t, label, dropout_key=...)`, `head_logits(h)`, `head_loss(h_NxD, x0_N, **loss)` (the output
+layer fused with the loss: fused_head.py) and `weighted_nll(h_NxD, x0_N, weight_N)` (the same for a weighted sum
+of cross-entropies, its gradient made in the forward pass), so the loss keeps no [N, V] array and can apply the
+output layer at masked positions only.
 
 To add a backbone: a module here with `build(config, modality, requirements) -> backbone.Backbone` (its config
 dataclass and `make(rngs)`), found by its name, and its keys in configs/base.py (model.<name>.*).
@@ -70,3 +71,6 @@ class Network:
 
   def head_loss(self, h_NxF, x0_N, **loss):
     return self.module.head_loss(h_NxF, x0_N, **loss)
+
+  def weighted_nll(self, h_NxF, x0_N, weight_N):
+    return self.module.weighted_nll(h_NxF, x0_N, weight_N)

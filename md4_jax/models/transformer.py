@@ -267,6 +267,11 @@ class Transformer(nnx.Module):
     loss in training and evaluation, with no [N, V] array kept."""
     return fused_head.head_loss(h_NxD, self.head.kernel[...], x0_N, **loss)
 
+  def weighted_nll(self, h_NxD, x0_N, weight_N):
+    """(sum of weight_N x -log p(x0), the per-position values [N] without gradient): the output layer and
+    cross-entropy with the gradient made in the forward pass (fused_head.weighted_nll)."""
+    return fused_head.weighted_nll(h_NxD, self.head.kernel[...], x0_N, weight_N)
+
 
 def build(config, modality, requirements: dict) -> Backbone:
   """model.backbone = "transformer": text, or any token sequence."""

@@ -148,7 +148,7 @@ class GenMD4(Objective):
       """(sum over masked positions of position_loss(logits, x0, row values) [B], log q(z | x0) [B])."""
       z_BxL = per_token.mask_tokens(draw_key, x0_BxL, mask_prob_BxL, self.vocab_size, token_mask_BxL)
       if net.splits_head:  # the output layer fused with the loss (and gathered at masked positions)
-        loss_B, _ = diffusion.masked_head_loss(
+        loss_B, _, _ = diffusion.masked_head_loss(
             net.features(z_BxL, t_B), net.head_loss, x0_BxL, z_BxL, self.vocab_size, capacity=capacity,
             groups=groups, token_loss=position_loss, row_values_BxR=row_values)
       else:

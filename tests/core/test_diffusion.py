@@ -142,8 +142,10 @@ def test_spread_order_balances_every_block_of_rows():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("capacity, groups, expect_fallback", [(40, 1, 0.0), (20, 2, 0.0), (8, 2, 1.0), (None, 1, 0.0)])
-def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fallback):
-  """Applying the output layer only at masked positions changes the cost, never the value or gradient."""
+@pytest.mark.parametrize("weighted", [False, True], ids=["head_loss", "weighted_nll"])
+def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fallback, weighted):
+  """Applying the output layer only at masked positions changes the cost, never the value or gradient; the
+  same with the gradient made in the layer's forward pass (weighted_nll, the per-example weights given)."""
   key_h, key_w, key_x, key_m = jax.random.split(jax.random.key(0), 4)
   h = jax.random.normal(key_h, (4, 16, 8))
   weight = jax.random.normal(key_w, (8, V))
@@ -155,13 +157,21 @@ def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fa
 
   def gathered(h, weight):
     head_loss = lambda h_NxD, x0_N, **loss: fused_head.head_loss(h_NxD, weight, x0_N, **loss)  # noqa: E731
-    nll, fallback = diffusion.masked_head_loss(h, head_loss, x0, z, V, capacity=capacity, groups=groups)
-    return jnp.sum(nll * jnp.arange(1.0, 5.0)), fallback
+    if not weighted:
+      nll, fallback, _ = diffusion.masked_head_loss(h, head_loss, x0, z, V, capacity=capacity, groups=groups)
+      return jnp.sum(nll * jnp.arange(1.0, 5.0)), fallback
+    nll, fallback, total = diffusion.masked_head_loss(
+        h, head_loss, x0, z, V, capacity=capacity, groups=groups, weight_B=jnp.arange(1.0, 5.0),
+        weighted_nll=lambda h_NxD, x0_N, weight_N: fused_head.weighted_nll(h_NxD, weight, x0_N, weight_N))
+    np.testing.assert_allclose(jax.lax.stop_gradient(total), jnp.sum(nll * jnp.arange(1.0, 5.0)), rtol=1e-6)
+    return total + jnp.sum(nll), fallback  # nll carries no gradient on this path
 
   assert int(jnp.sum(z == V)) <= 40 and max(int(jnp.sum(z[:2] == V)), int(jnp.sum(z[2:] == V))) <= 20
   (value, fallback), grads = jax.value_and_grad(gathered, argnums=(0, 1), has_aux=True)(h, weight)
   expected, expected_grads = jax.value_and_grad(full, argnums=(0, 1))(h, weight)
   assert float(fallback) == expect_fallback
+  if weighted:  # the value had sum(nll) added, which has no gradient
+    expected = expected + jnp.sum(diffusion.masked_cross_entropy(h @ weight, x0, z, V))
   np.testing.assert_allclose(value, expected, rtol=1e-6)
   for grad, expected_grad in zip(grads, expected_grads):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)

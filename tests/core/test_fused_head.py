@@ -87,6 +87,38 @@ def test_cross_entropy_pass_equals_the_plain_layer_and_the_generic_pass(monkeypa
                                  atol=tolerance * scale, rtol=tolerance)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_weighted_nll_makes_the_plain_layers_gradient_in_its_forward_pass(monkeypatch, dtype, tolerance):
+  """The weighted sum's value and gradients (hidden states, kernel, weights) are the plain layer's, over several
+  padded blocks and under an outer scale (the loss's cotangent); the per-position losses are the plain ones and
+  carry no gradient."""
+  monkeypatch.setattr(fused_head, "BLOCK_ELEMENTS", 128 * V)
+  keys = jax.random.split(jax.random.key(3), 4)
+  h = (2.0 * jax.random.normal(keys[0], (300, 16))).astype(dtype)
+  kernel = jax.random.normal(keys[1], (16, V)) * 0.3
+  x0 = jax.random.randint(keys[2], (300,), 0, V)
+  weight = jnp.where(jax.random.uniform(keys[3], (300,)) < 0.5, jnp.arange(300.0) / 7, 0.0)
+
+  def fused(h, kernel, weight):
+    total, nll = fused_head.weighted_nll(h, kernel, x0, weight)
+    return 0.37 * total + jnp.sum(nll), nll  # nll's gradient is stopped: only the total's counts
+
+  def plain(h, kernel, weight):
+    nll = fused_head.token_nll(jnp.matmul(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32), x0)
+    return 0.37 * jnp.sum(weight * nll) + jax.lax.stop_gradient(jnp.sum(nll)), nll
+
+  (value, nll), grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2), has_aux=True))(h, kernel, weight)
+  (expected, expected_nll), expected_grads = jax.value_and_grad(plain, argnums=(0, 1, 2), has_aux=True)(
+      h, kernel, weight)
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  np.testing.assert_allclose(nll, expected_nll, rtol=1e-5, atol=1e-5)
+  for grad, other in zip(grads, expected_grads):
+    assert grad.dtype == other.dtype and grad.shape == other.shape
+    scale = float(jnp.max(jnp.abs(other.astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(other, np.float32),
+                               atol=tolerance * scale, rtol=tolerance)
+
+
 def test_blocks_are_the_fewest_that_fit_balanced_to_under_128_padding_rows_each(monkeypatch):
   monkeypatch.setattr(fused_head, "BLOCK_ELEMENTS", 1 << 28)  # the accelerators' block, on this backend
   most = (1 << 28) // 50257 // 128 * 128  # 5,248 rows
@@ -193,5 +225,5 @@ def test_the_head_cost_benchmark_runs_and_the_cross_entropy_pass_moves_fewer_byt
   pass (no re-reduction of the logits, no slice or pad of them) than for the generic one."""
   from benchmarks import head_cost
   record = head_cost.measure(rows=200, width=16, vocab=300, dtype=jnp.float32, repeats=1)
-  assert record["cross_entropy_seconds"] > 0 and record["generic_seconds"] > 0
-  assert record["bytes_ratio"] < 0.9, record
+  assert record["cross_entropy_seconds"] > 0 and record["generic_seconds"] > 0 and record["weighted_seconds"] > 0
+  assert record["cross_entropy_bytes_ratio"] < 0.9, record
