@@ -51,10 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
   config.model.attention = "auto"  # "auto" (cuDNN's fused kernel on a GPU in bfloat16, else XLA) | "xla" | "cudnn"
   config.model.scan_layers = False  # transformer: loop one block over stacked parameters (compile time flat in depth)
-  # scan_layers: layers per iteration of that loop. 1 = a rolled loop; 0 = every layer: straight-line code over
-  # the same stacked parameters (no per-layer activation stacks to fill and copy back out: the GPU's choice;
-  # compile time grows with depth). Same function, same checkpoint layout: a resumed run may change it.
-  config.model.scan_unroll = 1
+  # Same function and checkpoint layout either way, so a resumed run may change it; 0 leaves no per-layer
+  # activation stacks to fill and copy back out (the GPU's choice), but compile time grows with depth.
+  config.model.scan_unroll = 1  # with scan_layers: layers per loop iteration; 1 = a rolled loop, 0 = all of them
 
   config.model.unet = ml_collections.ConfigDict()  # backbone="unet": residual blocks at full resolution
   config.model.unet.channels = 128  # width of every residual block
