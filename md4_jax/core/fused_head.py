@@ -131,6 +131,25 @@ def _backward(token_loss, rows, residuals, dloss_N):
 _head_loss.defvjp(_forward, _backward)
 
 
+def _block_nll(h_RxD, kernel_DxW, x0_R, vocab_size: int):
+  """A block's (padded logits [R, W] float32, log-normaliser [R], -log p(x0) [R])."""
+  logits_RxW = _padded_logits(h_RxD, kernel_DxW, vocab_size)
+  lse_R = jax.nn.logsumexp(logits_RxW, axis=-1)
+  return logits_RxW, lse_R, lse_R - jnp.take_along_axis(logits_RxW, x0_R[:, None], axis=-1)[:, 0]
+
+
+def _block_gradients(h_RxD, kernel_DxW, logits_RxW, lse_R, x0_R, scale_R):
+  """The gradients of sum_r scale_r nll_r w.r.t. a block's hidden states (float32 [R, D]) and the padded kernel
+  (float32 [D, W]): the logit gradient (softmax - one-hot) x scale in one elementwise pass from the kept
+  log-normaliser, rounded to the activations' dtype for the two GEMMs (bfloat16 GEMMs in bfloat16 runs, as in
+  `_backward`)."""
+  columns_W = jnp.arange(kernel_DxW.shape[-1])
+  softmax_RxW = jnp.exp(logits_RxW - lse_R[:, None])
+  dlogits_RxW = ((softmax_RxW - (columns_W == x0_R[:, None])) * scale_R[:, None]).astype(h_RxD.dtype)
+  return (jnp.matmul(dlogits_RxW, kernel_DxW.T, preferred_element_type=jnp.float32),
+          jnp.matmul(h_RxD.T, dlogits_RxW, preferred_element_type=jnp.float32))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _head_nll(h_NxD, kernel_DxV, x0_N, rows):
   return _nll_forward(h_NxD, kernel_DxV, x0_N, rows)[0]
@@ -140,10 +159,9 @@ def _nll_forward(h_NxD, kernel_DxV, x0_N, rows):
   kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
 
   def one_block(_, block):
-    h, x0 = block
-    logits_RxW = _padded_logits(h, kernel_DxW, vocab_size)
-    lse_R = jax.nn.logsumexp(logits_RxW, axis=-1)
-    return None, (lse_R - jnp.take_along_axis(logits_RxW, x0[:, None], axis=-1)[:, 0], lse_R)
+    h_RxD, x0_R = block
+    _, lse_R, nll_R = _block_nll(h_RxD, kernel_DxW, x0_R, vocab_size)
+    return None, (nll_R, lse_R)
 
   _, (nll_BxR, lse_BxR) = jax.lax.scan(one_block, None, (_blocks(h_NxD, rows), _blocks(x0_N, rows)))
   num_rows = h_NxD.shape[0]
@@ -151,18 +169,15 @@ def _nll_forward(h_NxD, kernel_DxV, x0_N, rows):
 
 
 def _nll_backward(rows, residuals, dnll_N):
-  """Per block: the logits again and, from the kept log-normaliser, their gradient (softmax - one-hot) x dnll
-  in one elementwise pass, rounded to the activations' dtype for the two GEMMs as in `_backward`."""
+  """Per block: the logits again, then their gradient from the kept log-normaliser (`_block_gradients`)."""
   h_NxD, kernel_DxV, x0_N, lse_N = residuals
   kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
-  columns_W = jnp.arange(kernel_DxW.shape[-1])
 
   def one_block(dkernel_DxW, block):
     h_RxD, x0_R, lse_R, dnll_R = block
-    softmax_RxW = jnp.exp(_padded_logits(h_RxD, kernel_DxW, vocab_size) - lse_R[:, None])
-    dlogits_RxW = ((softmax_RxW - (columns_W == x0_R[:, None])) * dnll_R[:, None]).astype(h_RxD.dtype)
-    dh_RxD = jnp.matmul(dlogits_RxW, kernel_DxW.T, preferred_element_type=jnp.float32).astype(h_RxD.dtype)
-    return dkernel_DxW + jnp.matmul(h_RxD.T, dlogits_RxW, preferred_element_type=jnp.float32), dh_RxD
+    logits_RxW = _padded_logits(h_RxD, kernel_DxW, vocab_size)
+    dh_RxD, dkernel_block = _block_gradients(h_RxD, kernel_DxW, logits_RxW, lse_R, x0_R, dnll_R)
+    return dkernel_DxW + dkernel_block, dh_RxD.astype(h_RxD.dtype)
 
   blocks = (_blocks(h_NxD, rows), _blocks(x0_N, rows), _blocks(lse_N, rows), _blocks(dnll_N, rows))
   dkernel_DxW, dh_BxRxD = jax.lax.scan(one_block, jnp.zeros(kernel_DxW.shape, jnp.float32), blocks)
@@ -179,20 +194,15 @@ def _weighted_nll(h_NxD, kernel_DxV, x0_N, weight_N, rows):
 
 
 def _weighted_forward(h_NxD, kernel_DxV, x0_N, weight_N, rows):
-  """(sum of weight x nll, nll_N) and, for the backward pass, the gradients of that sum w.r.t. h (float32) and
-  the kernel, made per block as `_nll_backward` makes them (logit gradient rounded to the activations' dtype)."""
+  """(sum of weight x nll, nll_N) and, for the backward pass, that sum's gradients w.r.t. h (float32) and the
+  kernel, made per block while its logits are at hand."""
   kernel_DxW, vocab_size = _matmul_kernel(kernel_DxV, h_NxD.dtype), kernel_DxV.shape[-1]
-  columns_W = jnp.arange(kernel_DxW.shape[-1])
 
   def one_block(dkernel_DxW, block):
     h_RxD, x0_R, weight_R = block
-    logits_RxW = _padded_logits(h_RxD, kernel_DxW, vocab_size)
-    lse_R = jax.nn.logsumexp(logits_RxW, axis=-1)
-    nll_R = lse_R - jnp.take_along_axis(logits_RxW, x0_R[:, None], axis=-1)[:, 0]
-    softmax_RxW = jnp.exp(logits_RxW - lse_R[:, None])
-    dlogits_RxW = ((softmax_RxW - (columns_W == x0_R[:, None])) * weight_R[:, None]).astype(h_RxD.dtype)
-    dh_RxD = jnp.matmul(dlogits_RxW, kernel_DxW.T, preferred_element_type=jnp.float32)
-    return dkernel_DxW + jnp.matmul(h_RxD.T, dlogits_RxW, preferred_element_type=jnp.float32), (nll_R, dh_RxD)
+    logits_RxW, lse_R, nll_R = _block_nll(h_RxD, kernel_DxW, x0_R, vocab_size)
+    dh_RxD, dkernel_block = _block_gradients(h_RxD, kernel_DxW, logits_RxW, lse_R, x0_R, weight_R)
+    return dkernel_DxW + dkernel_block, (nll_R, dh_RxD)
 
   blocks = (_blocks(h_NxD, rows), _blocks(x0_N, rows), _blocks(weight_N, rows))
   dkernel_DxW, (nll_BxR, dh_BxRxD) = jax.lax.scan(one_block, jnp.zeros(kernel_DxW.shape, jnp.float32), blocks)
