@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks import head_cost
 from md4_jax import models
 from md4_jax.core import fused_head
 from md4_jax.data.modality import Text
@@ -18,6 +19,15 @@ from md4_jax.models import layers
 from tests.conftest import make_config
 
 V = 1100  # above objectives.md4.GATHER_MIN_VOCAB, so the automatic capacity gathers too
+
+
+def assert_gradients_close(grads, expected_grads, tolerance):
+  """Same dtypes and shapes, and values within `tolerance` of each expected gradient's largest entry."""
+  for grad, expected in zip(grads, expected_grads, strict=True):
+    assert grad.dtype == expected.dtype and grad.shape == expected.shape
+    scale = float(jnp.max(jnp.abs(expected.astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(expected, np.float32),
+                               atol=tolerance * scale, rtol=tolerance)
 
 
 def table_loss(logits_NxV, x0_N, values_NxV):
@@ -48,11 +58,7 @@ def test_head_loss_equals_the_plain_layer_and_loss_over_several_blocks(monkeypat
   value, grads = jax.value_and_grad(fused, argnums=(0, 1, 2))(h, kernel, table)
   expected, expected_grads = jax.value_and_grad(plain, argnums=(0, 1, 2))(h, kernel, table)
   np.testing.assert_allclose(value, expected, rtol=1e-5)
-  for grad, expected_grad in zip(grads, expected_grads):
-    assert grad.dtype == expected_grad.dtype
-    scale = float(jnp.max(jnp.abs(expected_grad.astype(jnp.float32))))
-    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(expected_grad, np.float32),
-                               atol=tolerance * scale, rtol=tolerance)
+  assert_gradients_close(grads, expected_grads, tolerance)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
@@ -66,7 +72,6 @@ def test_cross_entropy_pass_equals_the_plain_layer_and_the_generic_pass(monkeypa
   kernel = jax.random.normal(keys[1], (16, V)) * 0.3
   x0 = jax.random.randint(keys[2], (300,), 0, V).at[:3].set(jnp.array([0, V - 1, V - 2]))
   weights = jnp.arange(300.0) - 100.0  # negative, zero and positive cotangents
-  generic = lambda logits, x0, values: fused_head.cross_entropy(logits, x0, values)  # noqa: E731 (a new function: the generic pass)
 
   def fused(token_loss):
     return lambda h, kernel: jnp.sum(fused_head.head_loss(h, kernel, x0, token_loss=token_loss) * weights)
@@ -76,15 +81,11 @@ def test_cross_entropy_pass_equals_the_plain_layer_and_the_generic_pass(monkeypa
     return jnp.sum(fused_head.token_nll(logits, x0) * weights)
 
   results = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, kernel)
-             for f in (fused(fused_head.cross_entropy), fused(generic), plain)]
+             for f in (fused(fused_head.cross_entropy), fused(head_cost.generic_cross_entropy), plain)]
   (value, grads), (generic_value, generic_grads), (expected, expected_grads) = results
   for other_value, other_grads in ((expected, expected_grads), (generic_value, generic_grads)):
     np.testing.assert_allclose(value, other_value, rtol=1e-5)
-    for grad, other in zip(grads, other_grads):
-      assert grad.dtype == other.dtype and grad.shape == other.shape
-      scale = float(jnp.max(jnp.abs(other.astype(jnp.float32))))
-      np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(other, np.float32),
-                                 atol=tolerance * scale, rtol=tolerance)
+    assert_gradients_close(grads, other_grads, tolerance)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
@@ -112,11 +113,7 @@ def test_weighted_nll_makes_the_plain_layers_gradient_in_its_forward_pass(monkey
       h, kernel, weight)
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   np.testing.assert_allclose(nll, expected_nll, rtol=1e-5, atol=1e-5)
-  for grad, other in zip(grads, expected_grads):
-    assert grad.dtype == other.dtype and grad.shape == other.shape
-    scale = float(jnp.max(jnp.abs(other.astype(jnp.float32))))
-    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(other, np.float32),
-                               atol=tolerance * scale, rtol=tolerance)
+  assert_gradients_close(grads, expected_grads, tolerance)
 
 
 def test_blocks_are_the_fewest_that_fit_balanced_to_under_128_padding_rows_each(monkeypatch):
@@ -223,7 +220,6 @@ def test_attention_over_head_groups_is_the_same_function_and_gradient(monkeypatc
 def test_the_head_cost_benchmark_runs_and_the_cross_entropy_pass_moves_fewer_bytes():
   """benchmarks/head_cost.py on a tiny shape: both passes run, and XLA counts fewer bytes for cross-entropy's own
   pass (no re-reduction of the logits, no slice or pad of them) than for the generic one."""
-  from benchmarks import head_cost
   record = head_cost.measure(rows=200, width=16, vocab=300, dtype=jnp.float32, repeats=1)
   assert record["cross_entropy_seconds"] > 0 and record["generic_seconds"] > 0 and record["weighted_seconds"] > 0
   assert record["cross_entropy_bytes_ratio"] < 0.9, record
