@@ -104,7 +104,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   modality = common.modality(config, vocab_size)
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
             "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity,
-            "scan_unroll": config.model.get("scan_unroll", 1) if config.model.get("scan_layers") else None,
+            "scan_unroll": config.model.scan_unroll if config.model.scan_layers else None,
             "huge_pages": allocator.in_effect()}
   try:
     experiment, state, batch = common.random_train_setup(config, modality, mesh)

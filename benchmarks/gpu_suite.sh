@@ -46,7 +46,7 @@ smoke=$([[ " ${*:2} " == *" --smoke "* ]] && echo --smoke || true)
 profile() {  # profile NAME SECONDS [gpu_profile.py flags]: NAME.md and NAME.json come back
   timeout "$(left "$2")" python3 benchmarks/gpu_profile.py --out "$out/$1" --config.model.scan_unroll=0 "${@:3}" \
     $smoke 2>>"$out/stderr.txt" | tee -a "$out/gpu_suite.jsonl" || stopped "$1"
-  [ -f "$out/$1/profile.md" ] && cp "$out/$1/profile.md" "$out/$1.md" && cp "$out/$1/profile.json" "$out/$1.json" || true
+  for ext in md json; do [ -f "$out/$1/profile.$ext" ] && cp "$out/$1/profile.$ext" "$out/$1.$ext"; done || true
   rm -rf "${out:?}/$1"  # the trace is hundreds of MB; the tables (copied above) are what comes back
 }
 profile profile 100 --config.train.logits_capacity=1.0
