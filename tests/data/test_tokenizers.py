@@ -1,18 +1,16 @@
 """Tokenizers: exact GPT-2 ids, byte and char behaviour, saving and loading, and their errors."""
 
 import base64
-import importlib.util
 import json
+import shutil
 import socket
-import sys
 
 import numpy as np
 import pytest
 
-from md4_jax.data import tokenizers
+from md4_jax.data import shipped, tokenizers
 from md4_jax.data.tokenizers import ByteTokenizer, CharTokenizer, Gpt2Tokenizer
 from md4_jax.errors import UserError
-from tests.conftest import MISSING_BPE
 
 UNICODE_SENTENCE = "Grüße aus Köln: naïve café, 東京 and 🙂 emoji.\n  It's   spaced."
 
@@ -28,11 +26,8 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def real_bpe():
-  """GPT-2's real ranks file (the README's test command installs it: a missing one fails, never skips)."""
-  try:
-    return tokenizers.find_gpt2_bpe()
-  except UserError:
-    pytest.fail(MISSING_BPE)
+  """GPT-2's real ranks file: the copy that ships with the package."""
+  return tokenizers.find_gpt2_bpe()
 
 
 @pytest.fixture
@@ -61,10 +56,36 @@ def test_gpt2_round_trips_unicode(real_bpe):
   assert tokenizer.decode(ids) == UNICODE_SENTENCE
 
 
-def test_finding_the_mlx_whisper_asset_does_not_import_it(real_bpe, monkeypatch):
-  monkeypatch.delitem(sys.modules, "mlx_whisper", raising=False)
-  path = tokenizers.find_gpt2_bpe()
-  assert path.name == "gpt2.tiktoken" and "mlx_whisper" not in sys.modules
+def test_the_default_bpe_file_is_the_shipped_copy_of_gpt2s(real_bpe):
+  assert real_bpe == shipped.path("gpt2.tiktoken") and real_bpe.is_file()
+  assert tokenizers.download.sha256_of(real_bpe) == tokenizers.GPT2_BPE_SHA256
+
+
+def test_a_damaged_shipped_bpe_file_is_named_with_the_fix(tmp_path, monkeypatch):
+  damaged = tmp_path / "assets"
+  damaged.mkdir()
+  (damaged / "gpt2.tiktoken").write_bytes(shipped.path("gpt2.tiktoken").read_bytes()[:-100])  # cut short
+  monkeypatch.setattr(shipped, "ASSETS", damaged)
+  shipped.read_bytes.cache_clear()
+  try:
+    with pytest.raises(UserError, match="ships with md4-jax, is damaged.*reinstall"):
+      tokenizers.make_tokenizer("gpt2")
+    (damaged / "gpt2.tiktoken").unlink()
+    with pytest.raises(UserError, match="ships with md4-jax, cannot be read.*pip install -e ."):
+      tokenizers.make_tokenizer("gpt2")
+  finally:
+    shipped.read_bytes.cache_clear()
+
+
+def test_a_saved_gpt2_tokenizer_whose_file_moved_reads_the_shipped_copy(tmp_path, real_bpe):
+  """Workdirs trained before the file shipped recorded mlx-whisper's copy; a rebuilt venv drops it."""
+  old_copy = tmp_path / "mlx_whisper" / "assets" / "gpt2.tiktoken"
+  old_copy.parent.mkdir(parents=True)
+  shutil.copy(real_bpe, old_copy)
+  tokenizers.save_tokenizer(Gpt2Tokenizer(old_copy), tmp_path / "tok.json")
+  old_copy.unlink()
+  loaded = tokenizers.load_tokenizer(tmp_path / "tok.json")
+  assert loaded.bpe_path == real_bpe and loaded.encode("Hello world").tolist() == [15496, 995]
 
 
 def test_byte_tokenizer_round_trips_any_text():
@@ -125,26 +146,23 @@ def test_gpt2_json_records_path_and_hash_and_rejects_a_changed_file(tmp_path, fa
 def test_gpt2_json_names_a_missing_file_and_the_fix(tmp_path, fake_bpe):
   tokenizers.save_tokenizer(Gpt2Tokenizer(fake_bpe), tmp_path / "tok.json")
   fake_bpe.unlink()
-  with pytest.raises(UserError, match="mlx-whisper") as error:
-    tokenizers.load_tokenizer(tmp_path / "tok.json")
+  with pytest.raises(UserError, match="leave data.tokenizer_path empty") as error:
+    tokenizers.load_tokenizer(tmp_path / "tok.json")  # not GPT-2's ranks: the shipped copy is no stand-in
   assert str(fake_bpe.resolve()) in str(error.value) and "does not exist" in str(error.value)
 
 
-def test_no_bpe_file_anywhere_says_how_to_get_one(monkeypatch):
-  real_find_spec = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec",
-                      lambda name, *args: None if name == "mlx_whisper" else real_find_spec(name, *args))
+def test_a_missing_bpe_file_says_how_to_get_one(tmp_path):
   with pytest.raises(UserError) as error:
-    tokenizers.make_tokenizer("gpt2")
+    tokenizers.make_tokenizer("gpt2", bpe_path=str(tmp_path / "gone.tiktoken"))
   message = str(error.value)
-  assert "pip install --no-deps mlx-whisper==0.4.3" in message
+  assert "leave data.tokenizer_path empty" in message and str(shipped.path("gpt2.tiktoken")) in message
   assert "--config.data.tokenizer_path=FILE" in message
   assert "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken" in message
 
 
 def test_explicit_bpe_path(tmp_path, fake_bpe):
   assert tokenizers.find_gpt2_bpe(str(fake_bpe)) == fake_bpe
-  with pytest.raises(UserError, match="nothing.tiktoken.*mlx-whisper"):
+  with pytest.raises(UserError, match="nothing.tiktoken.*ships with md4-jax"):
     tokenizers.find_gpt2_bpe(str(tmp_path / "nothing.tiktoken"))
   (tmp_path / "small.tiktoken").write_bytes(base64.b64encode(b"a") + b" 0\n")
   with pytest.raises(UserError, match="not GPT-2's BPE ranks"):

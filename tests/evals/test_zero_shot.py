@@ -10,17 +10,13 @@ from md4_jax.data import tokenizers, zero_shot_sets
 from md4_jax.errors import UserError
 from md4_jax.evals import zero_shot
 from md4_jax.run import modes
-from tests.conftest import CORPUS, MISSING_BPE, make_config, reference
+from tests.conftest import CORPUS, make_config, reference
 from tests.test_benchmarks import write_releases
 
 
 @pytest.fixture(scope="module")
 def gpt2_run(tmp_path_factory):
   """A tiny GPT-2-tokenized MD4 run (2 steps) and fixture benchmarks prepared for it: (config, workdir)."""
-  try:
-    tokenizers.find_gpt2_bpe()
-  except UserError:
-    pytest.fail(MISSING_BPE)
   root = tmp_path_factory.mktemp("zero_shot")
   corpus = root / "corpus.txt"
   corpus.write_text(CORPUS)
