@@ -5,7 +5,6 @@
 import os
 import signal
 import sys
-import traceback
 
 
 def _interrupted(signum, frame):
@@ -18,6 +17,45 @@ def _interrupted(signum, frame):
 
 
 signal.signal(signal.SIGINT, _interrupted)  # first: imports take seconds; the train loop replaces it while it runs
+
+from md4_jax.run import command_line  # noqa: E402 (absl flags and ml_collections only: milliseconds)
+
+
+def _help(argv: list[str]) -> None:
+  """--help[=GROUP]: printed with exit status 0 (2 for a GROUP that names nothing), before jax or the allocator's
+  restart (a second or more)."""
+  from configs import base  # noqa: PLC0415
+
+  config_file, config = launch_config_path(argv), None
+  if config_file:
+    import importlib.util  # noqa: PLC0415
+
+    path, _, argument = config_file.partition(":")
+    try:
+      spec = importlib.util.spec_from_file_location("help_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config(argument) if argument else module.get_config()
+    except Exception as error:  # noqa: BLE001 - the file's own mistake, named in one line
+      print(f"error: cannot load the config file {path}: {type(error).__name__}: {error}", file=sys.stderr)
+      sys.exit(2)
+  sys.exit(command_line.print_help(command_line.help_topic(argv), base.__file__, base.get_config(), config_file,
+                                   config))
+
+
+def launch_config_path(argv: list[str]) -> str | None:
+  """The --config value in argv (with a `:ARGS` suffix for get_config), or None."""
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      return (value if equals else (argv[i + 1] if i + 1 < len(argv) else "")) or None
+  return None
+
+
+if __name__ == "__main__" and command_line.help_topic(sys.argv[1:]) is not None:
+  _help(sys.argv[1:])
+
+import traceback  # noqa: E402
 
 from md4_jax.run import allocator  # noqa: E402
 
@@ -37,37 +75,10 @@ from ml_collections.config_flags import config_flags as config_flags_module  # n
 from configs import base  # noqa: E402
 from md4_jax import errors  # noqa: E402
 from md4_jax.errors import UserError  # noqa: E402
-from md4_jax.run import conditioning, config_check, distributed, modes, sweeps  # noqa: E402
+from md4_jax.run import config_check, distributed, modes, sweeps  # noqa: E402
 from md4_jax.storage import paths as storage  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, "
-                               "samples/ (all modes but prepare).")
-_MODE = flags.DEFINE_enum("mode", "train", tuple(modes.MODES), "train (resumes if DIR has checkpoints), eval, sample, prepare (download and "
-                            "preprocess data.source into data.dir), or params (print the parameter count).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
-                                    "config.sampler.num_samples).")
-_PROMPT = flags.DEFINE_string("prompt", None, "--mode sample: text every sample starts with.")
-_INFILL = flags.DEFINE_string("infill", None, "--mode sample: a template in which each '_' (or --gap_char) is one "
-                              "token to generate, e.g. 'the ____ sat on the ___'; the rest is kept.")
-_GAP_CHAR = flags.DEFINE_string("gap_char", conditioning.GAP_CHAR, "With --infill: the character that marks a token "
-                                "to generate, for an alphabet that holds '_' or a template that needs a literal '_'.")
-_LENGTH = flags.DEFINE_integer("length", None, "--mode sample: tokens per sample (default: data.seq_len). Block "
-                                "diffusion (objective='bd3', sampler.kv_cache='exact') draws longer ones.")
-_SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
-_CLASS_LABEL = flags.DEFINE_string("class_label", None, "--mode sample, class-conditional image runs: the class of "
-                                   "every sample, or a list (e.g. 1,4,7) given to the samples in turn.")
-_COMPLETE = flags.DEFINE_enum("complete", None, list(conditioning.COMPLETION_REGIONS), "--mode sample, image runs: "
-                              "keep that part of held-out images (top or left half, the center) and sample the rest.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Run every variant of the config's sweep(add), each in WORKDIR/<name>.")
-_SWEEP_INDEX = flags.DEFINE_integer("sweep_index", None, "Run only variant I (0-based) of the config's sweep.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --sweep: list the variants (index, name, overrides) and stop.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (not needed on "
-                                   "TPU pods or under SLURM, where JAX finds it).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
-flags.mark_flags_as_required(["config"])
+cli = command_line  # the flags: cli.CONFIG, cli.WORKDIR, ...
 
 
 # `--sampler.steps=100` is short for `--config.sampler.steps=100`; likewise for every config group.
@@ -84,12 +95,8 @@ _LOAD_CONFIG_FILE = config_flags_module.ConfigFileFlagParser.parse.__code__
 
 def config_path(argv: list[str]) -> str | None:
   """The --config file named in argv (without a `:ARGS` suffix for get_config), or None."""
-  for i, arg in enumerate(argv):
-    name, equals, value = arg.partition("=")
-    if name in ("--config", "-config"):
-      value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
-      return value.split(":", 1)[0] or None
-  return None
+  value = launch_config_path(argv)
+  return value.split(":", 1)[0] or None if value else None
 
 
 def config_file_failure(error: BaseException, path: str | None) -> str | None:
@@ -162,7 +169,7 @@ def parse_flags(argv):
     message = message.replace("\\'", "'").replace("\\n", "\n").replace("\n", " ")
     if isinstance(error, (AttributeError, KeyError)):
       message = f"unknown config key {message}"
-    print(f"error: bad command line: {message}\n(keys and defaults: configs/base.py; usage: --help)",
+    print(f"error: bad command line: {message}\n(keys and defaults: python launch.py --help=all; usage: --help)",
           file=sys.stderr)
     sys.exit(2)
   if len(argv) > 1:  # absl would print the whole --help for this
@@ -176,26 +183,26 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   del argv  # parse_flags refused any left over
   try:
-    config = _CONFIG.value
+    config = cli.CONFIG.value
     config.to_dict()  # an OSError while loading surfaces here, on first use, not deep inside the run
   except OSError as error:
     print(f"error: {config_file_failure(error, config_path(sys.argv)) or f'cannot load the config file: {error}'}",
           file=sys.stderr)
     sys.exit(2)
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(cli.COORDINATOR.value, cli.NUM_PROCESSES.value, cli.PROCESS_ID.value)
     runs = [(None, config)]
-    if _SWEEP.value or _SWEEP_INDEX.value is not None:
+    if cli.SWEEP.value or cli.SWEEP_INDEX.value is not None:
       runs = sweeps.variants(config_flags.get_config_filename(flags.FLAGS["config"]), config)
-      if _DRY_RUN.value:
+      if cli.DRY_RUN.value:
         for index, (name, _) in enumerate(runs):
           print(f"{index}\t{name}")
         return
-      if _SWEEP_INDEX.value is not None:
-        if not 0 <= _SWEEP_INDEX.value < len(runs):
-          raise UserError(f"--sweep_index={_SWEEP_INDEX.value}: the sweep has runs 0..{len(runs) - 1}")
-        runs = [runs[_SWEEP_INDEX.value]]
-    elif _DRY_RUN.value:
+      if cli.SWEEP_INDEX.value is not None:
+        if not 0 <= cli.SWEEP_INDEX.value < len(runs):
+          raise UserError(f"--sweep_index={cli.SWEEP_INDEX.value}: the sweep has runs 0..{len(runs) - 1}")
+        runs = [runs[cli.SWEEP_INDEX.value]]
+    elif cli.DRY_RUN.value:
       raise UserError("--dry_run lists a sweep's runs; use it with --sweep")
     if jax.process_index() == 0:
       print(platform_check.describe_devices(jax), flush=True)
@@ -203,21 +210,21 @@ def main(argv):
         if warning:
           print(warning, file=sys.stderr, flush=True)
     for name, run_config in runs:
-      workdir = _WORKDIR.value
+      workdir = cli.WORKDIR.value
       if name is not None:
         if not workdir:
           raise UserError("a sweep needs --workdir=DIR; each run goes to DIR/<name>")
         workdir = str(sweeps.run_directory(workdir, name))
         print(f"=== sweep run {name} in {workdir}")
-      modes.main(run_config, workdir, _MODE.value, reference=base.get_config(), step=_STEP.value,
-               num_samples=_NUM_SAMPLES.value, prompt=_PROMPT.value, infill=_INFILL.value, seed=_SEED.value,
-               class_label=_CLASS_LABEL.value, complete=_COMPLETE.value, length=_LENGTH.value,
-               gap_char=_GAP_CHAR.value if flags.FLAGS["gap_char"].present else None)  # given, or the default
+      modes.main(run_config, workdir, cli.MODE.value, reference=base.get_config(), step=cli.STEP.value,
+               num_samples=cli.NUM_SAMPLES.value, prompt=cli.PROMPT.value, infill=cli.INFILL.value, seed=cli.SEED.value,
+               class_label=cli.CLASS_LABEL.value, complete=cli.COMPLETE.value, length=cli.LENGTH.value,
+               gap_char=cli.GAP_CHAR_FLAG.value if flags.FLAGS["gap_char"].present else None)  # given, or the default
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   except Exception as error:
-    bucket = storage.unreachable_bucket([_WORKDIR.value, config.data.dir, config.data.path])
+    bucket = storage.unreachable_bucket([cli.WORKDIR.value, config.data.dir, config.data.path])
     if bucket:
       first = (str(error).strip().splitlines() or [""])[0][:200]
       print(f"error: {bucket} stopped answering during the run ({type(error).__name__}: {first}). Checkpoints it "

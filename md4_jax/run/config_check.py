@@ -84,7 +84,7 @@ def unknown_key(key: str, known: dict) -> str:
   children = {k[len(prefix):].split(".")[0] for k in known if k.startswith(prefix)}
   siblings = sorted(prefix + child + (".*" if prefix + child not in known else "") for child in children)
   return (f"unknown config key {key!r}; the keys of {group or 'the config'!r} are: {', '.join(siblings)} "
-          "(see configs/base.py)")
+          f"(python launch.py --help={group or 'all'} lists them with their defaults and comments)")
 
 
 KV_CACHES = ("none", "exact", *samplers.parallel.CACHES)
