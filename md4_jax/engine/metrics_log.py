@@ -114,8 +114,9 @@ class ProgressBar:
   """Steps/s, ETA and the latest loss; silent on processes other than 0.
 
   Its label says what the run is doing when it is not stepping: "compiling" until the first call returns,
-  "evaluating" during an evaluation. Time spent in those phases is left out of the rate and the ETA (before,
-  the first step's compile showed as "12.62s/step, ETA 2:26:58").
+  "evaluating" during an evaluation. Time spent in those phases is left out of the rate and the ETA (tqdm's
+  smoothed rate measures the steps between two refreshes; a pause moves the last refresh's time on), while the
+  elapsed time stays the wall time since the bar started (moving tqdm's start instead ran it backwards).
   """
 
   def __init__(self, start: int, total: int):
@@ -129,13 +130,12 @@ class ProgressBar:
     self.bar.set_description(phase)  # refreshes the line now
 
   def resume(self) -> None:
-    """Back to "train"; the pause's seconds are taken out of tqdm's clocks (its average and smoothed rates)."""
+    """Back to "train"; the pause's seconds are taken out of the interval tqdm's rate is measured over."""
     if self.paused_at is None or self.bar.disable:  # a disabled bar (processes other than 0) has no clocks
       self.paused_at = None
       return
     paused = time.perf_counter() - self.paused_at
     self.paused_at = None
-    self.bar.start_t += paused
     self.bar.last_print_t += paused
     self.bar.set_description("train", refresh=False)
 

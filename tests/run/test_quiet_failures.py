@@ -3,6 +3,7 @@ traceback, no library noise (issue 32's cases, each run through launch.py), and 
 
 import json
 import math
+import pathlib
 import re
 import shutil
 import signal
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from md4_jax.engine import metrics_log
+from md4_jax.run import allocator
 from tests.conftest import CORPUS, ROOT, launch, launch_tiny
 
 pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
@@ -202,6 +204,37 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, corpus_file, delay):
   assert lines[-1].startswith("interrupted (Ctrl-C)") and len(lines) <= 2, lines
 
 
+def _restarted(pid: int, timeout: float = 60.0) -> bool:
+  """Waits until process `pid` has restarted itself with the allocator's glibc tunable (its environment shows it)."""
+  environ = pathlib.Path(f"/proc/{pid}/environ")
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    try:
+      if allocator.TUNABLE.encode() in environ.read_bytes():
+        return True
+    except OSError:
+      return False
+    time.sleep(0.0005)
+  return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.01, 0.02, 0.04, 0.08, 0.16])
+def test_ctrl_c_while_the_restarted_interpreter_starts_is_one_line(delay):
+  """The allocator restarts launch.py (execve): a Ctrl-C in the new interpreter's own start-up was "Fatal Python
+  error: init_import_site", and in its first imports a KeyboardInterrupt traceback."""
+  if not allocator.wanted():
+    pytest.skip("no restart here (not Linux with glibc)")
+  process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/quickstart.py"),
+                              "--mode=params"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert _restarted(process.pid), "launch.py did not restart with the tunable"
+  time.sleep(delay)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+  assert process.returncode == 130, (process.returncode, stderr[-3000:])
+  assert shown_lines(stderr) == [shown_lines(stderr)[0]] and stderr.strip().startswith("interrupted (Ctrl-C)")
+
+
 def test_unknown_key_on_the_command_line_lists_its_group(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path, "--config.model.widht=64")
   assert_few_lines(result, "error: bad command line: unknown config key 'model.widht'", most=1)
@@ -228,7 +261,7 @@ def test_warmup_longer_than_training_is_said_and_the_bar_names_compile_and_eval(
   assert shown_lines(result.stderr, progress=True)[-1].startswith("train: 100%")
 
 
-def test_progress_rate_leaves_out_the_compile_and_evaluations(monkeypatch):
+def test_progress_rate_leaves_out_the_compile_and_evaluations_and_elapsed_never_runs_back(monkeypatch):
   clock = [100.0]
   monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
   bar = metrics_log.ProgressBar(0, 100)
@@ -243,7 +276,10 @@ def test_progress_rate_leaves_out_the_compile_and_evaluations(monkeypatch):
   bar.resume()
   clock[0] += 2.0
   bar.step(10, 1.0, 1.5)
-  assert math.isclose(bar.bar.format_dict["elapsed"], 4.0)  # 24 s of wall time, 4 of them stepping
+  shown = bar.bar.format_dict
+  assert math.isclose(shown["elapsed"], 24.0)  # the wall time, evaluations and the compile included
+  assert math.isclose(shown["rate"], 5.0)  # 20 steps in the 4 s spent stepping
+  assert "00:24<00:16" in bar.bar.format_meter(**shown)  # elapsed < remaining: 80 steps at 5 steps/s
   bar.close()
 
 
