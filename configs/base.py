@@ -148,6 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
+  config.sampler.batch_size = 16  # samples drawn per call: more are drawn (and written) this many at a time
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # data-parallel axis size; -1 = all remaining devices

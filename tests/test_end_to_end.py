@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -221,16 +222,40 @@ def test_infill_keeps_the_template(reference_run, tmp_path, sampler):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prompt="the quick brown fox"), "--prompt is 19 tokens but data.seq_len is 16"),
+    (dict(prompt="the quick brown fox"), r"--prompt is 19 tokens but a sample is 16 \(data.seq_len, or --length\)"),
     (dict(infill="no gaps here"), "has no gaps"),
     (dict(prompt="the", infill="a _"), "use one"),
     (dict(prompt="THE"), "not in the tokenizer's alphabet"),
+    (dict(prompt=""), "--prompt is empty, so it conditions nothing: .* leave --prompt out to sample unconditionally"),
     (dict(num_samples=0), "--num_samples=0 must be positive"),
 ])
 def test_sample_mode_input_errors(reference_run, kwargs, message):
   corpus, workdir, _ = reference_run
   with pytest.raises(UserError, match=message):
     modes.main(make_config(corpus), workdir, "sample", reference=reference(), **kwargs)
+
+
+def test_many_samples_are_drawn_in_batches_the_first_as_a_smaller_request_draws(reference_run):
+  corpus, workdir, _ = reference_run
+  config = make_config(corpus, sampler__batch_size=2)
+  small = modes.main(config, workdir, "sample", reference=reference(), num_samples=2, seed=3)
+  many = modes.main(config, workdir, "sample", reference=reference(), num_samples=5, seed=3)
+  assert many["count"] == 5 and many["samples"] == small["samples"]  # returned: the first batch
+  rows = [json.loads(line) for line in pathlib.Path(many["paths"][-1]).read_text().splitlines()]
+  assert [row["index"] for row in rows] == [0, 1, 2, 3, 4]
+  assert [row["text"] for row in rows[:2]] == small["samples"]
+  assert len({row["text"] for row in rows}) == 5  # each batch draws with its own key
+  assert pathlib.Path(many["paths"][0]).read_text().count("=== sample") == 5
+
+
+def test_samples_that_cannot_fit_on_the_disk_are_refused_before_any_work(reference_run, monkeypatch):
+  corpus, workdir, _ = reference_run
+  before = sorted((workdir / "samples").iterdir())
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 20_000, 20_000))
+  with pytest.raises(UserError, match=r"100 samples of 16 tokens need at least 33.2 kB in .*samples, and its disk "
+                                      r"has 20.0 kB free: ask for fewer \(--num_samples, --length\) or free space"):
+    modes.main(make_config(corpus), workdir, "sample", reference=reference(), num_samples=100)
+  assert sorted((workdir / "samples").iterdir()) == before
 
 
 def test_sampling_flags_outside_sample_mode_are_refused(reference_run):

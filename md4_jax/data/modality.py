@@ -45,6 +45,12 @@ class Text:
     """What a samples .jsonl line says of one sample."""
     return {"text": self.tokenizer.decode(tokens_L)}
 
+  def decode_bytes(self, tokens_L) -> bytes:
+    """Tokens as UTF-8 bytes: GPT-2 and byte tokens may end inside a character, which an incremental decoder
+    completes with the next piece (a long sample written segment by segment)."""
+    decode_bytes = getattr(self.tokenizer, "decode_bytes", None)
+    return decode_bytes(tokens_L) if decode_bytes else self.tokenizer.decode(tokens_L).encode("utf-8")
+
   token_kind = "token"
 
   def token_name(self, token: int) -> str:

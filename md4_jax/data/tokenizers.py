@@ -54,7 +54,7 @@ def _decode_around_masks(ids: list[int], mask_id: int, decode_run, mask_text: st
     pieces.append(decode_run(run))
     pieces.append(mask_text)
     run = []
-  return "".join(pieces)[:-len(mask_text)]  # drop the sentinel's mask text
+  return mask_text[:0].join(pieces)[:-len(mask_text)]  # drop the sentinel's mask text (str or bytes alike)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +138,10 @@ class ByteTokenizer:
     """Sampled bytes need not be valid UTF-8, so bad sequences become U+FFFD; the mask prints as '_'."""
     return _decode_around_masks(_check_ids(ids, 256), 256, lambda run: bytes(run).decode("utf-8", "replace"), "_")
 
+  def decode_bytes(self, ids) -> bytes:
+    """The bytes themselves (the mask as '_'), for text decoded piece by piece."""
+    return _decode_around_masks(_check_ids(ids, 256), 256, bytes, b"_")
+
   def to_json(self) -> dict:
     return {"kind": self.name}
 
@@ -212,6 +216,12 @@ class Gpt2Tokenizer:
   def decode(self, ids) -> str:
     ids = _check_ids(ids, self.vocab_size)
     return _decode_around_masks(ids, self.vocab_size, self._encoding.decode, "[MASK]")
+
+  def decode_bytes(self, ids) -> bytes:
+    """The tokens' bytes (the mask as "[MASK]"), for text decoded piece by piece: a piece may end inside a
+    character whose other bytes are in the next token."""
+    return _decode_around_masks(_check_ids(ids, self.vocab_size), self.vocab_size, self._encoding.decode_bytes,
+                                b"[MASK]")
 
   def to_json(self) -> dict:
     return {"kind": self.name, "bpe_path": str(self.bpe_path), "sha256": self.sha256}

@@ -108,6 +108,10 @@ class Experiment:
     # sample(params, key, z_BxL, label_B) -> (tokens_BxL, NFE, order_BxL): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))
+    # sample_segment(params, key, z_BxS, label_B, first_block, cache, clock, total_length=N) -> (tokens_BxS, NFE,
+    # order_BxS, cache): objectives that draw long sequences a segment at a time (BD3's exact cache).
+    self.sample_segment = jax.jit(self._sample_segment, static_argnames="total_length", donate_argnums=5,
+                                  out_shardings=sharding.replicated(mesh))
 
   def with_overrides(self, group: str, overrides: dict) -> "Experiment":
     """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""
@@ -242,14 +246,27 @@ class Experiment:
     sums["num_sequences"] = jnp.sum(real_B)
     return sums
 
-  def _sample(self, params, key, z_BxL, label_B):
-    """The objective's sampler over the network with labels label_B; sampler.guidance > 0 (class-conditional
-    models) mixes in the unconditional prediction (classifier-free guidance, see samplers.guided)."""
+  def _denoiser(self, params, label_B):
+    """(the model, the network with labels label_B); sampler.guidance > 0 (class-conditional models) mixes in the
+    unconditional prediction (classifier-free guidance, see samplers.guided)."""
     model = nnx.merge(self.graphdef, params)
     denoise = models.Network(model, label_B if self.num_classes else None)
     if self.num_classes and self.sampler_settings.guidance:
       null_B = jnp.full_like(label_B, self.num_classes)
       denoise = samplers.guided(lambda z, t, label: models.Network(model, label)(z, t), label_B, null_B,
                                 self.sampler_settings.guidance)
+    return model, denoise
+
+  def _sample(self, params, key, z_BxL, label_B):
+    model, denoise = self._denoiser(params, label_B)
     return self.objective.sample(denoise, key, z_BxL, self.sampler_settings,
                                  time_dependent=self.model_config.time_conditioning, module=model)
+
+  def _sample_segment(self, params, key, z_BxS, label_B, first_block, cache, clock, *, total_length: int):
+    model, denoise = self._denoiser(params, label_B)
+    return self.objective.sample_segment(denoise, key, z_BxS, self.sampler_settings, module=model,
+                                         first_block=first_block, cache=cache, total_length=total_length, clock=clock)
+
+  def empty_sample_cache(self, batch_size: int):
+    """What sample_segment's first call takes as its cache."""
+    return nnx.merge(self.graphdef, self.abstract_state["params"]).empty_cache(batch_size)

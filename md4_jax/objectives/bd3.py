@@ -63,6 +63,8 @@ class BlockDiffusion(Objective):
     if config.sampler.kv_cache != "exact":
       refuse(f"--length={length} (data.seq_len={config.data.seq_len}) is drawn through the block cache: add "
              "--config.sampler.kv_cache=exact")
+    if length >= 2**31:
+      refuse(f"--length={length} is past the largest position a sample can have (2**31 - 1 tokens)")
     if length > config.data.seq_len and config.model.positions != "rope":
       refuse(f"--length={length} is longer than the training length {config.data.seq_len}, and "
              f"model.positions={config.model.positions!r} has no embedding past it; train with model.positions='rope'")
@@ -94,50 +96,61 @@ class BlockDiffusion(Objective):
     function, so the same draws (tested), without recomputing finished tokens. The cache holds data.seq_len
     positions, one slot per block, reused in turn: a sequence longer than the training length (N > seq_len,
     `--length`) is drawn with each block seeing the seq_len / block_size - 1 blocks before it (the most any
-    block saw in training). NFE counts the sampler's calls.
+    block saw in training), segment by segment (`sample_segment`). NFE counts the sampler's calls.
     """
     del time_dependent  # the network is time-independent
-    batch_size, length = z_BxL.shape
+    cache = module.empty_cache(z_BxL.shape[0]) if settings.kv_cache == "exact" else ()
+    z_BxL, nfe, order_BxL, _ = self.sample_segment(denoise, key, z_BxL, settings, module=module, first_block=0,
+                                                   cache=cache, total_length=z_BxL.shape[1])
+    return z_BxL, nfe, order_BxL
+
+  def sample_segment(self, denoise, key, z_BxS, settings, *, module, first_block, cache, total_length: int,
+                     clock=0):
+    """`sample` over a segment of S tokens (whole blocks) that starts at block `first_block` (may be traced) of a
+    sequence of total_length tokens: (tokens_BxS, NFE, order_BxS, cache). With the exact cache the blocks before
+    the segment are in `cache` (what the previous segment returned), so a long sequence is drawn a segment at a
+    time with the draws of one whole call (tested), holding one segment. `clock`: the order the blocks before it
+    reached (their largest order_BxS)."""
+    length = z_BxS.shape[1]
     size, vocab_size, cached = self.block_size, self.vocab_size, settings.kv_cache == "exact"
     trained_length = int(self.config.data.seq_len)
-    if length != trained_length and not cached:
-      raise ValueError(f"a length of {length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
+    if (length != trained_length or total_length != length) and not cached:
+      raise ValueError(f"a length of {total_length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
     steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
     inner_settings = dataclasses.replace(settings, steps=steps)
     inner = samplers.SAMPLERS[settings.name]
     whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
 
-    def one_block(index, carry):
-      z_BxL, nfe, order_BxL, cache = carry
-      start = index * size
-      positions_C = start + jnp.arange(size)
+    def one_block(offset, carry):
+      z_BxS, nfe, order_BxS, cache = carry
+      index, start = first_block + offset, offset * size  # the block in the sequence, its place in the segment
+      positions_C = index * size + jnp.arange(size)
       slot_start, sees_S = cache_slot(index, size, trained_length)
-      block_of = lambda x_BxL: jax.lax.dynamic_slice_in_dim(x_BxL, start, size, axis=1)  # noqa: E731
+      block_of = lambda x_BxS: jax.lax.dynamic_slice_in_dim(x_BxS, start, size, axis=1)  # noqa: E731
 
       def block_only(z_BxC, t_B):
         del t_B
         return module.head_logits(module.extend(z_BxC, positions_C, cache, sees_S)[0])
 
       def in_sequence(z_BxC, t_B):
-        logits_BxLxV = whole_sequence(jax.lax.dynamic_update_slice_in_dim(z_BxL, z_BxC, start, axis=1), t_B)
+        logits_BxLxV = whole_sequence(jax.lax.dynamic_update_slice_in_dim(z_BxS, z_BxC, start, axis=1), t_B)
         return block_of(logits_BxLxV)
 
-      block_key = key if length == size else jax.random.fold_in(key, index)
-      z_BxC = block_of(z_BxL)
+      block_key = key if total_length == size else jax.random.fold_in(key, index)
+      z_BxC = block_of(z_BxS)
       z_BxC, block_nfe, order_BxC = inner(block_only if cached else in_sequence, block_key, self.schedule, z_BxC,
                                           z_BxC == vocab_size, inner_settings, vocab_size, False, jnp.zeros_like(z_BxC))
-      order_BxC = jnp.where(order_BxC > 0, order_BxC + jnp.max(order_BxL), 0)  # the clock runs on across blocks
+      # The clock runs on across blocks (and segments).
+      order_BxC = jnp.where(order_BxC > 0, order_BxC + jnp.maximum(jnp.max(order_BxS), clock), 0)
       if cached:
         kv = module.extend(z_BxC, positions_C, cache, sees_S)[1]
         cache = write_cache(cache, kv, slot_start)
-      update = lambda x_BxL, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxL, x_BxC, start, axis=1)  # noqa: E731
-      return update(z_BxL, z_BxC), nfe + block_nfe, update(order_BxL, order_BxC), cache
+      update = lambda x_BxS, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxS, x_BxC, start, axis=1)  # noqa: E731
+      return update(z_BxS, z_BxC), nfe + block_nfe, update(order_BxS, order_BxC), cache
 
-    z_BxL = jnp.asarray(z_BxL, jnp.int32)
-    cache = module.empty_cache(batch_size) if cached else ()
-    z_BxL, nfe, order_BxL, _ = jax.lax.fori_loop(
-        0, length // size, one_block, (z_BxL, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxL), cache))
-    return z_BxL, nfe, order_BxL
+    z_BxS = jnp.asarray(z_BxS, jnp.int32)
+    return jax.lax.fori_loop(0, length // size, one_block,
+                             (z_BxS, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxS), cache))
 
 
 def cache_slot(index, block_size: int, trained_length: int):

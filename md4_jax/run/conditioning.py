@@ -19,15 +19,19 @@ GAP_CHAR = "_"  # the default gap character of an --infill template
 _GAP_CHOICES = "#*@~^|%+="  # suggested in its place when the alphabet holds it
 
 
-def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: str | None = None,
-                gap_char: str | None = None) -> np.ndarray:
-  """[length] int32: known ids, and the mask id (tokenizer.vocab_size) wherever the sampler generates.
+def known_tokens(tokenizer, length: int, *, prompt: str | None = None, infill: str | None = None,
+                 gap_char: str | None = None) -> np.ndarray:
+  """[K <= length] int32: the tokens every sample starts with (the prompt, or the infill template with the mask id
+  (tokenizer.vocab_size) at its gaps); the sampler generates them and everything after them.
 
   gap_char: the character that marks a token to generate in `infill` (None: GAP_CHAR).
   """
   mask_id = tokenizer.vocab_size
-  if prompt and infill:
+  if prompt is not None and infill is not None:
     raise UserError("--prompt and --infill both given; use one (an infill template may start with the prompt)")
+  if prompt == "":
+    raise UserError("--prompt is empty, so it conditions nothing: give the text every sample starts with, or leave "
+                    "--prompt out to sample unconditionally")
   gap = _gap_char(tokenizer, infill, gap_char)
   if infill is not None and gap not in infill:
     raise UserError(f"--infill={infill!r} has no gaps: write each token to generate as {gap!r} "
@@ -45,9 +49,9 @@ def start_state(tokenizer, length: int, *, prompt: str | None = None, infill: st
   known = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
   flag = "--prompt" if prompt else "--infill"
   if len(known) > length or (prompt and len(known) == length):
-    raise UserError(f"{flag} is {len(known)} tokens but data.seq_len is {length}, leaving nothing to generate; "
-                    "shorten it")
-  return np.concatenate([known, np.full(length - len(known), mask_id, np.int32)])
+    raise UserError(f"{flag} is {len(known)} tokens but a sample is {length} (data.seq_len, or --length), "
+                    "leaving nothing to generate; shorten it")
+  return known
 
 
 def _gap_char(tokenizer, infill: str | None, gap_char: str | None) -> str:

@@ -28,7 +28,7 @@ POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_h
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
                  "train.keep_checkpoints", "train.grad_accum", "train.steps_per_call", "eval.batch_size",
                  "eval.time_samples", "sampler.steps",
-                 "sampler.num_samples", "model.unet.channels", "model.uvit.channels", "model.uvit.patch_size",
+                 "sampler.num_samples", "sampler.batch_size", "model.unet.channels", "model.uvit.channels", "model.uvit.patch_size",
                  "model.uvit.width", "model.uvit.num_layers", "model.uvit.num_heads")
 
 

@@ -190,9 +190,9 @@ class Training:
     values = {f"eval/{k}": v for k, v in bound.evaluate(experiment, ema_params, self.data.eval).items()}
     self.log.write(step, values)
     generate.write_samples(experiment, ema_params, workdir / "samples" / f"step_{step}",
-                           sample_key(experiment.base_key, step),
-                           generate.unconditional_start(experiment, self.config.sampler.num_samples),
-                           {"step": step, "params": "ema", "seed": self.config.seed})
+                           sample_key(experiment.base_key, step), {"step": step, "params": "ema", "seed": self.config.seed},
+                           count=self.config.sampler.num_samples, length=experiment.modality.length,
+                           start_of=generate.tiled_start([], experiment.vocab_size))
     if experiment.eval_extras(ema_params, step, workdir):  # files for the report
       report.write(workdir, self.config)
     ppl = f" (ppl {values['eval/ppl']:.3f})" if "eval/ppl" in values else ""

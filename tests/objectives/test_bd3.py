@@ -95,6 +95,7 @@ def test_bd3_run_trains_resumes_exactly_evaluates_and_samples(tmp_path, corpus_f
                       prompt="the ")
   assert all(len(text) == 40 and text.startswith("the ") for text in longer["samples"])
   assert np.all(np.asarray(longer["tokens"]) < 28)  # no mask id left
+  assert longer["paths"][0].endswith("step_12_ancestral_len40_exact.txt")  # the length and cache in the name
   with pytest.raises(UserError, match="--length=42 must be a whole number of blocks"):
     modes.main(config, tmp_path / "whole", "sample", reference=reference(), length=42)
   config.sampler.kv_cache = "none"
@@ -125,6 +126,38 @@ def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_lay
   for uncached, cached in zip(drawn["none"], drawn["exact"]):
     np.testing.assert_array_equal(uncached, cached)
   assert np.all(np.asarray(drawn["exact"][0]) < NETWORK_V) and np.all(np.asarray(drawn["exact"][0])[:, :2] == [1, 3])
+
+
+@pytest.mark.parametrize("name", ["ancestral", "exact"])
+def test_a_long_sample_drawn_segment_by_segment_is_the_whole_calls_draw(name):
+  """--mode sample --length N > data.seq_len draws data.seq_len tokens per call (generate.write_samples), with
+  the cache and the clock carried over: the same tokens, order and network calls as one call over all N."""
+  trained, size, length = 8, 2, 22  # the last segment is shorter: 8 + 8 + 6
+  network = random_network(trained, network_only=True)
+  config = make_config("unused.txt", objective="bd3", diffusion__block_size=size, data__seq_len=trained)
+  objective = BlockDiffusion(config, NETWORK_V)
+  settings = sampler_settings(name, steps=8, kv_cache="exact")
+  z = jnp.full((3, length), NETWORK_V, jnp.int32).at[:, :3].set(jnp.asarray([[1, 3, 2]]))
+  key, denoise = jax.random.key(4), models.Network(network)
+  whole = objective.sample(denoise, key, z, settings, time_dependent=False, module=network)
+  cache, clock, nfe, tokens, order = network.empty_cache(3), 0, 0, [], []
+  for begin in range(0, length, trained):
+    segment = z[:, begin:begin + trained]
+    tokens_BxS, segment_nfe, order_BxS, cache = objective.sample_segment(
+        denoise, key, segment, settings, module=network, first_block=begin // size, cache=cache,
+        total_length=length, clock=clock)
+    tokens.append(tokens_BxS)
+    order.append(order_BxS)
+    nfe, clock = nfe + int(segment_nfe), max(clock, int(jnp.max(order_BxS)))
+  np.testing.assert_array_equal(np.concatenate(tokens, 1), whole[0])
+  np.testing.assert_array_equal(np.concatenate(order, 1), whole[2])
+  assert nfe == int(whole[1]) and np.all(np.asarray(whole[0]) < NETWORK_V)
+
+
+def test_a_length_past_the_positions_a_sample_can_have_is_refused():
+  config = make_config("unused.txt", objective="bd3", diffusion__block_size=4, sampler__kv_cache="exact")
+  with pytest.raises(UserError, match=r"--length=2147483648 is past the largest position .* \(2\*\*31 - 1 tokens\)"):
+    BlockDiffusion.check_sample_length(config, 2**31)
 
 
 def test_the_sliding_cache_shows_each_block_the_window_it_was_trained_on():

@@ -235,6 +235,24 @@ def test_ctrl_c_while_the_restarted_interpreter_starts_is_one_line(delay):
   assert shown_lines(stderr) == [shown_lines(stderr)[0]] and stderr.strip().startswith("interrupted (Ctrl-C)")
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (("--num_samples", str(10**12)), "1,000,000,000,000 samples of 16 tokens need at least 332.0 TB"),
+    (("--prompt=",), "--prompt is empty, so it conditions nothing"),
+    (("--length", str(10**12), "--config.objective=bd3", "--config.sampler.kv_cache=exact"),
+     "--length=1000000000000 is past the largest position a sample can have"),
+])
+def test_sampling_what_cannot_be_drawn_or_written_is_one_line(wide_run, args, fragment):
+  """Was: a 47-line RESOURCE_EXHAUSTED traceback (10^7 samples), numpy's MemoryError (10^9), an unconditional run
+  without a word (--prompt ""), 19.6 GB of memory in 80 s (BD3, --length 10^9)."""
+  corpus, workdir = wide_run
+  before = sorted(path.name for path in (workdir / "samples").iterdir())
+  result = launch_tiny(corpus, workdir, *WIDE, *STEPS, "--mode=sample", *args)
+  assert result.returncode == 2
+  assert_few_lines(result, "error: ", most=1)
+  assert fragment in result.stderr
+  assert sorted(path.name for path in (workdir / "samples").iterdir()) == before
+
+
 def test_unknown_key_on_the_command_line_lists_its_group(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path, "--config.model.widht=64")
   assert_few_lines(result, "error: bad command line: unknown config key 'model.widht'", most=1)
