@@ -4,13 +4,16 @@ Only process 0 writes. Keys are prefixed `train/` or `eval/` (workdir contract).
 
 A bucket (gs://) cannot append to an object. There metrics.jsonl is kept whole in memory and the object is
 rewritten at every log line (one upload of the whole file; readers see the same one-object layout as
-locally), and TensorBoard events are written to a local temporary directory by tensorboardX and the event
-file is uploaded to WORKDIR/tensorboard/ after each flush and at close.
+locally), and TensorBoard events are written to a local temporary directory and the event file is uploaded to
+WORKDIR/tensorboard/ after each log line and at close.
 """
 
 import json
 import math
+import os
 import shutil
+import socket
+import struct
 import tempfile
 import time
 
@@ -19,9 +22,40 @@ import numpy as np
 import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
+from tensorboardX import summary
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from md4_jax.storage import paths as storage
+
+
+class EventFile:
+  """A TensorBoard event file, each log line's events appended in one write (tensorboardX's protos and checksum,
+  TensorBoard's record framing). tensorboardX's own writer buffers in a thread and flushes again at exit: on a
+  full disk that printed two tracebacks after the run's one-line error. Here the write at hand fails, once."""
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(directory, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    self.write([event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")])
+
+  def scalars(self, step: int, values: dict) -> None:
+    self.write([event_pb2.Event(wall_time=time.time(), step=step, summary=summary.scalar(key, value))
+                for key, value in values.items()])
+
+  def write(self, events: list) -> None:
+    data = b"".join(_record(event.SerializeToString()) for event in events)
+    while data:
+      data = data[os.write(self.fd, data):]
+
+  def close(self) -> None:
+    os.close(self.fd)
+
+
+def _record(data: bytes) -> bytes:
+  """One record: length, its masked CRC-32C, the data, its masked CRC-32C (what TensorBoard's reader checks)."""
+  header = struct.pack("<Q", len(data))
+  return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class MetricsLog:
@@ -37,7 +71,9 @@ class MetricsLog:
     self.events = workdir / "tensorboard"
     self.staging = tempfile.mkdtemp(prefix="md4_jax_events_") if self.remote else None
     self.text = self.path.read_text() if self.remote and self.path.exists() else ""
-    self.tensorboard = SummaryWriter(self.staging or str(self.events))
+    if not self.remote:
+      self.events.mkdir(parents=True, exist_ok=True)
+    self.tensorboard = EventFile(self.staging or str(self.events))
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run recomputes the steps after its checkpoint; drop their stale lines, and a line torn
@@ -67,10 +103,8 @@ class MetricsLog:
     else:
       with self.path.open("a") as file:
         file.write(json.dumps(row) + "\n")
-    for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-        self.tensorboard.add_scalar(key, value, step)
-    self.tensorboard.flush()
+    self.tensorboard.scalars(step, {key: value for key, value in row.items()
+                                    if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)})
     self._upload_events()
 
   def _upload_events(self) -> None:

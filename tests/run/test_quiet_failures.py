@@ -135,6 +135,21 @@ def test_a_full_disk_is_one_line_and_loses_nothing(wide_run, tmp_path, at):
   assert (kept / "run" / "checkpoints" / "6").is_dir()
 
 
+@pytest.mark.parametrize("size_kb", [48, 52, 56, 60, 64])
+def test_a_disk_that_fills_while_metrics_and_events_are_written_is_one_line(tmp_path, corpus_file, size_kb):
+  """A metric line every step and no checkpoint until the end: the disk fills under metrics.jsonl or the
+  TensorBoard events (which one depends on the size). tensorboardX's threaded writer added two tracebacks at exit
+  (its flush in an atexit hook, its worker thread) after the one-line error."""
+  disk, kept = tmp_path / "disk", tmp_path / "kept"
+  result = launch_on_small_disk(size_kb << 10, disk, kept, "--config", ROOT / "tests/tiny_config.py", "--workdir",
+                                disk / "run", f"--config.data.path={corpus_file}", "--config.train.num_steps=400",
+                                "--config.train.log_every=1", "--config.train.checkpoint_every=400",
+                                "--config.train.eval_every=400")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert_few_lines(result, "error: the disk is full", most=1)
+  assert "Exception" not in result.stderr
+
+
 def test_a_metrics_line_whose_step_is_not_a_number_is_dropped_on_resume(tmp_path, corpus_file):
   workdir = tmp_path / "run"
   result = launch_tiny(corpus_file, workdir, "--config.train.num_steps=4", "--config.train.checkpoint_every=4")
