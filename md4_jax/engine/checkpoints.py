@@ -92,8 +92,11 @@ class Checkpointer:
       return restored
     first = max(damaged)
     raise UserError(f"no checkpoint in {self.directory} can be restored (steps {steps}; step {first}: "
-                    f"{_short(damaged[first])}). They may come from an incompatible version of the code; "
-                    "nothing was moved") from damaged[first]
+                    f"{_short(damaged[first])}); nothing was moved. If their files were damaged (a disk error, a "
+                    "copy cut short), restore the directory from a copy; if another version of md4-jax wrote them, "
+                    "evaluate or sample with that version; to give them up and train from step 0, move the "
+                    f"directory aside (mv {self.directory} {self.directory}.damaged) and run the training command "
+                    "again") from damaged[first]
 
   def _restore(self, step: int, abstract_state):
     restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -153,9 +153,10 @@ class ProgressBar:
   elapsed time stays the wall time since the bar started (moving tqdm's start instead ran it backwards).
   """
 
-  def __init__(self, start: int, total: int):
+  def __init__(self, start: int, total: int, quiet: bool = False):
+    """quiet: shows nothing (a run with no steps left)."""
     self.bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
-                         disable=jax.process_index() != 0, desc="compiling")
+                         disable=quiet or jax.process_index() != 0, desc="compiling")
     self.paused_at = time.perf_counter()
 
   def pause(self, phase: str) -> None:

@@ -128,15 +128,20 @@ class Training:
       start = self.last_good = int(state["step"])
       self.iterator.set_state(loop_state["data"])
       self.window = MetricWindow(**loop_state["window"])
-      say(f"resuming from step {start} ({self.checkpointer.directory / str(start)})")
     else:
       state = self.experiment.init_state(self.experiment.base_key)
-    if start >= self.cfg.num_steps:
-      say(f"{self.workdir} is already trained to step {start}; raise --config.train.num_steps to continue")
-    say(f"model: {self.experiment.num_params():,} parameters; writing metrics to {self.workdir / 'metrics.jsonl'}, "
-        f"checkpoints to {self.checkpointer.directory}, samples to {self.workdir / 'samples'}")
+    done = start >= self.cfg.num_steps
+    if start and not done:
+      say(f"resuming from step {start} ({self.checkpointer.directory / str(start)})")
+    if done:  # one line: no model line, no progress bar (an evaluation the last run missed still runs)
+      say(f"{self.workdir} is already trained to step {start} (train.num_steps={self.cfg.num_steps}); raise "
+          "--config.train.num_steps to continue")
+    else:
+      say(f"model: {self.experiment.num_params():,} parameters; writing metrics to "
+          f"{self.workdir / 'metrics.jsonl'}, checkpoints to {self.checkpointer.directory}, samples to "
+          f"{self.workdir / 'samples'}")
     self.log = MetricsLog(self.workdir, resume_step=start)
-    self.bar = ProgressBar(start, self.cfg.num_steps)  # "compiling" until the first call returns
+    self.bar = ProgressBar(start, self.cfg.num_steps, quiet=done)  # "compiling" until the first call returns
     self.window.started = time.perf_counter()
     return state, start
 

@@ -150,6 +150,18 @@ def test_a_disk_that_fills_while_metrics_and_events_are_written_is_one_line(tmp_
   assert "Exception" not in result.stderr
 
 
+@pytest.mark.parametrize("num_steps", [6, 4])
+def test_a_finished_run_says_so_in_one_line(wide_run, num_steps):
+  """Was: "already trained", then the model line and two empty progress bars."""
+  corpus, workdir = wide_run
+  result = launch_tiny(corpus, workdir, *WIDE, *STEPS[1:], f"--config.train.num_steps={num_steps}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  shown = shown_lines(result.stdout + result.stderr, progress=True)
+  assert len(shown) == 2 and shown[0].startswith("jax "), shown
+  assert shown[1] == (f"{workdir} is already trained to step 6 (train.num_steps={num_steps}); raise "
+                      "--config.train.num_steps to continue")
+
+
 def test_a_metrics_line_whose_step_is_not_a_number_is_dropped_on_resume(tmp_path, corpus_file):
   workdir = tmp_path / "run"
   result = launch_tiny(corpus_file, workdir, "--config.train.num_steps=4", "--config.train.checkpoint_every=4")

@@ -106,6 +106,13 @@ def test_restore_falls_back_in_process_and_moves_nothing_when_none_restores(trai
   with pytest.raises(UserError, match=r"no checkpoint in .* can be restored \(steps \[4, 6\].*nothing was moved"):
     modes.main(config, workdir, "sample", reference=reference())
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6", "8.damaged"]
+  # The way forward the error names: move the directory aside, and the same command trains from step 0.
+  checkpoints = workdir / "checkpoints"
+  with pytest.raises(UserError, match=f"restore the directory from a copy.*mv {checkpoints} {checkpoints}.damaged"):
+    modes.main(config, workdir, "train", reference=reference())
+  checkpoints.rename(workdir / "checkpoints.damaged")
+  assert np.isfinite(modes.main(config, workdir, "train", reference=reference())["eval/bpt"])
+  assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [4, 6, 8]
 
 
 def test_state_summary_finite_and_checksum():
