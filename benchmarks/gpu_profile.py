@@ -26,7 +26,8 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks import common, trace_table  # noqa: E402
+from benchmarks import common  # noqa: E402
+from md4_jax.engine import trace_table  # noqa: E402
 from md4_jax.engine import sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/owt_small.py", "Config file (default owt_small).")

@@ -108,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 500  # steps between held-out evaluations and sample dumps (and at the end)
   config.train.checkpoint_every = 500  # steps between checkpoints (and at the end, and on SIGTERM)
   config.train.keep_checkpoints = 3  # most recent checkpoints kept on disk
+  # A jax.profiler trace of steps A+1..B in WORKDIR/profile/ (tensorboard --logdir WORKDIR/profile, or XProf) and a
+  # table of the top kernels per step beside it (profile/kernels_steps_A_B.md); rounded out to whole calls.
+  config.train.profile_steps = ""  # "A:B" traces those steps (e.g. "10:15"); "" = no trace
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # sequences per eval batch (the last one is padded and masked)

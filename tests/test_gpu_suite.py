@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import trace_table
+from md4_jax.engine import trace_table
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)

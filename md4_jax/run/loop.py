@@ -16,7 +16,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from md4_jax.data import pipeline
-from md4_jax.engine import generate, sharding
+from md4_jax.engine import generate, profiling, sharding
 from md4_jax.engine.checkpoints import Checkpointer
 from md4_jax.engine.experiment import Experiment
 from md4_jax.engine.metrics_log import MetricsLog, ProgressBar
@@ -118,6 +118,7 @@ class Training:
     self.iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
     self.window, self.last_good = MetricWindow(), None
     self.tokens_per_step = cfg.batch_size * data.modality.length
+    self.profile = profiling.ProfileWindow(workdir, cfg.profile_steps, cfg.num_steps)
 
   def start(self):
     """(state, step): the newest intact checkpoint's (damaged newer ones are moved aside), or a new state at 0;
@@ -206,6 +207,7 @@ class Training:
     return values
 
   def close(self) -> None:
+    self.profile.close()
     self.bar.close()
     self.checkpointer.close()
     self.log.close()
@@ -234,12 +236,14 @@ def _run(training: Training, stop: StopRequest, state, start: int) -> dict:
     count = steps_in_call(cfg, step)
     # The steady state may not copy implicitly between host and device (a hidden sync per step);
     # the batch upload and the metric download are explicit.
+    training.profile.before_call(step)
     with jax.transfer_guard("disallow"):
       state, metrics = training.call(state, count)
       training.bar.resume()  # the call is compiled (the first one compiles before it returns)
       if pending:
         training.read(*pending)  # the previous call's metrics, read while this one runs
     pending, step = (step + 1, count, metrics), step + count
+    training.profile.after_call(step, (state, metrics))
     stop.poll(step - count + 1, step)
     is_last = step == cfg.num_steps or stop.signum is not None
     do_eval = step % cfg.eval_every == 0 or is_last and stop.signum is None

@@ -1,5 +1,6 @@
-"""A jax.profiler Perfetto trace (its JSON) -> the table of kernels by device time per step that
-benchmarks/gpu_profile.py writes. Plain Python, no jax: tests read traces with it on any machine."""
+"""A jax.profiler Perfetto trace (its JSON) -> the table of kernels by device time per step, which a run's
+`train.profile_steps` window (engine/profiling.py) and benchmarks/gpu_profile.py write. Plain Python, no jax:
+tests read traces with it on any machine."""
 
 import collections
 
