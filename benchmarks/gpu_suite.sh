@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp/gpu_suite}}"
 mkdir -p "$out"
-if ! python3 -c "import ml_collections, tensorflow_datasets, grain, clu, tensorboardX" 2>/dev/null && [ -d .whl ]; then
+if ! python3 -c "import ml_collections, tensorflow_datasets, grain, tensorboardX" 2>/dev/null && [ -d .whl ]; then
   site=$(mktemp -d /tmp/site.XXXX)  # a fresh folder: a warm machine keeps what an earlier call installed
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
@@ -33,7 +33,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 - <<'PY' 2>&1 | tee -a "$out/environment.txt" || true
 import importlib.metadata as m
 names = ["jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda13-pjrt", "flax", "optax", "orbax-checkpoint",
-         "numpy", "tensorstore", "ml-collections", "grain", "tensorflow-datasets", "clu", "tiktoken"]
+         "numpy", "tensorstore", "ml-collections", "grain", "tensorflow-datasets", "tiktoken"]
 for name in names:
   try:
     print(f"{name}=={m.version(name)}")
