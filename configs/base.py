@@ -153,6 +153,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
   config.sampler.batch_size = 16  # samples drawn per call: more are drawn (and written) this many at a time
 
+  # Weights & Biases (pip install -e ".[wandb]"): metrics.jsonl's scalars, the config and each evaluation's samples,
+  # one W&B run per workdir (a resumed run continues it; the run id is in config.json's _run.wandb_id).
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.project = ""  # W&B project to log to; "" = no W&B logging
+  config.wandb.entity = ""  # W&B user or team; "" = your default entity
+  config.wandb.name = ""  # the W&B run's display name; "" = the workdir's name
+  config.wandb.mode = "online"  # "online" | "offline" (files in WORKDIR/wandb; `wandb sync` uploads them later)
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # data-parallel axis size; -1 = all remaining devices
   config.mesh.fsdp = 1  # parameter-sharded data-parallel axis

@@ -26,6 +26,7 @@ from tensorboardX import summary
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from md4_jax.engine import wandb_log
 from md4_jax.storage import paths as storage
 
 
@@ -59,13 +60,17 @@ def _record(data: bytes) -> bytes:
 
 
 class MetricsLog:
-  """Appends `{"step": N, key: value}` lines to metrics.jsonl and scalars to TensorBoard."""
+  """Appends `{"step": N, key: value}` lines to metrics.jsonl and scalars to TensorBoard (and to Weights & Biases
+  when the config names a project and the workdir's run record holds its run id: engine/wandb_log.py)."""
 
-  def __init__(self, workdir: epath.Path, resume_step: int = 0):
+  def __init__(self, workdir: epath.Path, resume_step: int = 0, config=None, wandb_id: str | None = None):
     self.active = jax.process_index() == 0
     self.path, self.remote = workdir / "metrics.jsonl", storage.is_remote(workdir)
+    self.wandb = None
     if not self.active:
       return
+    if config is not None and config.wandb.project and wandb_id:
+      self.wandb = wandb_log.WandbRun(config, workdir, wandb_id)
     if resume_step is not None:
       self._truncate_after(resume_step)
     self.events = workdir / "tensorboard"
@@ -103,9 +108,17 @@ class MetricsLog:
     else:
       with self.path.open("a") as file:
         file.write(json.dumps(row) + "\n")
-    self.tensorboard.scalars(step, {key: value for key, value in row.items()
-                                    if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)})
+    scalars = {key: value for key, value in row.items()
+               if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)}
+    self.tensorboard.scalars(step, scalars)
     self._upload_events()
+    if self.wandb:
+      self.wandb.scalars(step, scalars)
+
+  def samples(self, step: int, paths) -> None:
+    """An evaluation's sample files (W&B shows them; metrics.jsonl and TensorBoard hold scalars only)."""
+    if self.active and self.wandb:
+      self.wandb.samples(step, paths)
 
   def _upload_events(self) -> None:
     """Bucket runs: the staged event files, whole, to WORKDIR/tensorboard/ (each start writes a new file)."""
@@ -117,6 +130,8 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.active:
+      if self.wandb:
+        self.wandb.close()
       self.tensorboard.close()
       self._upload_events()
       if self.staging is not None:

@@ -5,6 +5,7 @@ import json
 
 from md4_jax.engine.experiment import eval_timesteps  # noqa: F401 (the suites' one definition of the evaluated bound)
 from md4_jax.engine.metrics_log import MetricsLog
+from md4_jax.engine.saved_config import RUN_RECORD
 from md4_jax.evals import report
 from md4_jax.storage import files
 
@@ -12,6 +13,12 @@ from md4_jax.storage import files
 def unit(modality) -> str:
   """'bits/token' (text) or 'bits/dim' (images)."""
   return f"bits/{modality.unit}"
+
+
+def _wandb_id(workdir) -> str | None:
+  """The W&B run training logged to (config.json's run record), which an evaluation's metrics line joins."""
+  saved = json.loads((workdir / "config.json").read_text())
+  return saved.get(RUN_RECORD, {}).get("wandb_id")
 
 
 def write_eval_files(workdir, config, name: str, *, table: str, record: dict, metrics=None) -> None:
@@ -23,7 +30,7 @@ def write_eval_files(workdir, config, name: str, *, table: str, record: dict, me
   files.write_text_atomically(out.with_name(name + ".md"), table)
   written = [f"{out}.json", f"{out}.md"]
   if metrics is not None:
-    log = MetricsLog(workdir, resume_step=None)
+    log = MetricsLog(workdir, resume_step=None, config=config, wandb_id=_wandb_id(workdir))
     log.write(*metrics)
     log.close()
     written.append(f"a line in {workdir / 'metrics.jsonl'}")

@@ -11,7 +11,7 @@ import ml_collections
 from md4_jax import evals, models, objectives, samplers
 from md4_jax.core import schedules
 from md4_jax.data import image_sources, modality, sources, tokenizers, zero_shot_sets
-from md4_jax.engine import profiling, sharding
+from md4_jax.engine import profiling, sharding, wandb_log
 from md4_jax.engine.saved_config import RENAMED, RUN_RECORD, migrate  # noqa: F401 (this module's interface)
 from md4_jax.errors import UserError
 from md4_jax.run import config_scope
@@ -23,7 +23,7 @@ from md4_jax.run import config_scope
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.profile_steps", "train.grad_accum", "train.logits_capacity", "model.remat",
                      "model.attention", "model.scan_unroll", "train.steps_per_call",
-                     "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.")
+                     "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.", "wandb.")
 POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
                  "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
                  "train.keep_checkpoints", "train.grad_accum", "train.steps_per_call", "eval.batch_size",
@@ -164,6 +164,7 @@ def check_values(config) -> None:
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
   profiling.parse_window(train.profile_steps, train.num_steps)
+  wandb_log.check(config.wandb)
 
 
 def _check_sampler(sampler, seq_len: int) -> None:

@@ -108,9 +108,9 @@ class Training:
   """What one train() call holds: the experiment and its mesh, the data iterator, the checkpointer, the metrics
   log and window, the progress bar, and the last step whose checkpoint is known good."""
 
-  def __init__(self, config, workdir: epath.Path, data: pipeline.Data):
+  def __init__(self, config, workdir: epath.Path, data: pipeline.Data, wandb_id: str | None = None):
     cfg = self.cfg = config.train
-    self.config, self.workdir, self.data = config, workdir, data
+    self.config, self.workdir, self.data, self.wandb_id = config, workdir, data, wandb_id
     self.mesh = sharding.make_mesh(config.mesh)
     self.experiment = Experiment(config, data.modality, self.mesh)
     self.checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints, training=True,
@@ -141,7 +141,7 @@ class Training:
       say(f"model: {self.experiment.num_params():,} parameters; writing metrics to "
           f"{self.workdir / 'metrics.jsonl'}, checkpoints to {self.checkpointer.directory}, samples to "
           f"{self.workdir / 'samples'}")
-    self.log = MetricsLog(self.workdir, resume_step=start)
+    self.log = MetricsLog(self.workdir, resume_step=start, config=self.config, wandb_id=self.wandb_id)
     self.bar = ProgressBar(start, self.cfg.num_steps, quiet=done)  # "compiling" until the first call returns
     self.window.started = time.perf_counter()
     return state, start
@@ -195,10 +195,12 @@ class Training:
     self.bar.pause("evaluating")
     values = {f"eval/{k}": v for k, v in bound.evaluate(experiment, ema_params, self.data.eval).items()}
     self.log.write(step, values)
-    generate.write_samples(experiment, ema_params, workdir / "samples" / f"step_{step}",
-                           sample_key(experiment.base_key, step), {"step": step, "params": "ema", "seed": self.config.seed},
-                           count=self.config.sampler.num_samples, length=experiment.modality.length,
-                           start_of=generate.tiled_start([], experiment.vocab_size))
+    written = generate.write_samples(experiment, ema_params, workdir / "samples" / f"step_{step}",
+                                     sample_key(experiment.base_key, step),
+                                     {"step": step, "params": "ema", "seed": self.config.seed},
+                                     count=self.config.sampler.num_samples, length=experiment.modality.length,
+                                     start_of=generate.tiled_start([], experiment.vocab_size))
+    self.log.samples(step, written.paths)
     if experiment.eval_extras(ema_params, step, workdir):  # files for the report
       report.write(workdir, self.config)
     ppl = f" (ppl {values['eval/ppl']:.3f})" if "eval/ppl" in values else ""
@@ -213,9 +215,10 @@ class Training:
     self.log.close()
 
 
-def train(config, workdir: epath.Path, data: pipeline.Data) -> dict:
-  """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval."""
-  training = Training(config, workdir, data)
+def train(config, workdir: epath.Path, data: pipeline.Data, wandb_id: str | None = None) -> dict:
+  """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval.
+  wandb_id: the workdir's W&B run (config.json's run record), when wandb.project is set."""
+  training = Training(config, workdir, data, wandb_id)
   state, start = training.start()
   with StopRequest() as stop:
     try:

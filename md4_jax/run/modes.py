@@ -18,7 +18,7 @@ from flax import nnx
 from md4_jax import evals, objectives
 from md4_jax.data import data_dir, pictures, pipeline, prepare_into, tokenizers, zero_shot_sets
 from md4_jax.data import modality as modalities
-from md4_jax.engine import generate, sample_files, sharding
+from md4_jax.engine import generate, sample_files, sharding, wandb_log
 from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
@@ -166,10 +166,12 @@ def _train_locked(config, workdir: epath.Path, reference) -> dict:
   resuming = bool(workdirs.committed_steps(workdir / "checkpoints"))
   data = pipeline.load_data(config.data, config.eval.split, modalities.load(workdir, config.data.seq_len)
                             if resuming else None)  # a start that failed before any checkpoint binds nothing
+  if config.wandb.project:
+    record.setdefault("wandb_id", wandb_log.new_run_id())  # one W&B run per workdir, resumed runs included
   workdirs.save_config(config, workdir, record)
   if jax.process_index() == 0:
     modalities.save(data.modality, workdir)
-  return loop.train(config, workdir, data)
+  return loop.train(config, workdir, data, wandb_id=record.get("wandb_id"))
 
 
 def _sample_request(config, modality, request: Request) -> dict:
