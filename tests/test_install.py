@@ -2,10 +2,12 @@
 check and the start-up line about devices (md4_jax/run/platform_check.py)."""
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
 import tomllib
+import zipfile
 
 import pytest
 from packaging.requirements import Requirement
@@ -77,12 +79,56 @@ def test_the_accelerator_extras_resolve(extra, tmp_path):
                            "--report", str(report), "-c", str(ROOT / "constraints.txt"), str(requirement)],
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  import json
-
   chosen = {item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
   assert chosen["jax"] == str(pins()["jax"]) and chosen["jaxlib"] == str(pins()["jaxlib"])
   plugin = {"cuda12": "jax-cuda12-plugin", "cuda13": "jax-cuda13-plugin", "tpu": "libtpu"}[extra]
   assert plugin in chosen, sorted(chosen)
+
+
+def test_the_wheel_ships_the_data_files_and_the_licences(tmp_path):
+  """A non-editable install gets what the package reads at run time (md4_jax/data/assets) and the licences."""
+  if not _index_reachable():
+    pytest.skip("the package index cannot be reached from here: the build's setuptools cannot be fetched")
+  built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=600)
+  assert built.returncode == 0, built.stderr[-3000:]
+  (wheel,) = tmp_path.glob("md4_jax-*.whl")
+  names = set(zipfile.ZipFile(wheel).namelist())
+  for asset in ("gpt2.tiktoken", "digits.csv.gz", "enwiki_excerpt.xml.bz2", "LICENSE.gpt2", "LICENSE.digits",
+                "LICENSE.enwiki", "README.md"):
+    assert f"md4_jax/data/assets/{asset}" in names, asset
+  licences = {name.rsplit("/licenses/", 1)[-1] for name in names if "/licenses/" in name}
+  assert {"LICENSE", "NOTICE", "md4_jax/data/assets/LICENSE.gpt2"} <= licences, licences
+
+
+def test_a_fresh_venv_with_the_plain_install_runs_gpt2(tmp_path, corpus_file):
+  """The README's plain install, alone in a new venv (no test extra, no mlx-whisper): pip finds nothing broken,
+  none of the packages the data files used to come from is there, and a GPT-2-tokenized run trains and samples
+  (its BPE file ships with the package)."""
+  if not _index_reachable():
+    pytest.skip("the package index cannot be reached from here: a fresh install is not possible")
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+  python = str(venv / "bin" / "python")
+  install = subprocess.run([python, "-m", "pip", "install", "-q", "-e", str(ROOT), "-c", str(ROOT / "constraints.txt")],
+                           capture_output=True, text=True, timeout=1200)
+  assert install.returncode == 0, install.stderr[-3000:]
+  check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+  assert check.returncode == 0, check.stdout + check.stderr
+  listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, timeout=300)
+  installed = {canonicalize_name(item["name"]) for item in json.loads(listed.stdout)}
+  assert not installed & {"mlx-whisper", "gensim", "scikit-learn", "clu", "wandb", "pytest"}, installed
+  run = [python, str(ROOT / "launch.py"), "--config", str(ROOT / "tests/tiny_config.py"), "--workdir",
+         str(tmp_path / "run"), f"--config.data.path={corpus_file}", "--config.data.tokenizer=gpt2",
+         "--config.train.num_steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+  trained = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  sampled = subprocess.run([*run, "--mode=sample", "--prompt=The cat"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  tokenizer = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+  assert tokenizer["kind"] == "gpt2" and tokenizer["bpe_path"].endswith("md4_jax/data/assets/gpt2.tiktoken")
+  assert "=== sample 0 ===\nThe cat" in sampled.stdout
 
 
 @pytest.mark.parametrize("jax_version, flax_version, problem", [
