@@ -1,4 +1,4 @@
-"""The image quick start: MD4 on scikit-learn's 8x8 handwritten digits (embedded: no download), ~10 min on 2 CPU cores.
+"""The image quick start: MD4 on the shipped 8x8 handwritten digits (no download), ~10 min on 2 CPU cores.
 
 1,797 images of 64 pixels with 17 grey levels (0-16); every tenth image (index 0, 10, ...) is held out
 (180 images), the other 1,617 train. A small U-Net (1 + 2 + 2 residual blocks of 128 channels, attention

@@ -1,4 +1,4 @@
-"""The default run: MD4 on the embedded Wikipedia excerpt, character level, ~10 minutes on 2 CPU cores."""
+"""The default run: MD4 on the embedded Wikipedia excerpt, character level, 4-8 minutes on 2 CPU cores (README)."""
 
 from configs import base
 

@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import tqdm
 from etils import epath
 
 from md4_jax.engine import sample_files, sharding
@@ -126,7 +127,7 @@ def write_samples(experiment, params, stem: epath.Path, key, record: dict, *, co
       labels_B = sample_labels(experiment, batch, class_labels, first)
       batch_key = key if index == 0 else jax.random.fold_in(key, index)
       if writer:
-        writer.begin(first, labels_B[:rows])
+        writer.begin(first, labels_B[:rows], in_segments=length != segment)
       drawn = _draw_batch(experiment, params, batch_key, labels_B, functools.partial(start_of, first, batch),
                           length, segment, writer, rows, compile_first=index == 0)
       nfe, seconds = nfe + drawn[0], seconds + drawn[1]
@@ -154,6 +155,8 @@ def _draw_batch(experiment, params, key, labels_B, start_of, length: int, segmen
   labels = sharding.replicated_array(np.asarray(labels_B, np.int32), experiment.mesh)
   cache, clock, nfe, seconds = experiment.empty_sample_cache(len(labels_B)), 0, 0, 0.0
   block_size, compiled, kept = experiment.config.diffusion.block_size, set(), []
+  progress = tqdm.tqdm(total=length, unit="token", unit_scale=True, leave=False, desc="sampling",
+                       disable=writer is None)  # a long sample takes a while: its tokens so far
   for begin in range(0, length, segment):
     end = min(begin + segment, length)  # the last segment may be shorter (the length is whole blocks)
     start = sharding.replicated_array(start_of(begin, end), experiment.mesh)
@@ -170,4 +173,6 @@ def _draw_batch(experiment, params, key, labels_B, start_of, length: int, segmen
       writer.add(tokens[:rows], order[:rows])
     if length <= KEEP_TOKENS:
       kept.append(tokens)
+    progress.update(end - begin)
+  progress.close()
   return nfe, seconds, np.concatenate(kept, axis=1) if kept else None

@@ -3,14 +3,17 @@
 Text: stem.txt (each sample under a `=== sample i ===` line) and stem.jsonl (one object per sample: its text,
 label, the run's record, sampler settings, network calls and seconds of its batch). A row may arrive in
 segments (BD3's long samples): its bytes are decoded incrementally (a character split between segments stays
-whole) into a spooled file, in memory while small, on disk beside the samples when large. Images: stem.jsonl
+whole) into a file of its own beside the samples, stem_sampleI.txt.partial, which grows as the segments come
+and is copied into stem.txt and stem.jsonl once its batch is drawn. Images: stem.jsonl
 (tokens), stem.png (a grid of the first batch) and stem_process.png (the reverse process of its first rows).
 
 Files are written as `NAME.partial` and renamed when closed (in a bucket: staged locally, uploaded when closed),
-so a reader never sees half a file; a failure (a full disk) removes the partial files.
+so a reader never sees half a file; a failure (a full disk) removes the partial files (a Ctrl-C, which ends the
+process at once, leaves them: delete them, or read them).
 """
 
 import codecs
+import io
 import json
 import shutil
 import tempfile
@@ -45,13 +48,17 @@ class SampleFiles:
     self.previews = []  # the first batch's texts, cut at PREVIEW_CHARS
     self.tokens, self.nfe, self.seconds, self.count = None, 0, 0.0, 0
 
-  def begin(self, first_index: int, labels_B: np.ndarray) -> None:
+  def begin(self, first_index: int, labels_B: np.ndarray, in_segments: bool = False) -> None:
+    """in_segments: rows come in pieces (long samples): each row's text goes to a file of its own,
+    stem_sampleI.txt.partial, as the pieces come (the progress can be read there), and joins the others at end()."""
     self.first_index, self.labels = first_index, np.asarray(labels_B)
     rows = len(self.labels)
-    if self.text:  # a decoder and a spooled text per row
+    if self.text:  # a decoder and a text buffer per row
       self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(rows)]
-      self.rows = [tempfile.SpooledTemporaryFile(_CHUNK, mode="w+", encoding="utf-8",  # noqa: SIM115
-                                                 dir=None if self.remote else str(self.staging)) for _ in range(rows)]
+      self.row_paths = [self.staging / f"{self.stem.name}_sample{first_index + i}.txt.partial"
+                        for i in range(rows)] if in_segments else []
+      self.rows = ([open(path, "w+", encoding="utf-8") for path in self.row_paths] if in_segments  # noqa: SIM115
+                   else [io.StringIO() for _ in range(rows)])
     self.batch_tokens, self.batch_order, self.batch_length = [], [], 0
 
   def add(self, tokens_BxS: np.ndarray, order_BxS: np.ndarray) -> None:
@@ -61,6 +68,7 @@ class SampleFiles:
     if self.text:
       for row, decoder, tokens_S in zip(self.rows, self.decoders, tokens_BxS):
         row.write(decoder.decode(self.modality.decode_bytes(tokens_S)))
+        row.flush()
     else:
       self.batch_tokens.append(tokens_BxS)
       self.batch_order.append(np.asarray(order_BxS))
@@ -98,6 +106,9 @@ class SampleFiles:
       row.close()
       text_file.write("\n\n")
       jsonl_file.write('", ' + json.dumps({**self._label(offset), **tail})[1:] + "\n")
+    for path in self.row_paths:
+      path.unlink()
+    self.row_paths = []
 
   def _end_images(self, tail: dict) -> None:
     tokens_BxL, order_BxL = np.concatenate(self.batch_tokens, 1), np.concatenate(self.batch_order, 1)
@@ -135,10 +146,10 @@ class SampleFiles:
     """After a failure: the partial files go (a full disk gets its space back); finished files are untouched."""
     for handle in self.handles:
       handle.close()
-    for partial in self.partials:
-      partial.unlink(missing_ok=True)
     for row in getattr(self, "rows", None) or []:
       if row is not None:
         row.close()
+    for partial in [*self.partials, *getattr(self, "row_paths", [])]:
+      partial.unlink(missing_ok=True)
     if self.remote:
       shutil.rmtree(self.staging, ignore_errors=True)

@@ -64,7 +64,6 @@ SCOPES = (
     ("eval.zero_shot", lambda c: c.eval.suite == "zero_shot", "eval.suite='zero_shot'"),
     ("eval.samplers", lambda c: c.eval.suite == "samples", "eval.suite='samples'"),
     ("eval.judge", lambda c: c.eval.suite == "samples", "eval.suite='samples'"),
-    ("wandb.project", lambda c: True, "every run"),
     ("wandb.", lambda c: bool(c.wandb.project), "wandb.project (the W&B project to log to)"),
 )
 

@@ -24,10 +24,14 @@ def test_a_text_split_inside_characters_across_segments_is_written_whole(tmp_pat
   data = np.frombuffer(TEXT.encode("utf-8"), np.uint8).astype(np.int32)
   rows = np.stack([data, data[::-1] * 0 + ord("x")])  # row 1: "xxx..."
   writer = files_for(tmp_path, byte_text())
-  writer.begin(0, np.zeros(2))
+  writer.begin(0, np.zeros(2), in_segments=True)
+  row_file = tmp_path / "samples" / "step_3_exact_sample0.txt.partial"
   for begin in range(0, len(data), 5):  # 5-byte segments cut "ï", "é", "東京" and the emoji apart
     writer.add(rows[:, begin:begin + 5], np.zeros((2, 5)))
+    if begin == 10:  # a long sample's text so far can be read while it is drawn
+      assert row_file.read_text() == TEXT.encode("utf-8")[:15].decode("utf-8", "ignore")
   writer.end(nfe=7, seconds=0.5)
+  assert not row_file.exists()
   assert not (tmp_path / "samples" / "step_3_exact.txt").exists()  # only .partial files until closed
   paths = writer.close()
   assert [path.name for path in paths] == ["step_3_exact.txt", "step_3_exact.jsonl"]
@@ -54,9 +58,10 @@ def test_batches_append_and_indices_run_on(tmp_path, monkeypatch):
   assert writer.previews == ['ab"\\\nba\\']  # the first batch only
 
 
-def test_a_failure_leaves_no_partial_file_and_no_final_file(tmp_path):
+@pytest.mark.parametrize("in_segments", [False, True])
+def test_a_failure_leaves_no_partial_file_and_no_final_file(tmp_path, in_segments):
   writer = files_for(tmp_path, byte_text())
-  writer.begin(0, np.zeros(1))
+  writer.begin(0, np.zeros(1), in_segments=in_segments)
   writer.add(np.full((1, 64), ord("a")), np.zeros((1, 64)))
   writer.discard()
   assert list((tmp_path / "samples").iterdir()) == []
