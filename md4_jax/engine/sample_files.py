@@ -131,8 +131,9 @@ class SampleFiles:
     for handle in self.handles:
       handle.close()
     for partial, final in zip(self.partials, self.finals):
-      if self.remote:
-        final.write_bytes(partial.read_bytes())
+      if self.remote:  # copied in chunks: a long sample need not fit in memory
+        with open(partial, "rb") as source, final.open("wb") as target:
+          shutil.copyfileobj(source, target, _CHUNK)
         partial.unlink()
       else:
         partial.replace(final)

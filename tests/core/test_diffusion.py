@@ -9,6 +9,7 @@ import pytest
 
 from md4_jax.core import diffusion, fused_head
 from md4_jax.core.schedules import get_schedule
+from tests.core.test_fused_head import assert_gradients_close
 
 V = 7  # vocabulary; the mask id is V
 
@@ -173,8 +174,9 @@ def test_gathered_output_layer_is_the_same_objective(capacity, groups, expect_fa
   if weighted:  # the value had sum(nll) added, which has no gradient
     expected = expected + jnp.sum(diffusion.masked_cross_entropy(h @ weight, x0, z, V))
   np.testing.assert_allclose(value, expected, rtol=1e-6)
-  for grad, expected_grad in zip(grads, expected_grads):
-    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+  # Within 1e-5 of each gradient's largest entry: the gathered rows are summed in another order, and XLA's float32
+  # sums differ between CPU models (a fixed atol of 1e-6 failed on an AVX2 EPYC by 1.3e-6 on an entry of 2e-3).
+  assert_gradients_close(grads, expected_grads, 1e-5)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "poly0.5", "poly2", "geometric"])

@@ -32,7 +32,3 @@ def test_a_run_traces_its_window_and_tabulates_the_kernels(tmp_path, corpus_file
   assert table["title"].startswith("training steps 5-8 on cpu") and table["kernels"]
   assert table["device_ms_per_step"] > 0 and all(kernel["ms_per_step"] >= 0 for kernel in table["kernels"])
   assert "| 1 | `" in (profile / "kernels_steps_4_8.md").read_text()
-  # A resumed run may trace another window (it does not change what the checkpoints mean).
-  config.train.num_steps, config.train.profile_steps = 16, "12:14"
-  modes.main(config, tmp_path / "run", "train", reference=reference())
-  assert (profile / "kernels_steps_12_14.json").is_file() and len(list(profile.glob("plugins/profile/*"))) == 2

@@ -5,6 +5,7 @@ import builtins
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from md4_jax.engine import wandb_log
@@ -82,6 +83,26 @@ def test_offline_wandb_gets_the_metrics_config_and_samples_and_a_resume_continue
   (second,) = set((workdir / "wandb").glob(f"offline-run-*-{run_id}")) - {first}
   steps = [row["step"] for row in history(second) if "train/loss" in row]
   assert steps == [10, 12] and config_of(second)["train"]["num_steps"] == 12
+
+
+def test_image_samples_go_to_wandb_as_images(tmp_path):
+  """An image run's evaluation: its grid and reverse-process PNGs become W&B images (offline files)."""
+  from md4_jax.storage import files  # noqa: PLC0415
+
+  paths = [tmp_path / "samples" / "step_4.png", tmp_path / "samples" / "step_4_process.png"]
+  paths[0].parent.mkdir()
+  for path in paths:
+    files.write_png_atomically(path, np.full((8, 8, 3), 200, np.uint8))
+  (tmp_path / "samples" / "step_4.jsonl").write_text('{"index": 0, "tokens": [1, 2]}\n')
+  config = make_config("unused.txt", wandb__project="md4-tests", wandb__mode="offline")
+  run = wandb_log.WandbRun(config, tmp_path, "img00001")
+  run.samples(4, [*paths, tmp_path / "samples" / "step_4.jsonl"])
+  run.close()
+  (directory,) = (tmp_path / "wandb").glob("offline-run-*-img00001")
+  (row,) = [row for row in history(directory) if "samples/grid/_type" in row]
+  assert row["step"] == 4 and row["samples/grid/_type"] == "image-file" and row["samples/process/_type"] == "image-file"
+  assert "samples/text/_type" not in row  # an image run's .jsonl holds tokens, not texts
+  assert len(list((directory / "files" / "media" / "images" / "samples").glob("*.png"))) == 2
 
 
 def test_wandb_keys_are_checked_before_any_work(tmp_path, corpus_file, monkeypatch):

@@ -135,7 +135,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(wide_run, tmp_path, at):
   assert (kept / "run" / "checkpoints" / "6").is_dir()
 
 
-@pytest.mark.parametrize("size_kb", [48, 52, 56, 60, 64])
+@pytest.mark.parametrize("size_kb", [52, 56, 60])  # 52 and 60 fill under the events (tracebacks before the fix)
 def test_a_disk_that_fills_while_metrics_and_events_are_written_is_one_line(tmp_path, corpus_file, size_kb):
   """A metric line every step and no checkpoint until the end: the disk fills under metrics.jsonl or the
   TensorBoard events (which one depends on the size). tensorboardX's threaded writer added two tracebacks at exit
