@@ -46,7 +46,7 @@ class SampleFiles:
     self.handles = [open(partial, "w", encoding="utf-8") for partial in self.partials]  # noqa: SIM115
     self.pictures = []  # (final path, RGB array) of the first batch, written at close
     self.previews = []  # the first batch's texts, cut at PREVIEW_CHARS
-    self.tokens, self.nfe, self.seconds, self.count = None, 0, 0.0, 0
+    self.count = 0  # samples written
 
   def begin(self, first_index: int, labels_B: np.ndarray, in_segments: bool = False) -> None:
     """in_segments: rows come in pieces (long samples): each row's text goes to a file of its own,
@@ -76,7 +76,6 @@ class SampleFiles:
   def end(self, nfe: int, seconds: float) -> None:
     """The batch is drawn: its rows go to the files."""
     rows = len(self.labels)
-    self.nfe, self.seconds = self.nfe + nfe, self.seconds + seconds
     tokens_per_sec = round(self.batch_length * rows / max(seconds, 1e-9), 1)
     tail = {**self.record, "sampler": self.settings, "nfe": nfe, "seconds": round(seconds, 3),
             "tokens_per_sec": tokens_per_sec}
@@ -117,7 +116,6 @@ class SampleFiles:
       jsonl_file.write(json.dumps({"index": self.first_index + offset, **self.modality.describe(row),
                                    **self._label(offset), **tail}) + "\n")
     if self.count == 0:  # the first batch: the grid and the reverse process
-      self.tokens = tokens_BxL
       grid, strip = self.stem.with_name(self.stem.name + ".png"), self.stem.with_name(self.stem.name + "_process.png")
       self.pictures = [(grid, pictures.sample_grid(tokens_BxL, self.modality)),
                        (strip, pictures.reverse_process_strip(tokens_BxL[:self.strip_rows],

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from md4_jax.data import image_sources, modality, tokenizers
+from md4_jax.data import image_sources, modality, pictures, tokenizers
 from md4_jax.engine import sample_files
 
 TEXT = "naïve café, 東京 🙂 and plain words"
@@ -79,7 +80,8 @@ def test_images_keep_the_first_batchs_grid_and_every_row_in_the_jsonl(tmp_path):
   lines = [json.loads(line) for line in paths[2].read_text().splitlines()]
   assert [line["label"] for line in lines] == [0, 1, 2, 3, 4, 5]
   assert [line["tokens"][0] for line in lines] == [0, 0, 0, 3, 3, 3]
-  assert writer.tokens.shape == (3, digits.length) and np.all(writer.tokens == 0)  # the grid: the first batch
+  grid = np.asarray(Image.open(paths[0]).convert("RGB"))
+  np.testing.assert_array_equal(grid, pictures.sample_grid(np.zeros((3, digits.length), np.int32), digits))
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
