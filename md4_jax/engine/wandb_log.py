@@ -47,10 +47,10 @@ class WandbRun:
     self.wandb, cfg = wandb, config.wandb
     local = None if storage.is_remote(workdir) else str(workdir)
     self.run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or workdir.name,
-                          id=run_id, mode=cfg.mode, dir=local, config=config.to_dict(),
+                          id=run_id, mode=cfg.mode, dir=local,
                           **({"resume": "allow"} if cfg.mode == "online" else {}),
                           settings=wandb.Settings(console="off", silent=True))
-    self.run.config.update(config.to_dict(), allow_val_change=True)  # a resumed run's changed keys
+    self.run.config.update(config.to_dict(), allow_val_change=True)  # a resumed run may have changed keys
     self.run.define_metric("step")
     for group in ("train/*", "eval/*", "samples/*"):
       self.run.define_metric(group, step_metric="step")
