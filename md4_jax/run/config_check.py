@@ -6,7 +6,6 @@ Every problem is a `UserError` that names the key and the fix.
 import math
 
 import jax
-import ml_collections
 
 from md4_jax import evals, models, objectives, samplers
 from md4_jax.core import schedules
@@ -15,6 +14,7 @@ from md4_jax.engine import profiling, sharding, wandb_log
 from md4_jax.engine.saved_config import RENAMED, RUN_RECORD, migrate  # noqa: F401 (this module's interface)
 from md4_jax.errors import UserError
 from md4_jax.run import config_scope
+from md4_jax.run.config_keys import flatten  # {"a.b": value}; the light module owns it (launch.py --help needs it)
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 # grad_accum changes only which random numbers are drawn; remat, attention, scan_unroll, logits_capacity and
@@ -30,17 +30,6 @@ POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_h
                  "eval.time_samples", "sampler.steps",
                  "sampler.num_samples", "sampler.batch_size", "model.unet.channels", "model.uvit.channels", "model.uvit.patch_size",
                  "model.uvit.width", "model.uvit.num_layers", "model.uvit.num_heads")
-
-
-def flatten(config, prefix="") -> dict:
-  """{"a.b": value} for every leaf of a (nested) ConfigDict or dict."""
-  items = {}
-  for key, value in config.items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      items.update(flatten(value, f"{prefix}{key}."))
-    else:
-      items[f"{prefix}{key}"] = value
-  return items
 
 
 def _type_ok(value, default) -> bool:

@@ -8,6 +8,8 @@ heavy parts), so `launch.py --help=GROUP` answers in well under a second.
 import dataclasses
 import re
 
+import ml_collections
+
 _KEY_LINE = re.compile(r"^\s*config\.([\w.]+)\s*=\s*(.+?)\s+#\s?(.*)$")
 _COMMENT_LINE = re.compile(r"^\s*#\s?(.*)$")
 
@@ -36,12 +38,12 @@ def read(base_path: str) -> list[Key]:
   return keys
 
 
-def _flatten(config, prefix="") -> dict:
-  """{"a.b": value} of a (nested) ConfigDict."""
+def flatten(config, prefix="") -> dict:
+  """{"a.b": value} for every leaf of a (nested) ConfigDict or dict."""
   items = {}
   for key, value in config.items():
-    if hasattr(value, "items"):
-      items.update(_flatten(value, f"{prefix}{key}."))
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      items.update(flatten(value, f"{prefix}{key}."))
     else:
       items[f"{prefix}{key}"] = value
   return items
@@ -65,8 +67,8 @@ def describe(topic: str, base_path: str, defaults, config=None, config_file: str
   """The keys under `topic` ("train", "model.unet", "sampler.name", or "all"), each with its default, its
   comment and the notes above it; with `config` (a loaded --config file), its value where it differs.
   ValueError for a topic that names no key or group."""
-  flat_defaults = _flatten(defaults)
-  flat_config = _flatten(config) if config is not None else {}
+  flat_defaults = flatten(defaults)
+  flat_config = flatten(config) if config is not None else {}
   prefix = "" if topic in ("all", "*") else topic.strip(".")
   chosen = [key for key in read(base_path) if not prefix or key.name == prefix or key.name.startswith(prefix + ".")
             or (prefix in ("(top level)", "top") and "." not in key.name)]
