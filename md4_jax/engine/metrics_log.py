@@ -27,6 +27,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from md4_jax.engine import wandb_log
+from md4_jax.storage import files
 from md4_jax.storage import paths as storage
 
 
@@ -124,9 +125,7 @@ class MetricsLog:
     """Bucket runs: the staged event files, whole, to WORKDIR/tensorboard/ (each start writes a new file)."""
     if self.staging is None:
       return
-    self.events.mkdir(parents=True, exist_ok=True)
-    for staged in epath.Path(self.staging).iterdir():
-      (self.events / staged.name).write_bytes(staged.read_bytes())
+    files.upload_tree(self.staging, self.events)
 
   def close(self) -> None:
     if self.active:

@@ -86,9 +86,5 @@ class ProfileWindow:
     """A bucket workdir: the local trace and table to WORKDIR/profile/, then the local copy goes."""
     if self.local is None or self.local == str(self.directory):
       return
-    for path in pathlib.Path(self.local).rglob("*"):
-      if path.is_file():
-        target = self.directory / path.relative_to(self.local)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
+    files.upload_tree(self.local, self.directory)
     shutil.rmtree(self.local, ignore_errors=True)

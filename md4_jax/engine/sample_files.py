@@ -129,9 +129,8 @@ class SampleFiles:
     for handle in self.handles:
       handle.close()
     for partial, final in zip(self.partials, self.finals):
-      if self.remote:  # copied in chunks: a long sample need not fit in memory
-        with open(partial, "rb") as source, final.open("wb") as target:
-          shutil.copyfileobj(source, target, _CHUNK)
+      if self.remote:
+        files.upload(partial, final)
         partial.unlink()
       else:
         partial.replace(final)

@@ -30,7 +30,8 @@ def write_eval_files(workdir, config, name: str, *, table: str, record: dict, me
   files.write_text_atomically(out.with_name(name + ".md"), table)
   written = [f"{out}.json", f"{out}.md"]
   if metrics is not None:
-    log = MetricsLog(workdir, resume_step=None, config=config, wandb_id=_wandb_id(workdir))
+    log = MetricsLog(workdir, resume_step=None, config=config,
+                     wandb_id=_wandb_id(workdir) if config.wandb.project else None)
     log.write(*metrics)
     log.close()
     written.append(f"a line in {workdir / 'metrics.jsonl'}")

@@ -6,6 +6,8 @@ object is written directly.
 """
 
 import io
+import pathlib
+import shutil
 
 import numpy as np
 from etils import epath
@@ -41,3 +43,20 @@ def write_figure_atomically(path: epath.Path, figure, dpi: int = 100) -> None:
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
   write_bytes_atomically(path, buffer.getvalue())
+
+
+def upload(local_file, target: epath.Path) -> None:
+  """A local file to `target` (a bucket object, written whole when the copy completes), in chunks: a large file
+  (a long sample, a profile trace) need not fit in memory."""
+  with open(local_file, "rb") as source, epath.Path(target).open("wb") as destination:
+    shutil.copyfileobj(source, destination, 1 << 24)
+
+
+def upload_tree(local_directory, target: epath.Path) -> None:
+  """Every file under a local directory to the same relative path under `target` (staged files of a bucket run)."""
+  local_directory = pathlib.Path(local_directory)
+  for path in local_directory.rglob("*"):
+    if path.is_file():
+      destination = epath.Path(target) / str(path.relative_to(local_directory))
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      upload(path, destination)
