@@ -50,10 +50,10 @@ def parse_request(config, modality, request) -> dict:
 
 
 def write(experiment, params, workdir: epath.Path, request: dict, record: dict) -> dict:
-  """--mode sample: samples from the restored checkpoint, written to samples/step_N_<sampler>[_k].*;
+  """--mode sample: samples from the restored checkpoint, written to samples/step_N_<sampler>[_lenN][_cache][_k].*;
   with --complete also step_N_<sampler>_completion.png (original | kept part | completion per row). Returns the
   paths and the first batch's samples (all of them when --num_samples <= sampler.batch_size; none for samples
-  drawn in segments: read the files)."""
+  over generate.KEEP_TOKENS tokens: read the files)."""
   key = loop.sample_key(jax.random.key(record["seed"]), record["step"])
   name = f"step_{record['step']}_{experiment.sampler_settings.name}" + _stem_details(experiment, request["length"])
   stem = _unused_stem(workdir / "samples", name)
