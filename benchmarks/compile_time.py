@@ -1,9 +1,9 @@
 """Seconds to trace, lower and compile a config's train step (no arrays are allocated), as one JSON line.
 
-  python benchmarks/compile_time.py --config configs/owt_medium.py [--config.model.num_layers=12 ...]
+  python benchmarks/compile_time.py --config configs/owt_medium.py [--config.model.transformer.num_layers=12 ...]
 
 The step is lowered from abstract shapes (jax.ShapeDtypeStruct with the run's shardings), so a model too big
-for this machine's memory still compiles here. Compile time that grows with model.num_layers means the
+for this machine's memory still compiles here. Compile time that grows with model.transformer.num_layers means the
 layers are unrolled in the program; with the layers scanned it stays flat.
 """
 
@@ -49,7 +49,7 @@ def main(_):
   compile_seconds = time.perf_counter() - start
   print(json.dumps({
       "benchmark": "compile_time", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "backbone": config.model.backbone, "layers": config.model.num_layers, "width": config.model.width,
+      "backbone": config.model.backbone, "layers": config.model.transformer.num_layers, "width": config.model.transformer.width,
       "scan_layers": bool(config.model.get("scan_layers", False)), "remat": config.model.remat,
       "params": experiment.num_params(), "batch": config.train.batch_size, "seq_len": modality.length,
       "setup_seconds": round(setup_seconds, 2), "lower_seconds": round(lower_seconds, 2),

@@ -42,8 +42,8 @@ def main(_):
   config = _CONFIG.value
   config.model.dtype, config.train.batch_size = _DTYPE.value, _BATCH.value
   if _SMOKE.value:
-    config.data.seq_len, config.model.width, config.model.num_layers, config.model.num_heads = 32, 32, 2, 2
-    config.model.mlp_hidden, config.model.cond_dim, config.train.batch_size = 64, 8, 4
+    config.data.seq_len, config.model.transformer.width, config.model.transformer.num_layers, config.model.transformer.num_heads = 32, 32, 2, 2
+    config.model.transformer.mlp_hidden, config.model.transformer.cond_dim, config.train.batch_size = 64, 8, 4
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
@@ -62,7 +62,7 @@ def main(_):
   device = jax.devices()[0].device_kind
   title = (f"{config_flags.get_config_filename(flags.FLAGS['config'])}, {config.model.dtype}, batch "
            f"{config.train.batch_size} x {modality.length}, logits_capacity {config.train.logits_capacity}, "
-           f"scan_layers {config.model.scan_layers} (unroll {config.model.scan_unroll}), {device}, "
+           f"scan_layers {config.model.transformer.scan_layers} (unroll {config.model.transformer.scan_unroll}), {device}, "
            f"jax {jax.__version__}, {time.strftime('%Y-%m-%d')}")
   record = {"benchmark": "gpu_profile", "title": title, "step_seconds_traced": round(seconds, 4), **table,
             "tracks": trace_table.tracks(trace)}

@@ -5,7 +5,7 @@
 Run through benchmarks/gpu_suite.sh on a lent GPU. Measures, in this order, while the time budget lasts:
   1. owt_small's train step in bfloat16 at its real shape (12 layers, width 768, GPT-2 vocabulary, 1,024
      tokens; batch 64): as configured (masked-position output layer, a rolled loop over the stacked layers)
-     and with the output layer at every position, each also with model.scan_unroll=0 (the same parameters as
+     and with the output layer at every position, each also with model.transformer.scan_unroll=0 (the same parameters as
      straight-line code: no per-layer activation stacks to fill and copy back out); tokens/s and MFU;
   2. the same four in float32 at batch 32 (the reference code's dtype, at the batch benchmarks/RESULTS.md
      compares it at);
@@ -53,7 +53,7 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these measurements (names as in 
 # sheets: H100/H200 SXM 989.4, H100 PCIe 756, A100 312).
 PEAK_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100": 989.4, "NVIDIA A100": 312.0}
 GPT2_VOCAB = 50_257
-BD3 = {"objective": "bd3", "diffusion__block_size": 4}  # configs/bd3_owt_small.py's blocks, on text_config
+BD3 = {"objective": "bd3", "diffusion__bd3__block_size": 4}  # configs/bd3_owt_small.py's blocks, on text_config
 START = time.perf_counter()
 
 
@@ -73,8 +73,8 @@ def text_config(batch: int, dtype: str = "bfloat16", **model):
   config.model.dtype = dtype
   config.train.batch_size = batch
   if _SMOKE.value:
-    config.data.seq_len, config.model.width, config.model.num_layers, config.model.num_heads = 32, 32, 2, 2
-    config.model.mlp_hidden, config.model.cond_dim = 64, 8
+    config.data.seq_len, config.model.transformer.width, config.model.transformer.num_layers, config.model.transformer.num_heads = 32, 32, 2, 2
+    config.model.transformer.mlp_hidden, config.model.transformer.cond_dim = 64, 8
   for key, value in model.items():
     group, _, name = key.partition("__")
     if name:
@@ -104,7 +104,7 @@ def time_train_step(name: str, config, vocab_size: int = GPT2_VOCAB) -> dict:
   modality = common.modality(config, vocab_size)
   record = {"measurement": name, "batch": config.train.batch_size, "length": modality.length,
             "dtype": config.model.dtype, "remat": config.model.remat, "logits_capacity": config.train.logits_capacity,
-            "scan_unroll": config.model.scan_unroll if config.model.scan_layers else None,
+            "scan_unroll": config.model.transformer.scan_unroll if config.model.transformer.scan_layers else None,
             "huge_pages": allocator.in_effect()}
   try:
     experiment, state, batch = common.random_train_setup(config, modality, mesh)
@@ -162,7 +162,7 @@ def main(_):
         "jax": jax.__version__, "published_bf16_peak_tflops": (peak_flops() or 0) / 1e12 or None})
   batch = 8 if _SMOKE.value else 64
   samples = 2 if _SMOKE.value else 16
-  every_position, unrolled = {"train__logits_capacity": 1.0}, {"model__scan_unroll": 0}
+  every_position, unrolled = {"train__logits_capacity": 1.0}, {"model__transformer__scan_unroll": 0}
 
   def step(name, rows, dtype="bfloat16", **changes):
     return name, lambda: time_train_step(name, text_config(rows, dtype, **changes))

@@ -3,7 +3,7 @@
 #   1. versions of the image's jax, flax and friends (the suite runs on them: never carry jax or flax wheels);
 #   2. the cuDNN-vs-XLA attention test;
 #   3. benchmarks/gpu_profile.py: kernel tables of owt_small's step, bfloat16 at batch 64 with the output layer at
-#      every position, then float32 at batch 32, both with model.scan_unroll=0 (copy them into benchmarks/profiles/);
+#      every position, then float32 at batch 32, both with model.transformer.scan_unroll=0 (copy them into benchmarks/profiles/);
 #   4. benchmarks/gpu_suite.py: one JSON line per measurement (its docstring says which);
 #   5. the MD4 reference code's float32 step at batch 32 beside ours, if .gpu_kit is there
 #      (bash ../shared/bench/gpu_side_by_side.sh prepare, then carry .gpu_kit);
@@ -44,7 +44,7 @@ timeout "$(left 75)" python3 -m pytest -q -p no:cacheprovider -o addopts="" test
   | tee "$out/attention_test.txt" || echo '{"benchmark": "gpu_suite", "measurement": "attention_test", "passed": false}'
 smoke=$([[ " ${*:2} " == *" --smoke "* ]] && echo --smoke || true)
 profile() {  # profile NAME SECONDS [gpu_profile.py flags]: NAME.md and NAME.json come back
-  timeout "$(left "$2")" python3 benchmarks/gpu_profile.py --out "$out/$1" --config.model.scan_unroll=0 "${@:3}" \
+  timeout "$(left "$2")" python3 benchmarks/gpu_profile.py --out "$out/$1" --config.model.transformer.scan_unroll=0 "${@:3}" \
     $smoke 2>>"$out/stderr.txt" | tee -a "$out/gpu_suite.jsonl" || stopped "$1"
   for ext in md json; do [ -f "$out/$1/profile.$ext" ] && cp "$out/$1/profile.$ext" "$out/$1.$ext"; done || true
   rm -rf "${out:?}/$1"  # the trace is hundreds of MB; the tables (copied above) are what comes back

@@ -36,7 +36,7 @@ flags.mark_flag_as_required("config")
 def step_bytes(config, num_layers: int, remat: str) -> tuple[int, int]:
   """(peak bytes of one compiled train step, parameter count) for the config with these layers."""
   config = config.copy_and_resolve_references()
-  config.model.num_layers, config.model.remat = num_layers, remat
+  config.model.transformer.num_layers, config.model.remat = num_layers, remat
   modality = common.modality(config, _VOCAB.value)
   experiment = Experiment(config, modality, sharding.make_mesh(config.mesh))
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(experiment.mesh)),
@@ -64,10 +64,10 @@ def main(_):
   config = _CONFIG.value
   budget = _BUDGET.value * 2**30
   result = {"benchmark": "memory", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-            "vocab": _VOCAB.value, "width": config.model.width, "layers": config.model.num_layers,
+            "vocab": _VOCAB.value, "width": config.model.transformer.width, "layers": config.model.transformer.num_layers,
             "batch": config.train.batch_size, "seq_len": config.data.seq_len, "budget_gib": _BUDGET.value}
   for remat in ("none", "block"):
-    peak, params = step_bytes(config, config.model.num_layers, remat)
+    peak, params = step_bytes(config, config.model.transformer.num_layers, remat)
     result[f"step_peak_gib_remat_{remat}"] = round(peak / 2**30, 3)
     if _LARGEST.value:
       result[f"largest_remat_{remat}"] = largest_model(config, remat, budget)

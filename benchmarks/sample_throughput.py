@@ -1,13 +1,13 @@
 """Sampling speed of a config's model with several samplers, printed as one JSON line.
 
-  python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.width=256 \
+  python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.transformer.width=256 \
       --config.data.seq_len=256 --batch 16 --samplers ancestral:100,ancestral:1000,exact:1
 
 Each sampler is an eval.samplers item: `name:steps` (ancestral, mean, confidence), `exact:k` (k tokens per call) or
 `parallel:threshold`, optionally `:kv_cache` (e.g. `parallel:0.9:dual`, `ancestral:256:exact`). Block diffusion
 with and without its cache: `--config configs/quickstart_bd3.py --config.sampler.kv_cache=exact` (or none). MD4
 with Fast-dLLM's caches against the exact sampler:
-  python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.width=256 \
+  python benchmarks/sample_throughput.py --config configs/quickstart.py --config.model.transformer.width=256 \
       --config.data.seq_len=1024 --config.sampler.block_length=32 --batch 8 \
       --samplers exact:1,parallel:0.9:dual,parallel:0.9:prefix
 Each sampler's speedup is against the first one listed. Freshly

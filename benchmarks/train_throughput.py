@@ -58,8 +58,8 @@ def main(_):
   print(json.dumps({
       "benchmark": "train_throughput", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
       "backbone": config.model.backbone, "params": experiment.num_params(), "batch": config.train.batch_size,
-      "seq_len": modality.length, "vocab": modality.vocab_size, "width": config.model.width,
-      "layers": config.model.num_layers, "heads": config.model.num_heads, "dtype": config.model.dtype,
+      "seq_len": modality.length, "vocab": modality.vocab_size, "width": config.model.transformer.width,
+      "layers": config.model.transformer.num_layers, "heads": config.model.transformer.num_heads, "dtype": config.model.dtype,
       "devices": len(jax.devices()), "steps_per_call": config.train.steps_per_call,
       "step_seconds": round(step_seconds, 4),
       f"{modality.unit}s_per_sec": round(tokens_per_step / step_seconds, 1),

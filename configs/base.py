@@ -1,16 +1,29 @@
 """Every config key, with its default. Experiment configs import this and override a few keys.
 
-Keys not defined here are an error, and so are values of the wrong type.
+Keys not defined here are an error, and so are values of the wrong type. A part's own keys (a backbone's, an
+objective's, a sampler's, a data source's) are declared next to its code, in its module's config_group(), and
+gathered here as model.<backbone>.*, diffusion.<objective>.*, sampler.<sampler>.*, data.<source>.*; those of
+parts outside md4_jax come from the modules listed in `plugins` (md4_jax/parts.py, docs/design.md).
 """
 
 import ml_collections
 
+from md4_jax import parts
+from md4_jax.data import token_files
+from md4_jax.models import transformer, unet, uvit
+from md4_jax.objectives import bd3, genmd4
+from md4_jax.samplers import confidence, exact, parallel, semi_ar
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(plugins: str = "") -> ml_collections.ConfigDict:
+  """plugins: modules outside md4_jax whose parts this config may choose ("mypkg.net,mypkg.sampler")."""
   config = ml_collections.ConfigDict()
+  # Modules outside md4_jax that hold parts (each sets KIND: "backbone" | "objective" | "sampler" | "source"); their
+  # config groups are added beside the built-in ones. Choose a part by its module path (model.backbone="mypkg.net").
+  config.plugins = plugins  # comma-separated module paths; "" = none
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
   # "md4": masked diffusion, the negative ELBO | "genmd4": MD4 with a learned per-token schedule | "bd3": block
-  # diffusion (blocks of diffusion.block_size left to right; needs model.backbone="transformer") | "ar": causal
+  # diffusion (blocks of diffusion.bd3.block_size left to right; needs model.backbone="transformer") | "ar": causal
   # next-token baseline, exact likelihood (needs model.backbone="transformer"). Replaces model.kind.
   config.objective = "md4"  # what a step optimises (see the lines above)
 
@@ -22,8 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.path = ""  # the file for source="textfile" (UTF-8 text) or "tokens" (.npy, or raw .bin)
   config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file)
   config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy that ships with md4-jax
-  config.data.vocab_size = 0  # source="tokens" only: ids are in [0, vocab_size)
-  config.data.token_dtype = ""  # source="tokens", .bin files: "uint16" (default), "uint32" or "int32"
   config.data.seq_len = 128  # tokens per training sequence (text; an image's length is H * W * C)
   config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
   config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
@@ -32,17 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   # et al.'s npz release, 1000 classes)
   config.data.subset = ""  # fineweb_edu: the hub subset ("" = sample-10BT); imagenet64: see the line above
   config.data.max_documents = 0  # prepare only the first N documents (images: per split); 0 = all; small trials
+  config.data.tokens = token_files.config_group()  # source="tokens": data/token_files.py
 
   config.model = ml_collections.ConfigDict()
-  config.model.backbone = "transformer"  # the network: "transformer" (tokens) | "unet" | "uvit" (images)
-  # model.num_layers .. model.positions: the transformer backbone's keys.
-  config.model.num_layers = 4  # transformer blocks
-  config.model.width = 128  # model dimension
-  config.model.num_heads = 4  # attention heads (width / num_heads must be even)
-  config.model.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width (unless mlp_hidden is set)
-  config.model.mlp_hidden = 0  # GLU hidden size; 0 = mlp_ratio * width (the published text models: 2048 at width 768)
-  config.model.cond_dim = 0  # width of the time condition the adaLN modulations read; 0 = width (published: 64)
-  config.model.positions = "rope"  # "rope" | "learned"
+  config.model.backbone = "transformer"  # the network: "transformer" (tokens) | "unet" | "uvit" (images) | a module path
+  config.model.transformer = transformer.config_group()  # backbone="transformer": models/transformer.py
   # Every backbone:
   config.model.time_conditioning = True  # condition on t (adaLN-zero / added embedding); False = time-independent
   config.model.class_conditional = False  # image sources with labels: condition on the class (label embedding)
@@ -50,42 +55,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params, optimizer, softmax, loss stay float32)
   config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
   config.model.attention = "auto"  # "auto" (cuDNN's fused kernel on a GPU in bfloat16, else XLA) | "xla" | "cudnn"
-  config.model.scan_layers = False  # transformer: loop one block over stacked parameters (compile time flat in depth)
-  # Same function and checkpoint layout either way, so a resumed run may change it; 0 leaves no per-layer
-  # activation stacks to fill and copy back out (the GPU's choice), but compile time grows with depth.
-  config.model.scan_unroll = 1  # with scan_layers: layers per loop iteration; 1 = a rolled loop, 0 = all of them
 
-  config.model.unet = ml_collections.ConfigDict()  # backbone="unet": residual blocks at full resolution
-  config.model.unet.channels = 128  # width of every residual block
-  config.model.unet.num_res_blocks = 32  # blocks going down (num_res_blocks + 1 coming up), around attention
-  config.model.unet.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
-  config.model.unet.dropout = 0.1  # dropout inside every residual block
+  config.model.unet = unet.config_group()  # backbone="unet": residual blocks at full resolution: models/unet.py
 
-  config.model.uvit = ml_collections.ConfigDict()  # backbone="uvit": residual blocks around a DiT middle
-  config.model.uvit.channels = 256  # width of the residual blocks and of the condition
-  config.model.uvit.num_res_blocks = 8  # blocks going down (num_res_blocks + 1 coming up)
-  config.model.uvit.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
-  config.model.uvit.patch_size = 2  # DiT patch size (64x64 -> 1,024 tokens)
-  config.model.uvit.width = 768  # DiT width
-  config.model.uvit.num_layers = 20  # DiT blocks (adaLN-zero)
-  config.model.uvit.num_heads = 12  # DiT attention heads
-  config.model.uvit.mlp_ratio = 4.0  # DiT GELU MLP hidden size = mlp_ratio * width
-  config.model.uvit.dropout = 0.1  # dropout in the residual blocks and the DiT
+  config.model.uvit = uvit.config_group()  # backbone="uvit": residual blocks around a DiT middle: models/uvit.py
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "linear"  # "linear" | "cosine" | "polyK" (e.g. "poly2") | "geometric"
   config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
   config.diffusion.antithetic = True  # low-discrepancy t across the batch (unbiased, lower variance)
-  config.diffusion.block_size = 4  # objective="bd3": tokens per block L' (divides data.seq_len; L' = L is MD4)
-  # objective="bd3": training draws block times in [clip_low, clip_high] (BD3-LM's clipped schedule: less gradient
-  # variance; train/loss is then that clipped objective, not a bound); evaluation always takes t in [0, 1).
-  config.diffusion.clip_low = 0.0  # bd3: lowest training time (0 = the bound)
-  config.diffusion.clip_high = 1.0  # bd3: highest training time (1 = the bound)
-  config.diffusion.genmd4 = ml_collections.ConfigDict()  # objective="genmd4": a learned schedule per token
-  config.diffusion.genmd4.initial_power = 1.0  # w_v at the start: alpha_{t,v} = 1 - t^w_v (1 = linear)
-  config.diffusion.genmd4.t_min = 1e-3  # times drawn in [t_min, 1]; the reconstruction term is taken at t_min
-  config.diffusion.genmd4.network_draws = 2  # draws of z_t the network's gradient uses (the schedule's: always 2)
-  config.diffusion.genmd4.learning_rate = -1.0  # the schedule's peak learning rate; -1 = train.learning_rate
+  config.diffusion.bd3 = bd3.config_group()  # objective="bd3": block diffusion's keys (objectives/bd3.py)
+  config.diffusion.genmd4 = genmd4.config_group()  # objective="genmd4": a learned schedule per token (objectives/genmd4.py)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 2000  # total optimizer steps
@@ -128,8 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sampler = ml_collections.ConfigDict()
   # "ancestral" (MD4) | "mean" (draw x0, then unmask) | "exact" (continuous-time reverse process, one event
-  # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.inner in each) |
-  # "parallel" (Fast-dLLM: blocks of sampler.block_length, every token above sampler.threshold per call)
+  # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.semi_ar.inner in each) |
+  # "parallel" (Fast-dLLM: blocks of sampler.block_length, every token above sampler.parallel.threshold per call)
   config.sampler.name = "ancestral"  # which sampler (see above and docs/sampling.md)
   config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence; semi_ar: all blocks together;
   # parallel: unused, its calls stop when a block is full)
@@ -137,21 +117,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampler.temperature = 1.0  # softmax temperature of token draws; 0 = argmax
   config.sampler.top_k = 0  # draw among the k most likely tokens; 0 = all
   config.sampler.top_p = 1.0  # nucleus: the fewest most likely tokens holding this mass; 1 = all
-  config.sampler.tokens_per_call = 1  # exact: unmasking events per network call (k > 1 is approximate)
-  config.sampler.choice_temperature = 4.5  # confidence: Gumbel noise on log-confidence, annealed to 0; 0 = LLaDA
   config.sampler.block_length = 0  # semi_ar, parallel: positions per block (divides data.seq_len; parallel: 0 = one)
-  config.sampler.inner = "confidence"  # semi_ar: "ancestral" | "mean" | "exact" | "confidence" within a block
   config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
   config.sampler.kv_cache = "none"  # "none" | "exact" (objective="bd3": finished blocks' keys/values cached) |
   # "prefix" | "dual" (sampler.name="parallel": Fast-dLLM's approximate caches, keys/values before / around a block)
-  config.sampler.cache_refresh = 0  # prefix / dual: whole-sequence refresh every this many calls; 0 = per block
-  config.sampler.threshold = 0.9  # parallel: unmask every token whose confidence exceeds it (at least one per call)
-  # "random" (uniform, MD4's order; keeps unconditional samples' entropy) | "confidence" (Fast-dLLM / LLaDA)
-  config.sampler.fallback = "random"  # parallel: the one position unmasked when none passes the threshold
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample
   config.sampler.batch_size = 16  # samples drawn per call: more are drawn (and written) this many at a time
+  # Each sampler's own keys, next to its code (md4_jax/samplers/):
+  config.sampler.exact = exact.config_group()  # name="exact" (or semi_ar's inner)
+  config.sampler.confidence = confidence.config_group()  # name="confidence" (or semi_ar's inner)
+  config.sampler.semi_ar = semi_ar.config_group()  # name="semi_ar"
+  config.sampler.parallel = parallel.config_group()  # name="parallel" (or semi_ar's inner)
 
   # Weights & Biases (pip install -e ".[wandb]"): metrics.jsonl's scalars, the config and each evaluation's samples,
   # one W&B run per workdir (a resumed run continues it; the run id is in config.json's _run.wandb_id).
@@ -165,4 +143,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # data-parallel axis size; -1 = all remaining devices
   config.mesh.fsdp = 1  # parameter-sharded data-parallel axis
   config.mesh.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
+  parts.add_plugin_groups(config)
   return config

@@ -12,8 +12,8 @@ from configs import owt_small
 
 def get_config():
   config = owt_small.get_config()
-  config.model.num_layers = 24
-  config.model.width = 1024
-  config.model.num_heads = 16
-  config.model.mlp_hidden = 2752
+  config.model.transformer.num_layers = 24
+  config.model.transformer.width = 1024
+  config.model.transformer.num_heads = 16
+  config.model.transformer.mlp_hidden = 2752
   return config

@@ -7,9 +7,9 @@ def get_config():
   config = base.get_config()
   config.data.source = "embedded"
   config.data.seq_len = 128
-  config.model.num_layers = 4
-  config.model.width = 128
-  config.model.num_heads = 4
+  config.model.transformer.num_layers = 4
+  config.model.transformer.width = 128
+  config.model.transformer.num_heads = 4
   config.train.num_steps = 700
   config.train.batch_size = 32
   config.train.learning_rate = 2e-3

@@ -9,5 +9,5 @@ from configs import quickstart
 def get_config():
   config = quickstart.get_config()
   config.objective = "bd3"
-  config.diffusion.block_size = 4
+  config.diffusion.bd3.block_size = 4
   return config

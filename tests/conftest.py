@@ -85,7 +85,7 @@ def sampler_settings(name: str | None = None, **changes):
   """samplers.Settings from configs/base.py's sampler group (the one place its defaults live), with changes."""
   from md4_jax import samplers  # noqa: PLC0415 (jax is imported after the compilation-cache settings above)
 
-  settings = samplers.Settings.from_config(base.get_config().sampler)
+  settings = samplers.settings(base.get_config().sampler)
   return dataclasses.replace(settings, **({"name": name} if name else {}), **changes)
 
 

@@ -2,7 +2,7 @@
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/mesh_worker.py OUT.json
 Writes, per mesh, the losses of 3 steps on fixed batches and the mesh axes and local shard
-shape of a few parameters; under "scanned", the same with model.scan_layers; under "images", the same for tiny class-conditional U-Net and U-ViT models.
+shape of a few parameters; under "scanned", the same with model.transformer.scan_layers; under "images", the same for tiny class-conditional U-Net and U-ViT models.
 """
 
 import json
@@ -29,10 +29,10 @@ VOCAB = 28
 
 def config(scan_layers=False):
   cfg = tiny_config.get_config()
-  cfg.model.scan_layers = scan_layers
+  cfg.model.transformer.scan_layers = scan_layers
   if scan_layers:
-    cfg.model.num_layers = 2
-  cfg.model.width, cfg.model.num_heads = 64, 4
+    cfg.model.transformer.num_layers = 2
+  cfg.model.transformer.width, cfg.model.transformer.num_heads = 64, 4
   cfg.train.logits_capacity = 0.7  # the gathered output layer, one gather per device block of rows
   return cfg
 

@@ -52,7 +52,7 @@ def test_length_reaches_the_sampler_and_is_checked_before_any_work(tmp_path, cor
   result = launch_tiny(corpus_file, tmp_path / "run", "--mode", "sample", "--length", "40")
   assert_clear_error(result, "--length=40: objective='md4' generates the trained length only")
   result = launch_tiny(corpus_file, tmp_path / "run", "--mode", "sample", "--length", "40", "--config.objective=bd3",
-                       "--config.diffusion.block_size=4")
+                       "--config.diffusion.bd3.block_size=4")
   assert_clear_error(result, "add --config.sampler.kv_cache=exact")
   result = launch_tiny(corpus_file, tmp_path / "run", "--length", "40")
   assert_clear_error(result, "--length only apply to --mode sample")

@@ -52,7 +52,7 @@ def test_published_text_models_have_the_reference_codes_parameter_count(module, 
 def test_the_layout_before_the_published_shapes_is_kept_at_zero_keys():
   """mlp_hidden = cond_dim = 0 is the layout of workdirs saved before those keys existed (their config.json lacks
   them and restores with them at 0): GLU 4 x width, modulations and one time layer from the full width."""
-  config = make_config("unused.txt", model__width=32, model__num_heads=2, model__num_layers=2)
+  config = make_config("unused.txt", model__transformer__width=32, model__transformer__num_heads=2, model__transformer__num_layers=2)
   make_model = models.backbone(config, Text(27, 16)).make
   state = nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
   shapes = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(state)}

@@ -8,9 +8,9 @@ def get_config():
   config.data.source = "textfile"
   config.data.seq_len = 16
   config.data.eval_fraction = 0.1
-  config.model.num_layers = 1
-  config.model.width = 32
-  config.model.num_heads = 2
+  config.model.transformer.num_layers = 1
+  config.model.transformer.width = 32
+  config.model.transformer.num_heads = 2
   config.train.num_steps = 12
   config.train.batch_size = 8
   config.train.learning_rate = 1e-2

@@ -76,16 +76,16 @@ def _plain_text_data(data_config, tokenizer, train_text: str, eval_text: str, wh
 
 
 def load_token_file(data_config, split: str, saved) -> Data:
-  """tokens: a user's .npy / .bin of ids in [0, data.vocab_size)."""
+  """tokens: a user's .npy / .bin of ids in [0, data.tokens.vocab_size)."""
   del split
   if data_config.tokenizer == "char":
     raise UserError("data.source='tokens' holds token ids, not text: set data.tokenizer to 'byte' or "
                     "'gpt2' (whichever made the ids)")
-  tokens = token_files.load_token_file(data_file(data_config), data_config.vocab_size, data_config.token_dtype)
+  tokens = token_files.load_token_file(data_file(data_config), data_config.tokens.vocab_size, data_config.tokens.token_dtype)
   tokenizer = saved.tokenizer if saved else _tokenizer(data_config)
-  if tokenizer.vocab_size != data_config.vocab_size:
-    raise UserError(f"data.vocab_size={data_config.vocab_size} but the {tokenizer.name} tokenizer has "
-                    f"{tokenizer.vocab_size} ids; set data.vocab_size={tokenizer.vocab_size}")
+  if tokenizer.vocab_size != data_config.tokens.vocab_size:
+    raise UserError(f"data.tokens.vocab_size={data_config.tokens.vocab_size} but the {tokenizer.name} tokenizer has "
+                    f"{tokenizer.vocab_size} ids; set data.tokens.vocab_size={tokenizer.vocab_size}")
   return _text_data(tokenizer, *token_files.split_tail(tokens, data_config.eval_fraction), data_config.seq_len)
 
 
@@ -127,7 +127,7 @@ def prepare_packed(data_config) -> str:
 def nominal_modality(data_config) -> modalities.Text:
   """The vocabulary and length without reading data: data.tokenizer's (char: text8's alphabet)."""
   tokenizer = data_config.tokenizer
-  vocab_size = len(tokenizers.TEXT8_ALPHABET) if tokenizer == "char" else tokenizers.TOKENIZERS[tokenizer].vocab_size
+  vocab_size = len(tokenizers.TEXT8_ALPHABET) if tokenizer == "char" else tokenizers.tokenizer_class(tokenizer).vocab_size
   return modalities.Text(vocab_size, data_config.seq_len)
 
 
@@ -139,4 +139,4 @@ def textfile_modality(data_config) -> modalities.Text:
 
 
 def token_file_modality(data_config) -> modalities.Text:
-  return modalities.Text(data_config.vocab_size, data_config.seq_len)
+  return modalities.Text(data_config.tokens.vocab_size, data_config.seq_len)

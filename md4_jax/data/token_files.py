@@ -1,4 +1,5 @@
-"""The `tokens` source: token ids the user already has on disk (.npy, or raw .bin like nanoGPT's).
+"""The `tokens` source: token ids the user already has on disk (.npy, or raw .bin like nanoGPT's). Its own keys:
+data.tokens.* (config_group).
 
 Files are memory-mapped, so a multi-gigabyte file costs no memory; the id
 range is checked chunk by chunk for the same reason.
@@ -6,6 +7,7 @@ range is checked chunk by chunk for the same reason.
 
 import pathlib
 
+import ml_collections
 import numpy as np
 
 from md4_jax.errors import UserError
@@ -14,14 +16,22 @@ BIN_DTYPES = ("uint16", "uint32", "int32")  # raw .bin files carry no dtype; uin
 _CHECK_CHUNK = 1 << 24  # ids per range-check chunk (16M ids: at most 128 MB in memory)
 
 
+def config_group() -> ml_collections.ConfigDict:
+  """data.tokens.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.vocab_size = 0  # ids are in [0, vocab_size)
+  group.token_dtype = ""  # .bin files: "uint16" (default), "uint32" or "int32"
+  return group
+
+
 def _open(file: pathlib.Path, dtype: str) -> np.ndarray:
   """The file's ids as a memory-mapped array, with the format checks that need no scan."""
   name = str(file)
   suffix = file.suffix.lower()
   if suffix == ".npy":
     if dtype:
-      raise UserError(f"data.token_dtype={dtype!r} applies to raw .bin files only; {name} stores its own "
-                      "dtype: leave data.token_dtype empty")
+      raise UserError(f"data.tokens.token_dtype={dtype!r} applies to raw .bin files only; {name} stores its own "
+                      "dtype: leave data.tokens.token_dtype empty")
     try:
       tokens = np.load(file, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
@@ -36,15 +46,15 @@ def _open(file: pathlib.Path, dtype: str) -> np.ndarray:
   if suffix == ".bin":
     dtype = dtype or "uint16"
     if dtype not in BIN_DTYPES:
-      raise UserError(f"data.token_dtype={dtype!r} is not supported; choose one of {BIN_DTYPES}")
+      raise UserError(f"data.tokens.token_dtype={dtype!r} is not supported; choose one of {BIN_DTYPES}")
     num_bytes, item_bytes = file.stat().st_size, np.dtype(dtype).itemsize
     if num_bytes % item_bytes:
       raise UserError(f"{name} has {num_bytes} bytes, not a multiple of {item_bytes} ({dtype}); set "
-                      f"data.token_dtype to the dtype that wrote it ({BIN_DTYPES})")
+                      f"data.tokens.token_dtype to the dtype that wrote it ({BIN_DTYPES})")
     if num_bytes == 0:
       raise UserError(f"{name} is empty; it needs at least a few sequences of token ids")
     return np.memmap(file, dtype=dtype, mode="r")
-  raise UserError(f"data.path={name!r} must end in .npy (np.save) or .bin (raw ids, dtype data.token_dtype)")
+  raise UserError(f"data.path={name!r} must end in .npy (np.save) or .bin (raw ids, dtype data.tokens.token_dtype)")
 
 
 def _check_ids(tokens: np.ndarray, vocab_size: int, name: str) -> None:
@@ -56,15 +66,15 @@ def _check_ids(tokens: np.ndarray, vocab_size: int, name: str) -> None:
     lowest = chunk_min if lowest is None else min(lowest, chunk_min)
     highest = chunk_max if highest is None else max(highest, chunk_max)
   if lowest < 0 or highest >= vocab_size:
-    raise UserError(f"{name} has ids from {lowest} to {highest}, outside [0, data.vocab_size={vocab_size}); "
-                    f"set data.vocab_size to the tokenizer's vocabulary (at least {highest + 1}) or fix the file")
+    raise UserError(f"{name} has ids from {lowest} to {highest}, outside [0, data.tokens.vocab_size={vocab_size}); "
+                    f"set data.tokens.vocab_size to the tokenizer's vocabulary (at least {highest + 1}) or fix the file")
 
 
 def load_token_file(path: str, vocab_size: int, dtype: str = "") -> np.ndarray:
   """[num_tokens] ids from a .npy (any integer dtype) or raw .bin file (`dtype`, default uint16), memory-mapped."""
   if vocab_size <= 0:
-    raise UserError(f"data.vocab_size={vocab_size}: data.source='tokens' needs the vocabulary size, ids being "
-                    "in [0, vocab_size); pass --config.data.vocab_size=N")
+    raise UserError(f"data.tokens.vocab_size={vocab_size}: data.source='tokens' needs the vocabulary size, ids being "
+                    "in [0, vocab_size); pass --config.data.tokens.vocab_size=N")
   if not path:
     raise UserError("data.source='tokens' needs a file: pass --config.data.path=/path/to/ids.npy (or .bin)")
   file = pathlib.Path(path).expanduser()

@@ -18,6 +18,7 @@ import numpy as np
 import tiktoken
 from etils import epath
 
+from md4_jax import parts
 from md4_jax.data import download, shipped
 from md4_jax.errors import UserError
 
@@ -247,24 +248,29 @@ def find_gpt2_bpe(explicit_path: str = "") -> pathlib.Path:
   return shipped.path("gpt2.tiktoken")
 
 
-# The tokenizers by name: data.tokenizer names one, a saved tokenizer.json's "kind" another.
+# The tokenizers by name: data.tokenizer names one, a saved tokenizer.json's "kind" another. One outside the package
+# is a module path whose module sets TOKENIZER to a class with the same methods (md4_jax/parts.py).
 TOKENIZERS = {tokenizer.name: tokenizer for tokenizer in (CharTokenizer, ByteTokenizer, Gpt2Tokenizer)}
 NAMES = tuple(TOKENIZERS)
 
 
+def tokenizer_class(name: str):
+  """The tokenizer class called `name` (built-in, or a module path); UserError naming the choices."""
+  found = parts.find("tokenizer", name, TOKENIZERS)
+  return found if name in TOKENIZERS else found.TOKENIZER
+
+
 def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):
   """The tokenizer called `name`: "char" (over `alphabet`), "byte" or "gpt2" (from `bpe_path` or the shipped copy)."""
-  if name not in TOKENIZERS:
-    raise UserError(f"unknown tokenizer {name!r}; choose one of {NAMES}")
-  return TOKENIZERS[name].build(bpe_path, alphabet)
+  return tokenizer_class(name).build(bpe_path, alphabet)
 
 
 def tokenizer_from_json(spec: dict):
   """The inverse of `to_json`; a gpt2 spec must find its BPE file with the recorded sha256."""
   kind = spec.get("kind") if isinstance(spec, dict) else None
-  if kind not in TOKENIZERS:
-    raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be one of {NAMES}")
-  return TOKENIZERS[kind].from_json(spec)
+  if not isinstance(kind, str) or (kind not in TOKENIZERS and not parts.is_module_path(kind)):
+    raise UserError(f"unknown tokenizer description {spec!r}: its 'kind' must be one of {NAMES} or a module path")
+  return tokenizer_class(kind).from_json(spec)
 
 
 def save_tokenizer(tokenizer, path) -> None:

@@ -104,7 +104,7 @@ class Experiment:
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
-    self.sampler_settings = samplers.Settings.from_config(config.sampler)
+    self.sampler_settings = samplers.settings(config.sampler)
     # sample(params, key, z_BxL, label_B) -> (tokens_BxL, NFE, order_BxL): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))

@@ -154,7 +154,7 @@ def _draw_batch(experiment, params, key, labels_B, start_of, length: int, segmen
     return samples.nfe, samples.seconds, samples.tokens
   labels = sharding.replicated_array(np.asarray(labels_B, np.int32), experiment.mesh)
   cache, clock, nfe, seconds = experiment.empty_sample_cache(len(labels_B)), 0, 0, 0.0
-  block_size, compiled, kept = experiment.config.diffusion.block_size, set(), []
+  block_size, compiled, kept = experiment.config.diffusion.bd3.block_size, set(), []
   progress = tqdm.tqdm(total=length, unit="token", unit_scale=True, leave=False, desc="sampling",
                        disable=writer is None)  # a long sample takes a while: its tokens so far
   for begin in range(0, length, segment):

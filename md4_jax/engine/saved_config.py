@@ -3,9 +3,26 @@ saved workdirs) and the run record it carries beside the config."""
 
 import json
 
+_OWN_GROUP = "the {part}'s keys are its own group now (same values)"
+
 # Keys that were renamed: old -> (new, what to write instead). Saved workdirs are migrated (`migrate`);
 # a config or command line that still uses the old name is refused with the replacement.
-RENAMED = {"model.kind": ("objective", "set config.objective (or --config.objective=ar); same values: 'md4' | 'ar'")}
+RENAMED = {
+    "model.kind": ("objective", "set config.objective (or --config.objective=ar); same values: 'md4' | 'ar'"),
+    **{f"model.{key}": (f"model.transformer.{key}", _OWN_GROUP.format(part="transformer backbone"))
+       for key in ("num_layers", "width", "num_heads", "mlp_ratio", "mlp_hidden", "cond_dim", "positions",
+                   "scan_layers", "scan_unroll")},
+    **{f"diffusion.{key}": (f"diffusion.bd3.{key}", _OWN_GROUP.format(part="bd3 objective"))
+       for key in ("block_size", "clip_low", "clip_high")},
+    **{f"sampler.{key}": (f"sampler.parallel.{key}", _OWN_GROUP.format(part="parallel sampler"))
+       for key in ("threshold", "fallback", "cache_refresh")},
+    "sampler.tokens_per_call": ("sampler.exact.tokens_per_call", _OWN_GROUP.format(part="exact sampler")),
+    "sampler.choice_temperature": ("sampler.confidence.choice_temperature",
+                                   _OWN_GROUP.format(part="confidence sampler")),
+    "sampler.inner": ("sampler.semi_ar.inner", _OWN_GROUP.format(part="semi_ar sampler")),
+    **{f"data.{key}": (f"data.tokens.{key}", _OWN_GROUP.format(part="tokens source"))
+       for key in ("vocab_size", "token_dtype")},
+}
 
 
 RUN_RECORD = "_run"  # config.json's one key that is not config: the run's record (md4_jax/run/workdir.py)
@@ -28,6 +45,12 @@ def migrate(saved: dict) -> dict:
   saved.pop(RUN_RECORD, None)
   for old_key, (new_key, _) in RENAMED.items():
     group, _, name = old_key.rpartition(".")
-    if name in saved.get(group, {}):
-      saved[new_key] = saved[group].pop(name)
+    parent = saved.get(group, {}) if group else saved
+    if name in parent:
+      value = parent.pop(name)
+      *path, last = new_key.split(".")
+      target = saved
+      for part in path:
+        target = target.setdefault(part, {})
+      target[last] = value
   return saved

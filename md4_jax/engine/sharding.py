@@ -24,7 +24,7 @@ RULES = {
     "heads": "tensor",
     "kv": None,
     "mlp": "tensor",
-    "layers": None,  # the leading axis of scanned layers' stacked parameters (model.scan_layers)
+    "layers": None,  # the leading axis of scanned layers' stacked parameters (model.transformer.scan_layers)
 }
 
 BATCH_AXES = ("data", "fsdp")  # examples are split over both data-parallel axes

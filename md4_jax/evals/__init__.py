@@ -1,4 +1,5 @@
-"""Eval suites by name (`eval.suite`), what `--mode eval` runs. Each suite is a module with
+"""Eval suites by name (`eval.suite`), what `--mode eval` runs: a built-in one (SUITES) or a module outside the
+package named by its path (md4_jax/parts.py). Each suite is a module with
 
 - `load(config, workdir, modality)`: its inputs (the held-out data, benchmark rows...), read before
   the checkpoint is restored so a missing input fails fast;
@@ -16,10 +17,16 @@ import dataclasses
 
 from etils import epath
 
+from md4_jax import parts
 from md4_jax.evals import bound, samples, zero_shot
 
 SUITES = {"bound": bound, "samples": samples, "zero_shot": zero_shot}
 NAMES = tuple(SUITES)
+
+
+def get(name: str):
+  """The suite module called `name` (built-in, or a module path); UserError naming the choices."""
+  return parts.find("suite", name, SUITES)
 
 
 @dataclasses.dataclass(frozen=True)

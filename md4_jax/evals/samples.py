@@ -44,13 +44,13 @@ def held_out_unigram_entropy_bits(rows, vocab_size: int, max_rows: int = 2000) -
 
 
 def parse_variants(spec: str) -> list[dict]:
-  """"ancestral:100,exact:1,parallel:0.9:dual" -> sampler overrides, one dict per item: name:steps (grid samplers),
-  exact:k (tokens per call) or parallel:threshold, each optionally followed by :kv_cache (none, exact, prefix,
-  dual)."""
+  """"ancestral:100,exact:1,parallel:0.9:dual" -> sampler overrides (config.sampler's nesting), one dict per item:
+  name:steps (grid samplers), exact:k (sampler.exact.tokens_per_call) or parallel:threshold
+  (sampler.parallel.threshold), each optionally followed by :kv_cache (none, exact, prefix, dual)."""
   variants = []
   for item in filter(None, (part.strip() for part in spec.split(","))):
     name, number, *cache = (item + ":").split(":")[:-1] if item.count(":") else (item, "")
-    key = {"exact": "tokens_per_call", "parallel": "threshold"}.get(name, "steps")
+    group, key = {"exact": ("exact", "tokens_per_call"), "parallel": ("parallel", "threshold")}.get(name, (None, "steps"))
     try:
       value = float(number) if key == "threshold" else int(number)
     except ValueError:
@@ -58,10 +58,17 @@ def parse_variants(spec: str) -> list[dict]:
     if value <= 0 or len(cache) > 1:
       raise UserError(f"eval.samplers item {item!r}: write name:steps (e.g. ancestral:100), exact:k or "
                       "parallel:threshold (e.g. parallel:0.9), optionally then :kv_cache (e.g. parallel:0.9:dual)")
-    variants.append({"name": name, key: value, **({"kv_cache": cache[0]} if cache else {})})
+    variants.append({"name": name, **({group: {key: value}} if group else {key: value}),
+                     **({"kv_cache": cache[0]} if cache else {})})
   if not variants:
     raise UserError("eval.samplers is empty: list sampler variants, e.g. --eval.samplers=ancestral:100,exact:1")
   return variants
+
+
+def variant_label(variant: dict) -> str:
+  """A parsed variant as written: "parallel:0.9:dual"."""
+  return ":".join(str(item) for value in variant.values()
+                  for item in (value.values() if isinstance(value, dict) else (value,)))
 
 
 class Judge:
@@ -76,7 +83,7 @@ class Judge:
     saved = saved_config.migrate(json.loads((path / "config.json").read_text()))
     config = ml_collections.ConfigDict(saved_config.with_missing_keys(saved, current_config.to_dict()))
     objective_name = config.get("objective", "md4")
-    if objective_name not in objectives.OBJECTIVES or not objectives.get(objective_name).exact:
+    if not objectives.get(objective_name).exact:
       raise UserError(f"eval.judge={workdir!r} is an {objective_name} run, whose likelihood is a bound; the judge must "
                       "score exactly (objective='ar')")
     judge_modality = modalities.load(path, config.data.seq_len)
@@ -117,7 +124,7 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
     experiment = base.with_overrides("sampler", overrides)
     start = generate.unconditional_start(experiment, config.sampler.num_samples)
     samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
-    label = ":".join(str(v) for v in overrides.values())
+    label = variant_label(overrides)
     rows.append({"sampler": label, "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
                  "tokens_per_sec": round(samples.tokens_per_sec, 1),
                  "gen_ppl": judge.perplexity(samples.tokens) if judge else None,

@@ -9,29 +9,29 @@ layer fused with the loss: fused_head.py) and `weighted_nll(h_NxD, x0_N, weight_
 of cross-entropies, its gradient made in the forward pass), so the loss keeps no [N, V] array and can apply the
 output layer at masked positions only.
 
-To add a backbone: a module here with `build(config, modality, requirements) -> backbone.Backbone` (its config
-dataclass and `make(rngs)`), found by its name, and its keys in configs/base.py (model.<name>.*).
+A backbone is a module with `build(config, modality, requirements) -> backbone.Backbone` (its config dataclass
+and `make(rngs)`) and, next to it, its own keys (`config_group()`, model.<name>.*) and checks (`check_config`):
+a built-in one is listed in BUILTIN, one outside the package is named by its module path (md4_jax/parts.py).
 
 | name | modality | keys |
 |---|---|---|
-| transformer | text (or any token sequence) | model.num_layers, width, num_heads, mlp_ratio, mlp_hidden, cond_dim, positions, scan_layers, scan_unroll |
+| transformer | text (or any token sequence) | model.transformer.* |
 | unet | image | model.unet.* |
 | uvit | image | model.uvit.* |
 """
 
-import importlib
-import pkgutil
-
+from md4_jax import parts
+from md4_jax.models import transformer, unet, uvit
 from md4_jax.models.backbone import Backbone
 from md4_jax.models.layers import LAYER_AXIS  # noqa: F401 (the optimizer reads it)
 
+BUILTIN = {"transformer": transformer, "unet": unet, "uvit": uvit}
+BACKBONES = tuple(BUILTIN)
 
-def _module(name: str):
-  return importlib.import_module(f"{__name__}.{name}")
 
-
-# The modules of this package that define `build`: a backbone is its module's name.
-BACKBONES = tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if hasattr(_module(info.name), "build")))
+def get(name: str):
+  """The backbone module called `name` (built-in, or a module path); UserError naming the choices."""
+  return parts.find("backbone", name, BUILTIN)
 
 
 def backbone(config, modality, requirements=None) -> Backbone:
@@ -41,10 +41,7 @@ def backbone(config, modality, requirements=None) -> Backbone:
   requirements: what the objective needs of the network ({"causal": True, "time_conditioning": False} for the
   autoregressive baseline).
   """
-  name = config.model.backbone
-  if name not in BACKBONES:
-    raise ValueError(f"model.backbone={name!r}: choose one of {BACKBONES}")
-  return _module(name).build(config, modality, dict(requirements or {}))
+  return get(config.model.backbone).build(config, modality, dict(requirements or {}))
 
 
 class Network:

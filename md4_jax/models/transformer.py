@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from md4_jax.core import fused_head
@@ -31,7 +32,8 @@ from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, rop
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """The transformer's settings; their defaults and meanings live in configs/base.py (model.*)."""
+  """The transformer's settings; their defaults and meanings: config_group below (model.transformer.*) and
+  configs/base.py (model.*, every backbone's)."""
   vocab_size: int  # V real tokens; the input vocabulary is V + 1 (mask id V)
   seq_len: int
   num_layers: int
@@ -50,20 +52,24 @@ class TransformerConfig:
   attention: str  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
+    for name in ("num_layers", "width", "num_heads"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.transformer.{name}={getattr(self, name)} must be positive")
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
-      raise ValueError(f"model.width={self.width} must split into model.num_heads={self.num_heads} "
-                       "heads of even size")
+      raise ValueError(f"model.transformer.width={self.width} must split into model.transformer.num_heads="
+                       f"{self.num_heads} heads of even size")
     if self.positions not in ("rope", "learned"):
-      raise ValueError(f"model.positions={self.positions!r}: choose 'rope' or 'learned'")
+      raise ValueError(f"model.transformer.positions={self.positions!r}: choose 'rope' or 'learned'")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"model.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat={self.remat!r}: choose 'none' or 'block'")
     if self.scan_unroll < 0:
-      raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 0 (1 = a rolled loop, 0 = every layer)")
+      raise ValueError(f"model.transformer.scan_unroll={self.scan_unroll} must be >= 0 (1 = a rolled loop, 0 = every "
+                       "layer)")
     if self.mlp_hidden < 0 or self.cond_dim < 0:
-      raise ValueError(f"model.mlp_hidden={self.mlp_hidden} and model.cond_dim={self.cond_dim} must be >= 0 "
-                       "(0 = the width-derived size)")
+      raise ValueError(f"model.transformer.mlp_hidden={self.mlp_hidden} and model.transformer.cond_dim="
+                       f"{self.cond_dim} must be >= 0 (0 = the width-derived size)")
     check_attention(self.attention, self.dtype)
 
   @property
@@ -273,16 +279,29 @@ class Transformer(nnx.Module):
     return fused_head.weighted_nll(h_NxD, self.head.kernel[...], x0_N, weight_N)
 
 
+def config_group() -> ml_collections.ConfigDict:
+  """model.transformer.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.num_layers = 4  # transformer blocks
+  group.width = 128  # model dimension
+  group.num_heads = 4  # attention heads (width / num_heads must be even)
+  group.mlp_ratio = 4.0  # GLU hidden size = mlp_ratio * width (unless mlp_hidden is set)
+  group.mlp_hidden = 0  # GLU hidden size; 0 = mlp_ratio * width (the published text models: 2048 at width 768)
+  group.cond_dim = 0  # width of the time condition the adaLN modulations read; 0 = width (published: 64)
+  group.positions = "rope"  # "rope" | "learned"
+  group.scan_layers = False  # loop one block over stacked parameters (compile time flat in depth)
+  # Same function and checkpoint layout either way, so a resumed run may change it; 0 leaves no per-layer
+  # activation stacks to fill and copy back out (the GPU's choice), but compile time grows with depth.
+  group.scan_unroll = 1  # with scan_layers: layers per loop iteration; 1 = a rolled loop, 0 = all of them
+  return group
+
+
 def build(config, modality, requirements: dict) -> Backbone:
   """model.backbone = "transformer": text, or any token sequence."""
   if classes(config, modality):
     raise ValueError("model.class_conditional=True needs an image backbone (model.backbone='unet' or 'uvit')")
-  model = config.model
-  cfg = TransformerConfig(vocab_size=modality.vocab_size, seq_len=modality.length, num_layers=model.num_layers,
-                          width=model.width, num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
-                          mlp_hidden=model.mlp_hidden, cond_dim=model.cond_dim, positions=model.positions,
-                          causal=requirements.get("causal", False), scan_layers=model.scan_layers,
-                          scan_unroll=model.scan_unroll,
+  cfg = TransformerConfig(vocab_size=modality.vocab_size, seq_len=modality.length,
+                          causal=requirements.get("causal", False), **dict(config.model.transformer),
                           **shared_keys(config, requirements))
   return Backbone(cfg, functools.partial(Transformer, cfg))
 

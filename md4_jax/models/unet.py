@@ -11,6 +11,7 @@ import dataclasses
 import functools
 
 import jax
+import ml_collections
 from flax import nnx
 
 from md4_jax.models import image_layers
@@ -66,6 +67,16 @@ class UNet(image_layers.ResidualTrunk):
     super().__init__(cfg, rngs, cond_mode="add", conditioned_head=False,
                      make_middle=lambda block, cond_dim: AttentionMiddle(
                          block, cfg.channels, rngs, attention_kernel(cfg.attention, cfg.dtype, cfg.channels)))
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """model.unet.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.channels = 128  # width of every residual block
+  group.num_res_blocks = 32  # blocks going down (num_res_blocks + 1 coming up), around attention
+  group.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
+  group.dropout = 0.1  # dropout inside every residual block
+  return group
 
 
 def build(config, modality, requirements: dict) -> Backbone:

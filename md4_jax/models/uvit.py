@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 from flax import nnx
 
 from md4_jax.models import image_layers
@@ -42,6 +43,9 @@ class UViTConfig:
   attention: str  # the DiT blocks' attention kernel (attention.attention_kernel)
 
   def __post_init__(self):
+    for name in ("channels", "patch_size", "width", "num_layers", "num_heads"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.uvit.{name}={getattr(self, name)} must be positive")
     height, width, _ = self.image_shape
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(f"model.uvit.patch_size={self.patch_size} must divide the image size {height}x{width}")
@@ -153,6 +157,21 @@ class UViT(image_layers.ResidualTrunk):
   def __init__(self, cfg: UViTConfig, rngs: nnx.Rngs):
     super().__init__(cfg, rngs, cond_mode="norm", conditioned_head=True,
                      make_middle=lambda block, cond_dim: DiT(cfg, cond_dim, rngs))
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """model.uvit.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.channels = 256  # width of the residual blocks and of the condition
+  group.num_res_blocks = 8  # blocks going down (num_res_blocks + 1 coming up)
+  group.embed_dim = 0  # per-sub-pixel embedding size before the input conv; 0 = channels
+  group.patch_size = 2  # DiT patch size (64x64 -> 1,024 tokens)
+  group.width = 768  # DiT width
+  group.num_layers = 20  # DiT blocks (adaLN-zero)
+  group.num_heads = 12  # DiT attention heads
+  group.mlp_ratio = 4.0  # DiT GELU MLP hidden size = mlp_ratio * width
+  group.dropout = 0.1  # dropout in the residual blocks and the DiT
+  return group
 
 
 def build(config, modality, requirements: dict) -> Backbone:

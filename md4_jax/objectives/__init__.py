@@ -1,29 +1,24 @@
 """Training objectives by name (`config.objective`): what a step optimises, what eval reports, how to sample.
 
-Every objective implements the protocol in base.py (`Objective`: every method present, defaults there); its own
-config checks, sampler table and evaluation extras live in its module. To add one: write a module here with a
-subclass and `OBJECTIVE = <the subclass>`, and its keys (if any) in configs/base.py (docs/design.md).
+Every objective implements the protocol in base.py (`Objective`: every method present, defaults there). An
+objective is a module with `OBJECTIVE = <the subclass>` and, next to it, its own keys (`config_group()`,
+diffusion.<name>.*; checked by the class's `check_config`), sampler table and evaluation extras: a built-in one is
+listed in BUILTIN, one outside the package is named by its module path (md4_jax/parts.py, docs/design.md).
 """
 
-import importlib
-import pkgutil
 from typing import Callable, NamedTuple
 
-from md4_jax import models
+from md4_jax import models, parts
+from md4_jax.objectives import ar, bd3, genmd4, md4
 from md4_jax.objectives.base import Objective
 
-# The modules of this package that name an OBJECTIVE, by that objective's name.
-OBJECTIVES = {objective.name: objective for objective in (
-    getattr(importlib.import_module(f"{__name__}.{info.name}"), "OBJECTIVE", None)
-    for info in pkgutil.iter_modules(__path__)) if objective is not None}
-NAMES = tuple(OBJECTIVES)
+BUILTIN = {module.OBJECTIVE.name: module for module in (md4, genmd4, bd3, ar)}
+NAMES = tuple(BUILTIN)
 
 
 def get(name: str):
-  """The objective class called `name`; ValueError naming the choices otherwise."""
-  if name not in OBJECTIVES:
-    raise ValueError(f"objective={name!r}: choose one of {NAMES}")
-  return OBJECTIVES[name]
+  """The objective class called `name` (built-in, or a module path); UserError naming the choices."""
+  return parts.find("objective", name, BUILTIN).OBJECTIVE
 
 
 class Model(NamedTuple):

@@ -1,4 +1,4 @@
-"""Block diffusion (`objective = "bd3"`, BD3-LM): blocks of diffusion.block_size tokens, each an MD4 bound given
+"""Block diffusion (`objective = "bd3"`, BD3-LM): blocks of diffusion.bd3.block_size tokens, each an MD4 bound given
 the clean blocks before it (core/block_diffusion.py); sampled block by block, left to right.
 
 The transformer runs without a time input (blocks differ in t) and with the block layouts' attention masks.
@@ -12,6 +12,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from md4_jax import samplers
 from md4_jax.core import block_diffusion
@@ -19,6 +20,17 @@ from md4_jax.core.attention_masks import Mask
 from md4_jax.core.schedules import get_schedule
 from md4_jax.models.transformer import write_cache
 from md4_jax.objectives.base import Objective, refuse
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """diffusion.bd3.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.block_size = 4  # tokens per block L' (divides data.seq_len; L' = L is MD4)
+  # Training draws block times in [clip_low, clip_high] (BD3-LM's clipped schedule: less gradient variance;
+  # train/loss is then that clipped objective, not a bound); evaluation always takes t in [0, 1).
+  group.clip_low = 0.0  # lowest training time (0 = the bound)
+  group.clip_high = 1.0  # highest training time (1 = the bound)
+  return group
 
 
 class BlockDiffusion(Objective):
@@ -30,25 +42,25 @@ class BlockDiffusion(Objective):
   def __init__(self, config, vocab_size: int):
     super().__init__(config, vocab_size)
     self.schedule = get_schedule(config.diffusion.schedule)
-    self.block_size = int(config.diffusion.block_size)
+    self.block_size = int(config.diffusion.bd3.block_size)
 
   @classmethod
   def check_config(cls, config) -> None:
-    block_size, length = config.diffusion.block_size, config.data.seq_len
+    block_size, length = config.diffusion.bd3.block_size, config.data.seq_len
     if block_size < 1 or length % block_size:
-      refuse(f"diffusion.block_size={block_size} must divide data.seq_len={length} (blocks tile the sequence; "
+      refuse(f"diffusion.bd3.block_size={block_size} must divide data.seq_len={length} (blocks tile the sequence; "
              f"e.g. 4, or {length} for one block = MD4)")
     num_blocks, steps = length // block_size, config.sampler.steps
     if steps % num_blocks:
       refuse(f"sampler.steps={steps} must be a multiple of the {num_blocks} blocks (data.seq_len / "
-             f"diffusion.block_size): the blocks share the steps, e.g. sampler.steps={num_blocks * 4}")
-    low, high = config.diffusion.clip_low, config.diffusion.clip_high
+             f"diffusion.bd3.block_size): the blocks share the steps, e.g. sampler.steps={num_blocks * 4}")
+    low, high = config.diffusion.bd3.clip_low, config.diffusion.bd3.clip_high
     if not 0.0 <= low < high <= 1.0:
-      refuse(f"diffusion.clip_low={low}, diffusion.clip_high={high}: need 0 <= clip_low < clip_high <= 1 (the "
+      refuse(f"diffusion.bd3.clip_low={low}, diffusion.bd3.clip_high={high}: need 0 <= clip_low < clip_high <= 1 (the "
              "range training draws block times from; 0 and 1 = the plain bound)")
     if config.sampler.name == "semi_ar":
       refuse("sampler.name='semi_ar': objective='bd3' already samples block by block (blocks of "
-             "diffusion.block_size); name the sampler run inside each block instead, e.g. sampler.name='ancestral'")
+             "diffusion.bd3.block_size); name the sampler run inside each block instead, e.g. sampler.name='ancestral'")
 
   @classmethod
   def check_sample_length(cls, config, length: int) -> None:
@@ -56,18 +68,18 @@ class BlockDiffusion(Objective):
     relative positions (learned ones end at data.seq_len)."""
     if length == config.data.seq_len:
       return
-    size = config.diffusion.block_size
+    size = config.diffusion.bd3.block_size
     if length % size:
-      refuse(f"--length={length} must be a whole number of blocks (diffusion.block_size={size}), e.g. "
+      refuse(f"--length={length} must be a whole number of blocks (diffusion.bd3.block_size={size}), e.g. "
              f"{(length // size + 1) * size}")
     if config.sampler.kv_cache != "exact":
       refuse(f"--length={length} (data.seq_len={config.data.seq_len}) is drawn through the block cache: add "
              "--config.sampler.kv_cache=exact")
     if length >= 2**31:
       refuse(f"--length={length} is past the largest position a sample can have (2**31 - 1 tokens)")
-    if length > config.data.seq_len and config.model.positions != "rope":
+    if length > config.data.seq_len and config.model.transformer.positions != "rope":
       refuse(f"--length={length} is longer than the training length {config.data.seq_len}, and "
-             f"model.positions={config.model.positions!r} has no embedding past it; train with model.positions='rope'")
+             f"model.transformer.positions={config.model.transformer.positions!r} has no embedding past it; train with model.transformer.positions='rope'")
 
   def bound_name(self, timesteps: int) -> str:
     kind = "continuous-time" if timesteps == 0 else f"{timesteps}-step"
@@ -76,7 +88,7 @@ class BlockDiffusion(Objective):
   def terms(self, net, x0_BxL, key, *, token_mask_BxL, timesteps: int, t_B=None, capacity_fraction: float = 1.0,
             groups: int = 1, training: bool = False) -> dict:
     """One-sample estimate per example: every block's time and mask drawn, all blocks scored in one call. In
-    training, times come from [diffusion.clip_low, clip_high] (the plain bound at the defaults 0 and 1)."""
+    training, times come from [diffusion.bd3.clip_low, clip_high] (the plain bound at the defaults 0 and 1)."""
     del capacity_fraction, groups  # every position goes through the output layer
     diffusion_cfg = self.config.diffusion
     clip = (float(diffusion_cfg.clip_low), float(diffusion_cfg.clip_high)) if training else (0.0, 1.0)
@@ -118,7 +130,7 @@ class BlockDiffusion(Objective):
       raise ValueError(f"a length of {total_length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
     steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
     inner_settings = dataclasses.replace(settings, steps=steps)
-    inner = samplers.SAMPLERS[settings.name]
+    inner = samplers.run_of(settings.name, samplers.SAMPLERS)
     whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
 
     def one_block(offset, carry):

@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -23,6 +24,16 @@ from md4_jax.objectives import genmd4_powers
 from md4_jax.objectives.base import Objective, refuse
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
 from md4_jax.samplers import thinning
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """diffusion.genmd4.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.initial_power = 1.0  # w_v at the start: alpha_{t,v} = 1 - t^w_v (1 = linear)
+  group.t_min = 1e-3  # times drawn in [t_min, 1]; the reconstruction term is taken at t_min
+  group.network_draws = 2  # draws of z_t the network's gradient uses (the schedule's: always 2)
+  group.learning_rate = -1.0  # the schedule's peak learning rate; -1 = train.learning_rate
+  return group
 
 
 def inverse_softplus(y: float) -> float:

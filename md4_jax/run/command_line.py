@@ -34,8 +34,9 @@ Examples:
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, samples/ "
                               "(all modes but prepare and params).")
-MODE = flags.DEFINE_enum("mode", "train", MODES, "train (resumes if DIR has checkpoints), eval, sample, prepare "
-                         "(download and preprocess data.source into data.dir), or params (print the parameter count).")
+MODE = flags.DEFINE_string("mode", "train", "train (resumes if DIR has checkpoints), eval, sample, prepare "
+                           "(download and preprocess data.source into data.dir), params (print the parameter count), "
+                           "or a module path outside md4_jax whose run(config, workdir) is the mode.")
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
                                    "config.sampler.num_samples), drawn sampler.batch_size at a time.")

@@ -7,9 +7,9 @@ import math
 
 import jax
 
-from md4_jax import evals, models, objectives, samplers
+from md4_jax import evals, objectives, parts, samplers
 from md4_jax.core import schedules
-from md4_jax.data import image_sources, modality, sources, tokenizers, zero_shot_sets
+from md4_jax.data import modality, sources, tokenizers, zero_shot_sets
 from md4_jax.engine import profiling, sharding, wandb_log
 from md4_jax.engine.saved_config import RENAMED, RUN_RECORD, migrate  # noqa: F401 (this module's interface)
 from md4_jax.errors import UserError
@@ -21,15 +21,14 @@ from md4_jax.run.config_keys import flatten  # {"a.b": value}; the light module 
 # steps_per_call change only cost.
 # Data locations may move between machines (what is read there is checked: prepared meta, BPE checksum).
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.profile_steps", "train.grad_accum", "train.logits_capacity", "model.remat",
-                     "model.attention", "model.scan_unroll", "train.steps_per_call",
-                     "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.", "wandb.")
-POSITIVE_INTS = ("data.seq_len", "model.num_layers", "model.width", "model.num_heads", "train.num_steps",
-                 "train.batch_size", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                 "train.keep_checkpoints", "train.grad_accum", "train.steps_per_call", "eval.batch_size",
-                 "eval.time_samples", "sampler.steps",
-                 "sampler.num_samples", "sampler.batch_size", "model.unet.channels", "model.uvit.channels", "model.uvit.patch_size",
-                 "model.uvit.width", "model.uvit.num_layers", "model.uvit.num_heads")
+                     "train.keep_checkpoints", "train.profile_steps", "train.grad_accum", "train.logits_capacity",
+                     "model.remat", "model.attention", "model.transformer.scan_unroll", "train.steps_per_call",
+                     "data.dir", "data.manual_dir", "data.tokenizer_path", "eval.", "sampler.", "mesh.", "wandb.",
+                     "plugins")
+# The general keys that must be positive (a part's own keys are checked by the part).
+POSITIVE_INTS = ("data.seq_len", "train.num_steps", "train.batch_size", "train.log_every", "train.eval_every",
+                 "train.checkpoint_every", "train.keep_checkpoints", "train.grad_accum", "train.steps_per_call",
+                 "eval.batch_size", "eval.time_samples", "sampler.steps", "sampler.num_samples", "sampler.batch_size")
 
 
 def _type_ok(value, default) -> bool:
@@ -40,8 +39,16 @@ def _type_ok(value, default) -> bool:
   return isinstance(value, type(default))
 
 
+def schema(config, reference):
+  """`reference` (configs/base.py's config) with the groups of the parts outside md4_jax that `config` names."""
+  reference = reference.copy_and_resolve_references()
+  parts.add_plugin_groups(reference, named_by=config)
+  return reference
+
+
 def check_keys(config, reference) -> None:
-  """Every key of `config` exists in `reference` (configs/base.py) with a value of the same type."""
+  """Every key of `config` exists in `reference` (configs/base.py, with the groups of the parts outside md4_jax the
+  config names) with a value of the same type."""
   flat, known = flatten(config), flatten(reference)
   for key, value in flat.items():
     if key in RENAMED:
@@ -76,12 +83,6 @@ def unknown_key(key: str, known: dict) -> str:
           f"(python launch.py --help={group or 'all'} lists them with their defaults and comments)")
 
 
-KV_CACHES = ("none", "exact", *samplers.parallel.CACHES)
-# The sampler keys with a fixed set of values: checked for the config and for each eval.samplers variant.
-SAMPLER_CHOICES = {"sampler.name": samplers.NAMES, "sampler.inner": samplers.INNER, "sampler.params": ("ema", "raw"),
-                   "sampler.kv_cache": KV_CACHES, "sampler.fallback": samplers.parallel.FALLBACKS}
-
-
 def _check_choices(flat: dict, choices: dict) -> None:
   for key, allowed in choices.items():
     if flat[key] not in allowed:
@@ -89,7 +90,8 @@ def _check_choices(flat: dict, choices: dict) -> None:
 
 
 def check_values(config) -> None:
-  """Values each key accepts, checked up front so no run dies after minutes of work."""
+  """Values each key accepts, checked up front so no run dies after minutes of work: the general keys here, each
+  chosen part's own keys by the part (its check_config, or its build for a backbone)."""
   flat = flatten(config)
   for key in POSITIVE_INTS:
     if flat[key] <= 0:
@@ -98,12 +100,16 @@ def check_values(config) -> None:
     raise UserError(f"eval.timesteps={config.eval.timesteps}: use -1 (as trained), 0 (continuous) or T > 0 steps")
   if config.diffusion.timesteps < 0:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
+  _check_choices(flat, {"eval.split": ("validation", "test"), "eval.params": ("ema", "raw")})
   source = sources.get(config.data.source)
-  _check_choices(flat, {"objective": objectives.NAMES, "model.backbone": models.BACKBONES,
-                        "data.tokenizer": tokenizers.NAMES, "eval.split": ("validation", "test"), **SAMPLER_CHOICES,
-                        "eval.params": ("ema", "raw"), "eval.suite": evals.NAMES})
+  if source.kind == "text":
+    tokenizers.tokenizer_class(config.data.tokenizer)
+  evals.get(config.eval.suite)
+  objective = objectives.get(config.objective)
+  if source.module is not None:
+    parts.check_config(source.module, config)
   # The backbone's own checks, on the source's shape (text: any vocabulary; images: known without data).
-  shape = image_sources.nominal_modality(config.data) if source.kind == "image" else modality.Text(2, config.data.seq_len)
+  shape = source.modality(config.data) if source.kind == "image" else modality.Text(2, config.data.seq_len)
   try:
     schedules.get_schedule(config.diffusion.schedule)
     samplers.time_grid(1, config.sampler.grid)
@@ -117,19 +123,16 @@ def check_values(config) -> None:
   if config.sampler.guidance and not config.model.class_conditional:
     raise UserError(f"sampler.guidance={config.sampler.guidance} needs a class-conditional model "
                     "(model.class_conditional=True, trained with label dropout)")
-  objectives.get(config.objective).check_config(config)  # its own keys, and what it makes of the sampler's
-  _check_sampler(config.sampler, shape.length)
-  _check_parallel(config, shape.length)
+  objective.check_config(config)  # its own keys, and what it makes of the sampler's
+  _check_sampler(config, shape.length)
   if config.eval.suite == "samples":  # each variant is the config with its sampler keys changed
     for variant in evals.samples.parse_variants(config.eval.samplers):
-      _check_tokens_per_call("exact", variant.get("tokens_per_call", 1), shape.length, "eval.samplers item exact:")
       changed = config.copy_and_resolve_references()
       changed.sampler.update(variant)
       try:
-        _check_choices(flatten(changed), SAMPLER_CHOICES)
-        _check_parallel(changed, shape.length)
+        _check_sampler(changed, shape.length)
       except UserError as error:
-        raise UserError(f"eval.samplers item {':'.join(map(str, variant.values()))}: {error}") from None
+        raise UserError(f"eval.samplers item {evals.samples.variant_label(variant)}: {error}") from None
   evals.bound.bound_steps(config.eval.bound_steps)
   zero_shot_sets.parse_names(config.eval.zero_shot)
   if config.train.batch_size % config.train.grad_accum:
@@ -156,60 +159,23 @@ def check_values(config) -> None:
   wandb_log.check(config.wandb)
 
 
-def _check_sampler(sampler, seq_len: int) -> None:
-  if sampler.temperature < 0:
-    raise UserError(f"sampler.temperature={sampler.temperature} must be >= 0 (0 = argmax)")
-  if sampler.top_k < 0:
-    raise UserError(f"sampler.top_k={sampler.top_k} must be >= 0 (0 = off)")
-  if not 0.0 < sampler.top_p <= 1.0:
-    raise UserError(f"sampler.top_p={sampler.top_p} must be in (0, 1] (1 = off)")
-  if sampler.tokens_per_call < 1:
-    raise UserError(f"sampler.tokens_per_call={sampler.tokens_per_call} must be >= 1")
-  if sampler.choice_temperature < 0:
-    raise UserError(f"sampler.choice_temperature={sampler.choice_temperature} must be >= 0")
-  if sampler.name == "semi_ar":
-    try:
-      samplers.semi_ar_blocks(sampler.block_length, sampler.steps, seq_len)
-    except ValueError as error:
-      raise UserError(str(error)) from None
-  _check_tokens_per_call(sampler.inner if sampler.name == "semi_ar" else sampler.name, sampler.tokens_per_call,
-                         seq_len, "sampler.tokens_per_call=")
-
-
-def _check_parallel(config, seq_len: int) -> None:
-  """The parallel sampler's keys, and which cache applies to which model."""
-  sampler, bd3 = config.sampler, config.objective == "bd3"
-  cache = sampler.kv_cache
-  if not 0.0 < sampler.threshold <= 1.0:
-    raise UserError(f"sampler.threshold={sampler.threshold} must be in (0, 1] (1 = one token per call)")
-  if sampler.cache_refresh < 0:
-    raise UserError(f"sampler.cache_refresh={sampler.cache_refresh} must be >= 0 (0 = refresh at each block's start)")
+def _check_sampler(config, length: int) -> None:
+  """The sampler's keys (samplers.check_config: shared ones and each chosen sampler's), and which cache applies
+  to which model."""
+  samplers.check_config(config, length)
+  cache, bd3 = config.sampler.kv_cache, config.objective == "bd3"
   if bd3 and cache in samplers.parallel.CACHES:
     raise UserError(f"sampler.kv_cache={cache!r}: objective='bd3' keeps an exact cache of its finished blocks; use "
                     "sampler.kv_cache='exact' (or 'none')")
   if not bd3 and cache == "exact":
     raise UserError("sampler.kv_cache='exact' is block diffusion's (objective='bd3'); a bidirectional model's cache "
                     "is approximate: sampler.name='parallel' with sampler.kv_cache='prefix' or 'dual'")
-  if cache in samplers.parallel.CACHES and sampler.name != "parallel":
+  if cache in samplers.parallel.CACHES and config.sampler.name != "parallel":
     raise UserError(f"sampler.kv_cache={cache!r} caches block by block for sampler.name='parallel' (this config: "
-                    f"{sampler.name!r}); set sampler.name='parallel' or sampler.kv_cache='none'")
+                    f"{config.sampler.name!r}); set sampler.name='parallel' or sampler.kv_cache='none'")
   if cache in samplers.parallel.CACHES and config.model.backbone != "transformer":
     raise UserError(f"sampler.kv_cache={cache!r} needs model.backbone='transformer' (a cached pass over keys and "
                     f"values); {config.model.backbone!r} has none: use sampler.kv_cache='none'")
-  if samplers.parallel.uses_blocks(sampler):
-    length = config.diffusion.block_size if bd3 else seq_len  # bd3: parallel runs inside each of its blocks
-    if sampler.block_length < 0 or (sampler.block_length and length % sampler.block_length):
-      raise UserError(f"sampler.block_length={sampler.block_length} must divide {length} ("
-                      f"{'diffusion.block_size' if bd3 else 'data.seq_len'}) for sampler.name='parallel'; "
-                      "0 = one block")
-
-
-def _check_tokens_per_call(sampler_name: str, tokens_per_call: int, seq_len: int, what: str) -> None:
-  """The exact sampler unmasks tokens_per_call positions per network call; more than a sample has fails
-  (jax.lax.top_k) at the first samples, minutes into a run."""
-  if sampler_name == "exact" and tokens_per_call > seq_len:
-    raise UserError(f"{what}{tokens_per_call} unmasks more positions per call than the {seq_len} of a sample "
-                    f"(data.seq_len; H x W x C for images): use 1 to {seq_len}")
 
 
 def check_against_devices(config, mode: str, mesh=None) -> None:

@@ -4,8 +4,13 @@ A key the run never reads (a transformer key on a U-Net run, a tokenizer on imag
 under MD4) would otherwise be accepted silently, and the user would believe it changed the run. A key left at
 its default (configs/base.py) is fine anywhere; one set away from it where it has no effect is an error that
 says what it applies to. Values of keys that do apply are checked by config_check and the modules they reach.
+
+A part's own group (model.<backbone>.*, diffusion.<objective>.*, sampler.<sampler>.*, data.<source>.*: every
+group under those roots is a part's) applies exactly when that part is chosen, by construction; SCOPES lists the
+keys that several parts share, and the rules inside a part.
 """
 
+from md4_jax import parts, samplers
 from md4_jax.data import sources
 from md4_jax.errors import UserError
 
@@ -16,9 +21,34 @@ def _text(config) -> bool:
   return sources.get(config.data.source).kind == "text"
 
 
-def _sampler_uses(config, name: str) -> bool:
-  sampler = config.sampler
-  return sampler.name == name or (sampler.name == "semi_ar" and sampler.inner == name)
+_ROOTS = ("model", "diffusion", "sampler", "data")  # where parts' own groups live (md4_jax/parts.py)
+
+
+def chosen_parts(config) -> dict:
+  """{root: (the config key that chooses, the short names of the parts chosen)}: whose groups apply."""
+  short = parts.short_name
+  return {"model": ("model.backbone", {short(config.model.backbone)}),
+          "diffusion": ("objective", {short(config.objective)}),
+          "sampler": ("sampler.name", {short(name) for name in samplers.chosen(config.sampler)}),
+          "data": ("data.source", {short(config.data.source)})}
+
+
+def _part_group_scope(key: str, config, groups: set):
+  """(applies, what) for a key inside a part's own group, else None. groups: the dotted names of part groups."""
+  root, _, rest = key.partition(".")
+  name = rest.partition(".")[0]
+  if f"{root}.{name}" not in groups:
+    return None
+  choosing_key, chosen = chosen_parts(config)[root]
+  what = f"{choosing_key}={name!r} (its own keys)"
+  if root == "sampler" and name in samplers.INNER:
+    what = f"sampler.name={name!r} (or 'semi_ar' with sampler.semi_ar.inner={name!r})"
+  return name in chosen, what
+
+
+def part_groups(keys) -> set:
+  """The part groups among dotted `keys`: "model.transformer" for "model.transformer.width", and so on."""
+  return {".".join(key.split(".")[:2]) for key in keys if key.count(".") >= 2 and key.split(".")[0] in _ROOTS}
 
 
 # (key or "group." prefix, whether it has an effect on this config, what it applies to). First match wins.
@@ -26,41 +56,24 @@ SCOPES = (
     ("data.tokenizer", _text, "text sources"),
     ("data.tokenizer_path", lambda c: _text(c) and c.data.tokenizer == "gpt2", "data.tokenizer='gpt2'"),
     ("data.seq_len", _text, "text sources (an image's length is height x width x channels)"),
-    ("data.vocab_size", lambda c: c.data.source == "tokens", "data.source='tokens'"),
-    ("data.token_dtype", lambda c: c.data.source == "tokens", "data.source='tokens' (.bin files)"),
     ("data.path", lambda c: c.data.source in ("textfile", "tokens"), "data.source='textfile' or 'tokens'"),
     ("data.eval_fraction", lambda c: c.data.source in _LOCAL_TEXT,
      "data.source='embedded', 'textfile' or 'tokens' (the other sources have their own held-out splits)"),
     ("data.subset", lambda c: c.data.source in ("fineweb_edu", "imagenet64"), "data.source='fineweb_edu' or "
      "'imagenet64'"),
-    ("model.unet.", lambda c: c.model.backbone == "unet", "model.backbone='unet'"),
-    ("model.uvit.", lambda c: c.model.backbone == "uvit", "model.backbone='uvit'"),
-    ("model.mlp_ratio", lambda c: c.model.backbone == "transformer" and not c.model.mlp_hidden,
-     "model.backbone='transformer' with model.mlp_hidden=0 (a set mlp_hidden is the GLU's size itself)"),
-    *((f"model.{name}", lambda c: c.model.backbone == "transformer", "model.backbone='transformer' (image "
-       "backbones have their groups model.unet.* and model.uvit.*)")
-      for name in ("num_layers", "width", "num_heads", "mlp_ratio", "mlp_hidden", "cond_dim", "positions")),
-    ("model.scan_unroll", lambda c: c.model.backbone == "transformer" and c.model.scan_layers,
-     "model.scan_layers=True (it unrolls the loop over the transformer's stacked layers)"),
+    ("model.transformer.mlp_ratio", lambda c: not c.model.transformer.mlp_hidden,
+     "model.transformer.mlp_hidden=0 (a set mlp_hidden is the GLU's size itself)"),
+    ("model.transformer.scan_unroll", lambda c: c.model.transformer.scan_layers,
+     "model.transformer.scan_layers=True (it unrolls the loop over the transformer's stacked layers)"),
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
-    ("diffusion.genmd4.", lambda c: c.objective == "genmd4", "objective='genmd4'"),
-    *((f"diffusion.{name}", lambda c: c.objective == "bd3", "objective='bd3'")
-      for name in ("block_size", "clip_low", "clip_high")),
     ("sampler.kv_cache", lambda c: c.objective == "bd3" or c.sampler.name == "parallel", "objective='bd3' (an "
      "exact cache of finished blocks) or sampler.name='parallel' (approximate caches)"),
-    ("sampler.cache_refresh", lambda c: c.sampler.kv_cache in ("prefix", "dual"),
+    ("sampler.parallel.cache_refresh", lambda c: c.sampler.kv_cache in ("prefix", "dual"),
      "sampler.kv_cache='prefix' or 'dual'"),
-    *((f"sampler.{name}", lambda c: _sampler_uses(c, "parallel"),
-       "sampler.name='parallel' (or 'semi_ar' with sampler.inner='parallel')") for name in ("threshold", "fallback")),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "
        "masking schedule)") for name in ("schedule", "timesteps", "antithetic")),
     ("sampler.block_length", lambda c: c.sampler.name in ("semi_ar", "parallel"), "sampler.name='semi_ar' or "
      "'parallel'"),
-    ("sampler.inner", lambda c: c.sampler.name == "semi_ar", "sampler.name='semi_ar'"),
-    ("sampler.tokens_per_call", lambda c: _sampler_uses(c, "exact"),
-     "sampler.name='exact' (or 'semi_ar' with sampler.inner='exact')"),
-    ("sampler.choice_temperature", lambda c: _sampler_uses(c, "confidence"),
-     "sampler.name='confidence' (or 'semi_ar' with sampler.inner='confidence')"),
     ("eval.zero_shot", lambda c: c.eval.suite == "zero_shot", "eval.suite='zero_shot'"),
     ("eval.samplers", lambda c: c.eval.suite == "samples", "eval.suite='samples'"),
     ("eval.judge", lambda c: c.eval.suite == "samples", "eval.suite='samples'"),
@@ -68,18 +81,20 @@ SCOPES = (
 )
 
 
-def _scope(key: str):
-  return next(((applies, what) for name, applies, what in SCOPES
+def _row_scope(key: str, config):
+  return next(((applies(config), what) for name, applies, what in SCOPES
                if key == name or (name.endswith(".") and key.startswith(name))), None)
 
 
 def check_applicable(flat: dict, config, defaults: dict) -> None:
-  """Refuses a key set away from its default (`defaults`: configs/base.py, flattened) where it has no effect.
+  """Refuses a key set away from its default (`defaults`: the config's schema, flattened) where it has no effect.
 
   flat: the config flattened ({"a.b": value})."""
+  groups = part_groups(defaults)
   for key, value in flat.items():
-    scope = _scope(key)
-    if scope is None or value == defaults.get(key, value) or scope[0](config):
+    if value == defaults.get(key, value):
       continue
-    raise UserError(f"{key}={value!r} has no effect on this run: it applies to {scope[1]}. Remove it (or leave "
-                    f"it at its default {defaults[key]!r}), or choose what it applies to")
+    for scope in (_part_group_scope(key, config, groups), _row_scope(key, config)):
+      if scope is not None and not scope[0]:
+        raise UserError(f"{key}={value!r} has no effect on this run: it applies to {scope[1]}. Remove it (or leave "
+                        f"it at its default {defaults[key]!r}), or choose what it applies to")

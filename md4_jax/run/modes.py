@@ -13,7 +13,7 @@ import jax
 from etils import epath
 from flax import nnx
 
-from md4_jax import evals, objectives
+from md4_jax import evals, objectives, parts
 from md4_jax.data import data_dir, pipeline, prepare_into, tokenizers, zero_shot_sets
 from md4_jax.data import modality as modalities
 from md4_jax.engine import sharding, wandb_log
@@ -44,10 +44,11 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   flags: Request's fields. prompt / infill (text; gap_char marks infill's gaps), complete / class_label (images)
   and seed condition and seed --mode sample (see run/conditioning.py).
   """
-  if mode not in MODES:
-    raise UserError(f"--mode={mode!r}; choose one of {tuple(MODES)}")
+  run_mode = parts.find("mode", mode, MODES)  # a module outside the package: its run(config, workdir)
   request = Request(**flags)
   _check_flags(mode, request)
+  parts.add_plugin_groups(config)  # the groups of parts outside md4_jax chosen without a config file's
+  reference = config_check.schema(config, reference)
   config_check.check_keys(config, reference)
   config_check.check_values(config)
   config_check.check_scope(config, reference)
@@ -57,12 +58,14 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
       raise UserError(f"--length={request.length}: image runs draw whole images; --length applies to text")
     objectives.get(config.objective).check_sample_length(config, request.length)
   if mode in WITHOUT_WORKDIR:
-    return MODES[mode](config)
+    return run_mode(config)
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = storage.path(workdir)  # a local directory or gs://BUCKET/PATH
+  if mode not in MODES:
+    return run_mode.run(config, workdir)
   workdirs.check_usable(workdir, mode)
-  return MODES[mode](config, workdir, reference, request)
+  return run_mode(config, workdir, reference, request)
 
 
 def _check_flags(mode: str, request: Request) -> None:
@@ -99,7 +102,7 @@ def _restore(config, saved, workdir: epath.Path, step: int | None):
 def _evaluate(config, workdir: epath.Path, reference, request: Request) -> dict:
   """--mode eval: config.eval.suite on the checkpoint at --step (the latest by default)."""
   saved = _saved_modality(config, workdir, reference, "eval")
-  suite = evals.SUITES[config.eval.suite]
+  suite = evals.get(config.eval.suite)
   inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
   experiment, state = _restore(config, saved, workdir, request.step)
   step = int(state["step"])
@@ -172,6 +175,7 @@ def _train_locked(config, workdir: epath.Path, reference) -> dict:
 
 
 # The modes by name (launch.py's --mode): train / eval / sample take (config, workdir, reference, request);
-# prepare and params need no workdir and take the config alone.
+# prepare and params need no workdir and take the config alone. A mode outside the package is a module path whose
+# module has run(config, workdir) (the config checked, the workdir given).
 MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe}
 WITHOUT_WORKDIR = ("prepare", "params")

@@ -2,7 +2,7 @@
 
 Overrides use dotted keys, written `add(**{"train.learning_rate": 1e-3})` or
 `add(train__learning_rate=1e-3)`. Each run's name is derived from its overrides
-(`train.learning_rate=0.001,model.width=256`) and it runs in `WORKDIR/<name>`.
+(`train.learning_rate=0.001,model.transformer.width=256`) and it runs in `WORKDIR/<name>`.
 """
 
 import copy

@@ -6,28 +6,80 @@ differ). Everything jits with static shapes and `lax` loops and returns (tokens_
 of network calls actually made. See docs/sampling.md.
 
 A sampler is `run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL)
--> (z_BxL, nfe, order_BxL)` filling the masked positions where active_BxL; each module registers its own in
-its module-level SAMPLERS table (grid.py: ancestral, mean, confidence; exact.py: exact), found here by
-scanning this package, and semi_ar runs any of them block by block. An objective may swap one in (GenMD4's
-exact is thinning.exact).
+-> (z_BxL, nfe, order_BxL)` filling the masked positions where active_BxL, in its module's SAMPLERS table
+({name: run}); next to it, its own keys (`config_group()`, sampler.<name>.*) and checks
+(`check_config(config, length)`, length = a sample's positions). Built-in modules are listed in BUILTIN, one
+outside the package is named by its module path (md4_jax/parts.py; its keys reach it as `settings.option(key)`);
+semi_ar runs any of them block by block. An objective may swap one in (GenMD4's exact is thinning.exact).
 """
-
-import importlib
-import pkgutil
 
 import jax
 import jax.numpy as jnp
 
-from md4_jax.samplers import parallel, semi_ar
+from md4_jax import parts
+from md4_jax.errors import UserError
+from md4_jax.samplers import confidence, exact, grid, parallel, semi_ar
 from md4_jax.samplers.draws import GRIDS, Settings, categorical, process_logits, record_order, time_grid, uniform  # noqa: F401
 from md4_jax.samplers.guidance import guided  # noqa: F401
 from md4_jax.samplers.semi_ar import semi_ar_blocks  # noqa: F401
 
-# Every module of this package with a SAMPLERS table contributes its samplers, by name.
-SAMPLERS = {name: run for info in pkgutil.iter_modules(__path__)
-            for name, run in getattr(importlib.import_module(f"{__name__}.{info.name}"), "SAMPLERS", {}).items()}
+BUILTIN = {"ancestral": grid, "mean": grid, "confidence": confidence, "exact": exact, "parallel": parallel,
+           "semi_ar": semi_ar}
+SAMPLERS = {name: module.SAMPLERS[name] for name, module in BUILTIN.items() if name in getattr(module, "SAMPLERS", {})}
 INNER = tuple(SAMPLERS)  # what semi_ar runs inside each block
 NAMES = (*INNER, "semi_ar")
+KV_CACHES = ("none", "exact", *parallel.CACHES)  # sampler.kv_cache: "exact" is block diffusion's (objectives/bd3.py)
+GROUPS = tuple(name for name, module in BUILTIN.items() if hasattr(module, "config_group"))  # sampler.<name>.*
+
+
+def settings(sampler_cfg) -> Settings:
+  """config.sampler as Settings (the built-in samplers' groups flattened into its fields)."""
+  return Settings.from_config(sampler_cfg, GROUPS)
+
+
+def get(name: str):
+  """The sampler module called `name` (built-in, or a module path); UserError naming the choices."""
+  return parts.find("sampler", name, BUILTIN)
+
+
+def chosen(sampler_cfg) -> tuple[str, ...]:
+  """The samplers a config runs: sampler.name, and semi_ar's inner sampler. Their groups' keys apply."""
+  return (sampler_cfg.name, sampler_cfg.semi_ar.inner) if sampler_cfg.name == "semi_ar" else (sampler_cfg.name,)
+
+
+def run_of(name: str, table: dict):
+  """The run function called `name`: table's, or the SAMPLERS entry of the module at a dotted path."""
+  if name in table:
+    return table[name]
+  module = get(name)
+  short = parts.short_name(name)
+  if short not in getattr(module, "SAMPLERS", {}):
+    raise UserError(f"sampler.name={name!r}: the module must define SAMPLERS = {{{short!r}: run}}")
+  return module.SAMPLERS[short]
+
+
+def check_config(config, length: int) -> None:
+  """The sampler keys every sampler shares and each chosen sampler's own (UserError naming the key); `length`:
+  the positions of a sample."""
+  sampler = config.sampler
+  for key, value, allowed in (("sampler.grid", sampler.grid, GRIDS), ("sampler.params", sampler.params, ("ema", "raw")),
+                              ("sampler.kv_cache", sampler.kv_cache, KV_CACHES),
+                              ("sampler.semi_ar.inner", sampler.semi_ar.inner, INNER)):
+    if value not in allowed:
+      raise UserError(f"config key {key!r} = {value!r}; choose one of {allowed}")
+  if sampler.temperature < 0:
+    raise UserError(f"sampler.temperature={sampler.temperature} must be >= 0 (0 = argmax)")
+  if sampler.top_k < 0:
+    raise UserError(f"sampler.top_k={sampler.top_k} must be >= 0 (0 = off)")
+  if not 0.0 < sampler.top_p <= 1.0:
+    raise UserError(f"sampler.top_p={sampler.top_p} must be in (0, 1] (1 = off)")
+  for name in chosen(sampler):
+    module = get(name)
+    if hasattr(module, "check_config"):
+      try:
+        module.check_config(config, length)
+      except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int, time_dependent: bool = True,
@@ -43,8 +95,6 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
   'dual' (sampler.name = 'parallel').
   """
   samplers = SAMPLERS if samplers is None else samplers
-  if settings.name not in (*samplers, "semi_ar"):
-    raise ValueError(f"unknown sampler {settings.name!r}; choose one of {NAMES}")
   if settings.kv_cache in parallel.CACHES:
     tokens_BxL, nfe, order_BxL = parallel.sample_cached(module, key, schedule, z_BxL, settings, vocab_size)
     return (tokens_BxL, nfe, order_BxL) if return_order else (tokens_BxL, nfe)
@@ -56,7 +106,7 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
   nfe = jnp.zeros((), jnp.int32)
   for index, (block_settings, in_block) in enumerate(blocks):
     block_key = key if len(blocks) == 1 else jax.random.fold_in(key, index)
-    z_BxL, block_nfe, order_BxL = samplers[block_settings.name](
+    z_BxL, block_nfe, order_BxL = run_of(block_settings.name, samplers)(
         denoise, block_key, schedule, z_BxL, (z_BxL == vocab_size) & in_block, block_settings, vocab_size,
         time_dependent, order_BxL)
     nfe += block_nfe

@@ -16,28 +16,47 @@ GRIDS = ("cosine", "uniform")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The `sampler.*` config keys that change what is drawn. Their defaults and meanings are in configs/base.py,
-  the one place defaults live: build Settings from a config (`from_config`), or name every field."""
+  """The `sampler.*` config keys that change what is drawn, the built-in samplers' own groups (sampler.exact.*,
+  sampler.parallel.*, ...) flattened into fields. Defaults and meanings are in the config (configs/base.py and
+  each sampler's config_group): build Settings from a config (`samplers.settings`), or name every field."""
   name: str
   steps: int
   grid: str
   temperature: float
   top_k: int
   top_p: float
-  tokens_per_call: int
-  choice_temperature: float
+  tokens_per_call: int  # exact
+  choice_temperature: float  # confidence
   block_length: int
-  inner: str
+  inner: str  # semi_ar
   cache: bool
   kv_cache: str  # "none" | "exact" (bd3: finished blocks) | "prefix" | "dual" (parallel: approximate caches)
   cache_refresh: int  # parallel with a cache: calls between whole-sequence refreshes (0: a block's first only)
   threshold: float  # parallel: unmask every position whose confidence exceeds it (and one more, see fallback)
   fallback: str  # parallel: "confidence" (the most confident masked position) | "random" (a uniform one)
   guidance: float
+  options: tuple = ()  # a sampler outside the package: its own group's (key, value) pairs, sorted
+
+  def option(self, key: str):
+    """The value of `key` in the chosen outside sampler's own group (sampler.<its name>.<key>)."""
+    return dict(self.options)[key]
 
   @classmethod
-  def from_config(cls, sampler_cfg) -> "Settings":
-    return cls(**{field.name: sampler_cfg[field.name] for field in dataclasses.fields(cls)})
+  def from_config(cls, sampler_cfg, builtin_groups: tuple) -> "Settings":
+    """sampler_cfg: config.sampler. Its plain keys, and the built-in samplers' groups (samplers.BUILTIN's with a
+    config_group: samplers.GROUPS), give the fields; the chosen sampler's own group, when it is a module outside
+    the package (a dotted sampler.name), gives `options`."""
+    values, options = {}, ()
+    own = sampler_cfg.name.rpartition(".")[2] if "." in sampler_cfg.name else None
+    for key, value in sampler_cfg.items():
+      if key == own:
+        options = tuple(sorted(value.items()))
+      elif key in builtin_groups:
+        values.update(value)
+      elif not hasattr(value, "items"):
+        values[key] = value
+    return cls(options=options, **{field.name: values[field.name] for field in dataclasses.fields(cls)
+                                   if field.name != "options"})
 
 
 def time_grid(steps: int, grid: str = "cosine"):

@@ -1,10 +1,27 @@
 """`exact` for a shared schedule: the continuous-time reverse process simulated event by event (first hitting).
-Per-token schedules (GenMD4) have their own: thinning.py."""
+Per-token schedules (GenMD4) have their own: thinning.py. Its key: sampler.exact.tokens_per_call."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from md4_jax.samplers.draws import categorical, process_logits, record_order, uniform
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """sampler.exact.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.tokens_per_call = 1  # unmasking events per network call (k > 1 is approximate)
+  return group
+
+
+def check_config(config, length: int) -> None:
+  """A sample has `length` positions: more events per call than that would fail in jax.lax.top_k at the first
+  samples, minutes into a run."""
+  tokens_per_call = config.sampler.exact.tokens_per_call
+  if not 1 <= tokens_per_call <= length:
+    raise ValueError(f"sampler.exact.tokens_per_call={tokens_per_call} must be in [1, {length}] (the positions of a "
+                     "sample: data.seq_len; H x W x C for images)")
 
 
 def time_of_mask_prob(schedule, mask_prob_B, iterations: int = 32):

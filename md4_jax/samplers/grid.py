@@ -1,5 +1,5 @@
 """Samplers that walk a time grid 1 = t_T > ... > t_0 = 0, one network call per step: ancestral (MD4's
-reverse process), mean (draw x0, then unmask) and confidence (MaskGIT / LLaDA). Shared and per-token schedules
+reverse process) and mean (draw x0, then unmask); confidence.py walks it too. Shared and per-token schedules
 alike (a per-token schedule's unmasking probability is a vector over the vocabulary)."""
 
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from md4_jax.samplers.draws import categorical, process_logits, record_order, time_grid, uniform
 
 
-def _grid_sampler(update):
+def grid_sampler(update):
   """A sampler that walks the time grid 1 = t_T > ... > t_0 = 0 with one network call per step, skipped
   (the last output reused) when caching is allowed and the previous step changed nothing.
   `update(key, z, is_masked, initial_count, logits, t, s, step, settings, schedule)` returns the new z."""
@@ -70,32 +70,4 @@ def _mean_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings
   return jnp.where(unmask_BxL, x0_BxL, z_BxL)
 
 
-def _rank_desc(score_BxL):
-  """Rank of each entry in its row, 0 = largest (ties: leftmost first)."""
-  return jnp.argsort(jnp.argsort(-score_BxL, axis=-1, stable=True), axis=-1, stable=True)
-
-
-def _confidence_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
-  """MaskGIT: draw every masked position, keep the most confident ones, re-mask the rest.
-
-  The count still masked after the step follows the schedule, round(initial * (1 - alpha_s) / (1 - alpha_1)),
-  0 at the end. Confidence = the model's log p(drawn token) (before temperature, top-k, top-p)
-  + choice_temperature * (1 - (i + 1) / steps) * Gumbel noise; choice_temperature 0 is LLaDA's
-  low-confidence remasking.
-  """
-  token_key, noise_key = jax.random.split(key)
-  x0_BxL = categorical(token_key, process_logits(logits, settings))
-  model_log_probs = jax.nn.log_softmax(logits, axis=-1)
-  confidence_BxL = jnp.take_along_axis(model_log_probs, x0_BxL[..., None], axis=-1)[..., 0]
-  anneal = settings.choice_temperature * (1.0 - (i + 1) / settings.steps)
-  score_BxL = confidence_BxL + anneal * jax.random.gumbel(noise_key, z_BxL.shape, mode="high")
-  score_BxL = jnp.where(is_masked_BxL, score_BxL, -jnp.inf)
-  keep_masked_B = jnp.where(s == 0, 0, jnp.round(initial_B * schedule.mean_mask_prob(s)
-                                                 / schedule.mean_mask_prob(1.0)))
-  unmask_count_B = jnp.maximum(is_masked_BxL.sum(-1) - keep_masked_B.astype(jnp.int32), 0)
-  unmask_BxL = is_masked_BxL & (_rank_desc(score_BxL) < unmask_count_B[:, None])
-  return jnp.where(unmask_BxL, x0_BxL, z_BxL)
-
-
-SAMPLERS = {"ancestral": _grid_sampler(_ancestral_update), "mean": _grid_sampler(_mean_update),
-            "confidence": _grid_sampler(_confidence_update)}
+SAMPLERS = {"ancestral": grid_sampler(_ancestral_update), "mean": grid_sampler(_mean_update)}

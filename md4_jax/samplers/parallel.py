@@ -3,16 +3,16 @@ KV cache (Wu et al. 2025).
 
 Blocks of sampler.block_length positions (0: the whole sequence as one block) are filled left to right. Each
 network call draws every masked position of the block (temperature, top-k, top-p) and unmasks those whose
-confidence, the model's probability of the drawn token, exceeds sampler.threshold, and always one more: a
-uniformly chosen masked position (sampler.fallback='random', the default: the exact sampler's order, which
+confidence, the model's probability of the drawn token, exceeds sampler.parallel.threshold, and always one more: a
+uniformly chosen masked position (sampler.parallel.fallback='random', the default: the exact sampler's order, which
 keeps unconditional samples' entropy; benchmarks/RESULTS.md) or the most confident one ('confidence',
 Fast-dLLM's rule). Threshold 1.0 is one token per call: MD4's random order block by block, or LLaDA's
 low-confidence remasking. Calls go on until the block is full, so NFE depends on the model. A time-conditioned
 network is called at the time whose mask probability equals the share of the row still masked.
 
 Caches (sampler.kv_cache; `sample_cached`, a transformer's `extend`): a refresh call runs the whole sequence
-and keeps every position's keys and values, at the block's first call and then every sampler.cache_refresh
-calls (0: only the first). Between refreshes, 'prefix' runs the block and everything after it against the
+and keeps every position's keys and values, at the block's first call and then every
+sampler.parallel.cache_refresh calls (0: only the first). Between refreshes, 'prefix' runs the block and everything after it against the
 cached positions before the block; 'dual' runs the block alone against the cached positions before and after
 it. Other tokens change while the cache stays, and a bidirectional model's keys depend on them, so both are
 approximations; cache_refresh = 1 refreshes every call, which is the uncached sampler (tested).
@@ -20,12 +20,42 @@ approximations; cache_refresh = 1 refreshes every call, which is the uncached sa
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from md4_jax.samplers.draws import categorical, process_logits, record_order, uniform
 from md4_jax.samplers.exact import time_of_mask_prob
 
 CACHES = ("prefix", "dual")  # sampler.kv_cache values this sampler implements
-FALLBACKS = ("confidence", "random")  # sampler.fallback: the one position a call unmasks when none passes
+FALLBACKS = ("confidence", "random")  # sampler.parallel.fallback: the one position a call unmasks when none passes
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """sampler.parallel.*: gathered by configs/base.py (its blocks: sampler.block_length, its cache: sampler.kv_cache)."""
+  group = ml_collections.ConfigDict()
+  group.threshold = 0.9  # unmask every token whose confidence exceeds it (at least one per call)
+  # "random" (uniform, MD4's order; keeps unconditional samples' entropy) | "confidence" (Fast-dLLM / LLaDA)
+  group.fallback = "random"  # the one position unmasked when none passes the threshold
+  group.cache_refresh = 0  # with kv_cache "prefix" / "dual": whole-sequence refresh every this many calls; 0 = per block
+  return group
+
+
+def check_config(config, length: int) -> None:
+  """Its keys, and its blocks against the length it fills (inside BD3: each block of diffusion.bd3.block_size)."""
+  own = config.sampler.parallel
+  if not 0.0 < own.threshold <= 1.0:
+    raise ValueError(f"sampler.parallel.threshold={own.threshold} must be in (0, 1] (1 = one token per call)")
+  if own.fallback not in FALLBACKS:
+    raise ValueError(f"sampler.parallel.fallback={own.fallback!r}; choose one of {FALLBACKS}")
+  if own.cache_refresh < 0:
+    raise ValueError(f"sampler.parallel.cache_refresh={own.cache_refresh} must be >= 0 (0 = refresh at each block's "
+                     "start)")
+  bd3 = config.objective == "bd3"
+  length = config.diffusion.bd3.block_size if bd3 else length
+  block_length = config.sampler.block_length
+  if block_length < 0 or (block_length and length % block_length):
+    raise ValueError(f"sampler.block_length={block_length} must divide {length} "
+                     f"({'diffusion.bd3.block_size' if bd3 else 'data.seq_len'}) for sampler.name='parallel'; "
+                     "0 = one block")
 
 
 def uses_blocks(settings) -> bool:

@@ -1,8 +1,21 @@
-"""semi_ar: left-to-right blocks of positions, each filled by an inner sampler given the blocks before it."""
+"""semi_ar: left-to-right blocks of sampler.block_length positions, each filled by the inner sampler
+sampler.semi_ar.inner given the blocks before it."""
 
 import dataclasses
 
 import jax.numpy as jnp
+import ml_collections
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """sampler.semi_ar.*: gathered by configs/base.py."""
+  group = ml_collections.ConfigDict()
+  group.inner = "confidence"  # the sampler within each block: "ancestral" | "mean" | "exact" | "confidence"
+  return group
+
+
+def check_config(config, length: int) -> None:
+  semi_ar_blocks(config.sampler.block_length, config.sampler.steps, length)
 
 
 def semi_ar_blocks(block_length: int, steps: int, length: int) -> int:

@@ -30,7 +30,7 @@ def test_range_check_scans_every_chunk(tmp_path, monkeypatch):
   ids = np.zeros(1000, np.int32)
   ids[900] = 100
   np.save(tmp_path / "ids.npy", ids)
-  with pytest.raises(UserError, match=r"from 0 to 100, outside \[0, data.vocab_size=100\).*at least 101"):
+  with pytest.raises(UserError, match=r"from 0 to 100, outside \[0, data.tokens.vocab_size=100\).*at least 101"):
     token_files.load_token_file(str(tmp_path / "ids.npy"), vocab_size=100)
 
 
@@ -90,7 +90,7 @@ def test_empty_bin(tmp_path):
 
 def test_bin_size_not_a_multiple_of_dtype(tmp_path):
   message = _error(tmp_path, "ids.bin", dtype="uint32", content=b"\x01\x00\x00\x00\x02\x00")
-  assert "6 bytes" in message and "uint32" in message and "data.token_dtype" in message
+  assert "6 bytes" in message and "uint32" in message and "data.tokens.token_dtype" in message
 
 
 def test_unknown_bin_dtype(tmp_path):
@@ -103,7 +103,7 @@ def test_dtype_with_npy(tmp_path):
 
 @pytest.mark.parametrize("vocab_size", [0, -5])
 def test_nonpositive_vocab_size(tmp_path, vocab_size):
-  assert "--config.data.vocab_size" in _error(tmp_path, "ids.npy", vocab_size=vocab_size,
+  assert "--config.data.tokens.vocab_size" in _error(tmp_path, "ids.npy", vocab_size=vocab_size,
                                                content=np.ones(4, np.int32))
 
 

@@ -27,7 +27,7 @@ MASKS = np.array(list(itertools.product([False, True], repeat=L)))  # [8, L]: ev
 def experiment(**eval_overrides) -> Experiment:
   config = tiny_config.get_config()
   config.data.seq_len = L
-  config.model.width = 16
+  config.model.transformer.width = 16
   config.eval.batch_size = len(X0)
   config.eval.update(eval_overrides)
   return Experiment(config, modality.Text(V, L), sharding.make_mesh(config.mesh))

@@ -82,7 +82,7 @@ def test_samples_suite_scores_parallel_decoding_with_its_caches(runs):
   for variants in ("parallel:1.0:none,parallel:0.5:prefix", "parallel:1.0"):  # the first variants share a key
     config = make_config(corpus, eval__suite="samples", eval__samplers=variants, eval__judge=str(root / "ar"),
                          sampler__num_samples=3, sampler__name="parallel", sampler__block_length=4,
-                         sampler__kv_cache="dual", sampler__cache_refresh=1)
+                         sampler__kv_cache="dual", sampler__parallel__cache_refresh=1)
     rows += modes.main(config, root / "md4", "eval", reference=reference())["samplers"]
   assert [row["sampler"] for row in rows] == ["parallel:1.0:none", "parallel:0.5:prefix", "parallel:1.0"]
   assert rows[0]["nfe"] == rows[2]["nfe"] == 16 and rows[0]["text"] == rows[2]["text"]  # one token per call

@@ -1,4 +1,4 @@
-"""model.scan_layers: the scanned transformer is the unrolled one (same function of the same parameters,
+"""model.transformer.scan_layers: the scanned transformer is the unrolled one (same function of the same parameters,
 stacked), its program does not grow with depth, and its stacked vectors are not weight-decayed."""
 
 import jax
@@ -96,7 +96,7 @@ def test_weight_decay_skips_stacked_vectors_as_it_skips_unrolled_ones():
 
 def _train_step_program(num_layers, scan_layers):
   config = tiny_config.get_config()
-  config.model.num_layers, config.model.scan_layers = num_layers, scan_layers
+  config.model.transformer.num_layers, config.model.transformer.scan_layers = num_layers, scan_layers
   mesh = sharding.make_mesh(config.mesh)
   built = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), mesh)
   shape = (config.train.batch_size, LENGTH)
@@ -122,10 +122,10 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   saved = base.get_config().to_dict()
   del saved["model"]["scan_layers"]  # a config.json written before the key existed
   config = base.get_config()
-  config.model.scan_layers = True
-  with pytest.raises(UserError, match=r"model.scan_layers: False in the workdir, True now"):
+  config.model.transformer.scan_layers = True
+  with pytest.raises(UserError, match=r"model.transformer.scan_layers: False in the workdir, True now"):
     config_check.check_resumable(saved, config, "/runs/old", reference)
-  config.model.scan_layers = False
+  config.model.transformer.scan_layers = False
   config_check.check_resumable(saved, config, "/runs/old", reference)
 
 
@@ -138,11 +138,11 @@ def test_a_scanned_run_may_change_scan_unroll_on_resume():
   saved = base.get_config().to_dict()
   saved["model"]["scan_layers"] = True
   config = base.get_config()
-  config.model.scan_layers, config.model.scan_unroll = True, 0
+  config.model.transformer.scan_layers, config.model.transformer.scan_unroll = True, 0
   config_check.check_resumable(saved, config, "/runs/old", reference)
   del saved["model"]["scan_unroll"]
   config_check.check_resumable(saved, config, "/runs/old", reference)
-  saved["model"]["scan_unroll"], config.model.scan_unroll = 0, 1
+  saved["model"]["scan_unroll"], config.model.transformer.scan_unroll = 0, 1
   config_check.check_resumable(saved, config, "/runs/old", reference)
 
 
@@ -154,7 +154,7 @@ def test_the_samplers_run_a_scanned_model_and_draw_what_the_unrolled_one_draws()
   experiments = {}
   for scan in (False, True):
     config = tiny_config.get_config()
-    config.model.num_layers, config.model.scan_layers, config.sampler.name = 2, scan, "exact"
+    config.model.transformer.num_layers, config.model.transformer.scan_layers, config.sampler.name = 2, scan, "exact"
     experiments[scan] = experiment.Experiment(config, modality.Text(VOCAB, LENGTH), sharding.make_mesh(config.mesh))
   unrolled_params = experiments[False].init_state(jax.random.key(3))["ema_params"]
   pure, stacked = perturbed_and_stacked(nnx.to_pure_dict(unrolled_params), 0.5, seed=6)

@@ -31,7 +31,7 @@ def block_causal_markov_denoiser(z_BxL, t_B, *, mask):
 
 
 def bd3_sampler(block_size: int, settings):
-  config = make_config("unused.txt", objective="bd3", diffusion__block_size=block_size, data__seq_len=L)
+  config = make_config("unused.txt", objective="bd3", diffusion__bd3__block_size=block_size, data__seq_len=L)
   objective = BlockDiffusion(config, V)
   return jax.jit(lambda key, z: objective.sample(block_causal_markov_denoiser, key, z, settings,
                                                  time_dependent=False, module=None))
@@ -59,11 +59,11 @@ def test_the_check_rejects_a_block_sampler_that_draws_a_blocks_tokens_independen
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"diffusion__block_size": 5}, "diffusion.block_size=5 must divide data.seq_len=16"),
-    ({"diffusion__block_size": 0}, "diffusion.block_size=0 must divide"),
+    ({"diffusion__bd3__block_size": 5}, "diffusion.bd3.block_size=5 must divide data.seq_len=16"),
+    ({"diffusion__bd3__block_size": 0}, "diffusion.bd3.block_size=0 must divide"),
     ({"sampler__steps": 6}, "sampler.steps=6 must be a multiple of the 4 blocks"),
     ({"sampler__name": "semi_ar"}, "already samples block by block"),
-    ({"diffusion__clip_low": 0.9, "diffusion__clip_high": 0.5}, "need 0 <= clip_low < clip_high <= 1"),
+    ({"diffusion__bd3__clip_low": 0.9, "diffusion__bd3__clip_high": 0.5}, "need 0 <= clip_low < clip_high <= 1"),
 ])
 def test_bad_bd3_settings_fail_before_any_work(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
@@ -71,9 +71,9 @@ def test_bad_bd3_settings_fail_before_any_work(corpus_file, tmp_path, overrides,
 
 
 def test_block_size_is_refused_under_other_objectives(corpus_file, tmp_path):
-  with pytest.raises(UserError, match="diffusion.block_size=8 has no effect on this run: it applies to "
+  with pytest.raises(UserError, match="diffusion.bd3.block_size=8 has no effect on this run: it applies to "
                                       "objective='bd3'"):
-    modes.main(make_config(corpus_file, diffusion__block_size=8), tmp_path / "run", reference=reference())
+    modes.main(make_config(corpus_file, diffusion__bd3__block_size=8), tmp_path / "run", reference=reference())
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_other_objectives_draw_the_trained_length_only(corpus_file, tmp_path):
 def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_layers, positions):
   length, block_size = 12, 4
   network = random_network(length, positions=positions, scan_layers=scan_layers, network_only=True)
-  config = make_config("unused.txt", objective="bd3", diffusion__block_size=block_size, data__seq_len=length)
+  config = make_config("unused.txt", objective="bd3", diffusion__bd3__block_size=block_size, data__seq_len=length)
   objective = BlockDiffusion(config, NETWORK_V)
   z = jnp.full((6, length), NETWORK_V, jnp.int32).at[:, :2].set(jnp.asarray([[1, 3]]))  # a prompt in block 0
   drawn = {}
@@ -134,7 +134,7 @@ def test_a_long_sample_drawn_segment_by_segment_is_the_whole_calls_draw(name):
   the cache and the clock carried over: the same tokens, order and network calls as one call over all N."""
   trained, size, length = 8, 2, 22  # the last segment is shorter: 8 + 8 + 6
   network = random_network(trained, network_only=True)
-  config = make_config("unused.txt", objective="bd3", diffusion__block_size=size, data__seq_len=trained)
+  config = make_config("unused.txt", objective="bd3", diffusion__bd3__block_size=size, data__seq_len=trained)
   objective = BlockDiffusion(config, NETWORK_V)
   settings = sampler_settings(name, steps=8, kv_cache="exact")
   z = jnp.full((3, length), NETWORK_V, jnp.int32).at[:, :3].set(jnp.asarray([[1, 3, 2]]))
@@ -155,7 +155,7 @@ def test_a_long_sample_drawn_segment_by_segment_is_the_whole_calls_draw(name):
 
 
 def test_a_length_past_the_positions_a_sample_can_have_is_refused():
-  config = make_config("unused.txt", objective="bd3", diffusion__block_size=4, sampler__kv_cache="exact")
+  config = make_config("unused.txt", objective="bd3", diffusion__bd3__block_size=4, sampler__kv_cache="exact")
   with pytest.raises(UserError, match=r"--length=2147483648 is past the largest position .* \(2\*\*31 - 1 tokens\)"):
     BlockDiffusion.check_sample_length(config, 2**31)
 

@@ -45,7 +45,7 @@ def test_help_for_a_group_lists_each_key_with_its_default_and_comment():
   for key in train_keys:
     index = lines.index(f"{key.name} = {defaults[key.name]!r}")
     assert lines[index + 1].strip() == key.comment
-  assert "model.width" not in result.stdout
+  assert "model.transformer.width" not in result.stdout
   assert "On the CPU each jitted call" in result.stdout  # the comment lines above a key come with it
 
 

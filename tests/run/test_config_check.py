@@ -40,7 +40,7 @@ def test_missing_or_empty_text_file(tmp_path, content, message):
 def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
   config = make_config(corpus_file)
   config.model.dropout = 0.1
-  with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.width"):
+  with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.transformer.\*"):
     modes.main(config, tmp_path, reference=reference())
   values = make_config(corpus_file).to_dict()
   values["train"]["num_steps"] = 10.5  # a config built without configs/base.py's typed defaults
@@ -61,13 +61,13 @@ def test_type_error_inside_a_config_file(tmp_path, corpus_file):
 @pytest.mark.parametrize("key, value, message", [
     ("train__batch_size", 0, "must be positive"),
     ("diffusion__timesteps", -1, "diffusion.timesteps"),
-    ("model__num_heads", 5, "num_heads"),
+    ("model__transformer__num_heads", 5, "num_heads"),
     ("sampler__grid", "log", "unknown time grid"),
     ("sampler__name", "gibbs", "sampler.name.*choose one of"),
-    ("sampler__inner", "semi_ar", "sampler.inner.*choose one of"),
+    ("sampler__semi_ar__inner", "semi_ar", "sampler.semi_ar.inner.*choose one of"),
     ("sampler__top_p", 0.0, "top_p"),
     ("sampler__temperature", -1.0, "temperature"),
-    ("sampler__tokens_per_call", 0, "tokens_per_call"),
+    ("sampler__exact__tokens_per_call", 0, "tokens_per_call"),
     ("sampler__params", "best", "sampler.params"),
     ("train__ema_decay", 1.0, "ema_decay"),
     ("train__learning_rate", -1e-3, "learning_rate=-0.001 must be > 0"),
@@ -110,18 +110,20 @@ def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
     (dict(sampler__kv_cache="prefix"), "caches block by block for sampler.name='parallel' \\(this config: 'ancestral'"),
     (dict(sampler__name="parallel", sampler__kv_cache="exact"), "'exact' is block diffusion's.*'prefix' or 'dual'"),
     (dict(sampler__name="parallel", sampler__kv_cache="full"), "sampler.kv_cache.*choose one of"),
-    (dict(objective="bd3", diffusion__block_size=4, sampler__kv_cache="dual"), "use sampler.kv_cache='exact'"),
-    (dict(objective="bd3", diffusion__block_size=4, sampler__name="parallel", sampler__block_length=3),
-     "block_length=3 must divide 4 \\(diffusion.block_size\\)"),
-    (dict(sampler__name="parallel", sampler__threshold=0.0), "threshold=0.0 must be in \\(0, 1\\]"),
+    (dict(objective="bd3", diffusion__bd3__block_size=4, sampler__kv_cache="dual"), "use sampler.kv_cache='exact'"),
+    (dict(objective="bd3", diffusion__bd3__block_size=4, sampler__name="parallel", sampler__block_length=3),
+     "block_length=3 must divide 4 \\(diffusion.bd3.block_size\\)"),
+    (dict(sampler__name="parallel", sampler__parallel__threshold=0.0), "threshold=0.0 must be in \\(0, 1\\]"),
     (dict(sampler__name="parallel", sampler__block_length=5), "block_length=5 must divide 16 \\(data.seq_len\\)"),
-    (dict(sampler__name="parallel", sampler__kv_cache="dual", sampler__cache_refresh=-1), "cache_refresh=-1"),
-    (dict(sampler__threshold=0.5), "sampler.threshold=0.5 has no effect.*sampler.name='parallel'"),
-    (dict(sampler__cache_refresh=2), "sampler.cache_refresh=2 has no effect.*'prefix' or 'dual'"),
+    (dict(sampler__name="parallel", sampler__kv_cache="dual", sampler__parallel__cache_refresh=-1), "cache_refresh=-1"),
+    (dict(sampler__parallel__threshold=0.5), "sampler.parallel.threshold=0.5 has no effect.*sampler.name='parallel'"),
+    (dict(sampler__parallel__cache_refresh=2), "sampler.parallel.cache_refresh=2 has no effect.*sampler.name='parallel'"),
+    (dict(sampler__name="parallel", sampler__parallel__cache_refresh=2),
+     "sampler.parallel.cache_refresh=2 has no effect.*'prefix' or 'dual'"),
     (dict(eval__suite="samples", eval__samplers="parallel:0.9:full"),
      "eval.samplers item parallel:0.9:full: config key 'sampler.kv_cache' = 'full'; choose one of"),
     (dict(eval__suite="samples", eval__samplers="gibbs:8"),
-     "eval.samplers item gibbs:8: config key 'sampler.name' = 'gibbs'; choose one of"),
+     "eval.samplers item gibbs:8: sampler.name='gibbs' is not known; choose one of"),
 ])
 def test_cache_and_threshold_mistakes(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
@@ -130,8 +132,8 @@ def test_cache_and_threshold_mistakes(corpus_file, tmp_path, overrides, message)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(model__scan_unroll=0), r"model.scan_unroll=0 has no effect on this run: it applies to model.scan_layers=True"),
-    (dict(model__scan_layers=True, model__scan_unroll=-1), r"model.scan_unroll=-1 must be >= 0"),
+    (dict(model__transformer__scan_unroll=0), r"model.transformer.scan_unroll=0 has no effect on this run: it applies to model.transformer.scan_layers=True"),
+    (dict(model__transformer__scan_layers=True, model__transformer__scan_unroll=-1), r"model.transformer.scan_unroll=-1 must be >= 0"),
 ])
 def test_scan_unroll_mistakes(corpus_file, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):

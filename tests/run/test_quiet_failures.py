@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # whole runs: the full suite only (README)
 
 # Big enough that a damaged checkpoint leaves reads in flight (the noise needs them; the 27k-parameter tiny
 # model's few arrays are read before the failure is noticed), small enough to train in seconds.
-WIDE = ("--config.model.width=128", "--config.model.num_layers=4", "--config.model.num_heads=4")
+WIDE = ("--config.model.transformer.width=128", "--config.model.transformer.num_layers=4", "--config.model.transformer.num_heads=4")
 STEPS = ("--config.train.num_steps=6", "--config.train.checkpoint_every=2", "--config.train.eval_every=6")
 
 
@@ -202,8 +202,8 @@ def test_class_label_on_an_unconditional_run_is_refused(digits_run, label):
 
 @pytest.mark.parametrize("config, override, fragment", [
     ("configs/digits.py", "--config.data.tokenizer=gpt2", "it applies to text sources"),
-    ("configs/digits.py", "--config.model.positions=sinusoidal", "it applies to model.backbone='transformer'"),
-    ("configs/quickstart.py", "--config.data.token_dtype=float64", "it applies to data.source='tokens'"),
+    ("configs/digits.py", "--config.model.transformer.positions=sinusoidal", "it applies to model.backbone='transformer'"),
+    ("configs/quickstart.py", "--config.data.tokens.token_dtype=float64", "it applies to data.source='tokens'"),
     ("configs/quickstart.py", "--config.model.unet.channels=64", "it applies to model.backbone='unet'"),
     ("configs/quickstart.py", "--config.diffusion.genmd4.initial_power=2.0", "it applies to objective='genmd4'"),
     ("configs/quickstart.py", "--config.sampler.block_length=8", "it applies to sampler.name='semi_ar'"),
@@ -283,7 +283,7 @@ def test_sampling_what_cannot_be_drawn_or_written_is_one_line(wide_run, args, fr
 def test_unknown_key_on_the_command_line_lists_its_group(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path, "--config.model.widht=64")
   assert_few_lines(result, "error: bad command line: unknown config key 'model.widht'", most=1)
-  assert "the keys of 'model' are: " in result.stderr and "model.width" in result.stderr
+  assert "the keys of 'model' are: " in result.stderr and "model.transformer.width" in result.stderr
   result = launch_tiny(corpus_file, tmp_path, "--sampler.stepz=3")  # the shorthand form
   assert "unknown config key 'sampler.stepz'; the keys of 'sampler' are: " in result.stderr
 

@@ -66,15 +66,15 @@ def test_the_data_parallel_size_counts_both_batch_axes_and_microbatches_and_samp
 
 
 @pytest.mark.parametrize("config, args, message", [
-    ("tiny_config", ["--config.sampler.name=exact", "--config.sampler.tokens_per_call=17"],
-     "sampler.tokens_per_call=17 unmasks more positions per call than the 16 of a sample"),
+    ("tiny_config", ["--config.sampler.name=exact", "--config.sampler.exact.tokens_per_call=17"],
+     "sampler.exact.tokens_per_call=17 unmasks more positions per call than the 16 of a sample"),
     ("tiny_config", ["--config.sampler.name=semi_ar", "--config.sampler.block_length=8",
-                     "--config.sampler.inner=exact", "--config.sampler.tokens_per_call=17"],
-     "sampler.tokens_per_call=17 unmasks more positions per call than the 16 of a sample"),
+                     "--config.sampler.semi_ar.inner=exact", "--config.sampler.exact.tokens_per_call=17"],
+     "sampler.exact.tokens_per_call=17 unmasks more positions per call than the 16 of a sample"),
     ("tiny_config", ["--mode", "eval", "--config.eval.suite=samples", "--config.eval.samplers=ancestral:8,exact:32"],
      "eval.samplers item exact:32 unmasks more positions per call than the 16 of a sample"),
-    ("tiny_image_config", ["--config.sampler.name=exact", "--config.sampler.tokens_per_call=65"],
-     "sampler.tokens_per_call=65 unmasks more positions per call than the 64 of a sample"),  # digits: 8 x 8 x 1
+    ("tiny_image_config", ["--config.sampler.name=exact", "--config.sampler.exact.tokens_per_call=65"],
+     "sampler.exact.tokens_per_call=65 unmasks more positions per call than the 64 of a sample"),  # digits: 8 x 8 x 1
 ])
 @pytest.mark.slow
 def test_more_tokens_per_call_than_a_sample_has_fails_at_start(tmp_path, corpus_file, config, args, message):

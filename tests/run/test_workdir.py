@@ -238,7 +238,7 @@ def test_eval_accepts_the_same_data_at_a_new_path_and_sampling_needs_none(traine
 
 
 def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_path):
-  """Its config.json lacks model.mlp_hidden and model.cond_dim: they count as 0, the layout it was trained with."""
+  """Its config.json lacks model.transformer.mlp_hidden and model.transformer.cond_dim: they count as 0, the layout it was trained with."""
   workdir = copy_of(trained, tmp_path)
   saved = json.loads((workdir / "config.json").read_text())
   for key in ("mlp_hidden", "cond_dim"):
@@ -249,8 +249,8 @@ def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_pat
   result = launch_tiny(trained[0], workdir, *tiny_args(**{"--config.train.num_steps": 10}))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resuming from step 8" in result.stdout
-  result = launch_tiny(trained[0], workdir, "--config.model.cond_dim=16", *tiny_args())
-  assert_clear_error(result, "model.cond_dim: 0 in the workdir, 16 now")
+  result = launch_tiny(trained[0], workdir, "--config.model.transformer.cond_dim=16", *tiny_args())
+  assert_clear_error(result, "model.transformer.cond_dim: 0 in the workdir, 16 now")
 
 
 @pytest.mark.parametrize("at", [8, 4])

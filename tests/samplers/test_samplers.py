@@ -235,7 +235,7 @@ def test_settings_come_from_the_config_alone():
   """configs/base.py is the one place the sampler's defaults live: Settings has none of its own."""
   from configs import base
   config = base.get_config()
-  settings = samplers.Settings.from_config(config.sampler)
+  settings = samplers.settings(config.sampler)
   assert all(getattr(settings, field.name) == config.sampler[field.name] for field in dataclasses.fields(settings))
   with pytest.raises(TypeError):
     samplers.Settings()

@@ -1,0 +1,116 @@
+"""One rule for finding every kind of part, and where a part's own config keys live.
+
+A part (a backbone, objective, sampler, data source, tokenizer, eval suite, run mode) is chosen by name: a name in
+its kind's table of built-in parts, or a dotted path to a module outside the package (`--model.backbone=mypkg.net`),
+imported when chosen. So a researcher plugs in a part without editing md4_jax (docs/design.md, "Adding a part").
+
+A part may own a config group, declared next to its code: `config_group() -> ml_collections.ConfigDict` (its keys
+and defaults, each line `group.KEY = DEFAULT  # what it does` so `launch.py --help` can show it) and
+`check_config(config)` (its value checks: ValueError or UserError naming the key). The group lives under its
+kind's root at the part's short name (the last part of a dotted path): model.transformer.*, diffusion.bd3.*,
+sampler.parallel.*, data.tokens.*. A key there applies exactly when that part is chosen (config_scope), and a
+module outside the package is listed in `config.plugins` so configs/base.py adds its group.
+
+Light on purpose (no jax): launch.py's --help and config files import it.
+"""
+
+import dataclasses
+import importlib
+
+from md4_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  key: str  # the config key that chooses the part ("model.backbone")
+  root: str  # the group its parts' own groups live under ("model" -> model.<name>.*); "" = its parts have none
+
+
+KINDS = {"backbone": Kind("model.backbone", "model"), "objective": Kind("objective", "diffusion"),
+         "sampler": Kind("sampler.name", "sampler"), "source": Kind("data.source", "data"),
+         "tokenizer": Kind("data.tokenizer", ""), "suite": Kind("eval.suite", ""), "mode": Kind("--mode", "")}
+
+
+def short_name(name: str) -> str:
+  """The name a part's config group has: "mypkg.nets.toy" -> "toy"; a built-in name is its own."""
+  return name.rpartition(".")[2]
+
+
+def is_module_path(name: str) -> bool:
+  return "." in name
+
+
+def import_part(name: str, key: str):
+  """The module at dotted path `name` (a part outside md4_jax); UserError naming `key` when it cannot be imported."""
+  try:
+    return importlib.import_module(name)
+  except ImportError as error:
+    raise UserError(f"{key}={name!r}: cannot import the module {name!r} ({error}); put its package on PYTHONPATH "
+                    "or install it") from None
+
+
+def find(kind: str, name: str, builtin: dict):
+  """The part `name` of `kind`: builtin[name], or the module at a dotted path. UserError naming the choices."""
+  if name in builtin:
+    return builtin[name]
+  key = KINDS[kind].key
+  if is_module_path(name):
+    return import_part(name, key)
+  raise UserError(f"{key}={name!r} is not known; choose one of {tuple(builtin)}, or a module path outside md4_jax "
+                  "(mypkg.mymodule; docs/design.md, 'Adding a part')")
+
+
+def config_group(part):
+  """The part's own config group (a fresh ConfigDict), or None when it has no keys."""
+  make = getattr(part, "config_group", None)
+  return make() if make is not None else None
+
+
+def check_config(part, config) -> None:
+  """Runs the part's own value checks, if it has any; a ValueError becomes a UserError."""
+  check = getattr(part, "check_config", None)
+  if check is None:
+    return
+  try:
+    check(config)
+  except ValueError as error:
+    raise UserError(f"bad config value: {error}") from None
+
+
+def _value(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def plugins(config) -> dict:
+  """{module path: kind} of the parts outside md4_jax a config names: those in config.plugins (by their KIND) and
+  any chosen by a module path. UserError for a listed module whose KIND is not a kind with config groups."""
+  found = {}
+  for name in (name.strip() for name in config.plugins.split(",")):
+    if name:
+      kind = getattr(import_part(name, "plugins"), "KIND", None)
+      if kind not in KINDS or not KINDS[kind].root:
+        raise UserError(f"plugins: module {name!r} must set KIND to one of "
+                        f"{tuple(k for k in KINDS if KINDS[k].root)} (the kind of part it is)")
+      found[name] = kind
+  for kind, key in (*((kind, spec.key) for kind, spec in KINDS.items() if spec.root), ("sampler", "sampler.semi_ar.inner")):
+    name = _value(config, key)
+    if is_module_path(name):
+      found.setdefault(name, kind)
+  return found
+
+
+def add_plugin_groups(config, named_by=None) -> None:
+  """Adds to `config` the config group of each part outside md4_jax that `named_by` (default: `config`) names
+  (`plugins`), at its defaults, under its kind's root; a group already there (a config file's values) is kept."""
+  for name, kind in plugins(config if named_by is None else named_by).items():
+    group = config_group(import_part(name, KINDS[kind].key))
+    parent, short = _value(config, KINDS[kind].root), short_name(name)
+    if group is None:
+      continue
+    if short not in parent:
+      parent[short] = group
+    elif set(parent[short]) != set(group):
+      raise UserError(f"{name!r}: its keys would be {KINDS[kind].root}.{short}.*, a group that holds other keys "
+                      f"({sorted(parent[short])}); rename the module")
