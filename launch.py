@@ -24,8 +24,6 @@ from md4_jax.run import command_line  # noqa: E402 (absl flags and ml_collection
 def _help(argv: list[str]) -> None:
   """--help[=GROUP]: printed with exit status 0 (2 for a GROUP that names nothing), before jax or the allocator's
   restart (a second or more)."""
-  from configs import base  # noqa: PLC0415
-
   config_file, config = launch_config_path(argv), None
   if config_file:
     import importlib.util  # noqa: PLC0415
@@ -39,8 +37,8 @@ def _help(argv: list[str]) -> None:
     except Exception as error:  # noqa: BLE001 - the file's own mistake, named in one line
       print(f"error: cannot load the config file {path}: {type(error).__name__}: {error}", file=sys.stderr)
       sys.exit(2)
-  sys.exit(command_line.print_help(command_line.help_topic(argv), base.__file__, base.get_config(), config_file,
-                                   config))
+  base_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "base.py")  # read, not imported
+  sys.exit(command_line.print_help(command_line.help_topic(argv), base_path, config_file, config))
 
 
 def launch_config_path(argv: list[str]) -> str | None:

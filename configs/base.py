@@ -20,7 +20,7 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Modules outside md4_jax that hold parts (each sets KIND: "backbone" | "objective" | "sampler" | "source"); their
   # config groups are added beside the built-in ones. Choose a part by its module path (model.backbone="mypkg.net").
-  config.plugins = plugins  # comma-separated module paths; "" = none
+  config.plugins = ""  # comma-separated module paths; "" = none
   config.seed = 0  # base PRNG seed: init, data order, time/mask draws, eval and sample keys
   # "md4": masked diffusion, the negative ELBO | "genmd4": MD4 with a learned per-token schedule | "bd3": block
   # diffusion (blocks of diffusion.bd3.block_size left to right; needs model.backbone="transformer") | "ar": causal
@@ -143,5 +143,6 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.mesh.data = -1  # data-parallel axis size; -1 = all remaining devices
   config.mesh.fsdp = 1  # parameter-sharded data-parallel axis
   config.mesh.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
+  config.plugins = plugins
   parts.add_plugin_groups(config)
   return config

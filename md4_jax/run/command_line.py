@@ -86,12 +86,12 @@ def _flag_lines() -> list[str]:
   return lines
 
 
-def print_help(topic: str, base_path: str, defaults, config_file: str | None, config=None) -> int:
+def print_help(topic: str, base_path: str, config_file: str | None, config=None) -> int:
   """--help (topic ""): usage, flags and the config groups; --help=GROUP: that group's keys (see config_keys).
   Returns the exit status: 0, or 2 (one `error:` line) for a topic that names nothing."""
   if topic:
     try:
-      print(config_keys.describe(topic, base_path, defaults, config, config_file))
+      print(config_keys.describe(topic, base_path, config, config_file))
     except ValueError as error:
       print(f"error: {error}", file=sys.stderr)
       return 2

@@ -1,17 +1,23 @@
-"""The config keys as a user reads them: each key's default and comment, from configs/base.py's own lines.
+"""The config keys as a user reads them: each key's default and comment, from the lines that define them.
 
-configs/base.py is the one place defaults live, and every key there has a comment on its line (a test checks);
-comment lines just above a key say more about it. This module reads that file's text (no import of the package's
-heavy parts), so `launch.py --help=GROUP` answers in well under a second.
+configs/base.py defines the general keys and gathers each built-in part's group from its module's config_group()
+(`config.model.transformer = transformer.config_group()  # ...`); every key has a comment on its line (a test
+checks), and comment lines just above a key say more about it. This module reads those files' text (no import of
+the package's heavy parts), so `launch.py --help=GROUP` answers in well under a second.
 """
 
+import ast
 import dataclasses
+import pathlib
 import re
 
 import ml_collections
 
-_KEY_LINE = re.compile(r"^\s*config\.([\w.]+)\s*=\s*(.+?)\s+#\s?(.*)$")
+_KEY_LINE = re.compile(r"^\s*(?:config|group)\.([\w.]+)\s*=\s*(.+?)\s+#\s?(.*)$")
 _COMMENT_LINE = re.compile(r"^\s*#\s?(.*)$")
+_IMPORT_LINE = re.compile(r"^from (md4_jax[\w.]*) import ([\w, ]+)$")
+_PART_GROUP = re.compile(r"^(\w+)\.config_group\(\)$")  # a line gathering a part's group
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # md4_jax/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,22 +26,47 @@ class Key:
   comment: str  # the comment on its line
   notes: tuple[str, ...]  # comment lines just above it
   is_group: bool  # a ConfigDict (its line defines a group)
+  default: object = None  # the value on its line (None for a group)
 
 
-def read(base_path: str) -> list[Key]:
-  """configs/base.py's keys and groups in file order."""
+def _module_files(lines: list[str]) -> dict:
+  """{name imported from md4_jax: its file} for base.py's `from md4_jax.x import a, b` lines."""
+  files = {}
+  for line in lines:
+    match = _IMPORT_LINE.match(line)
+    if match:
+      folder = _PACKAGE_DIR.joinpath(*match.group(1).split(".")[1:])
+      for name in (name.strip() for name in match.group(2).split(",")):
+        files[name] = folder / f"{name}.py"
+  return files
+
+
+def read(base_path: str, prefix: str = "") -> list[Key]:
+  """The keys and groups of configs/base.py (or of a part module's config_group, its keys under `prefix`) in file
+  order; a part's gathered group is followed by its keys, read from its module."""
+  lines = open(base_path, encoding="utf-8").read().splitlines()
+  modules = _module_files(lines)
   keys, notes = [], []
-  for line in open(base_path, encoding="utf-8").read().splitlines():
+  for line in lines:
     comment, key = _COMMENT_LINE.match(line), _KEY_LINE.match(line)
     if key:
-      is_group = key.group(2).startswith("ml_collections.ConfigDict(")
-      keys.append(Key(key.group(1), key.group(3).strip(), tuple(notes), is_group))
+      name, value = prefix + key.group(1), key.group(2)
+      part = _PART_GROUP.match(value)
+      is_group = bool(part) or value.startswith("ml_collections.ConfigDict(")
+      keys.append(Key(name, key.group(3).strip(), tuple(notes), is_group, None if is_group else ast.literal_eval(value)))
+      if part and part.group(1) in modules:
+        keys.extend(read(modules[part.group(1)], prefix=name + "."))
       notes = []
     elif comment:
       notes.append(comment.group(1).rstrip())
     else:
       notes = []
   return keys
+
+
+def defaults(base_path: str) -> dict:
+  """{"a.b": default} of every key, from the files' text (configs/base.py and the part modules it gathers)."""
+  return {key.name: key.default for key in read(base_path) if not key.is_group}
 
 
 def flatten(config, prefix="") -> dict:
@@ -63,11 +94,11 @@ def groups_summary(base_path: str) -> str:
   return "\n".join(lines)
 
 
-def describe(topic: str, base_path: str, defaults, config=None, config_file: str | None = None) -> str:
+def describe(topic: str, base_path: str, config=None, config_file: str | None = None) -> str:
   """The keys under `topic` ("train", "model.unet", "sampler.name", or "all"), each with its default, its
   comment and the notes above it; with `config` (a loaded --config file), its value where it differs.
   ValueError for a topic that names no key or group."""
-  flat_defaults = flatten(defaults)
+  flat_defaults = defaults(base_path)
   flat_config = flatten(config) if config is not None else {}
   prefix = "" if topic in ("all", "*") else topic.strip(".")
   chosen = [key for key in read(base_path) if not prefix or key.name == prefix or key.name.startswith(prefix + ".")
