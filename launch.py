@@ -71,7 +71,7 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_flags as config_flags_module  # noqa: E402
 
 from configs import base  # noqa: E402
-from md4_jax import errors  # noqa: E402
+from md4_jax import errors, parts  # noqa: E402
 from md4_jax.errors import UserError  # noqa: E402
 from md4_jax.run import config_check, distributed, modes, sweeps  # noqa: E402
 from md4_jax.storage import paths as storage  # noqa: E402
@@ -134,11 +134,14 @@ def unknown_override(argv: list[str]) -> str | None:
 
   Checked before absl parses, whose own message names only the last part of the key and none of its group."""
   known = config_check.flatten(base.get_config())
+  groups = {key.rsplit(".", 1)[0] for key in known}
   for arg in argv:
     name = arg.partition("=")[0]
     for prefix in ("--config.", "--noconfig."):
       key = name[len(prefix):] if name.startswith(prefix) else None
-      if key and key not in known and key not in config_check.RENAMED:
+      outside_part = key and key.count(".") >= 2 and key.split(".")[0] in parts.ROOTS and ".".join(
+          key.split(".")[:2]) not in groups  # a part outside md4_jax: the config file's plugins hold its group
+      if key and key not in known and key not in config_check.RENAMED and not outside_part:
         return config_check.unknown_key(key, known)
   return None
 

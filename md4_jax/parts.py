@@ -31,6 +31,9 @@ KINDS = {"backbone": Kind("model.backbone", "model"), "objective": Kind("objecti
          "tokenizer": Kind("data.tokenizer", ""), "suite": Kind("eval.suite", ""), "mode": Kind("--mode", "")}
 
 
+ROOTS = tuple(kind.root for kind in KINDS.values() if kind.root)  # every group under these is a part's own
+
+
 def short_name(name: str) -> str:
   """The name a part's config group has: "mypkg.nets.toy" -> "toy"; a built-in name is its own."""
   return name.rpartition(".")[2]

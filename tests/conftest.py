@@ -89,10 +89,11 @@ def sampler_settings(name: str | None = None, **changes):
   return dataclasses.replace(settings, **({"name": name} if name else {}), **changes)
 
 
-def launch(*args, timeout=300) -> subprocess.CompletedProcess:
+def launch(*args, timeout=300, extra_env=None) -> subprocess.CompletedProcess:
   """Runs `python launch.py ARGS` from the repository root and returns the finished process."""
   return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
 
 
 def launch_tiny(corpus: pathlib.Path, workdir: pathlib.Path, *args, **kwargs):

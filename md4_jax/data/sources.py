@@ -5,7 +5,8 @@ how to prepare it (None: it reads its files directly) and how to load it.
 workdir) or None; text sources reuse its tokenizer. `modality(data_config)` gives the vocabulary and
 shape without reading data (for --mode params).
 
-A source outside the package is a module named by its path (md4_jax/parts.py): `KIND` ("text" | "image"),
+A source outside the package is a module named by its path (md4_jax/parts.py): `KIND = "source"`,
+`MODALITY` ("text" | "image"),
 `load` and `modality` as above, optionally `prepare(data_config) -> str`, `HELD_OUT` (default ("validation",)),
 and its own keys (`config_group()`, data.<name>.*) with their checks (`check_config(config)`).
 """
@@ -31,9 +32,9 @@ class Source:
   @classmethod
   def of_module(cls, name: str, module) -> "Source":
     """A source outside the package, from its module (see the module docstring)."""
-    kind = getattr(module, "KIND", None)
+    kind = getattr(module, "MODALITY", None)
     if kind not in ("text", "image") or not all(hasattr(module, attr) for attr in ("load", "modality")):
-      raise UserError(f"data.source={name!r}: the module must define KIND ('text' or 'image'), "
+      raise UserError(f"data.source={name!r}: the module must define MODALITY ('text' or 'image'), "
                       "load(data_config, split, saved_modality) and modality(data_config)")
     return cls(name, kind, module.load, module.modality, getattr(module, "prepare", None),
                tuple(getattr(module, "HELD_OUT", ("validation",))), module)

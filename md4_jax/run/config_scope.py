@@ -21,9 +21,6 @@ def _text(config) -> bool:
   return sources.get(config.data.source).kind == "text"
 
 
-_ROOTS = ("model", "diffusion", "sampler", "data")  # where parts' own groups live (md4_jax/parts.py)
-
-
 def chosen_parts(config) -> dict:
   """{root: (the config key that chooses, the short names of the parts chosen)}: whose groups apply."""
   short = parts.short_name
@@ -40,15 +37,16 @@ def _part_group_scope(key: str, config, groups: set):
   if f"{root}.{name}" not in groups:
     return None
   choosing_key, chosen = chosen_parts(config)[root]
-  what = f"{choosing_key}={name!r} (its own keys)"
+  part = {parts.short_name(path): path for path in parts.plugins(config)}.get(name, name)  # outside: its module path
+  what = f"{choosing_key}={part!r} (its own keys)"
   if root == "sampler" and name in samplers.INNER:
-    what = f"sampler.name={name!r} (or 'semi_ar' with sampler.semi_ar.inner={name!r})"
+    what = f"sampler.name={part!r} (or 'semi_ar' with sampler.semi_ar.inner={part!r})"
   return name in chosen, what
 
 
 def part_groups(keys) -> set:
   """The part groups among dotted `keys`: "model.transformer" for "model.transformer.width", and so on."""
-  return {".".join(key.split(".")[:2]) for key in keys if key.count(".") >= 2 and key.split(".")[0] in _ROOTS}
+  return {".".join(key.split(".")[:2]) for key in keys if key.count(".") >= 2 and key.split(".")[0] in parts.ROOTS}
 
 
 # (key or "group." prefix, whether it has an effect on this config, what it applies to). First match wins.
