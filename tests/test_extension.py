@@ -4,7 +4,7 @@ chosen by config and run a whole tiny run: train, resume, evaluate, sample (md4_
 
 import hashlib
 import json
-import pathlib
+import shutil
 import sys
 import textwrap
 
@@ -13,7 +13,7 @@ import pytest
 from configs import base
 from md4_jax.errors import UserError
 from md4_jax.run import modes
-from tests.conftest import ROOT, launch
+from tests.conftest import ROOT, launch, make_config
 
 TOYS = {
     "toy_net": '''
@@ -273,3 +273,18 @@ def test_outside_part_on_the_command_line_one_line_error(toys, tmp_path):
   assert "model.toy_net.hidden=5 must be positive and even" in result.stderr
   result = launch("--config", toys / "toy_config.py", "--mode", "params", extra_env={"PYTHONPATH": str(toys)})
   assert result.returncode == 0 and "toy net, hidden 24" in result.stdout, result.stderr
+
+
+def test_a_workdir_saved_before_the_renames_resumes_and_evaluates(corpus_file, tmp_path):
+  """tests/fixtures/workdir_before_parts: the tiny config trained 2 steps by md4-jax before parts owned their keys
+  (commit b521f1b: model.width, model.num_layers, ... in config.json)."""
+  workdir = tmp_path / "old"
+  shutil.copytree(ROOT / "tests/fixtures/workdir_before_parts", workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["width"] == 32 and "transformer" not in saved["model"]  # the old names
+  result = modes.main(make_config(corpus_file, train__num_steps=4), workdir, "train", reference=base.get_config())
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps[0] == 2 and steps[-1] == 4 and "eval/bpt" in result  # resumed at step 2, not restarted
+  assert json.loads((workdir / "config.json").read_text())["model"]["transformer"]["width"] == 32
+  evaluated = modes.main(make_config(corpus_file, train__num_steps=4), workdir, "eval", reference=base.get_config())
+  assert evaluated["eval/bpt"] == result["eval/bpt"]
