@@ -9,7 +9,7 @@ from flax import nnx
 from md4_jax import models, objectives
 from md4_jax.data import pipeline
 from md4_jax.data.modality import Text
-from md4_jax.run import config_check, modes
+from md4_jax.run import config_check, config_keys, modes
 from tests.conftest import make_config, reference
 
 
@@ -30,10 +30,14 @@ def test_config_validates_and_builds(module):
 
 
 def test_base_config_comments_every_key():
-  source = open(importlib.import_module("configs.base").__file__).read()
-  for key in config_check.flatten(reference()):
-    line = next(line for line in source.splitlines() if f"config.{key} = " in line)
-    assert "#" in line, f"configs/base.py: {key} has no comment"
+  """Every key, the general ones in configs/base.py and each part's in its module's config_group, has a comment on
+  its line, and the default read from the text is the config's (what --help shows)."""
+  read = {key.name: key for key in config_keys.read(importlib.import_module("configs.base").__file__)}
+  defaults = config_check.flatten(reference())
+  for key, value in defaults.items():
+    assert read[key].comment, f"{key} has no comment on its line"
+    assert read[key].default == value and type(read[key].default) is type(value), key
+  assert {name for name, key in read.items() if not key.is_group} == set(defaults)
 
 
 # (config, our parameter count, the reference code's own model for the same config, counted with

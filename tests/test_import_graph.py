@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "md4_jax"
-LAYERS = (("errors",), ("core", "storage", "schedules"), ("models", "samplers", "data"), ("objectives",),
+LAYERS = (("errors", "parts"), ("core", "storage", "schedules"), ("models", "samplers", "data"), ("objectives",),
           ("engine",), ("evals",), ("run",))
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 

@@ -14,11 +14,11 @@ def test_incompatible_workdir_is_refused(tmp_path, corpus_file):
   workdir = tmp_path / "run"
   workdir.mkdir()
   saved = make_config(corpus_file).to_dict()
-  saved["model"]["width"] = 64
+  saved["model"]["transformer"]["width"] = 64
   (workdir / "config.json").write_text(json.dumps(saved))
   (workdir / "checkpoints" / "4").mkdir(parents=True)  # a checkpoint binds the workdir to its config
   result = launch_tiny(corpus_file, workdir)
-  assert_clear_error(result, "model.width: 64 in the workdir, 32 now", "new --workdir")
+  assert_clear_error(result, "model.transformer.width: 64 in the workdir, 32 now", "new --workdir")
   assert json.loads((workdir / "config.json").read_text()) == saved  # nothing overwritten
 
 

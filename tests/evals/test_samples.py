@@ -25,9 +25,11 @@ def test_unigram_entropy_sees_repetition():
 
 def test_sampler_variants_parse_or_fail_clearly():
   assert sample_quality.parse_variants("ancestral:100, exact:2,parallel:0.9:dual,ancestral:8:exact") == [
-      {"name": "ancestral", "steps": 100}, {"name": "exact", "tokens_per_call": 2},
-      {"name": "parallel", "threshold": 0.9, "kv_cache": "dual"},
+      {"name": "ancestral", "steps": 100}, {"name": "exact", "exact": {"tokens_per_call": 2}},
+      {"name": "parallel", "parallel": {"threshold": 0.9}, "kv_cache": "dual"},
       {"name": "ancestral", "steps": 8, "kv_cache": "exact"}]
+  assert sample_quality.variant_label({"name": "parallel", "parallel": {"threshold": 0.9}, "kv_cache": "dual"}) == (
+      "parallel:0.9:dual")
   for bad in ("ancestral", "exact:0", "", "parallel:x", "ancestral:2.5", "parallel:0.9:dual:1"):
     with pytest.raises(UserError, match="eval.samplers"):
       sample_quality.parse_variants(bad)
@@ -97,7 +99,7 @@ def test_judge_perplexity_is_the_exact_likelihood(runs, tmp_path):
   # A judge trained before keys were added (its config.json lacks them) still loads: they take this run's values.
   shutil.copytree(root / "ar", tmp_path / "ar")
   saved_json = json.loads((tmp_path / "ar" / "config.json").read_text())
-  del saved_json["sampler"]["threshold"], saved_json["sampler"]["kv_cache"]
+  del saved_json["sampler"]["parallel"], saved_json["sampler"]["kv_cache"]
   (tmp_path / "ar" / "config.json").write_text(json.dumps(saved_json))
   saved = modality.load(tmp_path / "ar")
   tokenizer = saved.tokenizer

@@ -120,7 +120,7 @@ def test_a_workdir_from_before_scan_layers_resumes_only_unrolled():
   from md4_jax.run import config_check
   reference = base.get_config().to_dict()
   saved = base.get_config().to_dict()
-  del saved["model"]["scan_layers"]  # a config.json written before the key existed
+  del saved["model"]["transformer"]["scan_layers"]  # a config.json written before the key existed
   config = base.get_config()
   config.model.transformer.scan_layers = True
   with pytest.raises(UserError, match=r"model.transformer.scan_layers: False in the workdir, True now"):
@@ -136,13 +136,13 @@ def test_a_scanned_run_may_change_scan_unroll_on_resume():
   from md4_jax.run import config_check
   reference = base.get_config().to_dict()
   saved = base.get_config().to_dict()
-  saved["model"]["scan_layers"] = True
+  saved["model"]["transformer"]["scan_layers"] = True
   config = base.get_config()
   config.model.transformer.scan_layers, config.model.transformer.scan_unroll = True, 0
   config_check.check_resumable(saved, config, "/runs/old", reference)
-  del saved["model"]["scan_unroll"]
+  del saved["model"]["transformer"]["scan_unroll"]
   config_check.check_resumable(saved, config, "/runs/old", reference)
-  saved["model"]["scan_unroll"], config.model.transformer.scan_unroll = 0, 1
+  saved["model"]["transformer"]["scan_unroll"], config.model.transformer.scan_unroll = 0, 1
   config_check.check_resumable(saved, config, "/runs/old", reference)
 
 
