@@ -104,3 +104,12 @@ def print_help(topic: str, base_path: str, config_file: str | None, config=None)
   print("\n  python launch.py --help=GROUP (e.g. --help=train, --help=model.unet) lists a group's keys with their\n"
         "  defaults and comments; --help=all lists every key; add --config FILE to see that file's values.")
   return 0
+
+
+def config_argument(argv: list[str]) -> str | None:
+  """The --config value in argv (with a `:ARGS` suffix for get_config), or None."""
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      return (value if equals else (argv[i + 1] if i + 1 < len(argv) else "")) or None
+  return None
