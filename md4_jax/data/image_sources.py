@@ -54,13 +54,12 @@ def prepare_release(data_config) -> str:
                                                      subset=data_config.subset, max_images=data_config.max_documents))
 
 
-# Shapes known without reading data (--mode params).
-NOMINAL = {"cifar10": modalities.Image(32, 32, 3, 256, 10), "imagenet64": modalities.Image(64, 64, 3, 256, 0)}
+def digits_modality(data_config) -> modalities.Image:
+  del data_config
+  return DIGITS
 
 
-def nominal_modality(data_config) -> modalities.Image:
-  if data_config.source == "digits":
-    return DIGITS
-  if data_config.source == "imagenet64" and data_config.subset == "labeled":
-    return modalities.Image(64, 64, 3, 256, 1000)
-  return NOMINAL[data_config.source]
+def release_modality(data_config) -> modalities.Image:
+  """A release's shape and classes from its entry in image_datasets.RELEASES, without reading data (8-bit images)."""
+  release = image_datasets.release(data_config.source, data_config.subset)
+  return modalities.Image(*release.shape, levels=256, num_classes=release.num_classes)

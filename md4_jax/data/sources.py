@@ -48,8 +48,8 @@ _SOURCES = (
            held_out=("validation", "test")),
     *(Source(name, "text", text_sources.load_packed, text_sources.nominal_modality, text_sources.prepare_packed)
       for name in ("openwebtext", "fineweb_edu", "lm1b")),
-    Source("digits", "image", image_sources.load_digits, image_sources.nominal_modality),
-    *(Source(name, "image", image_sources.load_release, image_sources.nominal_modality,
+    Source("digits", "image", image_sources.load_digits, image_sources.digits_modality),
+    *(Source(name, "image", image_sources.load_release, image_sources.release_modality,
              image_sources.prepare_release) for name in ("cifar10", "imagenet64")),
 )
 SOURCES = {source.name: source for source in _SOURCES}
