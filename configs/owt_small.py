@@ -19,18 +19,24 @@ reference (its sweep's "small" run) and the paper:
 from configs import base
 
 
+def set_small_transformer(transformer) -> None:
+  """The published small model (MD4's text8 and OpenWebText runs) in a config's model.transformer group."""
+  transformer.num_layers = 12
+  transformer.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
+  # On a GPU, --config.model.transformer.scan_unroll=0 runs the same stacked layers as straight-line code
+  # (docs/scaling.md).
+  transformer.width = 768
+  transformer.num_heads = 12
+  transformer.mlp_hidden = 2048  # the reference's rule: 2/3 x 4 x width, rounded up to a multiple of 32
+  transformer.cond_dim = 64  # the reference's feature_dim
+
+
 def get_config():
   config = base.get_config()
   config.data.source = "openwebtext"
   config.data.tokenizer = "gpt2"
   config.data.seq_len = 1024
-  config.model.transformer.num_layers = 12
-  config.model.transformer.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
-  # On a GPU, --config.model.transformer.scan_unroll=0 runs the same stacked layers as straight-line code (docs/scaling.md).
-  config.model.transformer.width = 768
-  config.model.transformer.num_heads = 12
-  config.model.transformer.mlp_hidden = 2048  # the reference's rule: 2/3 x 4 x width, rounded up to a multiple of 32
-  config.model.transformer.cond_dim = 64  # the reference's feature_dim
+  set_small_transformer(config.model.transformer)
   config.model.time_conditioning = True  # adaLN-zero
   config.diffusion.schedule = "linear"
   config.diffusion.timesteps = 0  # continuous time

@@ -10,7 +10,7 @@ GLU 2048, a 64-wide time condition), with the same remaining differences; the re
 dropout 0.05, which we do not have.
 """
 
-from configs import base
+from configs import base, owt_small
 
 
 def get_config():
@@ -18,12 +18,7 @@ def get_config():
   config.data.source = "text8"
   config.data.tokenizer = "char"
   config.data.seq_len = 256
-  config.model.transformer.num_layers = 12
-  config.model.transformer.scan_layers = True  # one block's program looped over 12 layers: compile time flat in depth
-  config.model.transformer.width = 768
-  config.model.transformer.num_heads = 12
-  config.model.transformer.mlp_hidden = 2048  # the reference's rule: 2/3 x 4 x width, rounded up to a multiple of 32
-  config.model.transformer.cond_dim = 64  # the reference's feature_dim
+  owt_small.set_small_transformer(config.model.transformer)  # the paper's small model
   config.train.batch_size = 512
   config.train.learning_rate = 5e-4  # the reference's sweep (its launcher runs the sweep by default)
   config.train.warmup_steps = 2000

@@ -104,16 +104,18 @@ def plugins(config) -> dict:
   return found
 
 
-def add_plugin_groups(config, named_by=None) -> None:
-  """Adds to `config` the config group of each part outside md4_jax that `named_by` (default: `config`) names
+def add_plugin_groups(config, also=None) -> None:
+  """Adds to `config` (and to `also`, a schema) the config group of each part outside md4_jax that `config` names
   (`plugins`), at its defaults, under its kind's root; a group already there (a config file's values) is kept."""
-  for name, kind in plugins(config if named_by is None else named_by).items():
+  for name, kind in plugins(config).items():
     group = config_group(import_part(name, KINDS[kind].key))
-    parent, short = _value(config, KINDS[kind].root), short_name(name)
     if group is None:
       continue
-    if short not in parent:
-      parent[short] = group
-    elif set(parent[short]) != set(group):
-      raise UserError(f"{name!r}: its keys would be {KINDS[kind].root}.{short}.*, a group that holds other keys "
-                      f"({sorted(parent[short])}); rename the module")
+    short = short_name(name)
+    for target in (config,) if also is None else (config, also):
+      parent = _value(target, KINDS[kind].root)
+      if short not in parent:
+        parent[short] = group.copy_and_resolve_references()
+      elif set(parent[short]) != set(group):
+        raise UserError(f"{name!r}: its keys would be {KINDS[kind].root}.{short}.*, a group that holds other keys "
+                        f"({sorted(parent[short])}); rename the module")

@@ -13,7 +13,7 @@ import pytest
 from configs import base
 from md4_jax.errors import UserError
 from md4_jax.run import modes
-from tests.conftest import ROOT, launch, make_config
+from tests.conftest import ROOT, launch, make_config, override
 
 TOYS = {
     "toy_net": '''
@@ -221,14 +221,7 @@ def toy_config(folder, **changes):
   sys.path.insert(0, str(folder))
   import toy_config  # noqa: PLC0415 (written by the fixture)
 
-  config = toy_config.get_config()
-  for key, value in changes.items():
-    *groups, name = key.split("__")
-    target = config
-    for group in groups:
-      target = target[group]
-    target[name] = value
-  return config
+  return override(toy_config.get_config(), **changes)
 
 
 def test_outside_parts_train_resume_evaluate_and_sample(toys, tmp_path):

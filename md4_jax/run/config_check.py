@@ -40,9 +40,10 @@ def _type_ok(value, default) -> bool:
 
 
 def schema(config, reference):
-  """`reference` (configs/base.py's config) with the groups of the parts outside md4_jax that `config` names."""
+  """`reference` (configs/base.py's config) with the groups of the parts outside md4_jax that `config` names; those
+  groups are added to `config` too where it lacks them (a part chosen on the command line), at their defaults."""
   reference = reference.copy_and_resolve_references()
-  parts.add_plugin_groups(reference, named_by=config)
+  parts.add_plugin_groups(config, also=reference)
   return reference
 
 
@@ -89,9 +90,10 @@ def _check_choices(flat: dict, choices: dict) -> None:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
 
 
-def check_values(config) -> None:
+def check_values(config):
   """Values each key accepts, checked up front so no run dies after minutes of work: the general keys here, each
-  chosen part's own keys by the part (its check_config, or its build for a backbone)."""
+  chosen part's own keys by the part (its check_config, or its build for a backbone). Returns the run's modality
+  as far as it is known without reading data (a text run's vocabulary is a placeholder)."""
   flat = flatten(config)
   for key in POSITIVE_INTS:
     if flat[key] <= 0:
@@ -157,6 +159,7 @@ def check_values(config) -> None:
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
   profiling.parse_window(train.profile_steps, train.num_steps)
   wandb_log.check(config.wandb)
+  return shape
 
 
 def _check_sampler(config, length: int) -> None:

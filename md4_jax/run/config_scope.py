@@ -37,11 +37,22 @@ def _part_group_scope(key: str, config, groups: set):
   if f"{root}.{name}" not in groups:
     return None
   choosing_key, chosen = chosen_parts(config)[root]
-  part = {parts.short_name(path): path for path in parts.plugins(config)}.get(name, name)  # outside: its module path
+  part = _module_paths(config).get(name, name)  # a part outside md4_jax: its module path
   what = f"{choosing_key}={part!r} (its own keys)"
   if root == "sampler" and name in samplers.INNER:
     what = f"sampler.name={part!r} (or 'semi_ar' with sampler.semi_ar.inner={part!r})"
   return name in chosen, what
+
+
+def _module_paths(config) -> dict:
+  """{short name: module path} of the parts outside md4_jax the config names (config.plugins, and chosen ones)."""
+  named = [*config.plugins.split(","), *(value for _, value in _choices(config))]
+  return {parts.short_name(name.strip()): name.strip() for name in named if parts.is_module_path(name.strip())}
+
+
+def _choices(config):
+  return (("model.backbone", config.model.backbone), ("objective", config.objective),
+          ("sampler.name", config.sampler.name), ("data.source", config.data.source))
 
 
 def part_groups(keys) -> set:

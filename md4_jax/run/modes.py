@@ -47,14 +47,13 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   run_mode = parts.find("mode", mode, MODES)  # a module outside the package: its run(config, workdir)
   request = Request(**flags)
   _check_flags(mode, request)
-  parts.add_plugin_groups(config)  # the groups of parts outside md4_jax chosen without a config file's
-  reference = config_check.schema(config, reference)
+  reference = config_check.schema(config, reference)  # with the groups of the parts outside md4_jax it names
   config_check.check_keys(config, reference)
-  config_check.check_values(config)
+  shape = config_check.check_values(config)  # the run's modality as far as it is known without data
   config_check.check_scope(config, reference)
   config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
   if request.length is not None:
-    if pipeline.nominal_modality(config.data).kind == "image":
+    if shape.kind == "image":
       raise UserError(f"--length={request.length}: image runs draw whole images; --length applies to text")
     objectives.get(config.objective).check_sample_length(config, request.length)
   if mode in WITHOUT_WORKDIR:
