@@ -253,6 +253,8 @@ def test_outside_parts_train_resume_evaluate_and_sample(toys, tmp_path):
     ({"sampler__name": "ancestral"}, r"sampler.oneshot.sharpness=2.0 has no effect.*'md4_toys.oneshot'"),
     ({"data__source": "embedded"}, r"data.repeat_text.repeats=80 has no effect.*'md4_toys.repeat_text'"),
     ({"model__backbone": "md4_toys.missing"}, r"model.backbone='md4_toys.missing': cannot import the module"),
+    ({"plugins": PLUGINS + ",json"}, r"plugins: module 'json' must set KIND to one of"),
+    ({"sampler__name": "json.decoder"}, r"sampler.name='json.decoder': the module must define SAMPLERS"),
 ])
 def test_outside_parts_bad_values_and_keys_under_other_parts(toys, tmp_path, changes, message):
   with pytest.raises(UserError, match=message):

@@ -1,12 +1,13 @@
 """Bad config keys, types and values, and bad flags, end in one clear message (exit status 2 or a flags error)
 before any work, never a traceback (run/config_check.py, run/config_scope.py, launch.py)."""
 
+import functools
 
 import ml_collections
 import pytest
 
 from md4_jax.errors import UserError
-from md4_jax.run import modes
+from md4_jax.run import config_check, modes
 from tests import tiny_image_config
 from tests.conftest import assert_clear_error, launch, launch_tiny, make_config, override, reference
 
@@ -157,10 +158,30 @@ def test_the_renamed_model_kind_key_is_refused_with_its_replacement(tmp_path, co
   result = launch_tiny(corpus_file, tmp_path / "run", "--model.kind=ar")
   assert_clear_error(result, "'model.kind' was replaced by 'objective'", "--config.objective=ar")
   assert result.returncode == 2
+  result = launch_tiny(corpus_file, tmp_path / "run", "--model.width=64")  # moved into the transformer's group
+  assert_clear_error(result, "'model.width' was replaced by 'model.transformer.width'", "its own group")
   config = make_config(corpus_file).to_dict()
   config["model"]["kind"] = "ar"  # a config file that still sets it
   with pytest.raises(UserError, match="'model.kind' was replaced by 'objective'"):
     modes.main(ml_collections.ConfigDict(config), tmp_path / "run2", "train", reference=reference())
+
+
+@pytest.mark.parametrize("old_key, new_key", [
+    ("model.width", "model.transformer.width"), ("diffusion.block_size", "diffusion.bd3.block_size"),
+    ("sampler.threshold", "sampler.parallel.threshold"), ("sampler.inner", "sampler.semi_ar.inner"),
+    ("sampler.tokens_per_call", "sampler.exact.tokens_per_call"), ("data.vocab_size", "data.tokens.vocab_size")])
+def test_keys_moved_into_their_parts_group_are_refused_with_the_new_name_and_migrated(old_key, new_key, tmp_path,
+                                                                                    corpus_file):
+  config = make_config(corpus_file).to_dict()
+  group, name = old_key.split(".")
+  config[group][name] = 1  # a config file that still sets it
+  with pytest.raises(UserError, match=f"config key '{old_key}' was replaced by '{new_key}': the .*'s keys are its own"):
+    modes.main(ml_collections.ConfigDict(config), tmp_path / "run", "params", reference=reference())
+  saved = make_config(corpus_file).to_dict()  # a config.json written before the move
+  *new_group, new_name = new_key.split(".")
+  value = functools.reduce(dict.get, new_group, saved).pop(new_name)
+  saved[group][name] = value
+  assert config_check.migrate(saved) == make_config(corpus_file).to_dict()
 
 
 @pytest.mark.slow
