@@ -63,6 +63,14 @@ def find(kind: str, name: str, builtin: dict):
                   "(mypkg.mymodule; docs/design.md, 'Adding a part')")
 
 
+def require(kind: str, name: str, module, attributes: tuple, what: str) -> None:
+  """UserError unless the part outside md4_jax named `name` defines every one of `attributes`; `what` says how."""
+  missing = [attribute for attribute in attributes if not hasattr(module, attribute)]
+  if missing:
+    raise UserError(f"{KINDS[kind].key}={name!r}: the module lacks {', '.join(missing)}; it must define {what} "
+                    "(docs/design.md, 'Adding a part')")
+
+
 def config_group(part):
   """The part's own config group (a fresh ConfigDict), or None when it has no keys."""
   make = getattr(part, "config_group", None)

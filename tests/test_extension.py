@@ -255,6 +255,9 @@ def test_outside_parts_train_resume_evaluate_and_sample(toys, tmp_path):
     ({"model__backbone": "md4_toys.missing"}, r"model.backbone='md4_toys.missing': cannot import the module"),
     ({"plugins": PLUGINS + ",json"}, r"plugins: module 'json' must set KIND to one of"),
     ({"sampler__name": "json.decoder"}, r"sampler.name='json.decoder': the module must define SAMPLERS"),
+    ({"model__backbone": "json.decoder"}, r"model.backbone='json.decoder': the module lacks build; it must define"),
+    ({"objective": "json.decoder"}, r"objective='json.decoder': the module lacks OBJECTIVE; it must define"),
+    ({"eval__suite": "json.decoder"}, r"eval.suite='json.decoder': the module lacks load, run; it must define"),
 ])
 def test_outside_parts_bad_values_and_keys_under_other_parts(toys, tmp_path, changes, message):
   with pytest.raises(UserError, match=message):

@@ -257,7 +257,10 @@ NAMES = tuple(TOKENIZERS)
 def tokenizer_class(name: str):
   """The tokenizer class called `name` (built-in, or a module path); UserError naming the choices."""
   found = parts.find("tokenizer", name, TOKENIZERS)
-  return found if name in TOKENIZERS else found.TOKENIZER
+  if name in TOKENIZERS:
+    return found
+  parts.require("tokenizer", name, found, ("TOKENIZER",), "TOKENIZER = <a class like tokenizers.CharTokenizer>")
+  return found.TOKENIZER
 
 
 def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):

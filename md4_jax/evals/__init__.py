@@ -26,7 +26,9 @@ NAMES = tuple(SUITES)
 
 def get(name: str):
   """The suite module called `name` (built-in, or a module path); UserError naming the choices."""
-  return parts.find("suite", name, SUITES)
+  module = parts.find("suite", name, SUITES)
+  parts.require("suite", name, module, ("load", "run"), "load(config, workdir, modality) and run(context)")
+  return module
 
 
 @dataclasses.dataclass(frozen=True)

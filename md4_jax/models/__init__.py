@@ -31,7 +31,9 @@ BACKBONES = tuple(BUILTIN)
 
 def get(name: str):
   """The backbone module called `name` (built-in, or a module path); UserError naming the choices."""
-  return parts.find("backbone", name, BUILTIN)
+  module = parts.find("backbone", name, BUILTIN)
+  parts.require("backbone", name, module, ("build",), "build(config, modality, requirements) -> Backbone")
+  return module
 
 
 def backbone(config, modality, requirements=None) -> Backbone:

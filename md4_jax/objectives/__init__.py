@@ -18,7 +18,9 @@ NAMES = tuple(BUILTIN)
 
 def get(name: str):
   """The objective class called `name` (built-in, or a module path); UserError naming the choices."""
-  return parts.find("objective", name, BUILTIN).OBJECTIVE
+  module = parts.find("objective", name, BUILTIN)
+  parts.require("objective", name, module, ("OBJECTIVE",), "OBJECTIVE = <a subclass of objectives.base.Objective>")
+  return module.OBJECTIVE
 
 
 class Model(NamedTuple):

@@ -45,6 +45,8 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   and seed condition and seed --mode sample (see run/conditioning.py).
   """
   run_mode = parts.find("mode", mode, MODES)  # a module outside the package: its run(config, workdir)
+  if mode not in MODES:
+    parts.require("mode", mode, run_mode, ("run",), "run(config, workdir)")
   request = Request(**flags)
   _check_flags(mode, request)
   reference = config_check.schema(config, reference)  # with the groups of the parts outside md4_jax it names

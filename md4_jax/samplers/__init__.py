@@ -54,7 +54,8 @@ def run_of(name: str, table: dict):
   module = get(name)
   short = parts.short_name(name)
   if short not in getattr(module, "SAMPLERS", {}):
-    raise UserError(f"sampler.name={name!r}: the module must define SAMPLERS = {{{short!r}: run}}")
+    raise UserError(f"sampler.name={name!r}: the module must define SAMPLERS = {{{short!r}: run}} (docs/design.md, "
+                    "'Adding a part')")
   return module.SAMPLERS[short]
 
 
