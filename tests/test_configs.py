@@ -18,9 +18,7 @@ from tests.conftest import make_config, reference
                                     "configs.quickstart_sweep", "tests.tiny_config"])
 def test_config_validates_and_builds(module):
   config = importlib.import_module(module).get_config()
-  config_check.check_keys(config, reference())
-  config_check.check_values(config)
-  config_check.check_scope(config, reference())
+  config_check.validate(config, reference(), "params")
   if config.data.source == "textfile":
     config.data.source = "embedded"  # the shapes, without a file
   make_model = objectives.build_model(config, pipeline.nominal_modality(config.data)).make

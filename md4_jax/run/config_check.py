@@ -4,6 +4,7 @@ Every problem is a `UserError` that names the key and the fix.
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 
@@ -39,6 +40,27 @@ def _type_ok(value, default) -> bool:
   return isinstance(value, type(default))
 
 
+class Run(NamedTuple):
+  """A config checked and worked out once (`validate`): what the modes read."""
+  config: object
+  schema: object  # configs/base.py's config with the outside parts' groups: every key's default (older workdirs)
+  modality: object  # the nominal modality, as far as it is known without data (a text vocabulary is a placeholder)
+  objective: type  # the objective's class
+
+
+def validate(config, reference, mode: str) -> Run:
+  """Every check that needs no data or workdir, in order: keys and types against the schema (configs/base.py's
+  `reference` with the groups of the parts outside md4_jax the config names), values (each part checks its own),
+  keys set where they have no effect, batch sizes against the mesh."""
+  schema_config = schema(config, reference)
+  flat, defaults = flatten(config), flatten(schema_config)
+  check_keys(flat, defaults)
+  modality_, objective = check_values(config, flat)
+  config_scope.check_applicable(flat, config, defaults)  # after the values: a bad value is named as such
+  check_against_devices(config, mode)
+  return Run(config, schema_config, modality_, objective)
+
+
 def schema(config, reference):
   """`reference` (configs/base.py's config) with the groups of the parts outside md4_jax that `config` names; those
   groups are added to `config` too where it lacks them (a part chosen on the command line), at their defaults."""
@@ -47,10 +69,9 @@ def schema(config, reference):
   return reference
 
 
-def check_keys(config, reference) -> None:
-  """Every key of `config` exists in `reference` (configs/base.py, with the groups of the parts outside md4_jax the
-  config names) with a value of the same type."""
-  flat, known = flatten(config), flatten(reference)
+def check_keys(flat: dict, known: dict) -> None:
+  """Every key of the config (`flat`: flattened) exists in the schema (`known`: configs/base.py with the groups of
+  the parts outside md4_jax the config names, flattened) with a value of the same type."""
   for key, value in flat.items():
     if key in RENAMED:
       new_key, how = RENAMED[key]
@@ -63,12 +84,6 @@ def check_keys(config, reference) -> None:
   missing = sorted(set(known) - set(flat))
   if missing:
     raise UserError(f"config lacks keys {missing}; build configs on configs/base.py (import it and override)")
-
-
-def check_scope(config, reference) -> None:
-  """No key is set away from its default (`reference`: configs/base.py) where it has no effect (config_scope).
-  After check_values: a bad value is named as such even where its key would not apply."""
-  config_scope.check_applicable(flatten(config), config, flatten(reference))
 
 
 def unknown_key(key: str, known: dict) -> str:
@@ -90,11 +105,11 @@ def _check_choices(flat: dict, choices: dict) -> None:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
 
 
-def check_values(config):
+def check_values(config, flat: dict):
   """Values each key accepts, checked up front so no run dies after minutes of work: the general keys here, each
-  chosen part's own keys by the part (its check_config, or its build for a backbone). Returns the run's modality
-  as far as it is known without reading data (a text run's vocabulary is a placeholder)."""
-  flat = flatten(config)
+  chosen part's own keys by the part (its check_config, or its build for a backbone). Returns (the run's modality
+  as far as it is known without reading data (a text run's vocabulary is a placeholder), the objective's class).
+  flat: the config flattened."""
   for key in POSITIVE_INTS:
     if flat[key] <= 0:
       raise UserError(f"config key {key!r} = {flat[key]} must be positive")
@@ -107,7 +122,6 @@ def check_values(config):
   if source.kind == "text":
     tokenizers.tokenizer_class(config.data.tokenizer)
   evals.get(config.eval.suite)
-  objective = objectives.get(config.objective)
   if source.module is not None:
     parts.check_config(source.module, config)
   # The backbone's own checks, on the source's shape (text: any vocabulary; images: known without data).
@@ -115,7 +129,7 @@ def check_values(config):
   try:
     schedules.get_schedule(config.diffusion.schedule)
     samplers.time_grid(1, config.sampler.grid)
-    objectives.build_model(config, shape)
+    objective = type(objectives.build_model(config, shape).objective)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
   if not 0.0 <= config.model.label_dropout < 1.0:
@@ -159,7 +173,7 @@ def check_values(config):
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
   profiling.parse_window(train.profile_steps, train.num_steps)
   wandb_log.check(config.wandb)
-  return shape
+  return shape, objective
 
 
 def _check_sampler(config, length: int) -> None:
@@ -194,9 +208,9 @@ def check_against_devices(config, mode: str, mesh=None) -> None:
     return
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
-  flat = flatten(config)
   for key in keys:
-    size = flat[key]
+    group, name = key.split(".")
+    size = config[group][name]
     if size % shards:
       multiples = [m for m in (size // shards * shards, (size // shards + 1) * shards) if m > 0]
       raise UserError(f"{key}={size} does not split over the mesh's {shards} data-parallel devices (mesh.data x "

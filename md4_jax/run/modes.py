@@ -49,15 +49,11 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
     parts.require("mode", mode, run_mode, ("run",), "run(config, workdir)")
   request = Request(**flags)
   _check_flags(mode, request)
-  reference = config_check.schema(config, reference)  # with the groups of the parts outside md4_jax it names
-  config_check.check_keys(config, reference)
-  shape = config_check.check_values(config)  # the run's modality as far as it is known without data
-  config_check.check_scope(config, reference)
-  config_check.check_against_devices(config, mode)  # batch sizes vs the mesh, before any data or compilation
+  run = config_check.validate(config, reference, mode)  # the parts found and checked once, before any work
   if request.length is not None:
-    if shape.kind == "image":
+    if run.modality.kind == "image":
       raise UserError(f"--length={request.length}: image runs draw whole images; --length applies to text")
-    objectives.get(config.objective).check_sample_length(config, request.length)
+    run.objective.check_sample_length(config, request.length)
   if mode in WITHOUT_WORKDIR:
     return run_mode(config)
   if not workdir:
@@ -66,7 +62,7 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   if mode not in MODES:
     return run_mode.run(config, workdir)
   workdirs.check_usable(workdir, mode)
-  return run_mode(config, workdir, reference, request)
+  return run_mode(run, workdir, request)
 
 
 def _check_flags(mode: str, request: Request) -> None:
@@ -84,10 +80,10 @@ def _check_flags(mode: str, request: Request) -> None:
                     (" (the training seed is --config.seed)" if "--seed" in given else ""))
 
 
-def _saved_modality(config, workdir: epath.Path, reference, mode: str):
-  """eval / sample: the config checked against the run's, and the run's modality (its tokenizer)."""
-  workdirs.check_config(config, workdir, mode, reference)
-  saved = modalities.load(workdir, config.data.seq_len)
+def _saved_modality(run, workdir: epath.Path, mode: str):
+  """eval / sample: the config checked against the workdir's, and the workdir's modality (its tokenizer)."""
+  workdirs.check_config(run.config, workdir, mode, run.schema)
+  saved = modalities.load(workdir, run.config.data.seq_len)
   if saved is None:
     raise UserError(f"{workdir} holds no modality.json or tokenizer.json; it was not written by a training run")
   return saved
@@ -100,9 +96,9 @@ def _restore(config, saved, workdir: epath.Path, step: int | None):
   return experiment, state
 
 
-def _evaluate(config, workdir: epath.Path, reference, request: Request) -> dict:
+def _evaluate(run, workdir: epath.Path, request: Request) -> dict:
   """--mode eval: config.eval.suite on the checkpoint at --step (the latest by default)."""
-  saved = _saved_modality(config, workdir, reference, "eval")
+  config, saved = run.config, _saved_modality(run, workdir, "eval")
   suite = evals.get(config.eval.suite)
   inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
   experiment, state = _restore(config, saved, workdir, request.step)
@@ -111,9 +107,9 @@ def _evaluate(config, workdir: epath.Path, reference, request: Request) -> dict:
                                  inputs, loop.sample_key(experiment.base_key, step)))
 
 
-def _sample_mode(config, workdir: epath.Path, reference, request: Request) -> dict:
+def _sample_mode(run, workdir: epath.Path, request: Request) -> dict:
   """--mode sample: samples from the checkpoint at --step (the latest by default), conditioned as asked."""
-  saved = _saved_modality(config, workdir, reference, "sample")
+  config, saved = run.config, _saved_modality(run, workdir, "sample")
   draw = sample_mode.parse_request(config, saved, request)  # before the restore: a bad request fails fast
   experiment, state = _restore(config, saved, workdir, request.step)
   seed = config.seed if request.seed is None else request.seed
@@ -151,15 +147,15 @@ def _describe(config) -> dict:
   return {"params": count, "vocab_size": modality.vocab_size}
 
 
-def _train(config, workdir: epath.Path, reference, request: Request) -> dict:
+def _train(run, workdir: epath.Path, request: Request) -> dict:
   """--mode train, holding the workdir's lock: a new run, or the resumed one (its saved tokenizer)."""
   del request  # _check_flags refused every flag
   with workdirs.training_lock(workdir):
-    return _train_locked(config, workdir, reference)
+    return _train_locked(run, workdir)
 
 
-def _train_locked(config, workdir: epath.Path, reference) -> dict:
-  record = workdirs.check_config(config, workdir, "train", reference)
+def _train_locked(run, workdir: epath.Path) -> dict:
+  config, record = run.config, workdirs.check_config(run.config, workdir, "train", run.schema)
   if config.train.warmup_steps >= config.train.num_steps and jax.process_index() == 0:
     print(f"warning: train.warmup_steps={config.train.warmup_steps} is not below train.num_steps="
           f"{config.train.num_steps}: the warm-up is cut to {max(config.train.num_steps - 1, 0)} steps, so the "
@@ -175,7 +171,7 @@ def _train_locked(config, workdir: epath.Path, reference) -> dict:
   return loop.train(config, workdir, data, wandb_id=record.get("wandb_id"))
 
 
-# The modes by name (launch.py's --mode): train / eval / sample take (config, workdir, reference, request);
+# The modes by name (launch.py's --mode): train / eval / sample take (run: config_check.Run, workdir, request);
 # prepare and params need no workdir and take the config alone. A mode outside the package is a module path whose
 # module has run(config, workdir) (the config checked, the workdir given).
 MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe}

@@ -76,7 +76,8 @@ def check_config(config, length: int) -> None:
     raise UserError(f"sampler.top_p={sampler.top_p} must be in (0, 1] (1 = off)")
   for name in chosen(sampler):
     module = get(name)
-    run_of(name, SAMPLERS)  # a module outside the package must have its run: refused now, not at the first sample
+    if parts.is_module_path(name):
+      run_of(name, SAMPLERS)  # a module outside the package must have its run: refused now, not at the first sample
     if hasattr(module, "check_config"):
       try:
         module.check_config(config, length)
