@@ -107,7 +107,7 @@ RELEASES = {
 }
 
 
-def release(source: str, subset: str) -> Release:
+def release_of(source: str, subset: str) -> Release:
   sources = sorted({name for name, _ in RELEASES})
   if source not in sources:
     raise UserError(f"data.source={source!r} is not an image dataset; choose one of {sources}")
@@ -120,7 +120,7 @@ def release(source: str, subset: str) -> Release:
 
 def prepared_dir(source: str, data_dir: pathlib.Path, subset: str = "") -> pathlib.Path:
   """data_dir/<source>[/<subset>]: where `prepare` writes and `load` reads."""
-  release(source, subset)
+  release_of(source, subset)
   base = pathlib.Path(data_dir).expanduser() / source
   return base / subset if subset else base
 
@@ -204,7 +204,7 @@ def prepare(source: str, data_dir: pathlib.Path, *, manual_dir: str = "", subset
   (the official counts unless given) and `checksums` ({file name: {"sha256", "md5"}} replacing the
   official values) let tests use small fixture files.
   """
-  release = release(source, subset)
+  release = release_of(source, subset)
   if max_images < 0:
     raise UserError(f"data.max_images={max_images} must be 0 (all images) or positive")
   out_dir = prepared_dir(source, data_dir, subset)

@@ -61,5 +61,5 @@ def digits_modality(data_config) -> modalities.Image:
 
 def release_modality(data_config) -> modalities.Image:
   """A release's shape and classes from its entry in image_datasets.RELEASES, without reading data (8-bit images)."""
-  release = image_datasets.release(data_config.source, data_config.subset)
+  release = image_datasets.release_of(data_config.source, data_config.subset)
   return modalities.Image(*release.shape, levels=256, num_classes=release.num_classes)
