@@ -9,7 +9,7 @@ parts outside md4_jax come from the modules listed in `plugins` (md4_jax/parts.p
 import ml_collections
 
 from md4_jax import parts
-from md4_jax.data import token_files
+from md4_jax.data.sources import fineweb_edu, imagenet64, tokens
 from md4_jax.models import transformer, unet, uvit
 from md4_jax.objectives import bd3, genmd4
 from md4_jax.samplers import confidence, exact, parallel, semi_ar
@@ -39,11 +39,11 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
   config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
   config.data.manual_dir = ""  # already-downloaded raw files (text8.zip, hub shards); "" = download
-  # imagenet64: "" = van den Oord et al.'s release (the likelihood tables', no labels) or "labeled" (Chrabaszcz
-  # et al.'s npz release, 1000 classes)
-  config.data.subset = ""  # fineweb_edu: the hub subset ("" = sample-10BT); imagenet64: see the line above
   config.data.max_documents = 0  # prepare only the first N documents (images: per split); 0 = all; small trials
-  config.data.tokens = token_files.config_group()  # source="tokens": data/token_files.py
+  # Each source's own keys, next to its code (md4_jax/data/sources/):
+  config.data.tokens = tokens.config_group()  # source="tokens"
+  config.data.fineweb_edu = fineweb_edu.config_group()  # source="fineweb_edu"
+  config.data.imagenet64 = imagenet64.config_group()  # source="imagenet64"
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "transformer"  # the network: "transformer" (tokens) | "unet" | "uvit" (images) | a module path

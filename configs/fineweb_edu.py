@@ -6,5 +6,5 @@ from configs import owt_small
 def get_config():
   config = owt_small.get_config()
   config.data.source = "fineweb_edu"
-  config.data.subset = "sample-10BT"
+  config.data.fineweb_edu.subset = "sample-10BT"
   return config

@@ -3,7 +3,7 @@
 Prepare once: python launch.py --config configs/imagenet64.py --mode prepare --config.data.manual_dir=DIR
 with DIR holding train_64x64.tar and valid_64x64.tar (van den Oord et al.'s release, the likelihood
 tables' data; no labels). For class-conditional runs use Chrabaszcz et al.'s labelled npz release:
---config.data.subset=labeled --config.model.class_conditional=True (see docs/images.md).
+--config.data.imagenet64.subset=labeled --config.model.class_conditional=True (see docs/images.md).
 
 Settings, from the reference code's configs/md4/imagenet64.py and networks/uvit.py, dit.py (the paper's
 appendix could not be read offline; arXiv v1 reported 3.42 bits/dim, the later version 3.40):

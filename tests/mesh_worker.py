@@ -15,11 +15,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from md4_jax.data import (
-  image_sources,  # noqa: E402
-  modality,  # noqa: E402
-)
-from md4_jax.engine import sharding
+from md4_jax.data import modality  # noqa: E402
+from md4_jax.data.sources import digits  # noqa: E402
+from md4_jax.engine import sharding  # noqa: E402
 from md4_jax.engine.experiment import Experiment  # noqa: E402
 from tests import tiny_config, tiny_image_config  # noqa: E402
 
@@ -67,7 +65,7 @@ def run_image(mesh_sizes, backbone):
   mesh = sharding.make_mesh(ConfigDict(dict(zip(sharding.AXES, mesh_sizes))), devices)
   cfg = tiny_image_config.get_config(backbone)
   cfg.model.class_conditional = True
-  experiment = Experiment(cfg, image_sources.DIGITS, mesh)
+  experiment = Experiment(cfg, digits.DIGITS, mesh)
   state = experiment.init_state(experiment.base_key)
   rng = np.random.default_rng(0)
   losses = []

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from md4_jax import objectives
-from md4_jax.data import image_sources, pipeline, shipped
+from md4_jax.data import pipeline, shipped
+from md4_jax.data.sources import digits
 from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
@@ -51,7 +52,7 @@ def test_digits_source_is_the_shipped_digits_with_every_tenth_held_out():
 def untrained(request):
   config = image_config(model__backbone=request.param, eval__time_samples=64, eval__batch_size=180,
                         eval__max_sequences=0)
-  experiment = Experiment(config, image_sources.DIGITS, sharding.make_mesh(config.mesh))
+  experiment = Experiment(config, digits.DIGITS, sharding.make_mesh(config.mesh))
   return experiment, experiment.init_state(experiment.base_key)
 
 
@@ -85,7 +86,7 @@ def test_antithetic_and_iid_times_agree_on_images(untrained):
 
 def test_label_dropout_replaces_labels_with_the_null_class_in_training_only():
   config = image_config(model__class_conditional=True, model__label_dropout=0.25)
-  experiment = Experiment(config, image_sources.DIGITS, sharding.make_mesh(config.mesh))
+  experiment = Experiment(config, digits.DIGITS, sharding.make_mesh(config.mesh))
   params = experiment.init_state(experiment.base_key)["params"]
   batch = {"tokens": jnp.zeros((4000, 64), jnp.int32), "label": jnp.arange(4000) % 10}
   trained = experiment._network(params, batch, jax.random.key(3)).label_B
@@ -198,11 +199,11 @@ def test_every_sampler_fills_images(sampler):
   from md4_jax.run import conditioning
 
   config = image_config(sampler__steps=8)
-  experiment = Experiment(config, image_sources.DIGITS, sharding.make_mesh(config.mesh)).with_overrides(
+  experiment = Experiment(config, digits.DIGITS, sharding.make_mesh(config.mesh)).with_overrides(
       "sampler", sampler)
   params = experiment.init_state(experiment.base_key)["ema_params"]
   originals = np.stack([row["tokens"] for row in (pipeline.load_data(config.data).eval[i] for i in range(3))])
-  start = conditioning.completion_start(originals, image_sources.DIGITS, "left")
+  start = conditioning.completion_start(originals, digits.DIGITS, "left")
   samples = generate.draw_samples(experiment, params, jax.random.key(0), start)
   kept = start < 17
   assert (samples.tokens < 17).all() and (samples.tokens[kept] == originals[kept]).all()

@@ -36,3 +36,9 @@ def prepare_into(data_config, directory: pathlib.Path, prepare: Callable[[], pat
 def data_file(data_config) -> str:
   """data.path as a local file (a bucket object is downloaded into the mirror; again only when it changed)."""
   return mirror.local_file(data_config.path) if data_config.path else data_config.path
+
+
+def source_subset(data_config) -> str:
+  """The chosen source's own data.<source>.subset (fineweb_edu, imagenet64), or "" for a source without one."""
+  own = data_config.get(data_config.source)
+  return own.subset if own is not None and "subset" in own else ""

@@ -95,15 +95,15 @@ def _source(source: str, subset: str) -> tuple[HubSource | None, str]:
   """The source's table entry and the subset with its default filled in (lm1b: no entry, no subset)."""
   if source == "lm1b":
     if subset:
-      raise UserError(f"data.subset={subset!r}: lm1b has no subsets; leave data.subset empty")
+      raise UserError(f"subset={subset!r}: lm1b has no subsets")
     return None, ""
   if source not in HUB_RELEASES:
     raise UserError(f"data.source={source!r} is not a hub dataset; choose one of {tuple(HUB_RELEASES)}")
   entry = HUB_RELEASES[source]
   subset = subset or entry.default_subset
   if subset not in entry.shard_dirs:
-    known = ", ".join(repr(s) for s in entry.shard_dirs if s) or "none (leave data.subset empty)"
-    raise UserError(f"data.subset={subset!r} is not a subset of {source}; known subsets: {known}")
+    known = ", ".join(repr(s) for s in entry.shard_dirs if s) or "none"
+    raise UserError(f"data.{source}.subset={subset!r} is not a subset of {source}; known subsets: {known}")
   return entry, subset
 
 

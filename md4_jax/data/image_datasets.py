@@ -113,8 +113,8 @@ def release_of(source: str, subset: str) -> Release:
     raise UserError(f"data.source={source!r} is not an image dataset; choose one of {sources}")
   if (source, subset) not in RELEASES:
     valid = [repr(s) + (" (the default)" if not s else "") for name, s in RELEASES if name == source]
-    raise UserError(f"data.subset={subset!r} is not a subset of {source}; valid subsets: {', '.join(valid)}"
-                    if len(valid) > 1 else f"data.subset={subset!r}: {source} has no subsets; leave data.subset empty")
+    raise UserError(f"data.{source}.subset={subset!r} is not a subset of {source}; valid subsets: {', '.join(valid)}"
+                    if len(valid) > 1 else f"subset={subset!r}: {source} has no subsets")
   return RELEASES[(source, subset)]
 
 
@@ -237,7 +237,7 @@ def load(source: str, data_dir: pathlib.Path, *, subset: str = "") -> tuple[dict
   out_dir = prepared_dir(source, data_dir, subset)
   meta_path = out_dir / "meta.json"
   if not meta_path.exists():
-    subset_flag = f" and --config.data.subset={subset}" if subset else ""
+    subset_flag = f" and --config.data.{source}.subset={subset}" if subset else ""
     raise UserError(f"{source}{'/' + subset if subset else ''} is not prepared in {out_dir}; run `python launch.py "
                     f"--config configs/{source}.py --mode prepare` with --config.data.dir={data_dir}{subset_flag}")
   builder = tfds.builder_from_directory(str(out_dir / _BUILDER_DIR))

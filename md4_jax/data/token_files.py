@@ -1,5 +1,5 @@
-"""The `tokens` source: token ids the user already has on disk (.npy, or raw .bin like nanoGPT's). Its own keys:
-data.tokens.* (config_group).
+"""Token ids the user already has on disk (.npy, or raw .bin like nanoGPT's): the `tokens` source's files
+(data/sources/tokens.py).
 
 Files are memory-mapped, so a multi-gigabyte file costs no memory; the id
 range is checked chunk by chunk for the same reason.
@@ -7,21 +7,12 @@ range is checked chunk by chunk for the same reason.
 
 import pathlib
 
-import ml_collections
 import numpy as np
 
 from md4_jax.errors import UserError
 
 BIN_DTYPES = ("uint16", "uint32", "int32")  # raw .bin files carry no dtype; uint16 is nanoGPT's
 _CHECK_CHUNK = 1 << 24  # ids per range-check chunk (16M ids: at most 128 MB in memory)
-
-
-def config_group() -> ml_collections.ConfigDict:
-  """data.tokens.*: gathered by configs/base.py."""
-  group = ml_collections.ConfigDict()
-  group.vocab_size = 0  # ids are in [0, vocab_size)
-  group.token_dtype = ""  # .bin files: "uint16" (default), "uint32" or "int32"
-  return group
 
 
 def _open(file: pathlib.Path, dtype: str) -> np.ndarray:

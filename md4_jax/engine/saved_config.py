@@ -22,6 +22,8 @@ RENAMED = {
     "sampler.inner": ("sampler.semi_ar.inner", _OWN_GROUP.format(part="semi_ar sampler")),
     **{f"data.{key}": (f"data.tokens.{key}", _OWN_GROUP.format(part="tokens source"))
        for key in ("vocab_size", "token_dtype")},
+    "data.subset": ("data.<source>.subset", "fineweb_edu's and imagenet64's own key now: data.fineweb_edu.subset or "
+                    "data.imagenet64.subset (same values)"),
 }
 
 
@@ -48,6 +50,10 @@ def migrate(saved: dict) -> dict:
     parent = saved.get(group, {}) if group else saved
     if name in parent:
       value = parent.pop(name)
+      if "<source>" in new_key:  # a key of the chosen source's own group now; unset elsewhere (it had no effect there)
+        if not value:
+          continue
+        new_key = new_key.replace("<source>", saved["data"]["source"])
       *path, last = new_key.split(".")
       target = saved
       for part in path:

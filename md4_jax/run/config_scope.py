@@ -68,8 +68,6 @@ SCOPES = (
     ("data.path", lambda c: c.data.source in ("textfile", "tokens"), "data.source='textfile' or 'tokens'"),
     ("data.eval_fraction", lambda c: c.data.source in _LOCAL_TEXT,
      "data.source='embedded', 'textfile' or 'tokens' (the other sources have their own held-out splits)"),
-    ("data.subset", lambda c: c.data.source in ("fineweb_edu", "imagenet64"), "data.source='fineweb_edu' or "
-     "'imagenet64'"),
     ("model.transformer.mlp_ratio", lambda c: not c.model.transformer.mlp_hidden,
      "model.transformer.mlp_hidden=0 (a set mlp_hidden is the GLU's size itself)"),
     ("model.transformer.scan_unroll", lambda c: c.model.transformer.scan_layers,

@@ -398,7 +398,7 @@ def test_load_before_prepare_names_the_prepare_command(tmp_path):
   with pytest.raises(UserError, match=r"python launch\.py --config configs/cifar10\.py --mode prepare.*"
                                       r"--config\.data\.dir="):
     image_datasets.load("cifar10", tmp_path)
-  with pytest.raises(UserError, match=r"configs/imagenet64\.py --mode prepare.*--config\.data\.subset=labeled"):
+  with pytest.raises(UserError, match=r"configs/imagenet64\.py --mode prepare.*--config\.data\.imagenet64\.subset=labeled"):
     image_datasets.load("imagenet64", tmp_path, subset="labeled")
 
 

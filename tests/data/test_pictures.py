@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image as PILImage
 
-from md4_jax.data import image_sources, pictures
+from md4_jax.data import pictures
+from md4_jax.data.sources import digits
 from md4_jax.data.modality import Image
 from md4_jax.run import conditioning
 from md4_jax.storage import files
@@ -31,18 +32,18 @@ def test_a_red_image_decodes_red(tmp_path):
 
 
 def test_grey_levels_scale_to_0_255_and_masks_are_magenta():
-  digits = image_sources.DIGITS  # 17 levels
+  images = digits.DIGITS  # 17 levels
   tokens = np.array([[0, 16, 8, 17] + [0] * 60])  # 17 = the mask id
-  rgb = pictures.to_rgb(tokens, digits)[0].reshape(-1, 3)
+  rgb = pictures.to_rgb(tokens, images)[0].reshape(-1, 3)
   np.testing.assert_array_equal(rgb[:4], [[0, 0, 0], [255, 255, 255], [128, 128, 128], [255, 0, 255]])
   partly_masked = np.array([[256, 7, 256] + [0] * 57])
   np.testing.assert_array_equal(pictures.to_rgb(partly_masked, RGB).reshape(-1, 3)[0], [255, 7, 255])
 
 
 def test_sample_grid_lays_out_enlarged_cells():
-  digits = image_sources.DIGITS
+  images = digits.DIGITS
   tokens = np.full((5, 64), 16)
-  picture = pictures.sample_grid(tokens, digits)  # 3 x 2 grid of 64-pixel cells (8x8 enlarged 8 times)
+  picture = pictures.sample_grid(tokens, images)  # 3 x 2 grid of 64-pixel cells (8x8 enlarged 8 times)
   gap = pictures.GAP
   assert picture.shape == (2 * (64 + gap) + gap, 3 * (64 + gap) + gap, 3)
   assert (picture[gap: gap + 64, gap: gap + 64] == 255).all()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from md4_jax.data import image_sources, modality, pictures, tokenizers
+from md4_jax.data import modality, pictures, tokenizers
+from md4_jax.data.sources import digits
 from md4_jax.engine import sample_files
 
 TEXT = "naïve café, 東京 🙂 and plain words"
@@ -69,11 +70,11 @@ def test_a_failure_leaves_no_partial_file_and_no_final_file(tmp_path, in_segment
 
 
 def test_images_keep_the_first_batchs_grid_and_every_row_in_the_jsonl(tmp_path):
-  digits = image_sources.DIGITS
-  writer = files_for(tmp_path, digits)
+  images = digits.DIGITS
+  writer = files_for(tmp_path, images)
   for first in (0, 3):
     writer.begin(first, np.arange(first, first + 3) % 10)
-    writer.add(np.full((3, digits.length), first, np.int32), np.ones((3, digits.length), np.int32))
+    writer.add(np.full((3, images.length), first, np.int32), np.ones((3, images.length), np.int32))
     writer.end(nfe=2, seconds=1.0)
   paths = writer.close()
   assert [path.name for path in paths] == ["step_3_exact.png", "step_3_exact_process.png", "step_3_exact.jsonl"]
@@ -81,12 +82,12 @@ def test_images_keep_the_first_batchs_grid_and_every_row_in_the_jsonl(tmp_path):
   assert [line["label"] for line in lines] == [0, 1, 2, 3, 4, 5]
   assert [line["tokens"][0] for line in lines] == [0, 0, 0, 3, 3, 3]
   grid = np.asarray(Image.open(paths[0]).convert("RGB"))
-  np.testing.assert_array_equal(grid, pictures.sample_grid(np.zeros((3, digits.length), np.int32), digits))
+  np.testing.assert_array_equal(grid, pictures.sample_grid(np.zeros((3, images.length), np.int32), images))
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_the_files_are_named_as_before(tmp_path, kind):
-  writer = files_for(tmp_path, byte_text() if kind == "text" else image_sources.DIGITS)
+  writer = files_for(tmp_path, byte_text() if kind == "text" else digits.DIGITS)
   writer.begin(0, np.zeros(1))
   writer.add(np.full((1, 64), 97), np.ones((1, 64)))
   writer.end(nfe=1, seconds=1.0)

@@ -200,3 +200,20 @@ def test_optimizer_mistakes_and_a_step_in_train_mode_are_one_line_through_the_co
   result = launch_tiny(corpus_file, tmp_path / "run", "--step=4")
   assert_clear_error(result, "--step=4 applies to --mode eval and --mode sample", "move the later")
   assert not (tmp_path / "run").exists()
+
+
+def test_data_subset_moved_into_its_sources_group(tmp_path, corpus_file):
+  """data.subset became fineweb_edu's and imagenet64's own key: a saved config's value goes to the group of the
+  source it was saved with, and an empty one (every other source) is dropped."""
+  saved = make_config(corpus_file, data__source="fineweb_edu", data__fineweb_edu__subset="sample-100BT").to_dict()
+  saved["data"]["subset"] = saved["data"].pop("fineweb_edu").pop("subset")
+  assert config_check.migrate(saved)["data"]["fineweb_edu"] == {"subset": "sample-100BT"}
+  saved = make_config(corpus_file).to_dict()
+  del saved["data"]["fineweb_edu"], saved["data"]["imagenet64"]
+  saved["data"]["subset"] = ""
+  migrated = config_check.migrate(saved)
+  assert "subset" not in migrated["data"] and "embedded" not in migrated["data"]
+  config = make_config(corpus_file).to_dict()
+  config["data"]["subset"] = "labeled"
+  with pytest.raises(UserError, match="'data.subset' was replaced by 'data.<source>.subset'.*data.imagenet64.subset"):
+    modes.main(ml_collections.ConfigDict(config), tmp_path / "run", "params", reference=reference())

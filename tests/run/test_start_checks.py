@@ -2,7 +2,6 @@
 batch sizes the mesh's data-parallel devices do not divide, exact-sampler calls longer than a sample,
 and a held-out split left empty. Each runs through launch.py, as a user meets it."""
 
-import dataclasses
 import types
 
 import numpy as np
@@ -100,12 +99,12 @@ def test_a_held_out_part_of_only_unseen_characters_fails_at_start(tmp_path):
 
 def test_any_empty_held_out_split_is_refused_when_the_data_loads(corpus_file, monkeypatch):
   """A source whose held-out split has no rows (what a packed hub set's empty validation shard gives)."""
-  textfile = sources.SOURCES["textfile"]
+  textfile_load = sources.textfile.load
 
   def load(data_config, split, saved):
-    data = textfile.load(data_config, split, saved)
+    data = textfile_load(data_config, split, saved)
     return Data(data.modality, data.train, StreamRows(np.zeros(0, np.int32), data_config.seq_len, pad_last=True))
 
-  monkeypatch.setitem(sources.SOURCES, "textfile", dataclasses.replace(textfile, load=load))
+  monkeypatch.setattr(sources.textfile, "load", load)
   with pytest.raises(UserError, match="held-out split 'validation' of data.source='textfile' is empty"):
     pipeline.load_data(make_config(corpus_file).data)
