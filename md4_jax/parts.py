@@ -94,6 +94,20 @@ def _value(config, key: str):
   return config
 
 
+def named(config) -> dict:
+  """{kind: the names its choosing keys hold} for the kinds whose parts have groups (a sampler: sampler.name and
+  semi_ar's inner sampler); no module is imported."""
+  found = {kind: [_value(config, spec.key)] for kind, spec in KINDS.items() if spec.root}
+  found["sampler"].append(config.sampler.semi_ar.inner)
+  return found
+
+
+def module_paths(config) -> dict:
+  """{short name: module path} of the parts outside md4_jax the config names (in `plugins`, or chosen)."""
+  names = [*config.plugins.split(","), *(name for names in named(config).values() for name in names)]
+  return {short_name(name.strip()): name.strip() for name in names if is_module_path(name.strip())}
+
+
 def plugins(config) -> dict:
   """{module path: kind} of the parts outside md4_jax a config names: those in config.plugins (by their KIND) and
   any chosen by a module path. UserError for a listed module whose KIND is not a kind with config groups."""
@@ -105,10 +119,8 @@ def plugins(config) -> dict:
         raise UserError(f"plugins: module {name!r} must set KIND to one of "
                         f"{tuple(k for k in KINDS if KINDS[k].root)} (the kind of part it is)")
       found[name] = kind
-  for kind, key in (*((kind, spec.key) for kind, spec in KINDS.items() if spec.root), ("sampler", "sampler.semi_ar.inner")):
-    name = _value(config, key)
-    if is_module_path(name):
-      found.setdefault(name, kind)
+  for kind, names in named(config).items():
+    found.update({name: kind for name in names if is_module_path(name) and name not in found})
   return found
 
 

@@ -22,12 +22,11 @@ def _text(config) -> bool:
 
 
 def chosen_parts(config) -> dict:
-  """{root: (the config key that chooses, the short names of the parts chosen)}: whose groups apply."""
-  short = parts.short_name
-  return {"model": ("model.backbone", {short(config.model.backbone)}),
-          "diffusion": ("objective", {short(config.objective)}),
-          "sampler": ("sampler.name", {short(name) for name in samplers.chosen(config.sampler)}),
-          "data": ("data.source", {short(config.data.source)})}
+  """{root: (the config key that chooses, the short names of the parts chosen)}: whose groups apply (semi_ar's
+  inner sampler only under semi_ar)."""
+  names = {**parts.named(config), "sampler": samplers.chosen(config.sampler)}
+  return {parts.KINDS[kind].root: (parts.KINDS[kind].key, {parts.short_name(name) for name in kind_names})
+          for kind, kind_names in names.items()}
 
 
 def _part_group_scope(key: str, config, groups: set):
@@ -37,22 +36,11 @@ def _part_group_scope(key: str, config, groups: set):
   if f"{root}.{name}" not in groups:
     return None
   choosing_key, chosen = chosen_parts(config)[root]
-  part = _module_paths(config).get(name, name)  # a part outside md4_jax: its module path
+  part = parts.module_paths(config).get(name, name)  # a part outside md4_jax: its module path
   what = f"{choosing_key}={part!r} (its own keys)"
   if root == "sampler" and name in samplers.INNER:
     what = f"sampler.name={part!r} (or 'semi_ar' with sampler.semi_ar.inner={part!r})"
   return name in chosen, what
-
-
-def _module_paths(config) -> dict:
-  """{short name: module path} of the parts outside md4_jax the config names (config.plugins, and chosen ones)."""
-  named = [*config.plugins.split(","), *(value for _, value in _choices(config))]
-  return {parts.short_name(name.strip()): name.strip() for name in named if parts.is_module_path(name.strip())}
-
-
-def _choices(config):
-  return (("model.backbone", config.model.backbone), ("objective", config.objective),
-          ("sampler.name", config.sampler.name), ("data.source", config.data.source))
 
 
 def part_groups(keys) -> set:
