@@ -135,7 +135,8 @@ def add_plugin_groups(config, also=None) -> None:
     for target in (config,) if also is None else (config, also):
       parent = _value(target, KINDS[kind].root)
       if short not in parent:
-        parent[short] = group.copy_and_resolve_references()
+        with parent.unlocked():  # a config from the command line is locked against new keys
+          parent[short] = group.copy_and_resolve_references()
       elif set(parent[short]) != set(group):
         raise UserError(f"{name!r}: its keys would be {KINDS[kind].root}.{short}.*, a group that holds other keys "
                         f"({sorted(parent[short])}); rename the module")

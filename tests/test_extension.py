@@ -271,6 +271,10 @@ def test_outside_part_on_the_command_line_one_line_error(toys, tmp_path):
   assert "model.toy_net.hidden=5 must be positive and even" in result.stderr
   result = launch("--config", toys / "toy_config.py", "--mode", "params", extra_env={"PYTHONPATH": str(toys)})
   assert result.returncode == 0 and "toy net, hidden 24" in result.stdout, result.stderr
+  # Chosen on the command line alone, on a config that does not list it: its group is added at its defaults.
+  result = launch("--config", ROOT / "configs/base.py", "--mode", "params", "--model.backbone=md4_toys.toy_net",
+                  extra_env={"PYTHONPATH": str(toys)})
+  assert result.returncode == 0 and "toy net, hidden 16" in result.stdout, result.stderr
 
 
 def test_a_workdir_saved_before_the_renames_resumes_and_evaluates(corpus_file, tmp_path):

@@ -55,10 +55,10 @@ def validate(config, reference, mode: str) -> Run:
   schema_config = schema(config, reference)
   flat, defaults = flatten(config), flatten(schema_config)
   check_keys(flat, defaults)
-  modality_, objective = check_values(config, flat)
+  nominal, objective = check_values(config, flat)
   config_scope.check_applicable(flat, config, defaults)  # after the values: a bad value is named as such
   check_against_devices(config, mode)
-  return Run(config, schema_config, modality_, objective)
+  return Run(config, schema_config, nominal, objective)
 
 
 def schema(config, reference):
