@@ -61,11 +61,13 @@ def run_of(name: str, table: dict):
 
 def check_config(config, length: int) -> None:
   """The sampler keys every sampler shares and each chosen sampler's own (UserError naming the key); `length`:
-  the positions of a sample."""
+  the positions of a sample. (sampler.grid: time_grid refuses an unknown one.)"""
   sampler = config.sampler
-  for key, value, allowed in (("sampler.grid", sampler.grid, GRIDS), ("sampler.params", sampler.params, ("ema", "raw")),
+  inner = sampler.semi_ar.inner
+  inner_choices = INNER + ((inner,) if parts.is_module_path(inner) else ())  # or a sampler outside md4_jax
+  for key, value, allowed in (("sampler.params", sampler.params, ("ema", "raw")),
                               ("sampler.kv_cache", sampler.kv_cache, KV_CACHES),
-                              ("sampler.semi_ar.inner", sampler.semi_ar.inner, INNER)):
+                              ("sampler.semi_ar.inner", inner, inner_choices)):
     if value not in allowed:
       raise UserError(f"config key {key!r} = {value!r}; choose one of {allowed}")
   if sampler.temperature < 0:
