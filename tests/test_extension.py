@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from configs import base
+from md4_jax import samplers
 from md4_jax.errors import UserError
 from md4_jax.run import modes
 from tests.conftest import ROOT, launch, make_config, override
@@ -262,6 +263,16 @@ def test_outside_parts_train_resume_evaluate_and_sample(toys, tmp_path):
 def test_outside_parts_bad_values_and_keys_under_other_parts(toys, tmp_path, changes, message):
   with pytest.raises(UserError, match=message):
     modes.main(toy_config(toys, **changes), tmp_path / "run", "params", reference=base.get_config())
+
+
+def test_an_outside_sampler_inside_semi_ar_reads_its_own_keys(toys):
+  config = toy_config(toys, sampler__name="semi_ar", sampler__semi_ar__inner="md4_toys.oneshot",
+                      sampler__block_length=8, sampler__steps=2)
+  modes.main(config, None, "params", reference=base.get_config())  # its keys apply under semi_ar too
+  settings = samplers.settings(config.sampler)
+  assert settings.name == "semi_ar" and settings.option("sharpness") == 2.0
+  blocks = samplers.semi_ar.blocks(settings, 16)
+  assert [inner.name for inner, _ in blocks] == ["md4_toys.oneshot"] * 2 and blocks[0][0].option("sharpness") == 2.0
 
 
 def test_outside_part_on_the_command_line_one_line_error(toys, tmp_path):

@@ -45,9 +45,10 @@ class Settings:
   def from_config(cls, sampler_cfg, builtin_groups: tuple) -> "Settings":
     """sampler_cfg: config.sampler. Its plain keys, and the built-in samplers' groups (samplers.BUILTIN's with a
     config_group: samplers.GROUPS), give the fields; the chosen sampler's own group, when it is a module outside
-    the package (a dotted sampler.name), gives `options`."""
+    the package (a dotted sampler.name, or semi_ar's inner sampler), gives `options`."""
     values, options = {}, ()
-    own = sampler_cfg.name.rpartition(".")[2] if "." in sampler_cfg.name else None
+    name = sampler_cfg.semi_ar.inner if sampler_cfg.name == "semi_ar" else sampler_cfg.name
+    own = name.rpartition(".")[2] if "." in name else None
     for key, value in sampler_cfg.items():
       if key == own:
         options = tuple(sorted(value.items()))
