@@ -49,8 +49,9 @@ def main(_):
   compile_seconds = time.perf_counter() - start
   print(json.dumps({
       "benchmark": "compile_time", "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "backbone": config.model.backbone, "layers": config.model.transformer.num_layers, "width": config.model.transformer.width,
-      "scan_layers": bool(config.model.get("scan_layers", False)), "remat": config.model.remat,
+      "backbone": config.model.backbone, "layers": config.model.transformer.num_layers,
+      "width": config.model.transformer.width, "scan_layers": config.model.transformer.scan_layers,
+      "remat": config.model.remat,
       "params": experiment.num_params(), "batch": config.train.batch_size, "seq_len": modality.length,
       "setup_seconds": round(setup_seconds, 2), "lower_seconds": round(lower_seconds, 2),
       "compile_seconds": round(compile_seconds, 2), "hlo_chars": len(lowered.as_text()),

@@ -90,8 +90,8 @@ class BlockDiffusion(Objective):
     """One-sample estimate per example: every block's time and mask drawn, all blocks scored in one call. In
     training, times come from [diffusion.bd3.clip_low, clip_high] (the plain bound at the defaults 0 and 1)."""
     del capacity_fraction, groups  # every position goes through the output layer
-    diffusion_cfg = self.config.diffusion
-    clip = (float(diffusion_cfg.clip_low), float(diffusion_cfg.clip_high)) if training else (0.0, 1.0)
+    diffusion_cfg, own = self.config.diffusion, self.config.diffusion.bd3
+    clip = (float(own.clip_low), float(own.clip_high)) if training else (0.0, 1.0)
     return block_diffusion.elbo_terms(net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
                                       block_size=self.block_size, timesteps=timesteps,
                                       antithetic=diffusion_cfg.antithetic, token_mask_BxL=token_mask_BxL, t_B=t_B,
