@@ -19,9 +19,11 @@ def check_config(config, length: int) -> None:
   """A sample has `length` positions: more events per call than that would fail in jax.lax.top_k at the first
   samples, minutes into a run."""
   tokens_per_call = config.sampler.exact.tokens_per_call
-  if not 1 <= tokens_per_call <= length:
-    raise ValueError(f"sampler.exact.tokens_per_call={tokens_per_call} must be in [1, {length}] (the positions of a "
-                     "sample: data.seq_len; H x W x C for images)")
+  if tokens_per_call < 1:
+    raise ValueError(f"sampler.exact.tokens_per_call={tokens_per_call} must be >= 1")
+  if tokens_per_call > length:
+    raise ValueError(f"sampler.exact.tokens_per_call={tokens_per_call} unmasks more positions per call than the "
+                     f"{length} of a sample (data.seq_len; H x W x C for images): use 1 to {length}")
 
 
 def time_of_mask_prob(schedule, mask_prob_B, iterations: int = 32):

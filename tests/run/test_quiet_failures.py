@@ -283,7 +283,7 @@ def test_sampling_what_cannot_be_drawn_or_written_is_one_line(wide_run, args, fr
 def test_unknown_key_on_the_command_line_lists_its_group(tmp_path, corpus_file):
   result = launch_tiny(corpus_file, tmp_path, "--config.model.widht=64")
   assert_few_lines(result, "error: bad command line: unknown config key 'model.widht'", most=1)
-  assert "the keys of 'model' are: " in result.stderr and "model.transformer.width" in result.stderr
+  assert "the keys of 'model' are: " in result.stderr and "model.transformer.*" in result.stderr
   result = launch_tiny(corpus_file, tmp_path, "--sampler.stepz=3")  # the shorthand form
   assert "unknown config key 'sampler.stepz'; the keys of 'sampler' are: " in result.stderr
 

@@ -71,7 +71,8 @@ def test_the_data_parallel_size_counts_both_batch_axes_and_microbatches_and_samp
                      "--config.sampler.semi_ar.inner=exact", "--config.sampler.exact.tokens_per_call=17"],
      "sampler.exact.tokens_per_call=17 unmasks more positions per call than the 16 of a sample"),
     ("tiny_config", ["--mode", "eval", "--config.eval.suite=samples", "--config.eval.samplers=ancestral:8,exact:32"],
-     "eval.samplers item exact:32 unmasks more positions per call than the 16 of a sample"),
+     "eval.samplers item exact:32: sampler.exact.tokens_per_call=32 unmasks more positions per call than the 16 of a "
+     "sample"),
     ("tiny_image_config", ["--config.sampler.name=exact", "--config.sampler.exact.tokens_per_call=65"],
      "sampler.exact.tokens_per_call=65 unmasks more positions per call than the 64 of a sample"),  # digits: 8 x 8 x 1
 ])

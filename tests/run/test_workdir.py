@@ -242,7 +242,7 @@ def test_a_workdir_from_before_mlp_hidden_and_cond_dim_restores(trained, tmp_pat
   workdir = copy_of(trained, tmp_path)
   saved = json.loads((workdir / "config.json").read_text())
   for key in ("mlp_hidden", "cond_dim"):
-    del saved["model"][key]
+    del saved["model"]["transformer"][key]
   (workdir / "config.json").write_text(json.dumps(saved))
   result = launch_tiny(trained[0], workdir, "--mode=eval", *tiny_args())
   assert result.returncode == 0, result.stderr[-3000:]
