@@ -73,14 +73,14 @@ def text_config(batch: int, dtype: str = "bfloat16", **model):
   config.model.dtype = dtype
   config.train.batch_size = batch
   if _SMOKE.value:
-    config.data.seq_len, config.model.transformer.width, config.model.transformer.num_layers, config.model.transformer.num_heads = 32, 32, 2, 2
-    config.model.transformer.mlp_hidden, config.model.transformer.cond_dim = 64, 8
-  for key, value in model.items():
-    group, _, name = key.partition("__")
-    if name:
-      config[group][name] = value
-    else:
-      config[group] = value
+    config.data.seq_len = 32
+    config.model.transformer.update(width=32, num_layers=2, num_heads=2, mlp_hidden=64, cond_dim=8)
+  for key, value in model.items():  # "group__key" or "group__part__key"
+    *groups, name = key.split("__")
+    target = config
+    for group in groups:
+      target = target[group]
+    target[name] = value
   return config
 
 
