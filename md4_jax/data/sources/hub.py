@@ -12,19 +12,18 @@ modality = nominal_modality
 
 def load(data_config, split: str, saved) -> Data:
   del split
-  root = data_dir(data_config)
-  read_prepared(data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len,
-                                                       source_subset(data_config)))
-  splits, meta = hub_datasets.load(data_config.source, root, seq_len=data_config.seq_len, subset=source_subset(data_config))
+  root, subset = data_dir(data_config), source_subset(data_config)
+  read_prepared(data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len, subset))
+  splits, meta = hub_datasets.load(data_config.source, root, seq_len=data_config.seq_len, subset=subset)
   tokenizer = saved.tokenizer if saved else tokenizers.tokenizer_from_json(meta["tokenizer"])
   return Data(modalities.Text.of(tokenizer, data_config.seq_len), RecordRows(splits["train"]),
               RecordRows(splits["validation"]))
 
 
 def prepare(data_config) -> str:
-  root = data_dir(data_config)
+  root, subset = data_dir(data_config), source_subset(data_config)
   return prepare_into(
-      data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len, source_subset(data_config)),
+      data_config, hub_datasets.prepared_dir(data_config.source, root, data_config.seq_len, subset),
       lambda: hub_datasets.prepare(data_config.source, root, tokenizer=tokenizer_for(data_config),
                                    seq_len=data_config.seq_len, manual_dir=data_config.manual_dir,
-                                   subset=source_subset(data_config), max_documents=data_config.max_documents))
+                                   subset=subset, max_documents=data_config.max_documents))

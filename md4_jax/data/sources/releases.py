@@ -11,19 +11,19 @@ MODALITY = "image"
 
 def load(data_config, split: str, saved) -> Data:
   del split, saved
-  root = data_dir(data_config)
-  read_prepared(data_config, image_datasets.prepared_dir(data_config.source, root, source_subset(data_config)))
-  splits, meta = image_datasets.load(data_config.source, root, subset=source_subset(data_config))
+  root, subset = data_dir(data_config), source_subset(data_config)
+  read_prepared(data_config, image_datasets.prepared_dir(data_config.source, root, subset))
+  splits, meta = image_datasets.load(data_config.source, root, subset=subset)
   labelled = meta["num_classes"] > 0
   images = modalities.Image(meta["height"], meta["width"], meta["channels"], meta["levels"], meta["num_classes"])
   return Data(images, RecordRows(splits["train"], labelled), RecordRows(splits["validation"], labelled))
 
 
 def prepare(data_config) -> str:
-  root = data_dir(data_config)
-  return prepare_into(data_config, image_datasets.prepared_dir(data_config.source, root, source_subset(data_config)),
+  root, subset = data_dir(data_config), source_subset(data_config)
+  return prepare_into(data_config, image_datasets.prepared_dir(data_config.source, root, subset),
                       lambda: image_datasets.prepare(data_config.source, root, manual_dir=data_config.manual_dir,
-                                                     subset=source_subset(data_config), max_images=data_config.max_documents))
+                                                     subset=subset, max_images=data_config.max_documents))
 
 
 def modality(data_config) -> modalities.Image:
