@@ -24,11 +24,18 @@ from md4_jax.errors import UserError
 class Kind:
   key: str  # the config key that chooses the part ("model.backbone")
   root: str  # the group its parts' own groups live under ("model" -> model.<name>.*); "" = its parts have none
+  needs: tuple = ()  # what a module outside md4_jax must define to be this kind of part
+  how: str = ""  # ... said the way the error message says it
 
 
-KINDS = {"backbone": Kind("model.backbone", "model"), "objective": Kind("objective", "diffusion"),
-         "sampler": Kind("sampler.name", "sampler"), "source": Kind("data.source", "data"),
-         "tokenizer": Kind("data.tokenizer", ""), "suite": Kind("eval.suite", ""), "mode": Kind("--mode", "")}
+KINDS = {
+    "backbone": Kind("model.backbone", "model", ("build",), "build(config, modality, requirements) -> Backbone"),
+    "objective": Kind("objective", "diffusion", ("OBJECTIVE",), "OBJECTIVE = <a subclass of objectives.base.Objective>"),
+    "sampler": Kind("sampler.name", "sampler"),  # its SAMPLERS entry is checked where it is run (samplers.run_of)
+    "source": Kind("data.source", "data"),  # its MODALITY, load and modality: sources.Source.of_module
+    "tokenizer": Kind("data.tokenizer", "", ("TOKENIZER",), "TOKENIZER = <a class like tokenizers.CharTokenizer>"),
+    "suite": Kind("eval.suite", "", ("load", "run"), "load(config, workdir, modality) and run(context)"),
+    "mode": Kind("--mode", "", ("run",), "run(config, workdir)")}
 
 
 ROOTS = tuple(kind.root for kind in KINDS.values() if kind.root)  # every group under these is a part's own
@@ -53,22 +60,26 @@ def import_part(name: str, key: str):
 
 
 def find(kind: str, name: str, builtin: dict):
-  """The part `name` of `kind`: builtin[name], or the module at a dotted path. UserError naming the choices."""
+  """The part `name` of `kind`: builtin[name], or the module at a dotted path (which must define what its kind
+  needs). UserError naming the choices, or what the module lacks."""
   if name in builtin:
     return builtin[name]
-  key = KINDS[kind].key
-  if is_module_path(name):
-    return import_part(name, key)
-  raise UserError(f"{key}={name!r} is not known; choose one of {tuple(builtin)}, or a module path outside md4_jax "
-                  "(mypkg.mymodule; docs/design.md, 'Adding a part')")
-
-
-def require(kind: str, name: str, module, attributes: tuple, what: str) -> None:
-  """UserError unless the part outside md4_jax named `name` defines every one of `attributes`; `what` says how."""
-  missing = [attribute for attribute in attributes if not hasattr(module, attribute)]
+  spec = KINDS[kind]
+  if not is_module_path(name):
+    raise UserError(f"{spec.key}={name!r} is not known; choose one of {tuple(builtin)}, or a module path outside "
+                    "md4_jax (mypkg.mymodule; docs/design.md, 'Adding a part')")
+  module = import_part(name, spec.key)
+  missing = [attribute for attribute in spec.needs if not hasattr(module, attribute)]
   if missing:
-    raise UserError(f"{KINDS[kind].key}={name!r}: the module lacks {', '.join(missing)}; it must define {what} "
+    raise UserError(f"{spec.key}={name!r}: the module lacks {', '.join(missing)}; it must define {spec.how} "
                     "(docs/design.md, 'Adding a part')")
+  return module
+
+
+def find_chosen(config, tables: dict) -> dict:
+  """{kind: the part config chooses} for each kind in `tables` ({kind: its built-in table}), found once per run
+  (run/config_check.py) and handed down."""
+  return {kind: find(kind, _value(config, KINDS[kind].key), builtin) for kind, builtin in tables.items()}
 
 
 def config_group(part):

@@ -100,8 +100,8 @@ def test_label_dropout_replaces_labels_with_the_null_class_in_training_only():
                                                          ("configs.imagenet64", 198e6, "uvit")])
 def test_published_image_configs_build_to_their_sizes(module, published, backbone):
   config = importlib.import_module(module).get_config()
-  config_check.validate(config, reference(), "params")
-  make_model = objectives.build_model(config, pipeline.nominal_modality(config.data)).make
+  run = config_check.validate(config, reference(), "params")
+  make_model = objectives.build_model(config, run.modality, run.model).make
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))))
   assert config.model.backbone == backbone and abs(count / published - 1) < 0.05
 

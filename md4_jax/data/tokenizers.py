@@ -257,10 +257,7 @@ NAMES = tuple(TOKENIZERS)
 def tokenizer_class(name: str):
   """The tokenizer class called `name` (built-in, or a module path); UserError naming the choices."""
   found = parts.find("tokenizer", name, TOKENIZERS)
-  if name in TOKENIZERS:
-    return found
-  parts.require("tokenizer", name, found, ("TOKENIZER",), "TOKENIZER = <a class like tokenizers.CharTokenizer>")
-  return found.TOKENIZER
+  return found if name in TOKENIZERS else found.TOKENIZER
 
 
 def make_tokenizer(name: str, bpe_path: str = "", alphabet: str = ""):

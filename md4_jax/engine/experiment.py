@@ -68,11 +68,14 @@ class Experiment:
   """Everything a run needs that follows from the config and the modality: model, objective, optimizer,
   shardings, jitted steps. Nothing here depends on which objective, backbone or modality it is."""
 
-  def __init__(self, config, modality, mesh):
+  def __init__(self, config, modality, mesh, model_parts: objectives.Parts | None = None):
+    """model_parts: the objective and backbone the config names, as the run's validation found them (default:
+    found here by name)."""
     self.config, self.mesh, self.modality = config, mesh, modality
     self.vocab_size = modality.vocab_size
+    self.model_parts = model_parts or objectives.chosen(config)
     try:
-      self.objective, self.model_config, self.make_model = objectives.build_model(config, modality)
+      self.objective, self.model_config, self.make_model = objectives.build_model(config, modality, self.model_parts)
     except ValueError as error:
       raise UserError(f"bad config value: {error}") from error
     self.num_classes = self.model_config.num_classes  # 0: the network reads no labels
@@ -117,7 +120,7 @@ class Experiment:
     """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""
     config = self.config.copy_and_resolve_references()
     config[group].update(overrides)
-    return Experiment(config, self.modality, self.mesh)
+    return Experiment(config, self.modality, self.mesh, self.model_parts)
 
   def eval_extras(self, params, step: int, workdir) -> list:
     """The objective's files beside an evaluation (GenMD4: its learned powers); the paths written."""

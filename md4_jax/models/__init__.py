@@ -22,7 +22,6 @@ a built-in one is listed in BUILTIN, one outside the package is named by its mod
 
 from md4_jax import parts
 from md4_jax.models import transformer, unet, uvit
-from md4_jax.models.backbone import Backbone
 from md4_jax.models.layers import LAYER_AXIS  # noqa: F401 (the optimizer reads it)
 
 BUILTIN = {"transformer": transformer, "unet": unet, "uvit": uvit}
@@ -31,19 +30,7 @@ BACKBONES = tuple(BUILTIN)
 
 def get(name: str):
   """The backbone module called `name` (built-in, or a module path); UserError naming the choices."""
-  module = parts.find("backbone", name, BUILTIN)
-  parts.require("backbone", name, module, ("build",), "build(config, modality, requirements) -> Backbone")
-  return module
-
-
-def backbone(config, modality, requirements=None) -> Backbone:
-  """(config, make) of config.model.backbone over `modality`; ValueError for combinations that cannot work (an
-  image backbone on text, a causal objective on a bidirectional image network).
-
-  requirements: what the objective needs of the network ({"causal": True, "time_conditioning": False} for the
-  autoregressive baseline).
-  """
-  return get(config.model.backbone).build(config, modality, dict(requirements or {}))
+  return parts.find("backbone", name, BUILTIN)
 
 
 class Network:

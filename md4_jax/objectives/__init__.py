@@ -18,9 +18,19 @@ NAMES = tuple(BUILTIN)
 
 def get(name: str):
   """The objective class called `name` (built-in, or a module path); UserError naming the choices."""
-  module = parts.find("objective", name, BUILTIN)
-  parts.require("objective", name, module, ("OBJECTIVE",), "OBJECTIVE = <a subclass of objectives.base.Objective>")
-  return module.OBJECTIVE
+  return parts.find("objective", name, BUILTIN).OBJECTIVE
+
+
+class Parts(NamedTuple):
+  """The two parts a model is built from: found by name once per run (`chosen`, in run/config_check.py's
+  validation) and handed down, so nothing later looks them up again."""
+  objective: type  # the objective's class
+  backbone: object  # the backbone's module (its `build`)
+
+
+def chosen(config) -> Parts:
+  """The objective and backbone config names (built-in, or module paths); UserError naming the choices."""
+  return Parts(get(config.objective), models.get(config.model.backbone))
 
 
 class Model(NamedTuple):
@@ -31,8 +41,9 @@ class Model(NamedTuple):
   make: Callable
 
 
-def build_model(config, modality) -> Model:
-  """The one recipe (Experiment, --mode params): ValueError for a backbone and objective that cannot work."""
-  objective = get(config.objective)(config, modality.vocab_size)
-  backbone = models.backbone(config, modality, objective.network_requirements)
+def build_model(config, modality, parts: Parts) -> Model:
+  """The one recipe (Experiment, --mode params): ValueError for a backbone and objective that cannot work (an
+  image backbone on text, a causal objective on a bidirectional image network)."""
+  objective = parts.objective(config, modality.vocab_size)
+  backbone = parts.backbone.build(config, modality, dict(objective.network_requirements))
   return Model(objective, backbone.config, objective.wrap_model(backbone.make))

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import jax
 
-from md4_jax import evals, objectives, parts, samplers
+from md4_jax import evals, models, objectives, parts, samplers
 from md4_jax.core import schedules
 from md4_jax.data import modality, sources, tokenizers, zero_shot_sets
 from md4_jax.engine import profiling, sharding, wandb_log
@@ -41,24 +41,37 @@ def _type_ok(value, default) -> bool:
 
 
 class Run(NamedTuple):
-  """A config checked and worked out once (`validate`): what the modes read."""
+  """A config checked and worked out once (`validate`): what the modes read, its parts found once."""
   config: object
   schema: object  # configs/base.py's config with the outside parts' groups: every key's default (older workdirs)
   modality: object  # the nominal modality, as far as it is known without data (a text vocabulary is a placeholder)
-  objective: type  # the objective's class
+  source: sources.Source  # data.source's
+  model: objectives.Parts  # the objective's class and the backbone's module (Experiment builds the model from them)
+  suite: object  # eval.suite's module
 
 
 def validate(config, reference, mode: str) -> Run:
   """Every check that needs no data or workdir, in order: keys and types against the schema (configs/base.py's
-  `reference` with the groups of the parts outside md4_jax the config names), values (each part checks its own),
-  keys set where they have no effect, batch sizes against the mesh."""
+  `reference` with the groups of the parts outside md4_jax the config names), the parts it chooses, values (each
+  part checks its own), keys set where they have no effect, batch sizes against the mesh."""
   schema_config = schema(config, reference)
   flat, defaults = flatten(config), flatten(schema_config)
   check_keys(flat, defaults)
-  nominal, objective = check_values(config, flat)
+  source, model, suite = choose(config)
+  nominal = check_values(config, flat, source, model)
   config_scope.check_applicable(flat, config, defaults)  # after the values: a bad value is named as such
   check_against_devices(config, mode)
-  return Run(config, schema_config, nominal, objective)
+  return Run(config, schema_config, nominal, source, model, suite)
+
+
+def choose(config) -> tuple:
+  """(the source, the model's parts, the eval suite's module) config chooses, each found once (and its
+  tokenizer); UserError for a name that is not known or a module outside md4_jax that lacks what its kind needs."""
+  found = parts.find_chosen(config, {"source": sources.BUILTIN, "tokenizer": tokenizers.TOKENIZERS,
+                                     "objective": objectives.BUILTIN, "backbone": models.BUILTIN,
+                                     "suite": evals.SUITES})
+  model = objectives.Parts(found["objective"].OBJECTIVE, found["backbone"])
+  return sources.Source.of_module(config.data.source, found["source"]), model, found["suite"]
 
 
 def schema(config, reference):
@@ -105,11 +118,11 @@ def _check_choices(flat: dict, choices: dict) -> None:
       raise UserError(f"config key {key!r} = {flat[key]!r}; choose one of {allowed}")
 
 
-def check_values(config, flat: dict):
+def check_values(config, flat: dict, source: sources.Source, model: objectives.Parts):
   """Values each key accepts, checked up front so no run dies after minutes of work: the general keys here, each
-  chosen part's own keys by the part (its check_config, or its build for a backbone). Returns (the run's modality
-  as far as it is known without reading data (a text run's vocabulary is a placeholder), the objective's class).
-  flat: the config flattened."""
+  chosen part's own keys by the part (its check_config, or its build for a backbone). Returns the run's modality
+  as far as it is known without reading data (a text run's vocabulary is a placeholder).
+  flat: the config flattened; source, model: the parts it chooses (`choose`)."""
   for key in POSITIVE_INTS:
     if flat[key] <= 0:
       raise UserError(f"config key {key!r} = {flat[key]} must be positive")
@@ -118,10 +131,6 @@ def check_values(config, flat: dict):
   if config.diffusion.timesteps < 0:
     raise UserError(f"diffusion.timesteps={config.diffusion.timesteps}: use 0 (continuous) or T > 0 steps")
   _check_choices(flat, {"eval.split": ("validation", "test"), "eval.params": ("ema", "raw")})
-  source = sources.get(config.data.source)
-  if source.kind == "text":
-    tokenizers.tokenizer_class(config.data.tokenizer)
-  evals.get(config.eval.suite)
   if source.module is not None:
     parts.check_config(source.module, config)
   # The backbone's own checks, on the source's shape (text: any vocabulary; images: known without data).
@@ -129,7 +138,7 @@ def check_values(config, flat: dict):
   try:
     schedules.get_schedule(config.diffusion.schedule)
     samplers.time_grid(1, config.sampler.grid)
-    objective = type(objectives.build_model(config, shape).objective)
+    objectives.build_model(config, shape, model)
   except ValueError as error:
     raise UserError(f"bad config value: {error}") from error
   if not 0.0 <= config.model.label_dropout < 1.0:
@@ -139,7 +148,7 @@ def check_values(config, flat: dict):
   if config.sampler.guidance and not config.model.class_conditional:
     raise UserError(f"sampler.guidance={config.sampler.guidance} needs a class-conditional model "
                     "(model.class_conditional=True, trained with label dropout)")
-  objective.check_config(config)  # its own keys, and what it makes of the sampler's
+  model.objective.check_config(config)  # its own keys, and what it makes of the sampler's
   _check_sampler(config, shape.length)
   if config.eval.suite == "samples":  # each variant is the config with its sampler keys changed
     for variant in evals.samples.parse_variants(config.eval.samplers):
@@ -173,7 +182,7 @@ def check_values(config, flat: dict):
     raise UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1)")
   profiling.parse_window(train.profile_steps, train.num_steps)
   wandb_log.check(config.wandb)
-  return shape, objective
+  return shape
 
 
 def _check_sampler(config, length: int) -> None:

@@ -108,11 +108,11 @@ class Training:
   """What one train() call holds: the experiment and its mesh, the data iterator, the checkpointer, the metrics
   log and window, the progress bar, and the last step whose checkpoint is known good."""
 
-  def __init__(self, config, workdir: epath.Path, data: pipeline.Data, wandb_id: str | None = None):
+  def __init__(self, config, workdir: epath.Path, data: pipeline.Data, model_parts=None, wandb_id: str | None = None):
     cfg = self.cfg = config.train
     self.config, self.workdir, self.data, self.wandb_id = config, workdir, data, wandb_id
     self.mesh = sharding.make_mesh(config.mesh)
-    self.experiment = Experiment(config, data.modality, self.mesh)
+    self.experiment = Experiment(config, data.modality, self.mesh, model_parts)
     self.checkpointer = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints, training=True,
                                      summary=self.experiment.state_summary)
     self.iterator = iter(pipeline.train_dataset(data.train, cfg.batch_size, config.seed).to_iter_dataset())
@@ -215,10 +215,11 @@ class Training:
     self.log.close()
 
 
-def train(config, workdir: epath.Path, data: pipeline.Data, wandb_id: str | None = None) -> dict:
+def train(config, workdir: epath.Path, data: pipeline.Data, model_parts=None, wandb_id: str | None = None) -> dict:
   """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir. Returns the last eval.
+  model_parts: objectives.Parts as the run's validation found them (default: found by name);
   wandb_id: the workdir's W&B run (config.json's run record), when wandb.project is set."""
-  training = Training(config, workdir, data, wandb_id)
+  training = Training(config, workdir, data, model_parts, wandb_id)
   state, start = training.start()
   with StopRequest() as stop:
     try:

@@ -45,17 +45,15 @@ def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
   and seed condition and seed --mode sample (see run/conditioning.py).
   """
   run_mode = parts.find("mode", mode, MODES)  # a module outside the package: its run(config, workdir)
-  if mode not in MODES:
-    parts.require("mode", mode, run_mode, ("run",), "run(config, workdir)")
   request = Request(**flags)
   _check_flags(mode, request)
   run = config_check.validate(config, reference, mode)  # the parts found and checked once, before any work
   if request.length is not None:
     if run.modality.kind == "image":
       raise UserError(f"--length={request.length}: image runs draw whole images; --length applies to text")
-    run.objective.check_sample_length(config, request.length)
+    run.model.objective.check_sample_length(config, request.length)
   if mode in WITHOUT_WORKDIR:
-    return run_mode(config)
+    return run_mode(run)
   if not workdir:
     raise UserError(f"--mode {mode} needs --workdir=DIR (the run's directory)")
   workdir = storage.path(workdir)  # a local directory or gs://BUCKET/PATH
@@ -89,9 +87,9 @@ def _saved_modality(run, workdir: epath.Path, mode: str):
   return saved
 
 
-def _restore(config, saved, workdir: epath.Path, step: int | None):
+def _restore(run, saved, workdir: epath.Path, step: int | None):
   """The run's Experiment and its checkpointed state at `step` (None: the latest)."""
-  experiment = Experiment(config, saved, sharding.make_mesh(config.mesh))
+  experiment = Experiment(run.config, saved, sharding.make_mesh(run.config.mesh), run.model)
   state = restore_state(workdir / "checkpoints", step, experiment.abstract_state, experiment.state_summary)
   return experiment, state
 
@@ -99,11 +97,10 @@ def _restore(config, saved, workdir: epath.Path, step: int | None):
 def _evaluate(run, workdir: epath.Path, request: Request) -> dict:
   """--mode eval: config.eval.suite on the checkpoint at --step (the latest by default)."""
   config, saved = run.config, _saved_modality(run, workdir, "eval")
-  suite = evals.get(config.eval.suite)
-  inputs = suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
-  experiment, state = _restore(config, saved, workdir, request.step)
+  inputs = run.suite.load(config, workdir, saved)  # before the restore, so a missing input fails fast
+  experiment, state = _restore(run, saved, workdir, request.step)
   step = int(state["step"])
-  return suite.run(evals.Context(config, experiment, _chosen_params(state, config.eval.params), step, workdir,
+  return run.suite.run(evals.Context(config, experiment, _chosen_params(state, config.eval.params), step, workdir,
                                  inputs, loop.sample_key(experiment.base_key, step)))
 
 
@@ -111,15 +108,16 @@ def _sample_mode(run, workdir: epath.Path, request: Request) -> dict:
   """--mode sample: samples from the checkpoint at --step (the latest by default), conditioned as asked."""
   config, saved = run.config, _saved_modality(run, workdir, "sample")
   draw = sample_mode.parse_request(config, saved, request)  # before the restore: a bad request fails fast
-  experiment, state = _restore(config, saved, workdir, request.step)
+  experiment, state = _restore(run, saved, workdir, request.step)
   seed = config.seed if request.seed is None else request.seed
   record = {"step": int(state["step"]), "params": config.sampler.params, "seed": seed, "prompt": request.prompt,
             "infill": request.infill, "gap_char": request.gap_char, "complete": request.complete}
   return sample_mode.write(experiment, _chosen_params(state, config.sampler.params), workdir, draw, record)
 
 
-def _prepare(config) -> dict:
+def _prepare(run) -> dict:
   """--mode prepare: the zero-shot benchmarks (eval.suite=zero_shot), or data.source into data.dir."""
+  config = run.config
   if config.eval.suite == "zero_shot":
     tokenizer = tokenizers.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
                                           alphabet=tokenizers.TEXT8_ALPHABET)
@@ -137,10 +135,10 @@ def _chosen_params(state, which: str):
   return state["ema_params"] if which == "ema" else state["params"]
 
 
-def _describe(config) -> dict:
+def _describe(run) -> dict:
   """Parameter count from shapes alone (no data, no compute)."""
-  modality = pipeline.nominal_modality(config.data)
-  model = objectives.build_model(config, modality)  # an objective's own parameters (GenMD4's schedule) count too
+  modality = run.source.modality(run.config.data)
+  model = objectives.build_model(run.config, modality, run.model)  # an objective's own parameters (GenMD4's schedule) count too
   count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(nnx.eval_shape(
       lambda: model.make(nnx.Rngs(0))))))
   print(f"{count:,} parameters ({model.backbone_config.summary()})")
@@ -168,11 +166,11 @@ def _train_locked(run, workdir: epath.Path) -> dict:
   workdirs.save_config(config, workdir, record)
   if jax.process_index() == 0:
     modalities.save(data.modality, workdir)
-  return loop.train(config, workdir, data, wandb_id=record.get("wandb_id"))
+  return loop.train(config, workdir, data, run.model, wandb_id=record.get("wandb_id"))
 
 
 # The modes by name (launch.py's --mode): train / eval / sample take (run: config_check.Run, workdir, request);
-# prepare and params need no workdir and take the config alone. A mode outside the package is a module path whose
+# prepare and params need no workdir and take the run alone. A mode outside the package is a module path whose
 # module has run(config, workdir) (the config checked, the workdir given).
 MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe}
 WITHOUT_WORKDIR = ("prepare", "params")

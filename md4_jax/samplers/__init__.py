@@ -49,9 +49,11 @@ def chosen(sampler_cfg) -> tuple[str, ...]:
 
 def run_of(name: str, table: dict):
   """The run function called `name`: table's, or the SAMPLERS entry of the module at a dotted path."""
-  if name in table:
-    return table[name]
-  module = get(name)
+  return table[name] if name in table else _outside_run(name, get(name))
+
+
+def _outside_run(name: str, module):
+  """The run function of the sampler outside md4_jax at module path `name` (its SAMPLERS entry)."""
   short = parts.short_name(name)
   if short not in getattr(module, "SAMPLERS", {}):
     raise UserError(f"sampler.name={name!r}: the module must define SAMPLERS = {{{short!r}: run}} (docs/design.md, "
@@ -79,7 +81,7 @@ def check_config(config, length: int) -> None:
   for name in chosen(sampler):
     module = get(name)
     if parts.is_module_path(name):
-      run_of(name, SAMPLERS)  # a module outside the package must have its run: refused now, not at the first sample
+      _outside_run(name, module)  # a module outside the package must have its run: refused now, not at the first sample
     if hasattr(module, "check_config"):
       try:
         module.check_config(config, length)

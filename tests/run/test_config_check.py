@@ -41,7 +41,7 @@ def test_missing_or_empty_text_file(tmp_path, content, message):
 def test_unknown_key_or_wrong_type_in_a_config_file(corpus_file, tmp_path):
   config = make_config(corpus_file)
   config.model.dropout = 0.1
-  with pytest.raises(UserError, match="unknown config key 'model.dropout'.*model.transformer.\*"):
+  with pytest.raises(UserError, match=r"unknown config key 'model.dropout'.*model.transformer.\*"):
     modes.main(config, tmp_path, reference=reference())
   values = make_config(corpus_file).to_dict()
   values["train"]["num_steps"] = 10.5  # a config built without configs/base.py's typed defaults

@@ -343,7 +343,8 @@ def test_documented_parameter_counts_are_what_params_mode_says():
   """README's and docs/images.md's parameter counts for each config equal `--mode params` (shapes only)."""
   import importlib
 
-  from md4_jax.run import modes
+  from md4_jax.run import config_check, modes
+  from tests.conftest import reference
 
   documented = {}
   for page in ("README.md", "docs/images.md"):
@@ -364,4 +365,4 @@ def test_documented_parameter_counts_are_what_params_mode_says():
   assert {"quickstart", "digits", "cifar10", "owt_small"} <= set(documented)
   for name, counts in documented.items():
     config = importlib.import_module(f"configs.{name}").get_config()
-    assert counts == {modes._describe(config)["params"]}, name
+    assert counts == {modes._describe(config_check.validate(config, reference(), "params"))["params"]}, name
