@@ -4,6 +4,7 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `ml
 sharding.py maps onto the mesh; parameters are created without a mesh and placed later.
 """
 
+import functools
 import math
 
 import jax
@@ -47,23 +48,26 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
+  """x / rms(x) * scale over the last axis; `names`: the scale's logical axis ("kv" for a per-head norm)."""
 
-  def __init__(self, width, rngs):
-    self.scale = param(rngs, nnx.initializers.ones, (width,), ("embed",))
+  def __init__(self, width, rngs, names=("embed",), eps: float = 1e-6):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), names)
+    self.eps = eps
 
   def __call__(self, x):
-    return rms_norm(x, self.scale[...])
+    return rms_norm(x, self.scale[...], self.eps)
 
 
-def _rms_norm_forward(x_xD, scale_D):
+def _rms_norm_forward(x_xD, scale_D, eps):
   x32_xD = x_xD.astype(jnp.float32)
-  inverse_rms_x1 = jax.lax.rsqrt(jnp.mean(x32_xD * x32_xD, axis=-1, keepdims=True) + 1e-6)
+  inverse_rms_x1 = jax.lax.rsqrt(jnp.mean(x32_xD * x32_xD, axis=-1, keepdims=True) + eps)
   return (x32_xD * inverse_rms_x1 * scale_D).astype(x_xD.dtype), (x_xD, inverse_rms_x1, scale_D)
 
 
-def _rms_norm_backward(residuals, dy_xD):
+def _rms_norm_backward(eps, residuals, dy_xD):
   """Autodiff's gradient, from the input in its own dtype and the float32 1/rms per row: autodiff would keep
   two float32 copies of x [..., D] per norm (0.05 GiB each at 8 x 1024 x 768), twice per block."""
+  del eps  # in inverse_rms_x1 already
   x_xD, inverse_rms_x1, scale_D = residuals
   normed_xD = x_xD.astype(jnp.float32) * inverse_rms_x1
   dy32_xD = dy_xD.astype(jnp.float32)
@@ -73,10 +77,10 @@ def _rms_norm_backward(residuals, dy_xD):
   return dx_xD.astype(x_xD.dtype), dscale_D
 
 
-@jax.custom_vjp
-def rms_norm(x_xD, scale_D):
-  """x / rms(x) * scale over the last axis, computed in float32, returned in x's dtype."""
-  return _rms_norm_forward(x_xD, scale_D)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x_xD, scale_D, eps: float = 1e-6):
+  """x / sqrt(mean(x^2) + eps) * scale over the last axis, computed in float32, returned in x's dtype."""
+  return _rms_norm_forward(x_xD, scale_D, eps)[0]
 
 
 rms_norm.defvjp(_rms_norm_forward, _rms_norm_backward)
@@ -118,11 +122,12 @@ def dropout(key, x, rate: float):
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def rope(x_BxLxHxK, positions_L=None):
-  """Rotary position embedding over the length axis (half-split convention); positions_L default 0..L-1."""
+def rope(x_BxLxHxK, positions_L=None, theta: float = 10_000.0):
+  """Rotary position embedding over the length axis (half-split convention, as Llama's and Qwen's weights
+  expect); positions_L default 0..L-1; theta: the frequencies' base."""
   length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
   positions_L = jnp.arange(length) if positions_L is None else positions_L
-  inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, head_dim, 2) / head_dim))
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2) / head_dim))
   angles_LxK2 = positions_L[:, None] * inv_freq[None, :]
   sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
   x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)

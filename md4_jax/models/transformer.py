@@ -25,9 +25,10 @@ import ml_collections
 from flax import nnx
 
 from md4_jax.core import fused_head
-from md4_jax.models.attention import CAUSAL, Mask, attention, attention_kernel, cached_attention, check_attention
+from md4_jax.models.attention import Mask, check_attention
 from md4_jax.models.backbone import Backbone, classes, shared_keys
-from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, rope, silu_glu, timestep_embedding
+from md4_jax.models.layers import LAYER_AXIS, Dense, RMSNorm, normal, param, timestep_embedding
+from md4_jax.models.transformer_block import Block, modulation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +51,31 @@ class TransformerConfig:
   scan_layers: bool  # one Block program looped over stacked parameters (compile time flat in depth)
   scan_unroll: int  # with scan_layers: layers per loop iteration; 0 = all (straight-line code, stacked params)
   attention: str  # "auto" | "xla" | "cudnn": the attention kernel (attention.attention_kernel)
+  # The Llama / Qwen families' variants (interop/hf_config.py sets them from a checkpoint); defaults: this
+  # project's own layout, so older workdirs restore unchanged.
+  num_kv_heads: int = 0  # key / value heads (grouped-query attention); 0 = num_heads
+  head_dim: int = 0  # per-head size; 0 = width / num_heads
+  qkv_bias: bool = False  # biases on the query / key / value projections (Qwen2)
+  qk_norm: bool = False  # RMSNorm over each head's queries and keys (Qwen3)
+  rope_theta: float = 10_000.0  # the rotary positions' base
+  norm_eps: float = 1e-6  # every RMSNorm's epsilon
+  tie_embeddings: bool = False  # the output layer is the input embedding's real-token rows, transposed
 
   def __post_init__(self):
     for name in ("num_layers", "width", "num_heads"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.transformer.{name}={getattr(self, name)} must be positive")
-    if self.width % self.num_heads or (self.width // self.num_heads) % 2:
+    if not self.head_dim and (self.width % self.num_heads or (self.width // self.num_heads) % 2):
       raise ValueError(f"model.transformer.width={self.width} must split into model.transformer.num_heads="
-                       f"{self.num_heads} heads of even size")
+                       f"{self.num_heads} heads of even size (or set model.transformer.head_dim)")
+    if self.head_dim < 0 or self.head_dim % 2:
+      raise ValueError(f"model.transformer.head_dim={self.head_dim} must be even and >= 0 (0 = width / num_heads)")
+    if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+      raise ValueError(f"model.transformer.num_kv_heads={self.num_kv_heads} must divide model.transformer.num_heads="
+                       f"{self.num_heads} (0 = num_heads)")
+    if self.rope_theta <= 0 or self.norm_eps <= 0:
+      raise ValueError(f"model.transformer.rope_theta={self.rope_theta} and model.transformer.norm_eps="
+                       f"{self.norm_eps} must be positive")
     if self.positions not in ("rope", "learned"):
       raise ValueError(f"model.transformer.positions={self.positions!r}: choose 'rope' or 'learned'")
     if self.dtype not in ("float32", "bfloat16"):
@@ -73,6 +91,14 @@ class TransformerConfig:
     check_attention(self.attention, self.dtype)
 
   @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.width // self.num_heads
+
+  @property
   def hidden(self) -> int:
     """The GLU's hidden size."""
     return self.mlp_hidden or int(self.width * self.mlp_ratio)
@@ -83,71 +109,9 @@ class TransformerConfig:
 
   def summary(self) -> str:
     condition = f", condition {self.cond_dim}" if self.cond_dim and self.time_conditioning else ""
-    return (f"{self.num_layers} layers, width {self.width}, {self.num_heads} heads, GLU {self.hidden}{condition}, "
+    heads = f"{self.num_heads} heads" + (f" ({self.kv_heads} key/value)" if self.kv_heads != self.num_heads else "")
+    return (f"{self.num_layers} layers, width {self.width}, {heads}, GLU {self.hidden}{condition}, "
             f"vocab {self.vocab_size}, sequence {self.seq_len}")
-
-
-class Attention(nnx.Module):
-
-  def __init__(self, cfg: TransformerConfig, rngs):
-    head_dim = cfg.width // cfg.num_heads
-    qkv_shape = (cfg.num_heads, head_dim)
-    self.query = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
-    self.key = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
-    self.value = Dense((cfg.width,), qkv_shape, ("embed", "heads", "kv"), rngs)
-    self.out = Dense(qkv_shape, (cfg.width,), ("heads", "kv", "embed"), rngs)
-    self.use_rope, self.mask = cfg.positions == "rope", CAUSAL if cfg.causal else None
-    self.kernel = attention_kernel(cfg.attention, cfg.dtype, head_dim)
-
-  def __call__(self, x_BxLxD, positions_L=None, mask: Mask | None = None, context=None):
-    """mask: this call's (block diffusion's layouts), else the configured one (causal or none). context: (cached
-    keys, values [B, S, H, K], visible_S), a sampling cache's pass: the queries see each other (bidirectionally)
-    and the cached positions where visible_S. Returns (out_BxLxD, this call's (keys, values) [B, L, H, K])."""
-    q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)  # [B, L, H, K]
-    if self.use_rope:
-      q, k = rope(q, positions_L), rope(k, positions_L)
-    if context is None:
-      return self.out(attention(q, k, v, mask=mask or self.mask, kernel=self.kernel)), (k, v)
-    return self.out(cached_attention(q, k, v, *context)), (k, v)
-
-
-class GluMlp(nnx.Module):
-
-  def __init__(self, cfg: TransformerConfig, rngs):
-    hidden = cfg.hidden
-    self.gate = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
-    self.up = Dense((cfg.width,), (hidden,), ("embed", "mlp"), rngs)
-    self.down = Dense((hidden,), (cfg.width,), ("mlp", "embed"), rngs)
-
-  def __call__(self, x):
-    return self.down(silu_glu(self.gate(x), self.up(x)))
-
-
-def modulation(cfg: TransformerConfig, count: int, rngs) -> Dense:
-  """adaLN-zero: `count` shift / scale / gate vectors [count, D] from the condition, zero at init. From a
-  narrow condition (cond_dim) it has a bias, as in the reference code and DiT; the full-width layout has none."""
-  if cfg.cond_dim:
-    return Dense((cfg.cond_dim,), (count, cfg.width), (None, None, "embed_out"), rngs, zero_init=True, bias=True)
-  return Dense((cfg.width,), (count, cfg.width), ("embed", None, "embed_out"), rngs, zero_init=True)
-
-
-class Block(nnx.Module):
-  """Pre-norm residual block; with conditioning, adaLN-zero shift/scale/gate (identity at init)."""
-
-  def __init__(self, cfg: TransformerConfig, rngs):
-    self.attn_norm, self.mlp_norm = RMSNorm(cfg.width, rngs), RMSNorm(cfg.width, rngs)
-    self.attention, self.mlp = Attention(cfg, rngs), GluMlp(cfg, rngs)
-    self.modulation = modulation(cfg, 6, rngs) if cfg.time_conditioning else None
-
-  def __call__(self, x_BxLxD, cond_BxC, positions_L=None, mask: Mask | None = None, context=None):
-    """Returns (x_BxLxD, the attention's (keys, values)); context: see Attention."""
-    shift1 = scale1 = gate1 = shift2 = scale2 = gate2 = 0.0
-    if self.modulation is not None:
-      mods = self.modulation(cond_BxC)[:, None]  # [B, 1, 6, D]
-      shift1, scale1, gate1, shift2, scale2, gate2 = (mods[:, :, i] for i in range(6))
-    attended, kv = self.attention(self.attn_norm(x_BxLxD) * (1 + scale1) + shift1, positions_L, mask, context)
-    x_BxLxD = x_BxLxD + (1 + gate1) * attended
-    return x_BxLxD + (1 + gate2) * self.mlp(self.mlp_norm(x_BxLxD) * (1 + scale2) + shift2), kv
 
 
 class Transformer(nnx.Module):
@@ -180,9 +144,11 @@ class Transformer(nnx.Module):
       self.blocks = nnx.split_rngs(splits=cfg.num_layers)(make_blocks)(rngs)
     else:
       self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.width, rngs)
-    # Zero init: the untrained model predicts uniformly, so its loss starts at D log V.
-    self.head = Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs, zero_init=True)
+    self.final_norm = RMSNorm(cfg.width, rngs, eps=cfg.norm_eps)
+    # Zero init: the untrained model predicts uniformly, so its loss starts at D log V. Tied: the embedding's
+    # real-token rows are the output layer too (the mask row, id V, is never predicted).
+    self.head = None if cfg.tie_embeddings else Dense((cfg.width,), (cfg.vocab_size,), ("embed", "vocab"), rngs,
+                                                      zero_init=True)
 
   def __call__(self, z_BxL, t_B, label_B=None, *, dropout_key=None, positions_L=None, mask: Mask | None = None):
     return self.head_logits(self.features(z_BxL, t_B, label_B, dropout_key=dropout_key, positions_L=positions_L,
@@ -251,7 +217,7 @@ class Transformer(nnx.Module):
   def empty_cache(self, batch_size: int, length: int | None = None):
     """(keys, values), each [layers, B, length (default seq_len), H, K] in the compute dtype, all zero."""
     cfg = self.cfg
-    shape = (cfg.num_layers, batch_size, length or cfg.seq_len, cfg.num_heads, cfg.width // cfg.num_heads)
+    shape = (cfg.num_layers, batch_size, length or cfg.seq_len, cfg.kv_heads, cfg.head_size)
     return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
 
   def extend(self, chunk_BxC, positions_C, cache=None, visible_S=None, t_B=None):
@@ -264,19 +230,25 @@ class Transformer(nnx.Module):
     return self._layers(self._input_embeddings(chunk_BxC, positions_C), self._condition(t_B), positions_C, None,
                         cache, visible_S, keep_kv=True)
 
+  def head_kernel(self):
+    """The output layer's kernel [D, V] (float32): its own, or the embedding's real-token rows transposed."""
+    return self.embed[...][: self.cfg.vocab_size].T if self.head is None else self.head.kernel[...]
+
   def head_logits(self, h_xD):
     """Hidden states [..., D] -> float32 logits [..., V] over the real tokens."""
-    return self.head(h_xD, out_dtype=jnp.float32)
+    if self.head is not None:
+      return self.head(h_xD, out_dtype=jnp.float32)
+    return jnp.matmul(h_xD, self.head_kernel().astype(h_xD.dtype), preferred_element_type=jnp.float32)
 
   def head_loss(self, h_NxD, x0_N, **loss):
     """`token_loss(head_logits(h), x0, ...)` per position [N], fused and chunked (fused_head.head_loss): the
     loss in training and evaluation, with no [N, V] array kept."""
-    return fused_head.head_loss(h_NxD, self.head.kernel[...], x0_N, **loss)
+    return fused_head.head_loss(h_NxD, self.head_kernel(), x0_N, **loss)
 
   def weighted_nll(self, h_NxD, x0_N, weight_N):
     """(sum of weight_N x -log p(x0), the per-position values [N] without gradient): the output layer and
     cross-entropy with the gradient made in the forward pass (fused_head.weighted_nll)."""
-    return fused_head.weighted_nll(h_NxD, self.head.kernel[...], x0_N, weight_N)
+    return fused_head.weighted_nll(h_NxD, self.head_kernel(), x0_N, weight_N)
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -289,6 +261,13 @@ def config_group() -> ml_collections.ConfigDict:
   group.mlp_hidden = 0  # GLU hidden size; 0 = mlp_ratio * width (the published text models: 2048 at width 768)
   group.cond_dim = 0  # width of the time condition the adaLN modulations read; 0 = width (published: 64)
   group.positions = "rope"  # "rope" | "learned"
+  group.num_kv_heads = 0  # key / value heads (grouped-query attention; must divide num_heads); 0 = num_heads
+  group.head_dim = 0  # size of each attention head; 0 = width / num_heads
+  group.qkv_bias = False  # biases on the query / key / value projections (Qwen2)
+  group.qk_norm = False  # RMSNorm over each head's queries and keys before the rotation (Qwen3)
+  group.rope_theta = 10000.0  # base of the rotary positions' frequencies
+  group.norm_eps = 1e-6  # epsilon of every RMSNorm
+  group.tie_embeddings = False  # output layer = the input embedding's token rows, transposed (no head of its own)
   group.scan_layers = False  # loop one block over stacked parameters (compile time flat in depth)
   # Same function and checkpoint layout either way, so a resumed run may change it; 0 leaves no per-layer
   # activation stacks to fill and copy back out (the GPU's choice), but compile time grows with depth.

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from md4_jax.models.attention import CAUSAL, Mask, attention
-from md4_jax.models.transformer import Transformer, rope
+from md4_jax.models.layers import rope
+from md4_jax.models.transformer import Transformer
 from tests.conftest import transformer_config
 
 CFG = transformer_config(vocab_size=11, seq_len=8, num_layers=2, width=32, num_heads=2)

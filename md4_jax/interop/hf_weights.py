@@ -1,0 +1,145 @@
+"""A Hugging Face Llama / Qwen checkpoint's tensors as this project's transformer parameters, and back.
+
+Each parameter of ours has one tensor there (per layer), related by a transpose and a reshape: a linear layer's
+weight is [out, in] there and our Dense kernel is [in..., out...] (the query's [D, heads, head_dim], the output
+projection's [heads, head_dim, D]). Two differ in content: our embedding has one row more (the mask token, id V:
+the mean of the vocabulary's rows, a neutral start for a model that has never seen it), and a scanned model
+stacks each per-layer tensor along a leading `layers` axis. Rotary positions use the same half-split convention
+on both sides, so no head dimension is permuted.
+
+Loading reads one tensor at a time (storage/tensor_files.py) and places it straight onto the mesh with the
+target's sharding, each process building only the slices its devices hold.
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from md4_jax.errors import UserError
+from md4_jax.storage import tensor_files
+
+
+class Rule(NamedTuple):
+  """How one of our per-layer parameters relates to its Hugging Face tensor."""
+  name: str  # the tensor's name after "model.layers.{i}." (or the whole name, for the others)
+  kind: str  # "same" (norms), "linear" (a kernel: transposed and reshaped), "bias" (reshaped)
+  num_in: int = 1  # a linear kernel's input axes (2 for the output projection [heads, head_dim, D])
+
+
+LAYER_RULES = {
+    ("attn_norm", "scale"): Rule("input_layernorm.weight", "same"),
+    ("mlp_norm", "scale"): Rule("post_attention_layernorm.weight", "same"),
+    ("attention", "query", "kernel"): Rule("self_attn.q_proj.weight", "linear"),
+    ("attention", "key", "kernel"): Rule("self_attn.k_proj.weight", "linear"),
+    ("attention", "value", "kernel"): Rule("self_attn.v_proj.weight", "linear"),
+    ("attention", "out", "kernel"): Rule("self_attn.o_proj.weight", "linear", num_in=2),
+    ("attention", "query", "bias"): Rule("self_attn.q_proj.bias", "bias"),
+    ("attention", "key", "bias"): Rule("self_attn.k_proj.bias", "bias"),
+    ("attention", "value", "bias"): Rule("self_attn.v_proj.bias", "bias"),
+    ("attention", "query_norm", "scale"): Rule("self_attn.q_norm.weight", "same"),
+    ("attention", "key_norm", "scale"): Rule("self_attn.k_norm.weight", "same"),
+    ("mlp", "gate", "kernel"): Rule("mlp.gate_proj.weight", "linear"),
+    ("mlp", "up", "kernel"): Rule("mlp.up_proj.weight", "linear"),
+    ("mlp", "down", "kernel"): Rule("mlp.down_proj.weight", "linear"),
+}
+GLOBAL_RULES = {("embed",): Rule("model.embed_tokens.weight", "embedding"),
+                ("final_norm", "scale"): Rule("model.norm.weight", "same"),
+                ("head", "kernel"): Rule("lm_head.weight", "linear")}
+
+
+def _names(path) -> tuple:
+  """A parameter's path as plain names: (..., "blocks", 3, "attention", "query", "kernel")."""
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.GetAttrKey):  # an nnx Variable's `.value`
+      continue
+    names.append(getattr(key, "key", getattr(key, "idx", key)))
+  return tuple(names)
+
+
+def where(names: tuple, scanned: bool):
+  """(rule, layer index or None for every layer of a scanned stack, or -1 for a global parameter) for our
+  parameter at `names`, or None when the checkpoint has no tensor for it (an objective's own parameters)."""
+  if names and names[0] == "backbone":  # GenMD4 wraps the backbone beside its schedule
+    names = names[1:]
+  if names in GLOBAL_RULES:
+    return GLOBAL_RULES[names], -1
+  if names[:1] != ("blocks",):
+    return None
+  if scanned:
+    return (LAYER_RULES[names[1:]], None) if names[1:] in LAYER_RULES else None
+  return (LAYER_RULES[names[2:]], names[1]) if names[2:] in LAYER_RULES else None
+
+
+def to_ours(rule: Rule, tensor: np.ndarray, shape: tuple) -> np.ndarray:
+  """A Hugging Face tensor in our layout `shape` (one layer's; float32)."""
+  tensor = np.asarray(tensor, np.float32)
+  if rule.kind == "linear":
+    return tensor.T.reshape(shape)
+  if rule.kind == "embedding":  # one row more: the mask token, at the mean of the others
+    return np.concatenate([tensor, tensor.mean(axis=0, keepdims=True)])
+  return tensor.reshape(shape)
+
+
+def to_hf(rule: Rule, param: np.ndarray) -> np.ndarray:
+  """Our parameter (one layer's) in the Hugging Face layout, float32."""
+  param = np.asarray(param, np.float32)
+  if rule.kind == "linear":
+    return param.reshape(math.prod(param.shape[: rule.num_in]), -1).T
+  if rule.kind == "embedding":
+    return param[:-1]
+  return param.reshape(-1) if rule.kind == "bias" else param
+
+
+def _host_value(rule, layer, shape, tensors: dict, directory) -> np.ndarray:
+  """Our parameter's full value on the host, read from the checkpoint (every layer, for a scanned stack)."""
+  def one(name, layer_shape):
+    if name not in tensors:
+      raise UserError(f"{directory} lacks the tensor {name!r} this model needs; its config.json does not describe "
+                      "its weights")
+    return to_ours(rule, tensor_files.read_tensor(tensors[name]), layer_shape)
+  if layer == -1:
+    return one(rule.name, shape)
+  if layer is not None:
+    return one(f"model.layers.{layer}.{rule.name}", shape)
+  return np.stack([one(f"model.layers.{index}.{rule.name}", shape[1:]) for index in range(shape[0])])
+
+
+def load(directory, target, scanned: bool):
+  """`target` (our params pytree: arrays, which are kept where the checkpoint has nothing, or
+  jax.ShapeDtypeStruct with shardings) with every parameter the checkpoint has read from it and placed with the
+  target leaf's sharding. UserError for a missing tensor, a shape that differs, or a tensor nothing reads."""
+  tensors, used = tensor_files.read_checkpoint(directory), set()
+
+  def place(path, leaf):
+    found = where(_names(path), scanned)
+    if found is None:
+      if isinstance(leaf, jax.ShapeDtypeStruct):
+        raise UserError(f"{jax.tree_util.keystr(path)} has no tensor in {directory} and no initial value")
+      return leaf
+    rule, layer = found
+    host = _host_value(rule, layer, leaf.shape, tensors, directory)
+    if host.shape != tuple(leaf.shape):
+      raise UserError(f"{directory}: {rule.name} gives {jax.tree_util.keystr(path)} the shape {host.shape}; the "
+                      f"model has {tuple(leaf.shape)}")
+    names = [rule.name] if layer == -1 else [f"model.layers.{i}.{rule.name}" for i in
+                                             ([layer] if layer is not None else range(leaf.shape[0]))]
+    used.update(names)
+    host = host.astype(leaf.dtype, copy=False)
+    return jax.make_array_from_callback(host.shape, leaf.sharding, lambda index: host[index])
+
+  placed = jax.tree_util.tree_map_with_path(place, target)
+  unused = sorted(set(tensors) - used - {"lm_head.weight"} if _tied(target) else set(tensors) - used)
+  if unused:
+    raise UserError(f"{directory} holds tensors this model does not read: {unused[:5]}; its config.json and the "
+                    "weights disagree")
+  return placed
+
+
+def _tied(target) -> bool:
+  """Whether the model has no output layer of its own (tied embeddings): the checkpoint's lm_head, if it
+  saved one, is the embedding again."""
+  return not any(where(_names(path), True) == (GLOBAL_RULES[("head", "kernel")], -1)
+                 for path, _ in jax.tree_util.tree_leaves_with_path(target))
