@@ -1,7 +1,7 @@
 """The package's layering, read from its modules' imports (function-local ones too): no cycle between modules,
 and no import running back up a layer.
 
-Layers, bottom up (docs/design.md): errors; core (the math) and storage; models, samplers and data; objectives;
+Layers, bottom up (docs/design.md): errors; core (the math) and storage; models, samplers, data and interop; objectives;
 engine (an experiment's compiled functions, checkpoints, metrics); evals; run (the command line's modes and the
 loop). A package may import its own modules and any lower layer's.
 """
@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "md4_jax"
-LAYERS = (("errors", "parts"), ("core", "storage", "schedules"), ("models", "samplers", "data"), ("objectives",),
+LAYERS = (("errors", "parts"), ("core", "storage", "schedules"), ("models", "samplers", "data", "interop"), ("objectives",),
           ("engine",), ("evals",), ("run",))
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 
