@@ -33,8 +33,8 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   # text8, the hub sets, cifar10 and imagenet64 are downloaded once by `--mode prepare`.
   config.data.source = "embedded"  # which data (see the lines above)
   config.data.path = ""  # the file for source="textfile" (UTF-8 text) or "tokens" (.npy, or raw .bin)
-  config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file)
-  config.data.tokenizer_path = ""  # gpt2.tiktoken file; "" = the copy that ships with md4-jax
+  config.data.tokenizer = "char"  # "char" | "byte" | "gpt2" (GPT-2 BPE via tiktoken, from a local file) | "hf" (a tokenizer.json)
+  config.data.tokenizer_path = ""  # gpt2: a gpt2.tiktoken file ("" = the shipped copy); hf: a tokenizer.json or its directory
   config.data.seq_len = 128  # tokens per training sequence (text; an image's length is H * W * C)
   config.data.eval_fraction = 0.05  # held-out share, from the end ("embedded", "textfile", "tokens")
   config.data.dir = "~/md4_data"  # where `--mode prepare` writes datasets and training reads them
@@ -49,6 +49,9 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.model.backbone = "transformer"  # the network: "transformer" (tokens) | "unet" | "uvit" (images) | a module path
   config.model.transformer = transformer.config_group()  # backbone="transformer": models/transformer.py
   # Every backbone:
+  # A Hugging Face model directory (config.json + model.safetensors or its shards; Llama, Qwen2, Qwen3) whose weights
+  # start a new run: its config.json fixes model.transformer.* (and data.tokenizer_path when data.tokenizer="hf").
+  config.model.init_from = ""  # "" = random initial weights
   config.model.time_conditioning = True  # condition on t (adaLN-zero / added embedding); False = time-independent
   config.model.class_conditional = False  # image sources with labels: condition on the class (label embedding)
   config.model.label_dropout = 0.1  # class_conditional: share of training labels replaced by the null class (for guidance)

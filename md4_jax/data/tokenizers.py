@@ -1,4 +1,4 @@
-"""Tokenizers (char, byte, GPT-2 BPE), saved with every run so eval and sampling decode identically.
+"""Tokenizers (char, byte, GPT-2 BPE, a Hugging Face tokenizer.json: hf_tokenizer.py), saved with every run so eval and sampling decode identically.
 
 Every tokenizer has `name`, `vocab_size`, `eos_id`, `encode(text) -> int32 ids`,
 `decode(ids) -> text` and `to_json()`. The diffusion model's mask id is
@@ -20,6 +20,8 @@ from etils import epath
 
 from md4_jax import parts
 from md4_jax.data import download, shipped
+from md4_jax.data.hf_tokenizer import HFTokenizer
+from md4_jax.data.token_ids import check_ids, decode_around_masks
 from md4_jax.errors import UserError
 
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # 27 symbols: space is id 0
@@ -34,28 +36,6 @@ GPT2_BPE_SHA256 = shipped.SHA256["gpt2.tiktoken"]
 HOW_TO_GET_GPT2_BPE = (
     "leave data.tokenizer_path empty to use the copy that ships with md4-jax "
     f"({shipped.path('gpt2.tiktoken')}), or download {GPT2_BPE_URL} and pass --config.data.tokenizer_path=FILE")
-
-
-def _check_ids(ids, vocab_size: int) -> list[int]:
-  """ids as a list; anything but a real id or the mask id is a bug upstream, so it is not skipped."""
-  ids = np.asarray(ids).reshape(-1).tolist()
-  bad = [i for i in ids if not 0 <= i <= vocab_size]
-  if bad:
-    raise ValueError(f"ids {bad[:10]} are outside [0, {vocab_size}] (vocab_size {vocab_size} is the mask)")
-  return ids
-
-
-def _decode_around_masks(ids: list[int], mask_id: int, decode_run, mask_text: str) -> str:
-  """Decodes each run of real ids as a whole, so a multi-byte character split over ids survives."""
-  pieces, run = [], []
-  for i in ids + [mask_id]:  # a trailing sentinel flushes the last run
-    if i != mask_id:
-      run.append(i)
-      continue
-    pieces.append(decode_run(run))
-    pieces.append(mask_text)
-    run = []
-  return mask_text[:0].join(pieces)[:-len(mask_text)]  # drop the sentinel's mask text (str or bytes alike)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +117,11 @@ class ByteTokenizer:
 
   def decode(self, ids) -> str:
     """Sampled bytes need not be valid UTF-8, so bad sequences become U+FFFD; the mask prints as '_'."""
-    return _decode_around_masks(_check_ids(ids, 256), 256, lambda run: bytes(run).decode("utf-8", "replace"), "_")
+    return decode_around_masks(check_ids(ids, 256), 256, lambda run: bytes(run).decode("utf-8", "replace"), "_")
 
   def decode_bytes(self, ids) -> bytes:
     """The bytes themselves (the mask as '_'), for text decoded piece by piece."""
-    return _decode_around_masks(_check_ids(ids, 256), 256, bytes, b"_")
+    return decode_around_masks(check_ids(ids, 256), 256, bytes, b"_")
 
   def to_json(self) -> dict:
     return {"kind": self.name}
@@ -215,13 +195,13 @@ class Gpt2Tokenizer:
     return np.asarray(self._encoding.encode(text, allowed_special={GPT2_EOS}), np.int32)
 
   def decode(self, ids) -> str:
-    ids = _check_ids(ids, self.vocab_size)
-    return _decode_around_masks(ids, self.vocab_size, self._encoding.decode, "[MASK]")
+    ids = check_ids(ids, self.vocab_size)
+    return decode_around_masks(ids, self.vocab_size, self._encoding.decode, "[MASK]")
 
   def decode_bytes(self, ids) -> bytes:
     """The tokens' bytes (the mask as "[MASK]"), for text decoded piece by piece: a piece may end inside a
     character whose other bytes are in the next token."""
-    return _decode_around_masks(_check_ids(ids, self.vocab_size), self.vocab_size, self._encoding.decode_bytes,
+    return decode_around_masks(check_ids(ids, self.vocab_size), self.vocab_size, self._encoding.decode_bytes,
                                 b"[MASK]")
 
   def to_json(self) -> dict:
@@ -250,7 +230,7 @@ def find_gpt2_bpe(explicit_path: str = "") -> pathlib.Path:
 
 # The tokenizers by name: data.tokenizer names one, a saved tokenizer.json's "kind" another. One outside the package
 # is a module path whose module sets TOKENIZER to a class with the same methods (md4_jax/parts.py).
-TOKENIZERS = {tokenizer.name: tokenizer for tokenizer in (CharTokenizer, ByteTokenizer, Gpt2Tokenizer)}
+TOKENIZERS = {tokenizer.name: tokenizer for tokenizer in (CharTokenizer, ByteTokenizer, Gpt2Tokenizer, HFTokenizer)}
 NAMES = tuple(TOKENIZERS)
 
 

@@ -16,6 +16,7 @@ from md4_jax import models, objectives, samplers
 from md4_jax.core import diffusion
 from md4_jax.engine import checkpoints, sharding
 from md4_jax.errors import UserError
+from md4_jax.interop import hf_weights
 
 DROPOUT_SALT, LABEL_SALT = 101, 102  # fold_in tags of the step key: network dropout, label dropout
 
@@ -115,6 +116,14 @@ class Experiment:
     # order_BxS, cache): objectives that draw long sequences a segment at a time (BD3's exact cache).
     self.sample_segment = jax.jit(self._sample_segment, static_argnames="total_length", donate_argnums=5,
                                   out_shardings=sharding.replicated(mesh))
+
+  def init_state_from(self, directory: str):
+    """A new state whose params and EMA params are a Hugging Face checkpoint's (model.init_from), read one tensor
+    at a time onto the mesh; what the checkpoint lacks (an objective's own parameters) keeps its initial value."""
+    state = self.init_state(self.base_key)
+    params = hf_weights.load(directory, state["params"], self.config.model.transformer.scan_layers)
+    ema_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.state_shardings["params"])(params)
+    return {**state, "params": params, "ema_params": ema_params}  # two buffers: the step donates the state
 
   def with_overrides(self, group: str, overrides: dict) -> "Experiment":
     """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""

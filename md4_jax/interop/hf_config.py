@@ -71,7 +71,8 @@ def transformer_keys(hf: dict, where: str) -> dict:
 def apply(config, reference, directory: str) -> None:
   """Sets config's model keys from the checkpoint at `directory`: model.transformer.* and a time-independent
   network. A key the config sets away from its default (`reference`: configs/base.py) to another value than the
-  checkpoint's is refused in one line: the weights fix it."""
+  checkpoint's is refused in one line: the weights fix it. With data.tokenizer="hf", data.tokenizer_path defaults
+  to the directory (its tokenizer.json)."""
   hf = read(directory)
   fixed = {f"{GROUP}.{key}": value for key, value in transformer_keys(hf, directory).items()}
   fixed.update({"model.backbone": "transformer", "model.time_conditioning": False})
@@ -82,6 +83,8 @@ def apply(config, reference, directory: str) -> None:
       raise UserError(f"{key}={now!r} differs from the checkpoint model.init_from={directory!r} ({value!r}): the "
                       f"weights fix it; remove it from the config")
     _get(config, group)[name] = value
+  if config.data.tokenizer == "hf" and not config.data.tokenizer_path:
+    config.data.tokenizer_path = directory  # the checkpoint's own tokenizer.json
 
 
 def _get(config, group: str):

@@ -121,6 +121,9 @@ def load(directory, target, scanned: bool):
       return leaf
     rule, layer = found
     host = _host_value(rule, layer, leaf.shape, tensors, directory)
+    if rule.kind == "embedding" and host.shape != tuple(leaf.shape):
+      raise UserError(f"{directory} has a vocabulary of {host.shape[0] - 1} tokens; this run's data.tokenizer has "
+                      f"{leaf.shape[0] - 1}: use the checkpoint's own tokenizer (data.tokenizer='hf')")
     if host.shape != tuple(leaf.shape):
       raise UserError(f"{directory}: {rule.name} gives {jax.tree_util.keystr(path)} the shape {host.shape}; the "
                       f"model has {tuple(leaf.shape)}")

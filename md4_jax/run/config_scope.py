@@ -51,7 +51,8 @@ def part_groups(keys) -> set:
 # (key or "group." prefix, whether it has an effect on this config, what it applies to). First match wins.
 SCOPES = (
     ("data.tokenizer", _text, "text sources"),
-    ("data.tokenizer_path", lambda c: _text(c) and c.data.tokenizer == "gpt2", "data.tokenizer='gpt2'"),
+    ("data.tokenizer_path", lambda c: _text(c) and c.data.tokenizer in ("gpt2", "hf"),
+     "data.tokenizer='gpt2' or 'hf'"),
     ("data.seq_len", _text, "text sources (an image's length is height x width x channels)"),
     ("data.path", lambda c: c.data.source in ("textfile", "tokens"), "data.source='textfile' or 'tokens'"),
     ("data.eval_fraction", lambda c: c.data.source in _LOCAL_TEXT,

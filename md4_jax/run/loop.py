@@ -129,6 +129,8 @@ class Training:
       start = self.last_good = int(state["step"])
       self.iterator.set_state(loop_state["data"])
       self.window = MetricWindow(**loop_state["window"])
+    elif self.config.model.init_from:  # restore order: the workdir, then model.init_from, then random weights
+      state = self.experiment.init_state_from(self.config.model.init_from)
     else:
       state = self.experiment.init_state(self.experiment.base_key)
     done = start >= self.cfg.num_steps

@@ -51,7 +51,6 @@ def plain_text_data(data_config, tokenizer, train_text: str, eval_text: str, whe
 
 def nominal_modality(data_config) -> modalities.Text:
   """The vocabulary and length without reading data: data.tokenizer's (char: text8's alphabet)."""
-  tokenizer = data_config.tokenizer
-  vocab_size = (len(tokenizers.TEXT8_ALPHABET) if tokenizer == "char"
-                else tokenizers.tokenizer_class(tokenizer).vocab_size)
+  known = getattr(tokenizers.tokenizer_class(data_config.tokenizer), "vocab_size", None)  # a class's own size
+  vocab_size = known if isinstance(known, int) else tokenizer_for(data_config).vocab_size  # char, hf: read it
   return modalities.Text(vocab_size, data_config.seq_len)
