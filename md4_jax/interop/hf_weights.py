@@ -44,6 +44,7 @@ LAYER_RULES = {
     ("mlp", "up", "kernel"): Rule("mlp.up_proj.weight", "linear"),
     ("mlp", "down", "kernel"): Rule("mlp.down_proj.weight", "linear"),
 }
+MASK_ROW = "md4_jax.mask_embedding"  # [1, D]: the mask token's embedding row, which only our exports carry
 GLOBAL_RULES = {("embed",): Rule("model.embed_tokens.weight", "embedding"),
                 ("final_norm", "scale"): Rule("model.norm.weight", "same"),
                 ("head", "kernel"): Rule("lm_head.weight", "linear")}
@@ -93,6 +94,15 @@ def to_hf(rule: Rule, param: np.ndarray) -> np.ndarray:
   return param.reshape(-1) if rule.kind == "bias" else param
 
 
+def hf_shape(rule: Rule, shape: tuple) -> tuple:
+  """The Hugging Face shape of our (one layer's) parameter of `shape`: what `to_hf` gives, without computing it."""
+  if rule.kind == "linear":
+    return (math.prod(shape[rule.num_in:]), math.prod(shape[: rule.num_in]))
+  if rule.kind == "embedding":
+    return (shape[0] - 1, *shape[1:])
+  return (math.prod(shape),) if rule.kind == "bias" else shape
+
+
 def _host_value(rule, layer, shape, tensors: dict, directory) -> np.ndarray:
   """Our parameter's full value on the host, read from the checkpoint (every layer, for a scanned stack)."""
   def one(name, layer_shape):
@@ -100,6 +110,8 @@ def _host_value(rule, layer, shape, tensors: dict, directory) -> np.ndarray:
       raise UserError(f"{directory} lacks the tensor {name!r} this model needs; its config.json does not describe "
                       "its weights")
     return to_ours(rule, tensor_files.read_tensor(tensors[name]), layer_shape)
+  if layer == -1 and rule.kind == "embedding" and MASK_ROW in tensors:  # our own export: the trained mask row
+    return np.concatenate([one(rule.name, shape)[:-1], tensor_files.read_tensor(tensors[MASK_ROW])])
   if layer == -1:
     return one(rule.name, shape)
   if layer is not None:
@@ -134,7 +146,7 @@ def load(directory, target, scanned: bool):
     return jax.make_array_from_callback(host.shape, leaf.sharding, lambda index: host[index])
 
   placed = jax.tree_util.tree_map_with_path(place, target)
-  unused = sorted(set(tensors) - used - {"lm_head.weight"} if _tied(target) else set(tensors) - used)
+  unused = sorted(set(tensors) - used - {MASK_ROW} - ({"lm_head.weight"} if _tied(target) else set()))
   if unused:
     raise UserError(f"{directory} holds tensors this model does not read: {unused[:5]}; its config.json and the "
                     "weights disagree")

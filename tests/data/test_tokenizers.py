@@ -172,7 +172,7 @@ def test_explicit_bpe_path(tmp_path, fake_bpe):
 def test_unknown_names_are_errors_listing_the_choices(tmp_path):
   with pytest.raises(UserError, match="'char', 'byte', 'gpt2'"):
     tokenizers.make_tokenizer("sentencepiece")
-  with pytest.raises(UserError, match=r"must be one of \('char', 'byte', 'gpt2'\)"):
+  with pytest.raises(UserError, match=r"must be one of \('char', 'byte', 'gpt2', 'hf'\)"):
     tokenizers.tokenizer_from_json({"kind": "wordpiece"})
   (tmp_path / "bad.json").write_text("not json")
   with pytest.raises(UserError, match="bad.json"):
