@@ -107,7 +107,8 @@ def main(argv):
       modes.main(run_config, workdir, cli.MODE.value, reference=base.get_config(), step=cli.STEP.value,
                num_samples=cli.NUM_SAMPLES.value, prompt=cli.PROMPT.value, infill=cli.INFILL.value, seed=cli.SEED.value,
                class_label=cli.CLASS_LABEL.value, complete=cli.COMPLETE.value, length=cli.LENGTH.value,
-               gap_char=cli.GAP_CHAR_FLAG.value if flags.FLAGS["gap_char"].present else None)  # given, or the default
+               gap_char=cli.GAP_CHAR_FLAG.value if flags.FLAGS["gap_char"].present else None,  # given, or the default
+               export_format=cli.FORMAT.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -15,13 +15,14 @@ from md4_jax.run import config_keys
 
 # Names the heavy modules own (modes.MODES, conditioning.*), repeated here so that --help imports none of them;
 # tests/run/test_command_line_help.py checks they agree.
-MODES = ("train", "eval", "sample", "prepare", "params")
+MODES = ("train", "eval", "sample", "prepare", "params", "export")
+EXPORT_FORMATS = ("safetensors", "hf")  # interop/export.py's FORMATS
 GAP_CHAR = "_"
 COMPLETION_REGIONS = ("top", "left", "center")
 
 USAGE = """Train, evaluate and sample masked discrete diffusion models (MD4, GenMD4, BD3) and their AR baseline.
 
-  python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
+  python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params|export]
                    [--config.a.b=v ... (or --a.b=v)]
 
 Examples:
@@ -35,9 +36,13 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl, samples/ "
                               "(all modes but prepare and params).")
 MODE = flags.DEFINE_string("mode", "train", "train (resumes if DIR has checkpoints), eval, sample, prepare "
-                           "(download and preprocess data.source into data.dir), params (print the parameter count), "
+                           "(download and preprocess data.source into data.dir), params (print the parameter count), export "
+                           "(write the params for other code: --format), "
                            "or a module path outside md4_jax whose run(config, workdir) is the mode.")
-STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample (default: the latest).")
+STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/sample/export (default: the latest).")
+FORMAT = flags.DEFINE_enum("format", None, list(EXPORT_FORMATS), "--mode export: 'safetensors' (our names, with the "
+                           "run's config.json; the default) or 'hf' (a Hugging Face Llama / Qwen causal LM "
+                           "directory, for objective='ar'); written to WORKDIR/export/step_N_FORMAT.")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples to write in --mode sample (default: "
                                    "config.sampler.num_samples), drawn sampler.batch_size at a time.")
 PROMPT = flags.DEFINE_string("prompt", None, "--mode sample: text every sample starts with.")

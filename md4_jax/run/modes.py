@@ -20,13 +20,15 @@ from md4_jax.engine import sharding, wandb_log
 from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
+from md4_jax.interop import export
 from md4_jax.run import config_check, loop, sample_mode
 from md4_jax.run import workdir as workdirs
 from md4_jax.storage import paths as storage
 
 
 class Request(NamedTuple):
-  """The command line's per-call flags (launch.py): --step for eval/sample, the rest for sample only."""
+  """The command line's per-call flags (launch.py): --step for eval/sample/export, --format (export_format) for
+  export, the rest for sample only."""
   step: int | None = None
   prompt: str | None = None
   infill: str | None = None
@@ -36,6 +38,7 @@ class Request(NamedTuple):
   complete: str | None = None
   gap_char: str | None = None
   length: int | None = None
+  export_format: str | None = None  # --format
 
 
 def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:
@@ -72,7 +75,10 @@ def _check_flags(mode: str, request: Request) -> None:
     raise UserError(f"--num_samples={request.num_samples} must be positive")
   if request.length is not None and request.length < 1:
     raise UserError(f"--length={request.length} must be positive")
-  given = [f"--{name}" for name, value in request._asdict().items() if name != "step" and value is not None]
+  if request.export_format is not None and mode != "export":
+    raise UserError(f"--format={request.export_format} only applies to --mode export")
+  given = [f"--{name}" for name, value in request._asdict().items()
+           if name not in ("step", "export_format") and value is not None]
   if given and mode != "sample":
     raise UserError(f"{', '.join(given)} only apply to --mode sample" +
                     (" (the training seed is --config.seed)" if "--seed" in given else ""))
@@ -113,6 +119,24 @@ def _sample_mode(run, workdir: epath.Path, request: Request) -> dict:
   record = {"step": int(state["step"]), "params": config.sampler.params, "seed": seed, "prompt": request.prompt,
             "infill": request.infill, "gap_char": request.gap_char, "complete": request.complete}
   return sample_mode.write(experiment, _chosen_params(state, config.sampler.params), workdir, draw, record)
+
+
+def _export(run, workdir: epath.Path, request: Request) -> dict:
+  """--mode export: the checkpoint at --step (the latest) as --format (safetensors by default), in
+  WORKDIR/export/step_N_FORMAT; eval.params picks the EMA or raw weights."""
+  config, saved = run.config, _saved_modality(run, workdir, "export")
+  fmt = request.export_format or "safetensors"
+  if fmt == "hf":  # refused before the restore
+    export.hf_model_config(config, saved.vocab_size, getattr(saved.tokenizer, "eos_id", None))
+  _, state = _restore(run, saved, workdir, request.step)
+  params, step = _chosen_params(state, config.eval.params), int(state["step"])
+  directory = workdir / "export" / f"step_{step}_{fmt}"
+  if fmt == "hf":
+    export.write_hf(params, config, saved.tokenizer, directory)
+  else:
+    export.write_safetensors(params, config, directory)
+  print(f"exported the {config.eval.params} params of step {step} ({fmt}) to {directory}")
+  return {"directory": str(directory), "step": step}
 
 
 def _prepare(run) -> dict:
@@ -172,5 +196,6 @@ def _train_locked(run, workdir: epath.Path) -> dict:
 # The modes by name (launch.py's --mode): train / eval / sample take (run: config_check.Run, workdir, request);
 # prepare and params need no workdir and take the run alone. A mode outside the package is a module path whose
 # module has run(config, workdir) (the config checked, the workdir given).
-MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe}
+MODES = {"train": _train, "eval": _evaluate, "sample": _sample_mode, "prepare": _prepare, "params": _describe,
+         "export": _export}
 WITHOUT_WORKDIR = ("prepare", "params")
