@@ -81,14 +81,18 @@ def read_checkpoint(directory) -> dict:
   raise UserError(f"{directory} holds neither {SINGLE} nor {INDEX}: not a safetensors checkpoint directory")
 
 
-def read_tensor(tensor: Tensor) -> np.ndarray:
-  """The tensor's values: one seek and one read of its bytes."""
+def read_tensor(tensor: Tensor, out: np.ndarray | None = None) -> np.ndarray:
+  """The tensor's values: one seek and one read of its bytes, into `out` when given (an array of its dtype and
+  size, such as the first rows of a larger one: the caller saves a copy)."""
+  out = np.empty(tensor.shape, tensor.dtype) if out is None else out
+  if not out.flags.c_contiguous or out.dtype != tensor.dtype or out.size != math.prod(tensor.shape):
+    raise ValueError(f"read_tensor: out must be a contiguous {tensor.dtype} array of {math.prod(tensor.shape)} values")
   with tensor.file.open("rb") as stream:
     stream.seek(tensor.begin)
-    data = stream.read(tensor.end - tensor.begin)
-  if len(data) != tensor.end - tensor.begin:
+    count = stream.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+  if count != tensor.end - tensor.begin:
     raise UserError(f"{tensor.file} ends before its tensors do; the file is truncated")
-  return np.frombuffer(data, tensor.dtype).reshape(tensor.shape)
+  return out.reshape(tensor.shape)
 
 
 def write(file, tensors: Iterable[tuple[str, np.ndarray]], shapes: dict, metadata: dict | None = None) -> None:
