@@ -79,7 +79,7 @@ def find(kind: str, name: str, builtin: dict):
 def find_chosen(config, tables: dict) -> dict:
   """{kind: the part config chooses} for each kind in `tables` ({kind: its built-in table}), found once per run
   (run/config_check.py) and handed down."""
-  return {kind: find(kind, _value(config, KINDS[kind].key), builtin) for kind, builtin in tables.items()}
+  return {kind: find(kind, value_at(config, KINDS[kind].key), builtin) for kind, builtin in tables.items()}
 
 
 def config_group(part):
@@ -99,7 +99,8 @@ def check_config(part, config) -> None:
     raise UserError(f"bad config value: {error}") from None
 
 
-def _value(config, key: str):
+def value_at(config, key: str):
+  """config["a"]["b"] for key "a.b"."""
   for part in key.split("."):
     config = config[part]
   return config
@@ -108,7 +109,7 @@ def _value(config, key: str):
 def named(config) -> dict:
   """{kind: the names its choosing keys hold} for the kinds whose parts have groups (a sampler: sampler.name and
   semi_ar's inner sampler); no module is imported."""
-  found = {kind: [_value(config, spec.key)] for kind, spec in KINDS.items() if spec.root}
+  found = {kind: [value_at(config, spec.key)] for kind, spec in KINDS.items() if spec.root}
   found["sampler"].append(config.sampler.semi_ar.inner)
   return found
 
@@ -144,7 +145,7 @@ def add_plugin_groups(config, also=None) -> None:
       continue
     short = short_name(name)
     for target in (config,) if also is None else (config, also):
-      parent = _value(target, KINDS[kind].root)
+      parent = value_at(target, KINDS[kind].root)
       if short not in parent:
         with parent.unlocked():  # a config from the command line is locked against new keys
           parent[short] = group.copy_and_resolve_references()

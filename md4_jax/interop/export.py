@@ -34,7 +34,7 @@ def _host(leaf) -> np.ndarray:
 
 def our_names(params) -> dict:
   """{"blocks.0.attention.query.kernel": leaf} for every parameter."""
-  return {".".join(map(str, hf_weights._names(path))): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  return {".".join(map(str, hf_weights.param_names(path))): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def write_safetensors(params, config, directory) -> None:
@@ -91,7 +91,7 @@ def write_hf(params, config, tokenizer, directory) -> None:
   tensors = {}  # Hugging Face name -> (our leaf, rule, layer index or None)
   mask_leaf = None
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    found = hf_weights.where(hf_weights._names(path), scanned)
+    found = hf_weights.where(hf_weights.param_names(path), scanned)
     if found is None:
       raise UserError(f"--format hf: parameter {jax.tree_util.keystr(path)} has no Hugging Face counterpart")
     rule, layer = found

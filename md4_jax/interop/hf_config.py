@@ -11,6 +11,7 @@ import json
 
 from etils import epath
 
+from md4_jax import parts
 from md4_jax.errors import UserError
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -78,16 +79,10 @@ def apply(config, reference, directory: str) -> None:
   fixed.update({"model.backbone": "transformer", "model.time_conditioning": False})
   for key, value in fixed.items():
     group, _, name = key.rpartition(".")
-    now, default = _get(config, group)[name], _get(reference, group)[name]
+    now, default = parts.value_at(config, group)[name], parts.value_at(reference, group)[name]
     if now != default and now != value:
       raise UserError(f"{key}={now!r} differs from the checkpoint model.init_from={directory!r} ({value!r}): the "
                       f"weights fix it; remove it from the config")
-    _get(config, group)[name] = value
+    parts.value_at(config, group)[name] = value
   if config.data.tokenizer == "hf" and not config.data.tokenizer_path:
     config.data.tokenizer_path = directory  # the checkpoint's own tokenizer.json
-
-
-def _get(config, group: str):
-  for part in group.split("."):
-    config = config[part]
-  return config

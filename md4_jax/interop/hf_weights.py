@@ -51,7 +51,7 @@ GLOBAL_RULES = {("embed",): Rule("model.embed_tokens.weight", "embedding"),
                 ("head", "kernel"): Rule("lm_head.weight", "linear")}
 
 
-def _names(path) -> tuple:
+def param_names(path) -> tuple:
   """A parameter's path as plain names: (..., "blocks", 3, "attention", "query", "kernel")."""
   names = []
   for key in path:
@@ -144,7 +144,8 @@ def load(directory, target, scanned: bool):
   tensors, used = tensor_files.read_checkpoint(directory), set()
 
   def place(path, leaf):
-    found = where(_names(path), scanned)
+    _return_freed_memory()  # the previous tensor's host copy, freed when its place() returned
+    found = where(param_names(path), scanned)
     if found is None:
       if isinstance(leaf, jax.ShapeDtypeStruct):
         raise UserError(f"{jax.tree_util.keystr(path)} has no tensor in {directory} and no initial value")
@@ -161,10 +162,7 @@ def load(directory, target, scanned: bool):
                                              ([layer] if layer is not None else range(leaf.shape[0]))]
     used.update(names)
     host = host.astype(leaf.dtype, copy=False)
-    placed = jax.make_array_from_callback(host.shape, leaf.sharding, lambda index: host[index])
-    del host
-    _return_freed_memory()
-    return placed
+    return jax.make_array_from_callback(host.shape, leaf.sharding, lambda index: host[index])
 
   placed = jax.tree_util.tree_map_with_path(place, target)
   unused = sorted(set(tensors) - used - {MASK_ROW} - ({"lm_head.weight"} if _tied(target) else set()))
@@ -175,7 +173,7 @@ def load(directory, target, scanned: bool):
 
 
 def _return_freed_memory() -> None:
-  """Hands the host memory of the tensor just placed back to the system (glibc's malloc_trim): glibc keeps freed
+  """Hands the host memory of the tensors placed so far back to the system (glibc's malloc_trim): glibc keeps freed
   blocks of tens of MB in its heap, which over a checkpoint's hundreds of tensors added ~8% to the peak
   (benchmarks/hf_import.py). Elsewhere a no-op."""
   try:
@@ -187,5 +185,5 @@ def _return_freed_memory() -> None:
 def _tied(target) -> bool:
   """Whether the model has no output layer of its own (tied embeddings): the checkpoint's lm_head, if it
   saved one, is the embedding again."""
-  return not any(where(_names(path), True) == (GLOBAL_RULES[("head", "kernel")], -1)
+  return not any(where(param_names(path), True) == (GLOBAL_RULES[("head", "kernel")], -1)
                  for path, _ in jax.tree_util.tree_leaves_with_path(target))

@@ -14,9 +14,11 @@ from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.data import modality as modalities
 from md4_jax.errors import UserError
-from md4_jax.interop import hf_weights
+from md4_jax.interop import export, hf_weights
 from md4_jax.run import modes
 from tests.conftest import make_config, reference, train_tiny
+
+pytestmark = pytest.mark.slow  # each test trains or restores a run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -39,7 +41,7 @@ def restored(corpus, workdir, **overrides):
   return config, experiment, state
 
 
-def export(corpus, workdir, fmt: str):
+def run_export(corpus, workdir, fmt: str):
   config = make_config(corpus, objective="ar", train__num_steps=4, model__transformer__num_kv_heads=1,
                        model__transformer__tie_embeddings=True)
   return modes.main(config, workdir, "export", reference=reference(), export_format=fmt)
@@ -47,7 +49,7 @@ def export(corpus, workdir, fmt: str):
 
 def test_the_hf_export_loads_in_transformers_and_imports_back_bitwise(ar_run):
   corpus, workdir, _ = ar_run
-  directory = export(corpus, workdir, "hf")["directory"]
+  directory = run_export(corpus, workdir, "hf")["directory"]
   assert directory.endswith("step_4_hf")
   config, experiment, state = restored(corpus, workdir)
   params = state["ema_params"]  # eval.params' default
@@ -65,11 +67,10 @@ def test_the_hf_export_loads_in_transformers_and_imports_back_bitwise(ar_run):
 
 def test_the_safetensors_export_keeps_our_names_and_the_runs_config(ar_run):
   corpus, workdir, _ = ar_run
-  directory = export(corpus, workdir, "safetensors")["directory"]
+  directory = run_export(corpus, workdir, "safetensors")["directory"]
   _, _, state = restored(corpus, workdir)
   written = safetensors_numpy.load_file(f"{directory}/model.safetensors")
-  expected = {".".join(map(str, hf_weights._names(path))): leaf
-              for path, leaf in jax.tree_util.tree_leaves_with_path(state["ema_params"])}
+  expected = export.our_names(state["ema_params"])
   assert set(written) == set(expected) and "blocks.0.attention.query.kernel" in written
   for name, leaf in expected.items():
     np.testing.assert_array_equal(written[name], np.asarray(leaf))

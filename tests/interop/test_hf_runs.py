@@ -72,6 +72,7 @@ def test_a_new_run_starts_at_the_checkpoints_weights(tmp_path):
   assert all(a is not b for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(state["ema_params"])))
 
 
+@pytest.mark.slow
 def test_a_run_from_a_checkpoint_trains_resumes_and_samples_without_it(tmp_path):
   save_checkpoint(tmp_path / "hf")
   corpus, workdir = tmp_path / "corpus.txt", tmp_path / "run"
@@ -89,6 +90,7 @@ def test_a_run_from_a_checkpoint_trains_resumes_and_samples_without_it(tmp_path)
   assert sampled.returncode == 0, sampled.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_model_key_that_disagrees_with_the_checkpoint_is_one_line(tmp_path):
   save_checkpoint(tmp_path / "hf")
   (tmp_path / "corpus.txt").write_text(CORPUS)
