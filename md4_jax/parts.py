@@ -30,7 +30,8 @@ class Kind:
 
 KINDS = {
     "backbone": Kind("model.backbone", "model", ("build",), "build(config, modality, requirements) -> Backbone"),
-    "objective": Kind("objective", "diffusion", ("OBJECTIVE",), "OBJECTIVE = <a subclass of objectives.base.Objective>"),
+    "objective": Kind("objective", "diffusion", ("OBJECTIVE",),
+                      "OBJECTIVE = <a subclass of objectives.base.Objective>"),
     "sampler": Kind("sampler.name", "sampler"),  # its SAMPLERS entry is checked where it is run (samplers.run_of)
     "source": Kind("data.source", "data"),  # its MODALITY, load and modality: sources.Source.of_module
     "tokenizer": Kind("data.tokenizer", "", ("TOKENIZER",), "TOKENIZER = <a class like tokenizers.CharTokenizer>"),

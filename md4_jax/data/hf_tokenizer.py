@@ -29,6 +29,14 @@ def _library():
   return tokenizers
 
 
+def _parse(text: str):
+  """The library's Tokenizer of a tokenizer.json's text; UserError for a malformed one."""
+  try:
+    return _library().Tokenizer.from_str(text)
+  except Exception as error:  # the library raises its own exception type for a malformed file
+    raise UserError(f"not a Hugging Face tokenizer.json ({error})") from None
+
+
 def _eos_id(directory: epath.Path, tokenizer) -> int | None:
   config = directory / "config.json"
   eos = json.loads(config.read_text()).get("eos_token_id") if config.exists() else None
@@ -46,13 +54,11 @@ class HFTokenizer:
 
   name = "hf"
 
-  def __init__(self, text: str, vocab_size: int, eos_id: int | None):
+  def __init__(self, text: str, vocab_size: int, eos_id: int | None, parsed=None):
+    """parsed: the library's Tokenizer of `text`, when the caller has it (parsing a large one takes a while)."""
     self.text, self.vocab_size, self.eos_id = text, vocab_size, eos_id
     self.sha256 = hashlib.sha256(text.encode()).hexdigest()
-    try:
-      self._tokenizer = _library().Tokenizer.from_str(text)
-    except Exception as error:  # the library raises its own exception type for a malformed file
-      raise UserError(f"not a Hugging Face tokenizer.json ({error})") from None
+    self._tokenizer = _parse(text) if parsed is None else parsed
     if self._tokenizer.get_vocab_size(with_added_tokens=True) > vocab_size:
       raise UserError(f"the tokenizer has {self._tokenizer.get_vocab_size(with_added_tokens=True)} tokens, more "
                       f"than the model's vocab_size {vocab_size}")
@@ -69,11 +75,11 @@ class HFTokenizer:
     if not file.exists():
       raise UserError(f"data.tokenizer_path={path!r}: {file} does not exist")
     directory, text = file.parent, file.read_text()
-    tokenizer = _library().Tokenizer.from_str(text)
+    tokenizer = _parse(text)
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if (directory / "config.json").exists():
       size = max(size, int(json.loads((directory / "config.json").read_text()).get("vocab_size", size)))
-    return cls(text, size, _eos_id(directory, tokenizer))
+    return cls(text, size, _eos_id(directory, tokenizer), parsed=tokenizer)
 
   @classmethod
   def from_json(cls, spec: dict) -> "HFTokenizer":

@@ -6,8 +6,8 @@ float32) and `config.json` (the run's config). "hf": `config.json` (a LlamaConfi
 `model.safetensors` in Hugging Face names, and the tokenizer files when the run's tokenizer is a Hugging Face one.
 Only an autoregressive transformer exports as "hf": its attention is causal and time-independent, which is what a
 causal LM computes; any other is refused naming what differs. The mask token's embedding row, which a causal LM
-does not have, travels as one extra tensor (`MASK_ROW`, ignored by transformers), so importing the export gives
-the run's parameters bitwise.
+does not have, travels as one extra tensor (`hf_weights.MASK_ROW`, ignored by transformers), so importing the
+export gives the run's parameters bitwise.
 """
 
 import json
@@ -22,7 +22,6 @@ from md4_jax.interop import hf_config, hf_weights
 from md4_jax.storage import tensor_files
 
 FORMATS = ("safetensors", "hf")
-MASK_ROW = hf_weights.MASK_ROW
 
 
 def _host(leaf) -> np.ndarray:
@@ -34,7 +33,8 @@ def _host(leaf) -> np.ndarray:
 
 def our_names(params) -> dict:
   """{"blocks.0.attention.query.kernel": leaf} for every parameter."""
-  return {".".join(map(str, hf_weights.param_names(path))): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  return {".".join(map(str, hf_weights.param_names(path))): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def write_safetensors(params, config, directory) -> None:
@@ -97,20 +97,18 @@ def write_hf(params, config, tokenizer, directory) -> None:
     rule, layer = found
     if rule.kind == "embedding":
       mask_leaf = leaf
-    layers = [None] if layer == -1 else [layer] if layer is not None else list(range(leaf.shape[0]))
-    for index in layers:
-      name = rule.name if layer == -1 else f"model.layers.{index}.{rule.name}"
-      tensors[name] = (leaf, rule, index if layer is None else None)
+    for name, index in hf_weights.tensor_names(rule, layer, leaf.shape):
+      tensors[name] = (leaf, rule, index)
   directory = epath.Path(directory)
 
   def values():
     for name, (leaf, rule, index) in tensors.items():
       value = _host(leaf)
       yield name, hf_weights.to_hf(rule, value if index is None else value[index])
-    yield MASK_ROW, _host(mask_leaf)[-1:]
+    yield hf_weights.MASK_ROW, _host(mask_leaf)[-1:]
 
   shapes = {name: (_hf_shape(leaf, rule, index), np.float32) for name, (leaf, rule, index) in tensors.items()}
-  shapes[MASK_ROW] = ((1, mask_leaf.shape[1]), np.float32)
+  shapes[hf_weights.MASK_ROW] = ((1, mask_leaf.shape[1]), np.float32)
   if jax.process_index() != 0:
     for _ in values():
       pass

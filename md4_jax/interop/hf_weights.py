@@ -103,6 +103,16 @@ def hf_shape(rule: Rule, shape: tuple) -> tuple:
   return (math.prod(shape),) if rule.kind == "bias" else shape
 
 
+def tensor_names(rule: Rule, layer, shape: tuple) -> list:
+  """[(Hugging Face tensor name, index in a scanned stack or None)] of our parameter at (rule, layer) of `shape`
+  (`where`'s layer: -1 global, an int one layer, None every layer of a stack)."""
+  if layer == -1:
+    return [(rule.name, None)]
+  if layer is not None:
+    return [(f"model.layers.{layer}.{rule.name}", None)]
+  return [(f"model.layers.{index}.{rule.name}", index) for index in range(shape[0])]
+
+
 def _host_value(rule, layer, shape, tensors: dict, directory) -> np.ndarray:
   """Our parameter's full value on the host, read from the checkpoint (every layer, for a scanned stack)."""
   def one(name, layer_shape):
@@ -126,7 +136,8 @@ def _embedding(tensors: dict, name: str, shape: tuple, directory) -> np.ndarray:
     raise UserError(f"{directory} lacks the tensor {name!r} this model needs")
   tensor = tensors[name]
   if tensor.shape[0] + 1 != shape[0] or tensor.shape[1:] != shape[1:]:
-    return np.zeros((tensor.shape[0] + 1, *tensor.shape[1:]), np.float32)  # the caller names the mismatch
+    raise UserError(f"{directory} has a vocabulary of {tensor.shape[0]} tokens; this run's data.tokenizer has "
+                    f"{shape[0] - 1}: use the checkpoint's own tokenizer (data.tokenizer='hf')")
   table = np.empty(shape, np.float32)
   if tensor.dtype == np.float32:
     tensor_files.read_tensor(tensor, out=table[:-1])
@@ -152,20 +163,16 @@ def load(directory, target, scanned: bool):
       return leaf
     rule, layer = found
     host = _host_value(rule, layer, leaf.shape, tensors, directory)
-    if rule.kind == "embedding" and host.shape != tuple(leaf.shape):
-      raise UserError(f"{directory} has a vocabulary of {host.shape[0] - 1} tokens; this run's data.tokenizer has "
-                      f"{leaf.shape[0] - 1}: use the checkpoint's own tokenizer (data.tokenizer='hf')")
     if host.shape != tuple(leaf.shape):
       raise UserError(f"{directory}: {rule.name} gives {jax.tree_util.keystr(path)} the shape {host.shape}; the "
                       f"model has {tuple(leaf.shape)}")
-    names = [rule.name] if layer == -1 else [f"model.layers.{i}.{rule.name}" for i in
-                                             ([layer] if layer is not None else range(leaf.shape[0]))]
-    used.update(names)
+    used.update(name for name, _ in tensor_names(rule, layer, leaf.shape))
     host = host.astype(leaf.dtype, copy=False)
     return jax.make_array_from_callback(host.shape, leaf.sharding, lambda index: host[index])
 
   placed = jax.tree_util.tree_map_with_path(place, target)
-  unused = sorted(set(tensors) - used - {MASK_ROW} - ({"lm_head.weight"} if _tied(target) else set()))
+  # lm_head.weight is read by a model with an output layer of its own; with tied embeddings it is the embedding.
+  unused = sorted(set(tensors) - used - {MASK_ROW, GLOBAL_RULES[("head", "kernel")].name})
   if unused:
     raise UserError(f"{directory} holds tensors this model does not read: {unused[:5]}; its config.json and the "
                     "weights disagree")
@@ -180,10 +187,3 @@ def _return_freed_memory() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
     pass
-
-
-def _tied(target) -> bool:
-  """Whether the model has no output layer of its own (tied embeddings): the checkpoint's lm_head, if it
-  saved one, is the embedding again."""
-  return not any(where(param_names(path), True) == (GLOBAL_RULES[("head", "kernel")], -1)
-                 for path, _ in jax.tree_util.tree_leaves_with_path(target))

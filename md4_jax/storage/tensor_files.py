@@ -115,9 +115,9 @@ def write(file, tensors: Iterable[tuple[str, np.ndarray]], shapes: dict, metadat
       written = 0
       for (name, array), expected in zip(tensors, shapes):
         array, written = np.asarray(array, order="C"), written + 1
-        if name != expected or list(array.shape) != header[name]["shape"] or NAMES[array.dtype] != header[name]["dtype"]:
-          raise ValueError(f"tensor {name!r} {array.shape} {array.dtype} is not the header's {expected!r} "
-                           f"{header[expected]}")
+        entry = header[expected]
+        if name != expected or list(array.shape) != entry["shape"] or NAMES[array.dtype] != entry["dtype"]:
+          raise ValueError(f"tensor {name!r} {array.shape} {array.dtype} is not the header's {expected!r} {entry}")
         stream.write(array.tobytes())
     if written != len(shapes):
       raise ValueError(f"{written} tensors were given for a header of {len(shapes)}")

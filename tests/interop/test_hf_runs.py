@@ -53,6 +53,9 @@ def test_the_hf_tokenizer_gives_transformers_ids(tmp_path):
   assert again == ours and again.encode(text).tolist() == ours.encode(text).tolist()
   with pytest.raises(UserError, match="data.tokenizer='hf' reads a Hugging Face tokenizer.json"):
     tokenizers.make_tokenizer("hf", "")
+  (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+  with pytest.raises(UserError, match="not a Hugging Face tokenizer.json"):  # was the library's own exception
+    tokenizers.make_tokenizer("hf", str(tmp_path))
 
 
 def test_a_new_run_starts_at_the_checkpoints_weights(tmp_path):

@@ -79,8 +79,8 @@ def test_damaged_files_are_named(tmp_path):
 def test_writing_checks_each_tensor_against_the_header(tmp_path):
   shapes = {"a": ((2,), np.float32), "b": ((3,), np.float32)}
   with pytest.raises(ValueError, match="not the header's 'b'"):
-    tensor_files.write(tmp_path / "x.safetensors", iter([("a", np.zeros(2, np.float32)), ("b", np.zeros(4, np.float32))]),
-                       shapes)
+    pairs = [("a", np.zeros(2, np.float32)), ("b", np.zeros(4, np.float32))]
+    tensor_files.write(tmp_path / "x.safetensors", iter(pairs), shapes)
   with pytest.raises(ValueError, match="1 tensors were given for a header of 2"):
     tensor_files.write(tmp_path / "x.safetensors", iter([("a", np.zeros(2, np.float32))]), shapes)
   assert not (tmp_path / "x.safetensors").exists()
