@@ -51,7 +51,10 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   # Every backbone:
   # A Hugging Face model directory (config.json + model.safetensors or its shards; Llama, Qwen2, Qwen3) whose weights
   # start a new run: its config.json fixes model.transformer.* (and data.tokenizer_path when data.tokenizer="hf").
+  # Or another md4-jax run's workdir (same data and tokenizer; its network's keys, its EMA params at init_step):
+  # an AR run adapted into MD4 or BD3 (configs/adapt_quickstart.py).
   config.model.init_from = ""  # "" = random initial weights
+  config.model.init_step = -1  # init_from a workdir: which checkpoint; -1 = its newest
   config.model.time_conditioning = True  # condition on t (adaLN-zero / added embedding); False = time-independent
   config.model.class_conditional = False  # image sources with labels: condition on the class (label embedding)
   config.model.label_dropout = 0.1  # class_conditional: share of training labels replaced by the null class (for guidance)

@@ -121,9 +121,13 @@ class Experiment:
     """A new state whose params and EMA params are a Hugging Face checkpoint's (model.init_from), read one tensor
     at a time onto the mesh; what the checkpoint lacks (an objective's own parameters) keeps its initial value."""
     state = self.init_state(self.base_key)
-    params = hf_weights.load(directory, state["params"], self.config.model.transformer.scan_layers)
-    ema_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.state_shardings["params"])(params)
-    return {**state, "params": params, "ema_params": ema_params}  # two buffers: the step donates the state
+    return self.state_with_params(state, hf_weights.load(directory, state["params"],
+                                                         self.config.model.transformer.scan_layers))
+
+  def state_with_params(self, state, params):
+    """`state` (a new one) with `params` as its params and EMA params, placed with the state's shardings."""
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.state_shardings["params"])
+    return {**state, "params": copy(params), "ema_params": copy(params)}  # two buffers: the step donates the state
 
   def with_overrides(self, group: str, overrides: dict) -> "Experiment":
     """The same run with config[group] keys changed: a new Experiment (settings are compiled into its steps)."""

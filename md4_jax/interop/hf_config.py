@@ -77,6 +77,14 @@ def apply(config, reference, directory: str) -> None:
   hf = read(directory)
   fixed = {f"{GROUP}.{key}": value for key, value in transformer_keys(hf, directory).items()}
   fixed.update({"model.backbone": "transformer", "model.time_conditioning": False})
+  fix_keys(config, reference, fixed, directory)
+  if config.data.tokenizer == "hf" and not config.data.tokenizer_path:
+    config.data.tokenizer_path = directory  # the checkpoint's own tokenizer.json
+
+
+def fix_keys(config, reference, fixed: dict, directory: str) -> None:
+  """Sets config's keys to `fixed` {dotted key: value} (the weights at model.init_from=`directory` fix them); a key
+  the config sets away from its default (`reference`) to another value is refused in one line."""
   for key, value in fixed.items():
     group, _, name = key.rpartition(".")
     now, default = parts.value_at(config, group)[name], parts.value_at(reference, group)[name]
@@ -84,5 +92,3 @@ def apply(config, reference, directory: str) -> None:
       raise UserError(f"{key}={now!r} differs from the checkpoint model.init_from={directory!r} ({value!r}): the "
                       f"weights fix it; remove it from the config")
     parts.value_at(config, group)[name] = value
-  if config.data.tokenizer == "hf" and not config.data.tokenizer_path:
-    config.data.tokenizer_path = directory  # the checkpoint's own tokenizer.json

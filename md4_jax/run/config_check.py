@@ -14,8 +14,7 @@ from md4_jax.data import modality, sources, tokenizers, zero_shot_sets
 from md4_jax.engine import profiling, sharding, wandb_log
 from md4_jax.engine.saved_config import RENAMED, RUN_RECORD, migrate  # noqa: F401 (this module's interface)
 from md4_jax.errors import UserError
-from md4_jax.interop import hf_config
-from md4_jax.run import config_scope
+from md4_jax.run import config_scope, init_from
 from md4_jax.run.config_keys import flatten  # {"a.b": value}; the light module owns it (launch.py --help needs it)
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
@@ -58,8 +57,8 @@ def validate(config, reference, mode: str) -> Run:
   schema_config = schema(config, reference)
   flat, defaults = flatten(config), flatten(schema_config)
   check_keys(flat, defaults)
-  if config.model.init_from:  # a Hugging Face checkpoint fixes the transformer's keys
-    hf_config.apply(config, schema_config, config.model.init_from)
+  if config.model.init_from:  # the source's weights fix the network's keys
+    init_from.apply(config, schema_config, config.model.init_from)
     flat = flatten(config)
   source, model, suite = choose(config)
   nominal = check_values(config, flat, source, model)

@@ -61,6 +61,7 @@ SCOPES = (
      "model.transformer.mlp_hidden=0 (a set mlp_hidden is the GLU's size itself)"),
     ("model.transformer.scan_unroll", lambda c: c.model.transformer.scan_layers,
      "model.transformer.scan_layers=True (it unrolls the loop over the transformer's stacked layers)"),
+    ("model.init_step", lambda c: bool(c.model.init_from), "model.init_from (an md4-jax workdir's checkpoint)"),
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("sampler.kv_cache", lambda c: c.objective == "bd3" or c.sampler.name == "parallel", "objective='bd3' (an "
      "exact cache of finished blocks) or sampler.name='parallel' (approximate caches)"),

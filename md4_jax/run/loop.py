@@ -22,6 +22,7 @@ from md4_jax.engine.experiment import Experiment
 from md4_jax.engine.metrics_log import MetricsLog, ProgressBar
 from md4_jax.errors import UserError
 from md4_jax.evals import bound, output, report
+from md4_jax.run import init_from
 
 SAMPLE_SALT = 2  # fold_in tag: sample keys are apart from training and evaluation keys (bound.EVAL_SALT = 1)
 
@@ -130,7 +131,10 @@ class Training:
       self.iterator.set_state(loop_state["data"])
       self.window = MetricWindow(**loop_state["window"])
     elif self.config.model.init_from:  # restore order: the workdir, then model.init_from, then random weights
-      state = self.experiment.init_state_from(self.config.model.init_from)
+      state, source_step = init_from.initial_state(self.experiment, self.config.model.init_from,
+                                                   self.config.model.init_step)
+      say(f"starting from the weights in {self.config.model.init_from}" +
+          (f" (step {source_step}, EMA params)" if source_step is not None else ""))
     else:
       state = self.experiment.init_state(self.experiment.base_key)
     done = start >= self.cfg.num_steps
