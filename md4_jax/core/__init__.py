@@ -6,5 +6,6 @@
 | diffusion | MD4's forward process (time draws, masking) and negative ELBO terms |
 | per_token | GenMD4's per-token schedules and their ELBO terms, log q(z_t given x0), the leave-one-out term |
 | ar_likelihood | the autoregressive baseline's exact next-token likelihood |
+| shifted | shifted prediction: the network's input one place to the right (adapting AR checkpoints) |
 | fused_head | the output layer and a per-position loss fused and chunked, with its own backward pass |
 """

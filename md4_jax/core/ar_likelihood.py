@@ -9,10 +9,7 @@ output at position n is p(x_n | x_<n). Time plays no part (t is fed as 0).
 import jax.numpy as jnp
 
 from md4_jax.core import diffusion
-
-
-def shift_right(x_BxL, start_id: int):
-  return jnp.concatenate([jnp.full_like(x_BxL[:, :1], start_id), x_BxL[:, :-1]], axis=1)
+from md4_jax.core.shifted import shift_right
 
 
 def next_token_logits(network, x_BxL, vocab_size: int):

@@ -11,7 +11,7 @@ as a `models.Network` (its `features` / `head_loss` when it splits its output la
 import jax
 import jax.numpy as jnp
 
-from md4_jax.core import diffusion
+from md4_jax.core import diffusion, shifted
 from md4_jax.core.attention_masks import Mask
 from md4_jax.core.fused_head import token_nll
 
@@ -27,10 +27,16 @@ def block_times(key, batch_size: int, num_blocks: int, antithetic: bool = True, 
   return jnp.mod(t_B[:, None] + jnp.arange(num_blocks) / num_blocks, 1.0)
 
 
-def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int):
-  """-log p(x0 | z's block, x's earlier blocks) at every position [B, L], from one call over [z | x]."""
+def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int, shift_id: int | None = None):
+  """-log p(x0 | z's block, x's earlier blocks) at every position [B, L], from one call over [z | x]. shift_id (the
+  start token): both streams read shifted one place right (core/shifted.py), each noisy block opening with the
+  clean token before it."""
   batch_size, length = x0_BxL.shape
-  inputs_Bx2L = jnp.concatenate([z_BxL, x0_BxL], axis=1)
+  if shift_id is not None:
+    z_BxL, x0_in_BxL = shifted.block_inputs(z_BxL, x0_BxL, block_size, shift_id), shifted.shift_right(x0_BxL, shift_id)
+  else:
+    x0_in_BxL = x0_BxL
+  inputs_Bx2L = jnp.concatenate([z_BxL, x0_in_BxL], axis=1)
   context = {"positions_L": jnp.tile(jnp.arange(length), 2), "mask": Mask("block_diffusion", block_size)}
   no_time_B = jnp.zeros((batch_size,))
   if net.splits_head:
@@ -39,21 +45,23 @@ def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int):
   return token_nll(net(inputs_Bx2L, no_time_B, **context)[:, :length], x0_BxL)
 
 
-def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timesteps: int = 0, token_mask_BxL=None):
+def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timesteps: int = 0, token_mask_BxL=None,
+                shift: bool = False):
   """The bound's terms per example in nats for given noised tokens z and block times t (already on the T-step
-  grid when timesteps > 0): `diffusion`, `reconstruction`, `prior`, `loss`, `num_tokens`."""
+  grid when timesteps > 0): `diffusion`, `reconstruction`, `prior`, `loss`, `num_tokens`. shift: the network reads
+  its input shifted (core/shifted.py; the mask id is the start token)."""
   if token_mask_BxL is None:
     token_mask_BxL = jnp.ones_like(x0_BxL)
   block_size = x0_BxL.shape[1] // t_BxK.shape[1]
   weight_BxL = diffusion.bound_weight(schedule, jnp.repeat(t_BxK, block_size, axis=1), timesteps)
-  nll_BxL = token_nll_in_layout(net, z_BxL, x0_BxL, block_size)
+  nll_BxL = token_nll_in_layout(net, z_BxL, x0_BxL, block_size, vocab_size if shift else None)
   diffusion_B = jnp.sum(jnp.where(z_BxL == vocab_size, weight_BxL * nll_BxL, 0.0), axis=-1)
   num_tokens_B = jnp.sum(token_mask_BxL, axis=-1).astype(jnp.float32)
   return diffusion.bound_terms(diffusion_B, num_tokens_B, schedule, vocab_size)
 
 
 def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, timesteps: int = 0,
-               antithetic: bool = True, token_mask_BxL=None, t_B=None, clip=(0.0, 1.0)):
+               antithetic: bool = True, token_mask_BxL=None, t_B=None, clip=(0.0, 1.0), shift: bool = False):
   """One-sample estimate of the block-diffusion negative ELBO's terms, per example, in nats: block times and
   masks drawn from `key` (split like diffusion.elbo_terms, so block_size = L draws MD4's t and z_t). A `clip`
   other than (0, 1) draws times in that range: a training objective, no longer the bound."""
@@ -65,4 +73,4 @@ def elbo_terms(net, x0_BxL, key, schedule, *, vocab_size: int, block_size: int, 
   mask_prob_BxL = schedule.mask_prob(jnp.repeat(t_BxK, block_size, axis=1))
   z_BxL = diffusion.mask_tokens(mask_key, x0_BxL, mask_prob_BxL, vocab_size, token_mask_BxL)
   return terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, vocab_size=vocab_size, timesteps=timesteps,
-                     token_mask_BxL=token_mask_BxL)
+                     token_mask_BxL=token_mask_BxL, shift=shift)

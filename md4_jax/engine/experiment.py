@@ -18,7 +18,8 @@ from md4_jax.engine import checkpoints, sharding
 from md4_jax.errors import UserError
 from md4_jax.interop import hf_weights
 
-DROPOUT_SALT, LABEL_SALT = 101, 102  # fold_in tags of the step key: network dropout, label dropout
+# fold_in tags of the step key: network dropout, label dropout, the objective's network context (annealed masks)
+DROPOUT_SALT, LABEL_SALT, CONTEXT_SALT = 101, 102, 103
 
 
 def eval_timesteps(config) -> int:
@@ -148,31 +149,34 @@ class Experiment:
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
             "opt_state": self.optimizer.init(params)}
 
-  def _network(self, params, batch, key=None):
+  def _network(self, params, batch, key=None, step=None):
     """The backbone with the batch's labels bound; with a (training) key, dropout on and labels dropped to
-    the null class with probability model.label_dropout (so the model also learns p(x), for guidance)."""
+    the null class with probability model.label_dropout (so the model also learns p(x), for guidance); with the
+    training step too, the objective's network context for that step (`Objective.network_context`)."""
     label_B = batch.get("label") if self.num_classes else None
-    dropout_key = None
+    dropout_key, context = None, {}
+    if key is not None and step is not None:
+      context = self.objective.network_context(step, jax.random.fold_in(key, CONTEXT_SALT), batch["tokens"].shape[1])
     if key is not None:
       dropout_key = jax.random.fold_in(key, DROPOUT_SALT)
       if label_B is not None:
         dropped_B = jax.random.bernoulli(jax.random.fold_in(key, LABEL_SALT), self.config.model.label_dropout,
                                          label_B.shape)
         label_B = jnp.where(dropped_B, self.num_classes, label_B)
-    return models.Network(nnx.merge(self.graphdef, params), label_B, dropout_key)
+    return models.Network(nnx.merge(self.graphdef, params), label_B, dropout_key, context)
 
-  def _terms(self, params, batch, key, t_B=None, timesteps=None, training=False):
+  def _terms(self, params, batch, key, t_B=None, timesteps=None, training=False, step=None):
     timesteps = self.config.diffusion.timesteps if timesteps is None else timesteps
     return self.objective.terms(
-        self._network(params, batch, key if training else None), batch["tokens"], key,
+        self._network(params, batch, key, step) if training else self._network(params, batch), batch["tokens"], key,
         token_mask_BxL=batch["token_mask"], timesteps=timesteps, t_B=t_B,
         capacity_fraction=self.capacity_fraction, groups=self.batch_groups, training=training)
 
-  def _loss_and_grads(self, params, batch, key, total_tokens):
+  def _loss_and_grads(self, params, batch, key, total_tokens, step=None):
     """Gradient of (sum of per-example losses) / total_tokens, and the metric sums, for one microbatch."""
 
     def loss_fn(params):
-      terms = self._terms(params, batch, key, training=True)
+      terms = self._terms(params, batch, key, training=True, step=step)
       sums = {name: jnp.sum(value) for name, value in terms.items() if name not in ("num_tokens", "fallback")}
       sums["fallback"] = terms.get("fallback", jnp.zeros(()))
       # What is optimised: the bound, or an objective's surrogate with the same value's gradient plus more
@@ -182,7 +186,7 @@ class Experiment:
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, sums
 
-  def _accumulated_grads(self, params, batch, key):
+  def _accumulated_grads(self, params, batch, key, step=None):
     """Gradient of the batch's loss in nats per real token, over train.grad_accum microbatches.
 
     Microbatch i uses key fold_in(key, i) (its own times and masks); each gradient is of its
@@ -190,18 +194,18 @@ class Experiment:
     """
     total_tokens = jnp.sum(batch["token_mask"]).astype(jnp.float32)
     if self.grad_accum == 1:
-      grads, sums = self._loss_and_grads(params, batch, key, total_tokens)
+      grads, sums = self._loss_and_grads(params, batch, key, total_tokens, step)
     else:
       # Microbatch i = rows i, i + k, i + 2k, ...: every device keeps its own rows (no resharding).
       micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, self.grad_accum, *x.shape[1:]), 0, 1), batch)
 
       def add_microbatch(carry, index_and_batch):
         index, microbatch = index_and_batch
-        grads, sums = self._loss_and_grads(params, microbatch, jax.random.fold_in(key, index), total_tokens)
+        grads, sums = self._loss_and_grads(params, microbatch, jax.random.fold_in(key, index), total_tokens, step)
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(self._loss_and_grads, params, jax.tree.map(
-          lambda x: x[0], micro), key, total_tokens))
+          lambda x: x[0], micro), key, total_tokens, step))
       (grads, sums), _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(self.grad_accum), micro))
       sums["fallback"] = sums["fallback"] / self.grad_accum
     per_token = {name: value / total_tokens for name, value in sums.items() if name != "fallback"}
@@ -223,7 +227,7 @@ class Experiment:
 
   def _train_step(self, state, batch):
     key = jax.random.fold_in(self.base_key, state["step"])
-    grads, per_token, fallback = self._accumulated_grads(state["params"], batch, key)
+    grads, per_token, fallback = self._accumulated_grads(state["params"], batch, key, state["step"])
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     decay = ema_decay(state["step"], self.config.train.ema_decay)

@@ -37,15 +37,17 @@ class Network:
   """A backbone with one call's labels and dropout key bound: `net(z_BxL, t_B) -> logits_BxLxV`, the
   form samplers and objectives take; `features` / `head_logits` where the backbone has them."""
 
-  def __init__(self, module, label_B=None, dropout_key=None):
-    self.module, self.label_B, self.dropout_key = module, label_B, dropout_key
+  def __init__(self, module, label_B=None, dropout_key=None, context: dict | None = None):
+    """context: keyword arguments every call passes (a call's own override them): a training step's annealed
+    attention mask (Objective.network_context)."""
+    self.module, self.label_B, self.dropout_key, self.context = module, label_B, dropout_key, context or {}
 
   def __call__(self, z_BxL, t_B, **context):
     """context: what a backbone may take besides (positions_L, mask: the transformer's block layouts)."""
-    return self.module(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **context)
+    return self.module(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **{**self.context, **context})
 
   def features(self, z_BxL, t_B, **context):
-    return self.module.features(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **context)
+    return self.module.features(z_BxL, t_B, self.label_B, dropout_key=self.dropout_key, **{**self.context, **context})
 
   def head_logits(self, h_xF):
     return self.module.head_logits(h_xF)

@@ -57,9 +57,12 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Ma
   that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
   written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
   attention_kernel), same function up to rounding; block masks run the XLA form (untested on cuDNN here).
-  causal=True is mask=CAUSAL.
+  causal=True is mask=CAUSAL. mask may also be a boolean [L, L] array (True: may attend), drawn per step
+  (MD4's attention annealing, objectives/md4.py); it runs the XLA form.
   """
   mask = CAUSAL if causal else mask
+  if mask is not None and not isinstance(mask, Mask):
+    return _attention_allowed(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
   if kernel == "cudnn" and mask in (None, CAUSAL):
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=mask == CAUSAL,
                                         implementation="cudnn")
@@ -96,7 +99,8 @@ def _scores(q_BxHxLxK, k_BxHxLxK, mask):
   scores_BxHxLxL = jnp.matmul(q_BxHxLxK, jnp.swapaxes(k_BxHxLxK, -1, -2), preferred_element_type=jnp.float32)
   scores_BxHxLxL = scores_BxHxLxL / math.sqrt(q_BxHxLxK.shape[-1])
   if mask is not None:
-    scores_BxHxLxL = jnp.where(mask.allowed(scores_BxHxLxL.shape[-1]), scores_BxHxLxL, -jnp.inf)
+    allowed_LxL = mask.allowed(scores_BxHxLxL.shape[-1]) if isinstance(mask, Mask) else mask
+    scores_BxHxLxL = jnp.where(allowed_LxL, scores_BxHxLxL, -jnp.inf)
   return scores_BxHxLxL
 
 
@@ -146,6 +150,25 @@ def _attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask):
 
 
 _attention.defvjp(_attention_forward, _attention_backward)
+
+
+@jax.custom_vjp
+def _attention_allowed(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL):
+  """`_attention` with an array mask: a traced value, so an argument (no gradient) rather than a static one."""
+  return _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL)[0]
+
+
+def _attention_allowed_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL):
+  out, residuals = _attention_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL)
+  return out, (residuals, allowed_LxL)
+
+
+def _attention_allowed_backward(saved, dout_BxLxHxK):
+  residuals, allowed_LxL = saved
+  return (*_attention_backward(allowed_LxL, residuals, dout_BxLxHxK), None)
+
+
+_attention_allowed.defvjp(_attention_allowed_forward, _attention_allowed_backward)
 
 
 def cached_attention(q_BxCxHxK, k_BxCxHxK, v_BxCxHxK, cached_k_BxSxHxK, cached_v_BxSxHxK, visible_S):

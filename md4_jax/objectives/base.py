@@ -46,6 +46,12 @@ class Objective:
     del module
     return {}
 
+  def network_context(self, step, key, length: int) -> dict:
+    """Keyword arguments the network takes in training step `step` (traced) besides the inputs, drawn from `key`:
+    MD4's annealed attention mask. Evaluation and sampling never pass them."""
+    del step, key, length
+    return {}
+
   def capacity_fraction(self, rows: int, length: int) -> float:
     """Share of a block of `rows` sequences of `length` tokens the output layer needs (1 = every position)."""
     del rows, length
@@ -71,6 +77,14 @@ class Objective:
     """(tokens_BxL, NFE, order_BxL): z's mask ids filled by the configured sampler; `module` is the whole
     trained module (an objective with parameters of its own reads them from it)."""
     raise NotImplementedError
+
+
+def check_shift(config) -> None:
+  """diffusion.shift=True runs the network on a shifted input, which the parallel sampler's approximate caches
+  (they call the network's cached passes themselves) do not do."""
+  if config.diffusion.shift and config.sampler.kv_cache in ("prefix", "dual"):
+    refuse(f"sampler.kv_cache={config.sampler.kv_cache!r} is not supported with diffusion.shift=True (its cached "
+           "passes read the unshifted input): set sampler.kv_cache='none'")
 
 
 def refuse(message: str) -> None:

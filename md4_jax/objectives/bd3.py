@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from md4_jax import samplers
-from md4_jax.core import block_diffusion
+from md4_jax.core import block_diffusion, shifted
 from md4_jax.core.attention_masks import Mask
 from md4_jax.core.schedules import get_schedule
 from md4_jax.models.transformer import write_cache
-from md4_jax.objectives.base import Objective, refuse
+from md4_jax.objectives.base import Objective, check_shift, refuse
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -46,6 +46,7 @@ class BlockDiffusion(Objective):
 
   @classmethod
   def check_config(cls, config) -> None:
+    check_shift(config)
     block_size, length = config.diffusion.bd3.block_size, config.data.seq_len
     if block_size < 1 or length % block_size:
       refuse(f"diffusion.bd3.block_size={block_size} must divide data.seq_len={length} (blocks tile the sequence; "
@@ -68,6 +69,9 @@ class BlockDiffusion(Objective):
     relative positions (learned ones end at data.seq_len)."""
     if length == config.data.seq_len:
       return
+    if config.diffusion.shift:
+      refuse(f"--length={length}: a shifted run (diffusion.shift=True) draws its trained length only "
+             f"(data.seq_len={config.data.seq_len}); each segment would need the previous one's last token")
     size = config.diffusion.bd3.block_size
     if length % size:
       refuse(f"--length={length} must be a whole number of blocks (diffusion.bd3.block_size={size}), e.g. "
@@ -95,7 +99,7 @@ class BlockDiffusion(Objective):
     return block_diffusion.elbo_terms(net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
                                       block_size=self.block_size, timesteps=timesteps,
                                       antithetic=diffusion_cfg.antithetic, token_mask_BxL=token_mask_BxL, t_B=t_B,
-                                      clip=clip)
+                                      clip=clip, shift=bool(diffusion_cfg.shift))
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxN, NFE, order_BxN): blocks left to right (a `lax.fori_loop`), block b filled by the configured
@@ -131,7 +135,9 @@ class BlockDiffusion(Objective):
     steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
     inner_settings = dataclasses.replace(settings, steps=steps)
     inner = samplers.run_of(settings.name, samplers.SAMPLERS)
-    whole_sequence = functools.partial(denoise, mask=Mask("block_causal", size))
+    shift = bool(self.config.diffusion.shift)  # the network reads its input one place right (core/shifted.py)
+    whole_sequence = functools.partial(shifted.Shifted(denoise, vocab_size) if shift else denoise,
+                                       mask=Mask("block_causal", size))
 
     def one_block(offset, carry):
       z_BxS, nfe, order_BxS, cache = carry
@@ -139,10 +145,14 @@ class BlockDiffusion(Objective):
       positions_C = index * size + jnp.arange(size)
       slot_start, sees_S = cache_slot(index, size, trained_length)
       block_of = lambda x_BxS: jax.lax.dynamic_slice_in_dim(x_BxS, start, size, axis=1)  # noqa: E731
+      # Shifted: the block's input opens with the token before it (finished; the start id for the first block).
+      before_Bx1 = jax.lax.dynamic_slice_in_dim(shifted.shift_right(z_BxS, vocab_size), start, 1, axis=1)
+      block_input = (lambda z_BxC: jnp.concatenate([before_Bx1, z_BxC[:, :-1]], axis=1)) if shift else (  # noqa: E731
+          lambda z_BxC: z_BxC)
 
       def block_only(z_BxC, t_B):
         del t_B
-        return module.head_logits(module.extend(z_BxC, positions_C, cache, sees_S)[0])
+        return module.head_logits(module.extend(block_input(z_BxC), positions_C, cache, sees_S)[0])
 
       def in_sequence(z_BxC, t_B):
         logits_BxLxV = whole_sequence(jax.lax.dynamic_update_slice_in_dim(z_BxS, z_BxC, start, axis=1), t_B)
@@ -155,7 +165,7 @@ class BlockDiffusion(Objective):
       # The clock runs on across blocks (and segments).
       order_BxC = jnp.where(order_BxC > 0, order_BxC + jnp.maximum(jnp.max(order_BxS), clock), 0)
       if cached:
-        kv = module.extend(z_BxC, positions_C, cache, sees_S)[1]
+        kv = module.extend(block_input(z_BxC), positions_C, cache, sees_S)[1]
         cache = write_cache(cache, kv, slot_start)
       update = lambda x_BxS, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxS, x_BxC, start, axis=1)  # noqa: E731
       return update(z_BxS, z_BxC), nfe + block_nfe, update(order_BxS, order_BxC), cache

@@ -18,10 +18,11 @@ from flax import nnx
 
 from md4_jax import samplers
 from md4_jax.core import diffusion, per_token
+from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import Poly
 from md4_jax.models.layers import param
 from md4_jax.objectives import genmd4_powers
-from md4_jax.objectives.base import Objective, refuse
+from md4_jax.objectives.base import Objective, check_shift, refuse
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
 from md4_jax.samplers import thinning
 
@@ -90,6 +91,7 @@ class GenMD4(Objective):
 
   @classmethod
   def check_config(cls, config) -> None:
+    check_shift(config)
     settings = config.diffusion.genmd4
     if settings.initial_power <= 0:
       refuse(f"diffusion.genmd4.initial_power={settings.initial_power} must be > 0 (1 = the linear schedule)")
@@ -140,6 +142,7 @@ class GenMD4(Objective):
             groups: int = 1, training: bool = False) -> dict:
     """The bound's terms per example in nats; training adds the second draw and `surrogate`."""
     schedule = self.schedule(net.module)
+    net = Shifted(net, self.vocab_size) if self.config.diffusion.shift else net  # core/shifted.py
     batch_size, length = x0_BxL.shape
     time_key, mask_key = jax.random.split(key)  # as MD4's: with equal powers draw 1 is MD4's z_t
     draw_keys = (mask_key, jax.random.fold_in(mask_key, 1))
@@ -194,6 +197,7 @@ class GenMD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
+    denoise = Shifted(denoise, self.vocab_size) if self.config.diffusion.shift else denoise
     return samplers.sample(denoise, key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, samplers=SAMPLERS, module=module)
 

@@ -2,13 +2,16 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from md4_jax import samplers
 from md4_jax.core import diffusion
+from md4_jax.core.attention_masks import CAUSAL
+from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import get_schedule
-from md4_jax.objectives.base import Objective
+from md4_jax.objectives.base import Objective, check_shift, refuse
 
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
@@ -55,6 +58,31 @@ class MD4(Objective):
   def __init__(self, config, vocab_size: int):
     super().__init__(config, vocab_size)
     self.schedule = get_schedule(config.diffusion.schedule)
+    self.shift = bool(config.diffusion.shift)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    check_shift(config)
+    steps = config.diffusion.anneal_steps
+    if steps < 0:
+      refuse(f"diffusion.anneal_steps={steps} must be >= 0 (0 = bidirectional attention from the first step)")
+    if steps and config.model.backbone != "transformer":
+      refuse(f"diffusion.anneal_steps={steps} anneals the transformer's attention; model.backbone="
+             f"{config.model.backbone!r} has no attention mask to anneal: set diffusion.anneal_steps=0")
+
+  def network_context(self, step, key, length: int) -> dict:
+    """diffusion.anneal_steps = N > 0 (DiffuLLaMA's attention annealing, for weights trained causally): in step s
+    each query attends to the keys at or before it and to each later key with probability min(1, (s + 1) / N),
+    one [L, L] draw per step; bidirectional from step N - 1. Evaluation and sampling are bidirectional always."""
+    steps = int(self.config.diffusion.anneal_steps)
+    if not steps:
+      return {}
+    share = jnp.minimum(1.0, (step + 1.0) / steps)
+    return {"mask": CAUSAL.allowed(length) | (jax.random.uniform(key, (length, length)) < share)}
+
+  def network(self, net):
+    """The network as this objective reads it: shifted one place right under diffusion.shift (core/shifted.py)."""
+    return Shifted(net, self.vocab_size) if self.shift else net
 
   def capacity_fraction(self, rows: int, length: int) -> float:
     """Share of a block of `rows` sequences of `length` tokens given to the output layer (1 = every position)."""
@@ -70,7 +98,7 @@ class MD4(Objective):
     A network that splits its output layer off (net.splits_head) has it fused with the loss; then
     capacity_fraction < 1 applies it only at masked positions (up to that share of each of `groups` row blocks).
     """
-    fused = {}  # one draw of z_t per example, in training and evaluation alike
+    net, fused = self.network(net), {}  # one draw of z_t per example, in training and evaluation alike
     if net.splits_head:
       # Training: the output layer's gradient is made in its forward pass (`weighted_nll`), one matmul fewer.
       fused = {"head_loss": net.head_loss, "groups": groups, "weighted_nll": net.weighted_nll if training else None,
@@ -82,7 +110,7 @@ class MD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
-    return samplers.sample(denoise, key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
+    return samplers.sample(self.network(denoise), key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, module=module)
 
 

@@ -69,6 +69,8 @@ SCOPES = (
      "sampler.kv_cache='prefix' or 'dual'"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "
        "masking schedule)") for name in ("schedule", "timesteps", "antithetic")),
+    ("diffusion.anneal_steps", lambda c: c.objective == "md4", "objective='md4'"),
+    ("diffusion.shift", lambda c: c.objective in ("md4", "genmd4", "bd3"), "objective='md4', 'genmd4' or 'bd3'"),
     ("sampler.block_length", lambda c: c.sampler.name in ("semi_ar", "parallel"), "sampler.name='semi_ar' or "
      "'parallel'"),
     ("eval.zero_shot", lambda c: c.eval.suite == "zero_shot", "eval.suite='zero_shot'"),
