@@ -8,6 +8,7 @@ lacks (GenMD4's schedule) keeps its initial value.
 """
 
 import json
+import os
 
 import jax
 import ml_collections
@@ -32,7 +33,10 @@ def is_workdir(directory: str) -> bool:
 
 
 def apply(config, reference, directory: str) -> None:
-  """Sets the keys the source fixes (validation, before any other check); `reference`: configs/base.py's."""
+  """Sets the keys the source fixes (validation, before any other check); `reference`: configs/base.py's. A local
+  path's "~" is expanded (in the config, so the saved config names the directory read)."""
+  if "://" not in directory:
+    directory = config.model.init_from = os.path.expanduser(directory)
   if not is_workdir(directory):
     if config.model.init_step != -1:
       raise UserError(f"model.init_step={config.model.init_step} picks a checkpoint of an md4-jax workdir; "

@@ -95,3 +95,39 @@ def test_an_adapted_run_trains_resumes_exactly_and_samples(ar_run, tmp_path, mon
   md4 = modes.main(adapted(corpus, workdir, diffusion__anneal_steps=6), tmp_path / "md4", "train",
                    reference=reference())
   assert np.isfinite(md4["eval/bpt"])
+
+
+def test_the_shipped_adaptation_configs_validate_and_build(tmp_path, monkeypatch):
+  """configs/adapt_quickstart.py (both variants) on a stand-in for the quick start AR run, and the SmolLM2 recipe on
+  a stand-in for its checkpoint (its config.json): SmolLM2-135M's published 134,515,008 parameters, plus the mask
+  token's row (576)."""
+  import importlib  # noqa: PLC0415
+  import json  # noqa: PLC0415
+
+  from md4_jax import objectives  # noqa: PLC0415
+  from md4_jax.data import pipeline  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  ar = importlib.import_module("configs.quickstart_ar").get_config()
+  (tmp_path / "runs/quickstart_ar/checkpoints").mkdir(parents=True)
+  (tmp_path / "runs/quickstart_ar/config.json").write_text(json.dumps(ar.to_dict()))
+  smollm2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, rms_norm_eps=1e-5,
+                 rope_theta=100000.0, tie_word_embeddings=True, hidden_act="silu")
+  (tmp_path / "ckpt/smollm2-135m").mkdir(parents=True)
+  (tmp_path / "ckpt/smollm2-135m/config.json").write_text(json.dumps(smollm2))
+  hf_tokenizers = pytest.importorskip("tokenizers")  # the hf extra; a two-word stand-in for its tokenizer.json
+  hf_tokenizers.Tokenizer(hf_tokenizers.models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
+      str(tmp_path / "ckpt/smollm2-135m/tokenizer.json"))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  counts = {}
+  for name, variant in (("adapt_quickstart", "bd3"), ("adapt_quickstart", "md4"), ("adapt_smollm2", "bd3"),
+                        ("adapt_smollm2", "md4")):
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    run = config_check.validate(config, reference(), "params")
+    assert config.objective == variant and config.diffusion.shift
+    make = objectives.build_model(config, pipeline.nominal_modality(config.data), run.model).make
+    counts[name, variant] = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: make(nnx.Rngs(0))))))
+  assert counts["adapt_quickstart", "bd3"] == counts["adapt_quickstart", "md4"] == 1_056_768  # the AR network's
+  assert counts["adapt_smollm2", "bd3"] == counts["adapt_smollm2", "md4"] == 134_515_008 + 576
