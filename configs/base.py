@@ -71,7 +71,7 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.diffusion.timesteps = 0  # 0 = continuous-time ELBO; T > 0 = T-step discrete-time ELBO
   # The network reads the sequence one place to the right (its output i scores token i from input i - 1), as an
   # autoregressive head was trained: for runs adapted from AR weights (model.init_from; md4, genmd4, bd3).
-  config.diffusion.shift = False
+  config.diffusion.shift = False  # True: shifted prediction (docs/method.md, "Adapting autoregressive weights")
   # MD4 from causal weights: training attention goes from causal to bidirectional over this many steps (each later
   # key visible with probability (step + 1) / N; DiffuLLaMA); evaluation and sampling are bidirectional.
   config.diffusion.anneal_steps = 0  # 0 = bidirectional from the first step

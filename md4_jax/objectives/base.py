@@ -82,9 +82,14 @@ class Objective:
 def check_shift(config) -> None:
   """diffusion.shift=True runs the network on a shifted input, which the parallel sampler's approximate caches
   (they call the network's cached passes themselves) do not do."""
-  if config.diffusion.shift and config.sampler.kv_cache in ("prefix", "dual"):
-    refuse(f"sampler.kv_cache={config.sampler.kv_cache!r} is not supported with diffusion.shift=True (its cached "
-           "passes read the unshifted input): set sampler.kv_cache='none'")
+  check_shift_cache(config.diffusion.shift, config.sampler.kv_cache)
+
+
+def check_shift_cache(shift: bool, kv_cache: str) -> None:
+  """The same, where sampling starts (an eval.samplers variant changes the cache without a config check)."""
+  if shift and kv_cache in ("prefix", "dual"):
+    refuse(f"sampler.kv_cache={kv_cache!r} is not supported with diffusion.shift=True (its cached passes read the "
+           "unshifted input): set sampler.kv_cache='none'")
 
 
 def refuse(message: str) -> None:

@@ -22,7 +22,7 @@ from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import Poly
 from md4_jax.models.layers import param
 from md4_jax.objectives import genmd4_powers
-from md4_jax.objectives.base import Objective, check_shift, refuse
+from md4_jax.objectives.base import Objective, check_shift, check_shift_cache, refuse
 from md4_jax.objectives.md4 import gather_capacity, logits_capacity_fraction
 from md4_jax.samplers import thinning
 
@@ -197,6 +197,7 @@ class GenMD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
+    check_shift_cache(self.config.diffusion.shift, settings.kv_cache)
     denoise = Shifted(denoise, self.vocab_size) if self.config.diffusion.shift else denoise
     return samplers.sample(denoise, key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, samplers=SAMPLERS, module=module)

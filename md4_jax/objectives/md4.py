@@ -11,7 +11,7 @@ from md4_jax.core import diffusion
 from md4_jax.core.attention_masks import CAUSAL
 from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import get_schedule
-from md4_jax.objectives.base import Objective, check_shift, refuse
+from md4_jax.objectives.base import Objective, check_shift, check_shift_cache, refuse
 
 GATHER_MIN_VOCAB = 1024  # below this the output layer is cheap and gathering costs more than it saves
 
@@ -110,6 +110,7 @@ class MD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
+    check_shift_cache(self.shift, settings.kv_cache)
     return samplers.sample(self.network(denoise), key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, module=module)
 

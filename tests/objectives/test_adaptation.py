@@ -91,11 +91,14 @@ def test_shifted_sampling_runs_the_network_on_the_shifted_input():
   net = random_network(L, time_conditioning=True)
   settings = sampler_settings("ancestral", steps=6)
   z = jnp.full((4, L), V, jnp.int32).at[:, :2].set(1)
-  draw = lambda objective, network: objective.sample(network, jax.random.key(5), z, settings,  # noqa: E731
-                                                     time_dependent=True, module=None)
+  draw = lambda objective, network, settings=settings: objective.sample(  # noqa: E731
+      network, jax.random.key(5), z, settings, time_dependent=True, module=None)
   ours, theirs = draw(md4(True), ShiftsItsOwnOutputs(net)), draw(md4(False), LastMasked(net))
   for a, b in zip(ours, theirs):
     np.testing.assert_array_equal(a, b)
+  # A cached parallel variant (an eval.samplers entry skips the config check) is refused where sampling starts.
+  with pytest.raises(UserError, match="sampler.kv_cache='dual' is not supported with diffusion.shift=True"):
+    draw(md4(True), net, sampler_settings("parallel", steps=6, kv_cache="dual"))
 
 
 def test_bd3_blocks_of_one_shifted_are_the_autoregressive_model():
