@@ -155,9 +155,10 @@ class Experiment:
     training step too, the objective's network context for that step (`Objective.network_context`)."""
     label_B = batch.get("label") if self.num_classes else None
     dropout_key, context = None, {}
-    if key is not None and step is not None:
-      context = self.objective.network_context(step, jax.random.fold_in(key, CONTEXT_SALT), batch["tokens"].shape[1])
     if key is not None:
+      if step is not None:
+        context = self.objective.network_context(step, jax.random.fold_in(key, CONTEXT_SALT),
+                                                 batch["tokens"].shape[1])
       dropout_key = jax.random.fold_in(key, DROPOUT_SALT)
       if label_B is not None:
         dropped_B = jax.random.bernoulli(jax.random.fold_in(key, LABEL_SALT), self.config.model.label_dropout,
@@ -168,7 +169,7 @@ class Experiment:
   def _terms(self, params, batch, key, t_B=None, timesteps=None, training=False, step=None):
     timesteps = self.config.diffusion.timesteps if timesteps is None else timesteps
     return self.objective.terms(
-        self._network(params, batch, key, step) if training else self._network(params, batch), batch["tokens"], key,
+        self._network(params, batch, key if training else None, step), batch["tokens"], key,
         token_mask_BxL=batch["token_mask"], timesteps=timesteps, t_B=t_B,
         capacity_fraction=self.capacity_fraction, groups=self.batch_groups, training=training)
 

@@ -44,7 +44,8 @@ class Attention(nnx.Module):
       q, k = rope(q, positions_L, self.rope_theta), rope(k, positions_L, self.rope_theta)
     every_k, every_v = repeat_kv(k, self.repeats), repeat_kv(v, self.repeats)
     if context is None:
-      return self.out(attention(q, every_k, every_v, mask=self.mask if mask is None else mask, kernel=self.kernel)), (k, v)
+      mask = self.mask if mask is None else mask  # an array mask (annealing) has no truth value: no `or`
+      return self.out(attention(q, every_k, every_v, mask=mask, kernel=self.kernel)), (k, v)
     cached_k, cached_v, visible_S = context
     return self.out(cached_attention(q, every_k, every_v, repeat_kv(cached_k, self.repeats),
                                      repeat_kv(cached_v, self.repeats), visible_S)), (k, v)

@@ -7,6 +7,7 @@ splits its output layer off) and returns per-example terms in nats.
 
 import types
 
+from md4_jax.core.shifted import Shifted
 from md4_jax.errors import UserError
 
 
@@ -45,6 +46,11 @@ class Objective:
     """Metrics of the trained module's own state (a learned schedule's powers), logged with train/."""
     del module
     return {}
+
+  def network(self, net):
+    """The network as the objective reads it: under diffusion.shift, shifted one place right (core/shifted.py;
+    MD4 and GenMD4 call it; block diffusion shifts inside its own layout)."""
+    return Shifted(net, self.vocab_size) if self.config.diffusion.shift else net
 
   def network_context(self, step, key, length: int) -> dict:
     """Keyword arguments the network takes in training step `step` (traced) besides the inputs, drawn from `key`:

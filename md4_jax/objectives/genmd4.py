@@ -18,7 +18,6 @@ from flax import nnx
 
 from md4_jax import samplers
 from md4_jax.core import diffusion, per_token
-from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import Poly
 from md4_jax.models.layers import param
 from md4_jax.objectives import genmd4_powers
@@ -142,7 +141,7 @@ class GenMD4(Objective):
             groups: int = 1, training: bool = False) -> dict:
     """The bound's terms per example in nats; training adds the second draw and `surrogate`."""
     schedule = self.schedule(net.module)
-    net = Shifted(net, self.vocab_size) if self.config.diffusion.shift else net  # core/shifted.py
+    net = self.network(net)  # shifted under diffusion.shift
     batch_size, length = x0_BxL.shape
     time_key, mask_key = jax.random.split(key)  # as MD4's: with equal powers draw 1 is MD4's z_t
     draw_keys = (mask_key, jax.random.fold_in(mask_key, 1))
@@ -198,8 +197,7 @@ class GenMD4(Objective):
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
     check_shift_cache(self.config.diffusion.shift, settings.kv_cache)
-    denoise = Shifted(denoise, self.vocab_size) if self.config.diffusion.shift else denoise
-    return samplers.sample(denoise, key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
+    return samplers.sample(self.network(denoise), key, self.schedule(module), z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, samplers=SAMPLERS, module=module)
 
 

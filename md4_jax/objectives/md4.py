@@ -9,7 +9,6 @@ import numpy as np
 from md4_jax import samplers
 from md4_jax.core import diffusion
 from md4_jax.core.attention_masks import CAUSAL
-from md4_jax.core.shifted import Shifted
 from md4_jax.core.schedules import get_schedule
 from md4_jax.objectives.base import Objective, check_shift, check_shift_cache, refuse
 
@@ -58,7 +57,6 @@ class MD4(Objective):
   def __init__(self, config, vocab_size: int):
     super().__init__(config, vocab_size)
     self.schedule = get_schedule(config.diffusion.schedule)
-    self.shift = bool(config.diffusion.shift)
 
   @classmethod
   def check_config(cls, config) -> None:
@@ -79,10 +77,6 @@ class MD4(Objective):
       return {}
     share = jnp.minimum(1.0, (step + 1.0) / steps)
     return {"mask": CAUSAL.allowed(length) | (jax.random.uniform(key, (length, length)) < share)}
-
-  def network(self, net):
-    """The network as this objective reads it: shifted one place right under diffusion.shift (core/shifted.py)."""
-    return Shifted(net, self.vocab_size) if self.shift else net
 
   def capacity_fraction(self, rows: int, length: int) -> float:
     """Share of a block of `rows` sequences of `length` tokens given to the output layer (1 = every position)."""
@@ -110,7 +104,7 @@ class MD4(Objective):
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
-    check_shift_cache(self.shift, settings.kv_cache)
+    check_shift_cache(self.config.diffusion.shift, settings.kv_cache)
     return samplers.sample(self.network(denoise), key, self.schedule, z_BxL, settings, vocab_size=self.vocab_size,
                            time_dependent=time_dependent, return_order=True, module=module)
 
