@@ -27,22 +27,33 @@ def block_times(key, batch_size: int, num_blocks: int, antithetic: bool = True, 
   return jnp.mod(t_B[:, None] + jnp.arange(num_blocks) / num_blocks, 1.0)
 
 
-def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int, shift_id: int | None = None):
-  """-log p(x0 | z's block, x's earlier blocks) at every position [B, L], from one call over [z | x]. shift_id (the
-  start token): both streams read shifted one place right (core/shifted.py), each noisy block opening with the
-  clean token before it."""
-  batch_size, length = x0_BxL.shape
+def layout_inputs(z_BxL, x0_BxL, block_size: int, shift_id: int | None = None):
+  """(the [z | x] inputs [B, 2L], the call's context: positions and the block-diffusion mask). shift_id (the start
+  token): both streams read shifted one place right (core/shifted.py), each noisy block opening with the clean
+  token before it."""
   if shift_id is not None:
-    z_BxL, x0_in_BxL = shifted.block_inputs(z_BxL, x0_BxL, block_size, shift_id), shifted.shift_right(x0_BxL, shift_id)
-  else:
-    x0_in_BxL = x0_BxL
-  inputs_Bx2L = jnp.concatenate([z_BxL, x0_in_BxL], axis=1)
-  context = {"positions_L": jnp.tile(jnp.arange(length), 2), "mask": Mask("block_diffusion", block_size)}
+    z_BxL, x0_BxL = shifted.block_inputs(z_BxL, x0_BxL, block_size, shift_id), shifted.shift_right(x0_BxL, shift_id)
+  length = x0_BxL.shape[1]
+  return jnp.concatenate([z_BxL, x0_BxL], axis=1), {"positions_L": jnp.tile(jnp.arange(length), 2),
+                                                    "mask": Mask("block_diffusion", block_size)}
+
+
+def logits_in_layout(net, z_BxL, x0_BxL, block_size: int, shift_id: int | None = None):
+  """logits_BxLxV of p(x0 | z's block, x's earlier blocks) at every position, from one call over [z | x]."""
+  inputs_Bx2L, context = layout_inputs(z_BxL, x0_BxL, block_size, shift_id)
+  return net(inputs_Bx2L, jnp.zeros((x0_BxL.shape[0],)), **context)[:, :x0_BxL.shape[1]]
+
+
+def token_nll_in_layout(net, z_BxL, x0_BxL, block_size: int, shift_id: int | None = None):
+  """-log p(x0 | z's block, x's earlier blocks) at every position [B, L], from one call over [z | x] (shift_id: see
+  `layout_inputs`)."""
+  batch_size, length = x0_BxL.shape
+  inputs_Bx2L, context = layout_inputs(z_BxL, x0_BxL, block_size, shift_id)
   no_time_B = jnp.zeros((batch_size,))
   if net.splits_head:
     h_BxLxD = net.features(inputs_Bx2L, no_time_B, **context)[:, :length]
     return net.head_loss(h_BxLxD.reshape(batch_size * length, -1), x0_BxL.reshape(-1)).reshape(batch_size, length)
-  return token_nll(net(inputs_Bx2L, no_time_B, **context)[:, :length], x0_BxL)
+  return token_nll(logits_in_layout(net, z_BxL, x0_BxL, block_size, shift_id), x0_BxL)
 
 
 def terms_given(net, x0_BxL, z_BxL, t_BxK, schedule, *, vocab_size: int, timesteps: int = 0, token_mask_BxL=None,

@@ -84,6 +84,20 @@ class Objective:
     trained module (an objective with parameters of its own reads them from it)."""
     raise NotImplementedError
 
+  def conditional_loss(self, net, x0_BxL, key, *, scored_BxL, unknown_BxL, t_B):
+    """[B] nats: -log p(x0 at scored_BxL | x0 at the other known positions), or (not `exact`) a one-draw estimate
+    at times t_B of the bound on it, with the positions in unknown_BxL unknown (fed as mask ids): the evaluation
+    harness's log-likelihood of a continuation (md4_jax/evals/continuation.py)."""
+    del net, x0_BxL, key, scored_BxL, unknown_BxL, t_B
+    raise UserError(f"objective={self.name!r} has no conditional likelihood for the evaluation harness yet "
+                    "(md4, bd3 and ar have)")
+
+  def greedy_tokens(self, net, x0_BxL, *, scored_BxL, unknown_BxL):
+    """[B, L] each position's most likely token with every scored (and unknown) position masked, one network call:
+    the harness's is_greedy (the continuation is what a one-call greedy decoder writes; AR: greedy decoding)."""
+    del net, x0_BxL, scored_BxL, unknown_BxL
+    raise UserError(f"objective={self.name!r} has no greedy decode for the evaluation harness yet")
+
 
 def check_shift(config) -> None:
   """diffusion.shift=True runs the network on a shifted input, which the parallel sampler's approximate caches

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from md4_jax import samplers
-from md4_jax.core import block_diffusion, shifted
+from md4_jax.core import block_diffusion, diffusion, shifted
 from md4_jax.core.attention_masks import Mask
 from md4_jax.core.schedules import get_schedule
 from md4_jax.models.transformer import write_cache
@@ -100,6 +100,27 @@ class BlockDiffusion(Objective):
                                       block_size=self.block_size, timesteps=timesteps,
                                       antithetic=diffusion_cfg.antithetic, token_mask_BxL=token_mask_BxL, t_B=t_B,
                                       clip=clip, shift=bool(diffusion_cfg.shift))
+
+  def conditional_loss(self, net, x0_BxL, key, *, scored_BxL, unknown_BxL, t_B):
+    """The block bound restricted to the scored positions, one draw: block k at time (t_b + k / K) mod 1, its
+    scored tokens masked at that rate; the blocks before a scored one are clean context, later ones play no part."""
+    length, size = x0_BxL.shape[1], self.block_size
+    t_BxL = jnp.repeat(block_diffusion.block_times(None, x0_BxL.shape[0], length // size, t_B=t_B), size, axis=1)
+    masked_BxL = scored_BxL & (jax.random.uniform(key, x0_BxL.shape) < self.schedule.mask_prob(t_BxL))
+    z_BxL = jnp.where(masked_BxL | unknown_BxL, self.vocab_size, x0_BxL)
+    nll_BxL = block_diffusion.token_nll_in_layout(net, z_BxL, x0_BxL, size, self._shift_id())
+    weighted_BxL = diffusion.bound_weight(self.schedule, t_BxL, 0) * nll_BxL
+    diffusion_B = jnp.sum(jnp.where(masked_BxL, weighted_BxL, 0.0), axis=-1)
+    return diffusion.bound_terms(diffusion_B, jnp.sum(scored_BxL, axis=-1), self.schedule, self.vocab_size)["loss"]
+
+  def greedy_tokens(self, net, x0_BxL, *, scored_BxL, unknown_BxL):
+    """Each block's argmax with its scored positions masked and the blocks before it clean (one call)."""
+    z_BxL = jnp.where(scored_BxL | unknown_BxL, self.vocab_size, x0_BxL)
+    return jnp.argmax(block_diffusion.logits_in_layout(net, z_BxL, x0_BxL, self.block_size, self._shift_id()),
+                      axis=-1)
+
+  def _shift_id(self):
+    return self.vocab_size if self.config.diffusion.shift else None
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxN, NFE, order_BxN): blocks left to right (a `lax.fori_loop`), block b filled by the configured

@@ -9,6 +9,7 @@ import numpy as np
 from md4_jax import samplers
 from md4_jax.core import diffusion
 from md4_jax.core.attention_masks import CAUSAL
+from md4_jax.core.fused_head import token_nll
 from md4_jax.core.schedules import get_schedule
 from md4_jax.objectives.base import Objective, check_shift, check_shift_cache, refuse
 
@@ -101,6 +102,22 @@ class MD4(Objective):
         net.features if fused else net, x0_BxL, key, self.schedule, vocab_size=self.vocab_size,
         timesteps=timesteps, antithetic=self.config.diffusion.antithetic, token_mask_BxL=token_mask_BxL,
         t_B=t_B, **fused)
+
+  def conditional_loss(self, net, x0_BxL, key, *, scored_BxL, unknown_BxL, t_B):
+    """The continuous-time bound restricted to the scored positions, one draw: each scored token masked with
+    probability 1 - alpha(t_b), the other known tokens clean, the unknown ones masked throughout."""
+    masked_BxL = scored_BxL & (jax.random.uniform(key, x0_BxL.shape) < self.schedule.mask_prob(t_B)[:, None])
+    z_BxL = jnp.where(masked_BxL | unknown_BxL, self.vocab_size, x0_BxL)
+    nll_BxL = token_nll(self.network(net)(z_BxL, t_B), x0_BxL)
+    weight_Bx1 = diffusion.bound_weight(self.schedule, t_B, 0)[:, None]
+    diffusion_B = jnp.sum(jnp.where(masked_BxL, weight_Bx1 * nll_BxL, 0.0), axis=-1)
+    return diffusion.bound_terms(diffusion_B, jnp.sum(scored_BxL, axis=-1), self.schedule, self.vocab_size)["loss"]
+
+  def greedy_tokens(self, net, x0_BxL, *, scored_BxL, unknown_BxL):
+    """Every scored position masked, at the time whose mask rate is the row's masked share."""
+    hidden_BxL = scored_BxL | unknown_BxL
+    z_BxL = jnp.where(hidden_BxL, self.vocab_size, x0_BxL)
+    return jnp.argmax(self.network(net)(z_BxL, jnp.mean(hidden_BxL, axis=-1)), axis=-1)
 
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL): the configured reverse-process sampler (see md4_jax/samplers/)."""
