@@ -3,6 +3,10 @@
 context), K draws at stratified times with its standard error (LLaDA's estimator is the masked-count form of the
 same bound); each objective says how (`Objective.conditional_loss`, `greedy_tokens`).
 
+Every request shares the draws (common random numbers): window j of any request uses the same K times and the same
+mask uniforms, so two candidate continuations of one context are compared on the same draws, and the noise of
+their difference is far below that of either estimate (multiple-choice accuracy depends on the difference).
+
 A request's tokens are cut into windows of the run's data.seq_len: each window scores up to seq_len tokens with as
 many tokens before them as fit as clean context; a window shorter than seq_len has the rest of its row unknown
 (mask ids: the model's own "text continues here"; AR's causal and BD3's block-causal attention never look there).
@@ -26,6 +30,7 @@ class Rows(NamedTuple):
   scored_NxL: np.ndarray  # bool: the continuation's tokens this window scores
   unknown_NxL: np.ndarray  # bool: past the request's end
   request_N: np.ndarray  # which request each window belongs to
+  rank_N: np.ndarray  # the window's place in its request (0, 1, ...): which draws it takes
 
 
 class Score(NamedTuple):
@@ -38,6 +43,7 @@ def windows(requests, length: int) -> Rows:
   """requests: (context ids, continuation ids) pairs (a continuation of at least one token)."""
   rows = []
   for index, (context, continuation) in enumerate(requests):
+    rank = 0
     tokens = np.concatenate([np.asarray(context, np.int32), np.asarray(continuation, np.int32)])
     start, end = len(context), len(tokens)
     while start < end:
@@ -46,10 +52,10 @@ def windows(requests, length: int) -> Rows:
       row = np.zeros(length, np.int32)
       row[:stop - first] = tokens[first:stop]
       position = np.arange(length) + first
-      rows.append((row, (position >= start) & (position < stop), position >= stop, index))
-      start = stop
-  tokens_N, scored_N, unknown_N, request_N = zip(*rows)
-  return Rows(np.stack(tokens_N), np.stack(scored_N), np.stack(unknown_N), np.asarray(request_N))
+      rows.append((row, (position >= start) & (position < stop), position >= stop, index, rank))
+      start, rank = stop, rank + 1
+  tokens_N, scored_N, unknown_N, request_N, rank_N = zip(*rows)
+  return Rows(np.stack(tokens_N), np.stack(scored_N), np.stack(unknown_N), np.asarray(request_N), np.asarray(rank_N))
 
 
 class Scorer:
@@ -61,18 +67,25 @@ class Scorer:
     self.key = jax.random.key(seed)
     objective, graphdef = experiment.objective, experiment.graphdef
 
-    def score(params, tokens_BxL, scored_BxL, unknown_BxL, key):
+    def score(params, tokens_BxL, scored_BxL, unknown_BxL, rank_B, key):
       """([K, B] nats, one per draw, [B, L] greedy tokens)."""
       net = models.Network(nnx.merge(graphdef, params))
-      t_KxB = diffusion.stratified_times(key, tokens_BxL.shape[0], self.draws)
 
-      def one_draw(_, draw):
-        index, t_B = draw
-        return None, objective.conditional_loss(net, tokens_BxL, jax.random.fold_in(key, index), t_B=t_B,
-                                                scored_BxL=scored_BxL, unknown_BxL=unknown_BxL)
+      def one_row(tokens_L, scored_L, unknown_L, rank):
+        """[K] nats: the row's draws, from its rank's key alone (a batch of one, so every row draws alike)."""
+        row_key = jax.random.fold_in(key, rank)
+        t_K = diffusion.stratified_times(row_key, 1, self.draws)[:, 0]
 
-      _, loss_KxB = jax.lax.scan(one_draw, None, (jnp.arange(self.draws), t_KxB))
-      return loss_KxB, objective.greedy_tokens(net, tokens_BxL, scored_BxL=scored_BxL, unknown_BxL=unknown_BxL)
+        def one_draw(_, draw):
+          index, t = draw
+          return None, objective.conditional_loss(net, tokens_L[None], jax.random.fold_in(row_key, index),
+                                                  t_B=t[None], scored_BxL=scored_L[None],
+                                                  unknown_BxL=unknown_L[None])[0]
+
+        return jax.lax.scan(one_draw, None, (jnp.arange(self.draws), t_K))[1]
+
+      loss_BxK = jax.vmap(one_row)(tokens_BxL, scored_BxL, unknown_BxL, rank_B)
+      return loss_BxK.T, objective.greedy_tokens(net, tokens_BxL, scored_BxL=scored_BxL, unknown_BxL=unknown_BxL)
 
     self._score = jax.jit(score, out_shardings=sharding.replicated(experiment.mesh))
 
@@ -81,8 +94,8 @@ class Scorer:
     rows = windows(requests, self.experiment.modality.length)
     losses, greedy = [], []
     for first in range(0, len(rows.request_N), self.batch_size):
-      batch = [self._padded(x[first:first + self.batch_size]) for x in rows[:3]]
-      loss_KxB, greedy_BxL = jax.device_get(self._score(self.params, *batch, jax.random.fold_in(self.key, first)))
+      batch = [self._padded(x[first:first + self.batch_size]) for x in (*rows[:3], rows.rank_N)]
+      loss_KxB, greedy_BxL = jax.device_get(self._score(self.params, *batch, self.key))
       count = min(self.batch_size, len(rows.request_N) - first)
       losses.append(np.asarray(loss_KxB)[:, :count])
       greedy.append(np.asarray(greedy_BxL)[:count])

@@ -1,0 +1,94 @@
+"""lm-evaluation-harness on tiny AR and MD4 runs (run/harness.py): local tasks written from the training corpus
+(multiple choice against shuffled characters, rolling log-likelihood, generation with a stop string), through
+lm_eval's own evaluator."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from md4_jax.errors import UserError
+from md4_jax.run import harness
+from tests.conftest import CORPUS, train_tiny
+
+lm_eval = pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow
+
+QUESTIONS, CHOICES, STOP = 80, 4, "t"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{objective: workdir}: the tiny config trained autoregressively (60 steps) and as MD4 (240: it learns slower)."""
+  return {objective: train_tiny(tmp_path_factory.mktemp(objective), objective=objective, train__num_steps=steps,
+                                train__eval_every=steps, train__checkpoint_every=steps)[1]
+          for objective, steps in (("ar", 60), ("md4", 240))}
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+  """A directory of three local tasks (YAML + jsonl): md4_mc, md4_rolling, md4_until."""
+  root = tmp_path_factory.mktemp("tasks")
+  rng = np.random.default_rng(0)
+  docs = []
+  for index in range(QUESTIONS):
+    start = int(rng.integers(0, len(CORPUS) - 40))
+    context, answer = CORPUS[start:start + 24], CORPUS[start + 24:start + 32]
+    choices = [answer]
+    while len(choices) < CHOICES:
+      shuffled = "".join(rng.permutation(list(answer)))
+      if shuffled not in choices:
+        choices.append(shuffled)
+    order = rng.permutation(CHOICES)
+    docs.append({"context": context, "choices": [choices[i] for i in order], "label": int(np.argmax(order == 0)),
+                 "text": CORPUS[start:start + 40], "id": index})
+  (root / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+  common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'docs.jsonl'}\ntest_split: test\n"
+  (root / "mc.yaml").write_text("task: md4_mc\n" + common + "output_type: multiple_choice\n"
+                                'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+                                "target_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+  (root / "rolling.yaml").write_text("task: md4_rolling\n" + common + "output_type: loglikelihood_rolling\n"
+                                     'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
+                                     "  - metric: word_perplexity\n  - metric: bits_per_byte\n")
+  (root / "until.yaml").write_text("task: md4_until\n" + common + "output_type: generate_until\n"
+                                   'doc_to_text: "{{context}}"\ndoc_to_target: "{{text}}"\n'
+                                   f"generation_kwargs:\n  until: ['{STOP}']\n  max_gen_toks: 12\n"
+                                   "metric_list:\n  - metric: exact_match\n")
+  return root
+
+
+def evaluate(workdir, tasks_dir, names, monkeypatch, **model_args):
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  model = harness.register()(workdir=str(workdir), batch_size=8, **model_args)
+  from lm_eval.tasks import TaskManager  # noqa: PLC0415 (the optional harness)
+
+  manager = TaskManager(include_path=str(tasks_dir))
+  return lm_eval.simple_evaluate(model=model, tasks=names, task_manager=manager, log_samples=True)
+
+
+@pytest.mark.parametrize("objective, model_args", [("ar", {}), ("md4", {"mc_samples": 32})])
+def test_multiple_choice_beats_chance_and_rolling_is_finite(runs, tasks, monkeypatch, objective, model_args):
+  results = evaluate(runs[objective], tasks, ["md4_mc", "md4_rolling"], monkeypatch, **model_args)
+  accuracy = results["results"]["md4_mc"]["acc,none"]
+  right = round(accuracy * QUESTIONS)
+  assert stats.binomtest(right, QUESTIONS, 1 / CHOICES, alternative="greater").pvalue < 0.01, accuracy
+  assert math.isfinite(results["results"]["md4_rolling"]["bits_per_byte,none"])
+
+
+def test_generation_stops_at_the_until_string(runs, tasks, monkeypatch):
+  results = evaluate(runs["md4"], tasks, ["md4_until"], monkeypatch)
+  responses = [sample["resps"][0][0] for sample in results["samples"]["md4_until"]]
+  assert len(responses) == QUESTIONS and all(STOP not in text and len(text) <= 12 for text in responses)
+  assert any(len(text) < 12 for text in responses)  # some stopped early, at the string
+
+
+def test_the_harness_names_bad_arguments(runs, tmp_path):
+  with pytest.raises(UserError, match="holds no run"):
+    harness.Harness(str(tmp_path))
+  with pytest.raises(UserError, match="params='best': choose 'ema'"):
+    harness.Harness(str(runs["ar"]), params="best")
+  with pytest.raises(UserError, match="empty continuation"):
+    harness.Harness(str(runs["ar"])).loglikelihood([("the", "")])
+  assert harness.cut("abcXdefYg", ["Y", "X"]) == "abc" and harness.cut("abc", ["Z"]) == "abc"
