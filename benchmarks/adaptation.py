@@ -18,13 +18,16 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # name -> (config variant, flags beyond configs/adapt_quickstart.py's).
+# Every variant at lr 1e-3 (the first table in RESULTS.md; configs/adapt_quickstart.py's md4 takes 2e-3).
+LR = "--config.train.learning_rate=1e-3"
 VARIANTS = {
     "bd3_shift": ("bd3", []),
     "bd3_plain": ("bd3", ["--config.diffusion.shift=False"]),
-    "md4_shift_anneal": ("md4", []),
-    "md4_shift": ("md4", ["--config.diffusion.anneal_steps=0"]),
-    "md4_anneal": ("md4", ["--config.diffusion.shift=False"]),
-    "md4_plain": ("md4", ["--config.diffusion.shift=False", "--config.diffusion.anneal_steps=0"]),
+    "md4_shift_anneal": ("md4", [LR, "--config.diffusion.shift=True", "--config.diffusion.anneal_steps=100"]),
+    "md4_shift": ("md4", [LR, "--config.diffusion.shift=True"]),
+    "md4_anneal": ("md4", [LR, "--config.diffusion.anneal_steps=100"]),
+    "md4_plain": ("md4", [LR]),
+    "md4_plain_lr2e-3": ("md4", []),
 }
 
 
