@@ -1,7 +1,7 @@
 """EleutherAI's lm-evaluation-harness on a trained run: the harness model `md4_jax` (install the `harness` extra).
 
-  python -m md4_jax.run.harness --model md4_jax --model_args workdir=DIR[,step=N,mc_samples=K,batch_size=B,
-      params=ema|raw,sampler=parallel:0.9:dual,seed=S] --tasks TASKS [any other lm_eval flag]
+  python -m md4_jax.run.harness --model md4_jax --model_args workdir=DIR[,step=N,mc_samples=K,params=ema|raw,
+      sampler=parallel:0.9:dual,seed=S] --tasks TASKS [--batch_size B] [any other lm_eval flag]
 
 (from the repository root, like launch.py: the harness has no plugin discovery for models, so this registers
 `md4_jax` and hands the command line to lm_eval's own.) In Python: `lm_eval.simple_evaluate(model=Md4JaxLM(

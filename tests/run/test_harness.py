@@ -4,6 +4,9 @@ lm_eval's own evaluator."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from scipy import stats
 
 from md4_jax.errors import UserError
 from md4_jax.run import harness
-from tests.conftest import CORPUS, train_tiny
+from tests.conftest import CORPUS, ROOT, train_tiny
 
 lm_eval = pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow
@@ -59,6 +62,12 @@ def tasks(tmp_path_factory):
   return root
 
 
+def launch_module(module: str, *args, extra_env=None) -> subprocess.CompletedProcess:
+  """python -m MODULE ARGS from the repository root (as the README runs the harness)."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **(extra_env or {})})
+
+
 def evaluate(workdir, tasks_dir, names, monkeypatch, **model_args):
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   model = harness.register()(workdir=str(workdir), batch_size=8, **model_args)
@@ -82,6 +91,15 @@ def test_generation_stops_at_the_until_string(runs, tasks, monkeypatch):
   responses = [sample["resps"][0][0] for sample in results["samples"]["md4_until"]]
   assert len(responses) == QUESTIONS and all(STOP not in text and len(text) <= 12 for text in responses)
   assert any(len(text) < 12 for text in responses)  # some stopped early, at the string
+
+
+def test_the_command_line_runs_lm_evals_own(runs, tasks):
+  """python -m md4_jax.run.harness: lm_eval's command line with `md4_jax` registered (its --batch_size passed on)."""
+  result = launch_module("md4_jax.run.harness", "--model", "md4_jax", "--model_args", f"workdir={runs['ar']}",
+                         "--batch_size", "8", "--tasks", "md4_mc", "--include_path", str(tasks), "--limit", "8",
+                         extra_env={"HF_DATASETS_OFFLINE": "1"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "md4_mc" in result.stdout and "acc" in result.stdout
 
 
 def test_the_harness_names_bad_arguments(runs, tmp_path):
