@@ -1,6 +1,6 @@
 """Command line: python launch.py --config configs/X.py --workdir DIR [--mode train|eval|sample|prepare|params]
 [--config.a.b=v ... (or --a.b=v)] [--prompt TEXT | --infill TEMPLATE [--gap_char C] | --complete top|left|center]
-[--class_label N[,N...]] [--num_samples N] [--seed S] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
+[--class_label N[,N...]] [--num_samples N] [--seed S] [--stop STRING ...] [--sweep [--dry_run] | --sweep_index I] [--coordinator_address H:P --num_processes N --process_id I]."""
 
 import os
 import signal
@@ -108,7 +108,7 @@ def main(argv):
                num_samples=cli.NUM_SAMPLES.value, prompt=cli.PROMPT.value, infill=cli.INFILL.value, seed=cli.SEED.value,
                class_label=cli.CLASS_LABEL.value, complete=cli.COMPLETE.value, length=cli.LENGTH.value,
                gap_char=cli.GAP_CHAR_FLAG.value if flags.FLAGS["gap_char"].present else None,  # given, or the default
-               export_format=cli.FORMAT.value)
+               export_format=cli.FORMAT.value, stop=tuple(cli.STOP.value) if cli.STOP.value else None)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -206,6 +206,15 @@ def test_sample_command_with_a_prompt_and_the_exact_sampler(reference_run, tmp_p
   assert again.returncode == 0, again.stderr
   texts = lambda name: [json.loads(line)["text"] for line in (copy / "samples" / name).read_text().splitlines()]  # noqa: E731
   assert texts("step_12_exact_2.jsonl") == texts("step_12_exact.jsonl")  # same seed, same samples
+  # --stop (repeatable): each sample is the same draw cut at the first stop string after the prompt.
+  stopped = launch_tiny(corpus, copy, *args, "--stop", " ", "--stop", "a")
+  assert stopped.returncode == 0, stopped.stderr
+  rows = [json.loads(line) for line in (copy / "samples" / "step_12_exact_3.jsonl").read_text().splitlines()]
+  for row, whole in zip(rows, texts("step_12_exact.jsonl")):
+    generated = whole[len("the cat"):]
+    cuts = [generated.index(stop) for stop in (" ", "a") if stop in generated]
+    assert row["text"] == "the cat" + generated[:min(cuts, default=len(generated))]
+    assert row["stop"] == ("stop_string" if cuts else "length") and row["chars"] == len(row["text"])
 
 
 @pytest.mark.parametrize("sampler", [dict(sampler__name="confidence"),

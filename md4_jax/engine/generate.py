@@ -107,19 +107,21 @@ class Written:
 
 
 def write_samples(experiment, params, stem: epath.Path, key, record: dict, *, count: int, start_of, length: int,
-                  class_labels=None) -> Written:
+                  class_labels=None, stops=(), keep: int = 0) -> Written:
   """Draws `count` samples of `length` tokens, sampler.batch_size at a time, and writes them as they come
   (engine/sample_files.py; process 0 writes), so memory holds one batch whatever the count. start_of(first,
   rows, begin, end) gives the start tokens (mask ids where the sampler generates) of samples first.. at positions
   begin..end. Batch b draws with fold_in(key, b) (b = 0: key itself), so the first batch is what a smaller
   --num_samples draws. A length past data.seq_len (BD3's exact cache) is drawn data.seq_len tokens at a time.
-  `record` goes into every .jsonl line."""
+  `record` goes into every .jsonl line. A text sample ends at end-of-text or the first of `stops`, after its
+  first `keep` tokens (engine/sample_ends.py)."""
   batch = min(count, experiment.config.sampler.batch_size)
   segment = min(length, experiment.modality.length)
   writer = None
   if jax.process_index() == 0:
     writer = sample_files.SampleFiles(stem, experiment.modality, record,
-                                      dataclasses.asdict(experiment.sampler_settings), experiment.num_classes > 0)
+                                      dataclasses.asdict(experiment.sampler_settings), experiment.num_classes > 0,
+                                      stops=stops, keep=keep)
   try:
     nfe, seconds, first_tokens = 0, 0.0, None
     for index, first in enumerate(range(0, count, batch)):

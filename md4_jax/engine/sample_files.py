@@ -1,6 +1,7 @@
 """Samples written as they are drawn, so sampling holds one batch (or one segment of a long sequence) in memory.
 
-Text: stem.txt (each sample under a `=== sample i ===` line) and stem.jsonl (one object per sample: its text,
+Text: stem.txt (each sample under a `=== sample i ===` line) and stem.jsonl (one object per sample: its text, why
+it stopped and its length in characters (engine/sample_ends.py: at end-of-text, a stop string, or its length),
 label, the run's record, sampler settings, network calls and seconds of its batch). A row may arrive in
 segments (BD3's long samples): its bytes are decoded incrementally (a character split between segments stays
 whole) into a file of its own beside the samples, stem_sampleI.txt.partial, which grows as the segments come
@@ -12,7 +13,6 @@ so a reader never sees half a file; a failure (a full disk) removes the partial 
 process at once, leaves them: delete them, or read them).
 """
 
-import codecs
 import io
 import json
 import shutil
@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 
 from md4_jax.data import pictures
+from md4_jax.engine.sample_ends import Ending
 from md4_jax.storage import files
 from md4_jax.storage import paths as storage
 
@@ -33,8 +34,12 @@ class SampleFiles:
   """Usage: per batch `begin(first_index, labels_B)`, `add(tokens_BxS, order_BxS)` once per segment, then
   `end(nfe, seconds)`; finally `close()` (or `discard()` after a failure)."""
 
-  def __init__(self, stem: epath.Path, modality, record: dict, settings: dict, labelled: bool, strip_rows: int = 4):
+  def __init__(self, stem: epath.Path, modality, record: dict, settings: dict, labelled: bool, strip_rows: int = 4,
+               stops=(), keep: int = 0):
+    """stops: strings a text sample ends at (--stop); it also ends at the tokenizer's end-of-text, if any, but not
+    in its first `keep` tokens (a --prompt)."""
     self.stem, self.modality, self.record, self.settings = stem, modality, record, settings
+    self.stops, self.keep = stops, keep
     self.labelled, self.strip_rows = labelled, strip_rows
     self.text = modality.kind == "text"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +58,9 @@ class SampleFiles:
     stem_sampleI.txt.partial, as the pieces come (the progress can be read there), and joins the others at end()."""
     self.first_index, self.labels = first_index, np.asarray(labels_B)
     rows = len(self.labels)
-    if self.text:  # a decoder and a text buffer per row
-      self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(rows)]
+    if self.text:  # where each row ends (decoding as it comes) and a text buffer per row
+      end_id = getattr(self.modality.tokenizer, "eos_id", None)
+      self.endings = [Ending(self.modality.decode_bytes, end_id, self.stops, self.keep) for _ in range(rows)]
       self.row_paths = [self.staging / f"{self.stem.name}_sample{first_index + i}.txt.partial"
                         for i in range(rows)] if in_segments else []
       self.rows = ([open(path, "w+", encoding="utf-8") for path in self.row_paths] if in_segments  # noqa: SIM115
@@ -66,8 +72,8 @@ class SampleFiles:
     tokens_BxS = np.asarray(tokens_BxS)
     self.batch_length += tokens_BxS.shape[1]
     if self.text:
-      for row, decoder, tokens_S in zip(self.rows, self.decoders, tokens_BxS):
-        row.write(decoder.decode(self.modality.decode_bytes(tokens_S)))
+      for row, ending, tokens_S in zip(self.rows, self.endings, tokens_BxS):
+        row.write(ending.feed(tokens_S))
         row.flush()
     else:
       self.batch_tokens.append(tokens_BxS)
@@ -89,7 +95,7 @@ class SampleFiles:
     text_file, jsonl_file = self.handles
     for offset, row in enumerate(self.rows):
       self.rows[offset] = None
-      row.write(self.decoders[offset].decode(b"", final=True))
+      row.write(self.endings[offset].finish())
       index = self.first_index + offset
       row.seek(0)
       text_file.write(f"=== sample {index} ===\n")
@@ -104,7 +110,7 @@ class SampleFiles:
         chunk = row.read(_CHUNK)
       row.close()
       text_file.write("\n\n")
-      jsonl_file.write('", ' + json.dumps({**self._label(offset), **tail})[1:] + "\n")
+      jsonl_file.write('", ' + json.dumps({**self.endings[offset].record(), **self._label(offset), **tail})[1:] + "\n")
     for path in self.row_paths:
       path.unlink()
     self.row_paths = []

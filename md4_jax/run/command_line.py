@@ -53,6 +53,9 @@ GAP_CHAR_FLAG = flags.DEFINE_string("gap_char", GAP_CHAR, "With --infill: the ch
 LENGTH = flags.DEFINE_integer("length", None, "--mode sample: tokens per sample (default: data.seq_len). Block "
                               "diffusion (objective='bd3', sampler.kv_cache='exact') draws longer ones, written "
                               "block by block.")
+STOP = flags.DEFINE_multi_string("stop", None, "--mode sample, text runs: end each sample at the first occurrence "
+                                 "of this string (repeatable); samples also end at the tokenizer's end-of-text. The "
+                                 ".jsonl records why each stopped and its length.")
 SEED = flags.DEFINE_integer("seed", None, "--mode sample: random seed of the draws (default: config.seed).")
 CLASS_LABEL = flags.DEFINE_string("class_label", None, "--mode sample, class-conditional image runs: the class of "
                                   "every sample, or a list (e.g. 1,4,7) given to the samples in turn.")

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from md4_jax.data import modality as modalities
-from md4_jax.engine import saved_config, sharding
+from md4_jax.engine import sample_ends, saved_config, sharding
 from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
@@ -57,12 +57,6 @@ def load_run(workdir: str, step: int | None = None, params: str = "ema", sampler
   return experiment, state["ema_params" if params == "ema" else "params"], modality.tokenizer
 
 
-def cut(text: str, until) -> str:
-  """text up to the first of the `until` strings."""
-  ends = [text.index(stop) for stop in until if stop and stop in text]
-  return text[:min(ends)] if ends else text
-
-
 def encode(tokenizer, text: str) -> np.ndarray:
   return np.asarray(tokenizer.encode(text), np.int32)
 
@@ -93,14 +87,12 @@ class Harness:
     for index, (_, kwargs) in enumerate(requests):
       by_length.setdefault(int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)), []).append(index)
     texts = [""] * len(requests)
-    eos = self.tokenizer.eos_id
     for max_tokens, indices in by_length.items():
       drawn = self.scorer.generate([encode(self.tokenizer, requests[i][0]) for i in indices], max_tokens)
       for index, tokens in zip(indices, drawn):
-        if eos is not None and eos in tokens:
-          tokens = tokens[:list(tokens).index(eos)]
         until = requests[index][1].get("until") or []
-        texts[index] = cut(self.tokenizer.decode(tokens), [until] if isinstance(until, str) else until)
+        texts[index] = sample_ends.cut(tokens, self.experiment.modality.decode_bytes, self.tokenizer.eos_id,
+                                       [until] if isinstance(until, str) else until)[0]
     return texts
 
 

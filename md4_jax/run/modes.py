@@ -39,6 +39,7 @@ class Request(NamedTuple):
   gap_char: str | None = None
   length: int | None = None
   export_format: str | None = None  # --format
+  stop: tuple | None = None  # --stop (repeatable): strings a text sample ends at
 
 
 def main(config, workdir, mode: str = "train", *, reference, **flags) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 from etils import epath
 
 from md4_jax.data import pictures, pipeline
-from md4_jax.engine import generate, sample_files
+from md4_jax.engine import generate, sample_ends, sample_files
 from md4_jax.errors import UserError
 from md4_jax.run import conditioning, loop
 from md4_jax.storage import files
@@ -22,8 +22,8 @@ def parse_request(config, modality, request) -> dict:
   count = request.num_samples or config.sampler.num_samples
   prompt, infill, gap_char, complete = request.prompt, request.infill, request.gap_char, request.complete
   class_label = request.class_label
-  text_flags = [flag for flag, value in (("--prompt", prompt), ("--infill", infill), ("--gap_char", gap_char))
-                if value is not None]
+  text_flags = [flag for flag, value in (("--prompt", prompt), ("--infill", infill), ("--gap_char", gap_char),
+                                        ("--stop", request.stop)) if value is not None]
   if modality.kind == "image" and text_flags:
     raise UserError(f"{', '.join(text_flags)} condition text runs; this run models images (use --complete or "
                     "--class_label)")
@@ -40,13 +40,13 @@ def parse_request(config, modality, request) -> dict:
       labels = np.asarray([row["label"] for row in rows], np.int32)  # complete each image as its own class
     start = conditioning.completion_start(originals, modality, complete)
     return {"count": len(rows), "length": modality.length, "start_of": generate.rows_start(start, mask_id),
-            "labels": labels, "originals": originals, "start": start}
+            "labels": labels, "originals": originals, "start": start, "stops": (), "keep": 0}
   length = modality.length if request.length is None else request.length  # checked in main
   known = np.zeros(0, np.int32)
   if modality.kind == "text":
     known = conditioning.known_tokens(modality.tokenizer, length, prompt=prompt, infill=infill, gap_char=gap_char)
   return {"count": count, "length": length, "start_of": generate.tiled_start(known, mask_id), "labels": labels,
-          "originals": None}
+          "originals": None, "stops": tuple(request.stop or ()), "keep": len(known) if prompt is not None else 0}
 
 
 def write(experiment, params, workdir: epath.Path, request: dict, record: dict) -> dict:
@@ -60,7 +60,7 @@ def write(experiment, params, workdir: epath.Path, request: dict, record: dict) 
   _check_room(workdir, request["count"], request["length"])
   written = generate.write_samples(experiment, params, stem, key, record, count=request["count"],
                                    length=request["length"], start_of=request["start_of"],
-                                   class_labels=request["labels"])
+                                   class_labels=request["labels"], stops=request["stops"], keep=request["keep"])
   paths = list(written.paths)
   if request["originals"] is not None and jax.process_index() == 0:
     paths.append(stem.with_name(stem.name + "_completion.png"))
@@ -69,8 +69,10 @@ def write(experiment, params, workdir: epath.Path, request: dict, record: dict) 
                                                                    request["start"][:shown], written.first_tokens,
                                                                    experiment.modality))
   texts = None
-  if experiment.modality.kind == "text" and written.first_tokens is not None:
-    texts = [experiment.modality.tokenizer.decode(row) for row in written.first_tokens]
+  if experiment.modality.kind == "text" and written.first_tokens is not None:  # each cut where its file's ends
+    end_id = getattr(experiment.modality.tokenizer, "eos_id", None)
+    texts = [sample_ends.cut(row, experiment.modality.decode_bytes, end_id, request["stops"], request["keep"])[0]
+             for row in written.first_tokens]
   if jax.process_index() == 0:
     _print_samples(experiment, written, texts, record, paths)
   return {"samples": texts, "tokens": written.first_tokens, "path": str(paths[0]) if paths else None,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from md4_jax.data import modality, pictures, tokenizers
 from md4_jax.data.sources import digits
-from md4_jax.engine import sample_files
+from md4_jax.engine import sample_ends, sample_files
 
 TEXT = "naïve café, 東京 🙂 and plain words"
 
@@ -40,7 +40,8 @@ def test_a_text_split_inside_characters_across_segments_is_written_whole(tmp_pat
   assert paths[0].read_text() == f"=== sample 0 ===\n{TEXT}\n\n=== sample 1 ===\n{'x' * len(data)}\n\n"
   lines = [json.loads(line) for line in paths[1].read_text().splitlines()]
   assert [line["text"] for line in lines] == [TEXT, "x" * len(data)]
-  assert lines[0] == {"index": 0, "text": TEXT, "step": 3, "seed": 0, "sampler": {"name": "exact"}, "nfe": 7,
+  assert lines[0] == {"index": 0, "text": TEXT, "stop": "length", "chars": len(TEXT), "step": 3, "seed": 0,
+                      "sampler": {"name": "exact"}, "nfe": 7,
                       "seconds": 0.5, "tokens_per_sec": round(2 * len(data) / 0.5, 1)}
   assert writer.previews == [TEXT, "x" * len(data)]
   assert not list((tmp_path / "samples").glob("*.partial"))
@@ -94,3 +95,27 @@ def test_the_files_are_named_as_before(tmp_path, kind):
   names = sorted(path.name for path in writer.close())
   assert names == (["step_3_exact.jsonl", "step_3_exact.txt"] if kind == "text" else
                    ["step_3_exact.jsonl", "step_3_exact.png", "step_3_exact_process.png"])
+
+
+def test_a_text_sample_ends_at_end_of_text_or_a_stop_string_across_segments(tmp_path):
+  """sample_ends.Ending, fed piece by piece: the first end-of-text token or the first stop string (even one split
+  between two segments) ends the row; the jsonl says which and how many characters were kept."""
+  tokenizer = tokenizers.make_tokenizer("char", "", alphabet="abcdefgh ")
+  text_modality = modality.Text.of(tokenizer, 12)
+  rows = np.stack([tokenizer.encode("abc defg hab"), tokenizer.encode("abcdefgh abc"), tokenizer.encode("hhhhhhhhhhhh")])
+  writer = sample_files.SampleFiles(tmp_path / "s", text_modality, {}, {}, labelled=False, stops=("de", "h a"))
+  writer.begin(0, np.zeros(3), in_segments=True)
+  for begin in range(0, 12, 5):  # row 0's "de" straddles its first two pieces: "abc d" | "efg h" | "ab"
+    writer.add(rows[:, begin:begin + 5], np.zeros((3, 5)))
+  writer.end(nfe=1, seconds=0.1)
+  records = [json.loads(line) for line in writer.close()[1].read_text().splitlines()]
+  assert [(r["text"], r["stop"], r["chars"], r.get("stop_string")) for r in records] == [
+      ("abc ", "stop_string", 4, "de"), ("abc", "stop_string", 3, "de"), ("hhhhhhhhhhhh", "length", 12, None)]
+  ending = sample_ends.Ending(text_modality.decode_bytes, end_id=None, stops=("fg", "h a"))
+  pieces = [ending.feed(tokenizer.encode(piece)) for piece in ("abc de", "f", "gh ab")] + [ending.finish()]
+  assert "".join(pieces) == "abc de" and ending.record() == {"stop": "stop_string", "stop_string": "fg", "chars": 6}
+  with_end = sample_ends.Ending(lambda ids: bytes(int(i) + 97 for i in ids), end_id=3)
+  assert with_end.feed([0, 1, 2, 3, 0]) + with_end.feed([1]) + with_end.finish() == "abc"
+  assert with_end.record() == {"stop": "end_of_text", "chars": 3}
+  assert sample_ends.cut([0, 1, 2], lambda ids: bytes(int(i) + 97 for i in ids), None, ("c",)) == (
+      "ab", {"stop": "stop_string", "stop_string": "c", "chars": 2})

@@ -109,4 +109,3 @@ def test_the_harness_names_bad_arguments(runs, tmp_path):
     harness.Harness(str(runs["ar"]), params="best")
   with pytest.raises(UserError, match="empty continuation"):
     harness.Harness(str(runs["ar"])).loglikelihood([("the", "")])
-  assert harness.cut("abcXdefYg", ["Y", "X"]) == "abc" and harness.cut("abc", ["Z"]) == "abc"
