@@ -133,6 +133,9 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.sampler.cache = True  # skip a call whose input equals the last one (time-independent networks only)
   config.sampler.kv_cache = "none"  # "none" | "exact" (objective="bd3": finished blocks' keys/values cached) |
   # "prefix" | "dual" (sampler.name="parallel": Fast-dLLM's approximate caches, keys/values before / around a block)
+  # objective="bd3", a tokenizer with end-of-text: a row stops at the block holding it (the rest is end-of-text; the
+  # call ends when every row has); False draws every block. The samples eval suite always draws every block.
+  config.sampler.stop_at_end = True  # bd3: a row ends at the block holding end-of-text
   config.sampler.guidance = 0.0  # class-conditional models: classifier-free guidance scale w (0 = none)
   config.sampler.params = "ema"  # which weights sample: "ema" | "raw"
   config.sampler.num_samples = 4  # samples written at each eval and by --mode sample

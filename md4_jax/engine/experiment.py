@@ -5,6 +5,7 @@ random lives in it: each step's key is fold_in(base_key, step), so a resumed
 run draws exactly the numbers an uninterrupted run would.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -109,7 +110,9 @@ class Experiment:
     # Outputs the host reads are replicated: with several processes each can then read them whole.
     self.eval_step = jax.jit(self._eval_step, out_shardings=sharding.replicated(mesh))
     self.state_summary = jax.jit(checkpoints.state_summary, out_shardings=sharding.replicated(mesh))
-    self.sampler_settings = samplers.settings(config.sampler)
+    end_id = getattr(getattr(modality, "tokenizer", None), "eos_id", None)  # text with an end-of-text token
+    self.sampler_settings = dataclasses.replace(samplers.settings(config.sampler),
+                                                end_id=-1 if end_id is None else int(end_id))
     # sample(params, key, z_BxL, label_B) -> (tokens_BxL, NFE, order_BxL): fills z's mask ids (vocab_size),
     # keeps its other tokens; label_B is read by class-conditional models only.
     self.sample = jax.jit(self._sample, out_shardings=sharding.replicated(mesh))

@@ -157,6 +157,9 @@ def _draw_batch(experiment, params, key, labels_B, start_of, length: int, segmen
   labels = sharding.replicated_array(np.asarray(labels_B, np.int32), experiment.mesh)
   cache, clock, nfe, seconds = experiment.empty_sample_cache(len(labels_B)), 0, 0, 0.0
   block_size, compiled, kept = experiment.config.diffusion.bd3.block_size, set(), []
+  settings = experiment.sampler_settings
+  end_id = settings.end_id if settings.stop_at_end else -1
+  ended_B = np.zeros(len(labels_B), bool)  # rows whose end-of-text is drawn: once all are, no more segments
   progress = tqdm.tqdm(total=length, unit="token", unit_scale=True, leave=False, desc="sampling",
                        disable=writer is None)  # a long sample takes a while: its tokens so far
   for begin in range(0, length, segment):
@@ -176,5 +179,8 @@ def _draw_batch(experiment, params, key, labels_B, start_of, length: int, segmen
     if length <= KEEP_TOKENS:
       kept.append(tokens)
     progress.update(end - begin)
+    ended_B |= np.any(tokens == end_id, axis=1) if end_id >= 0 else False
+    if ended_B.all():
+      break
   progress.close()
   return nfe, seconds, np.concatenate(kept, axis=1) if kept else None

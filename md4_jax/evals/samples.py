@@ -121,7 +121,7 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
   judge = Judge(config.eval.judge, modality, base.mesh, config) if config.eval.judge else None
   rows = []
   for index, overrides in enumerate(parse_variants(config.eval.samplers)):
-    experiment = base.with_overrides("sampler", overrides)
+    experiment = base.with_overrides("sampler", {**overrides, "stop_at_end": False})  # whole samples: every block
     start = generate.unconditional_start(experiment, config.sampler.num_samples)
     samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = variant_label(overrides)

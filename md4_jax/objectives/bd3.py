@@ -191,9 +191,29 @@ class BlockDiffusion(Objective):
       update = lambda x_BxS, x_BxC: jax.lax.dynamic_update_slice_in_dim(x_BxS, x_BxC, start, axis=1)  # noqa: E731
       return update(z_BxS, z_BxC), nfe + block_nfe, update(order_BxS, order_BxC), cache
 
+    # sampler.stop_at_end with an end-of-text id: a row is done once a finished block holds it; the loop ends when
+    # every row is, and what is left masked becomes end-of-text (samples and the harness cut there).
+    end_id = settings.end_id if settings.stop_at_end else -1
+
+    def unfinished(carry):
+      offset, done_B = carry[0], carry[-1]
+      return (offset < length // size) & ~jnp.all(done_B)
+
+    def next_block(carry):
+      offset, *state, done_B = carry
+      z_BxS, *rest = one_block(offset, tuple(state))
+      if end_id >= 0:
+        block_BxC = jax.lax.dynamic_slice_in_dim(z_BxS, offset * size, size, axis=1)
+        done_B = done_B | jnp.any(block_BxC == end_id, axis=1)
+      return (offset + 1, z_BxS, *rest, done_B)
+
     z_BxS = jnp.asarray(z_BxS, jnp.int32)
-    return jax.lax.fori_loop(0, length // size, one_block,
-                             (z_BxS, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxS), cache))
+    _, z_BxS, nfe, order_BxS, cache, _ = jax.lax.while_loop(
+        unfinished, next_block, (0, z_BxS, jnp.zeros((), jnp.int32), jnp.zeros_like(z_BxS), cache,
+                                 jnp.zeros(z_BxS.shape[0], bool)))
+    if end_id >= 0:
+      z_BxS = jnp.where(z_BxS == vocab_size, end_id, z_BxS)
+    return z_BxS, nfe, order_BxS, cache
 
 
 def cache_slot(index, block_size: int, trained_length: int):

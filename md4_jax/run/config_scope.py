@@ -65,6 +65,7 @@ SCOPES = (
     ("model.label_dropout", lambda c: c.model.class_conditional, "model.class_conditional=True"),
     ("sampler.kv_cache", lambda c: c.objective == "bd3" or c.sampler.name == "parallel", "objective='bd3' (an "
      "exact cache of finished blocks) or sampler.name='parallel' (approximate caches)"),
+    ("sampler.stop_at_end", lambda c: c.objective == "bd3", "objective='bd3' (it draws block by block)"),
     ("sampler.parallel.cache_refresh", lambda c: c.sampler.kv_cache in ("prefix", "dual"),
      "sampler.kv_cache='prefix' or 'dual'"),
     *((f"diffusion.{name}", lambda c: c.objective != "ar", "the diffusion objectives (objective='ar' has no "

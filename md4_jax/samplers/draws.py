@@ -35,7 +35,9 @@ class Settings:
   threshold: float  # parallel: unmask every position whose confidence exceeds it (and one more, see fallback)
   fallback: str  # parallel: "confidence" (the most confident masked position) | "random" (a uniform one)
   guidance: float
+  stop_at_end: bool  # bd3: a row stops at the block holding end_id
   options: tuple = ()  # a sampler outside the package: its own group's (key, value) pairs, sorted
+  end_id: int = -1  # the tokenizer's end-of-text (-1: none); not a key: the Experiment sets it from the modality
 
   def option(self, key: str):
     """The value of `key` in the chosen outside sampler's own group (sampler.<its name>.<key>)."""
@@ -57,7 +59,7 @@ class Settings:
       elif not hasattr(value, "items"):
         values[key] = value
     return cls(options=options, **{field.name: values[field.name] for field in dataclasses.fields(cls)
-                                   if field.name != "options"})
+                                   if field.name not in ("options", "end_id")})
 
 
 def time_grid(steps: int, grid: str = "cosine"):

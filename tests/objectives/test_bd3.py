@@ -1,6 +1,7 @@
 """objective='bd3' (objectives/bd3.py): its config checks, its block-by-block sampler against the true
 distribution of a Markov chain, and a tiny run that trains, evaluates and samples."""
 
+import dataclasses
 import signal
 
 import jax
@@ -178,3 +179,28 @@ def test_the_sliding_cache_shows_each_block_the_window_it_was_trained_on():
     window_BxL = x_BxN[:, first:(index + 1) * size]
     want = network.features(window_BxL, None, mask=Mask("block_causal", size))[:, -size:]
     np.testing.assert_allclose(h_BxCxD, want, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("ending_rows, stop_at_end", [((0, 1, 2), True), ((0, 1), True), ((0, 1, 2), False)])
+def test_a_row_stops_at_the_block_holding_end_of_text(ending_rows, stop_at_end):
+  """Blocks of 2 over 8 positions; the denoiser writes end-of-text (id 4) into block 1 of `ending_rows` and 0
+  elsewhere. When every row has ended the call stops there (half the network calls) and the rest is end-of-text;
+  while a row has not, every block is drawn, as with stop_at_end=False."""
+  config = make_config("unused.txt", objective="bd3", diffusion__bd3__block_size=2, data__seq_len=8)
+  objective = BlockDiffusion(config, 5)
+
+  def denoise(z_BxL, t_B, mask):
+    del t_B, mask
+    logits_BxLxV = jnp.full((*z_BxL.shape, 5), -30.0).at[..., 0].set(30.0)
+    ends_BxL = jnp.isin(jnp.arange(z_BxL.shape[0]), jnp.asarray(ending_rows))[:, None] & (jnp.arange(8) // 2 == 1)
+    return jnp.where(ends_BxL[..., None], jnp.full_like(logits_BxLxV, -30.0).at[..., 4].set(30.0), logits_BxLxV)
+
+  settings = dataclasses.replace(sampler_settings("ancestral", steps=8), end_id=4, stop_at_end=stop_at_end)
+  tokens, nfe, _ = jax.jit(lambda key, z: objective.sample(denoise, key, z, settings, time_dependent=False,
+                                                           module=None))(jax.random.key(0), jnp.full((3, 8), 5))
+  tokens = np.asarray(tokens)
+  everyone_ended = stop_at_end and len(ending_rows) == 3
+  for row in range(3):
+    expected = [0, 0, *([4, 4] if row in ending_rows else [0, 0]), *([4] * 4 if everyone_ended else [0] * 4)]
+    assert tokens[row].tolist() == expected
+  assert int(nfe) == (4 if everyone_ended else 8)  # two calls a block

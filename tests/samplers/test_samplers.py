@@ -232,7 +232,8 @@ def test_time_of_mask_prob_inverts_the_schedule(name):
 
 
 def test_settings_come_from_the_config_alone():
-  """configs/base.py is the one place the sampler's defaults live: Settings has none of its own."""
+  """configs/base.py is the one place the sampler's defaults live: Settings has none of its own (end_id, not a
+  key, is the Experiment's: the tokenizer's end-of-text)."""
   from configs import base
   config = base.get_config()
   settings = samplers.settings(config.sampler)
@@ -240,6 +241,6 @@ def test_settings_come_from_the_config_alone():
   for group in samplers.GROUPS:  # the built-in samplers' own groups become fields
     values.update(config.sampler[group])
   assert all(getattr(settings, field.name) == values[field.name] for field in dataclasses.fields(settings)
-             if field.name != "options") and settings.options == ()
+             if field.name not in ("options", "end_id")) and settings.options == () and settings.end_id == -1
   with pytest.raises(TypeError):
     samplers.Settings()
