@@ -148,3 +148,9 @@ def load(workdir: epath.Path, length: int | None = None):
   if (workdir / "tokenizer.json").exists() and length is not None:
     return Text.of(tokenizers.load_tokenizer(workdir / "tokenizer.json"), length)
   return None
+
+
+def same_token_ids(a, b) -> bool:
+  """Whether two modalities read the same token ids (any length): a judge or an init_from source must."""
+  token_ids = lambda m: {k: v for k, v in m.to_json().items() if k != "length"}  # noqa: E731
+  return a is not None and b is not None and token_ids(a) == token_ids(b)

@@ -3,6 +3,8 @@ saved workdirs) and the run record it carries beside the config."""
 
 import json
 
+import ml_collections
+
 _OWN_GROUP = "the {part}'s keys are its own group now (same values)"
 
 # Keys that were renamed: old -> (new, what to write instead). Saved workdirs are migrated (`migrate`);
@@ -60,3 +62,9 @@ def migrate(saved: dict) -> dict:
         target = target.setdefault(part, {})
       target[last] = value
   return saved
+
+
+def as_config(saved: dict, current) -> ml_collections.ConfigDict:
+  """Another run's config.json (as read) as a config: migrated, with the keys it predates from `current` (a
+  ConfigDict). The judge's, model.init_from's and the harness's reading of a workdir."""
+  return ml_collections.ConfigDict(with_missing_keys(migrate(saved), current.to_dict()))

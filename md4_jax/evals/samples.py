@@ -15,7 +15,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -80,15 +79,13 @@ class Judge:
     if not (path / "config.json").is_file():
       raise UserError(f"eval.judge={workdir!r} holds no run (no config.json); train one first, e.g. "
                       f"python launch.py --config configs/quickstart_ar.py --workdir {workdir}")
-    saved = saved_config.migrate(json.loads((path / "config.json").read_text()))
-    config = ml_collections.ConfigDict(saved_config.with_missing_keys(saved, current_config.to_dict()))
+    config = saved_config.as_config(json.loads((path / "config.json").read_text()), current_config)
     objective_name = config.get("objective", "md4")
     if not objectives.get(objective_name).exact:
       raise UserError(f"eval.judge={workdir!r} is an {objective_name} run, whose likelihood is a bound; the judge must "
                       "score exactly (objective='ar')")
     judge_modality = modalities.load(path, config.data.seq_len)
-    token_ids = lambda m: {k: v for k, v in m.to_json().items() if k != "length"}  # noqa: E731 (any length scores)
-    if judge_modality is None or token_ids(judge_modality) != token_ids(modality):
+    if not modalities.same_token_ids(judge_modality, modality):  # any length scores
       described = f"{judge_modality.kind}, {judge_modality.vocab_size} ids" if judge_modality else "none saved"
       raise UserError(f"eval.judge={workdir!r} uses another tokenizer ({described}); it must read the same token ids "
                       "as this run")

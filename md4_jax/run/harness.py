@@ -18,7 +18,6 @@ workdir=DIR), tasks=[...])`.
 
 import json
 
-import ml_collections
 import numpy as np
 
 from md4_jax.data import modality as modalities
@@ -42,8 +41,7 @@ def load_run(workdir: str, step: int | None = None, params: str = "ema", sampler
   path = storage.path(workdir)
   if not (path / "config.json").is_file():
     raise UserError(f"workdir={workdir!r} holds no run (no config.json); train one first")
-  saved = saved_config.migrate(json.loads((path / "config.json").read_text()))
-  config = ml_collections.ConfigDict(saved_config.with_missing_keys(saved, base.get_config().to_dict()))
+  config = saved_config.as_config(json.loads((path / "config.json").read_text()), base.get_config())
   if sampler:
     config.sampler.update(samples.parse_variants(sampler)[0])
   run = config_check.validate(config, base.get_config(), "eval")

@@ -52,8 +52,7 @@ def apply(config, reference, directory: str) -> None:
 
 def source_config(directory: str, config) -> ml_collections.ConfigDict:
   """The source run's config (its config.json in today's key names; keys it predates from `config`)."""
-  saved = saved_config.migrate(_read_json(epath.Path(directory) / "config.json"))
-  return ml_collections.ConfigDict(saved_config.with_missing_keys(saved, config.to_dict()))
+  return saved_config.as_config(_read_json(epath.Path(directory) / "config.json"), config)
 
 
 def time_input(config) -> bool:
@@ -69,8 +68,7 @@ def initial_state(experiment: Experiment, directory: str, step: int):
   path = epath.Path(directory)
   source = source_config(directory, experiment.config)
   source_modality = modalities.load(path, source.data.seq_len)
-  token_ids = lambda m: {k: v for k, v in m.to_json().items() if k != "length"}  # noqa: E731 (any length)
-  if source_modality is None or token_ids(source_modality) != token_ids(experiment.modality):
+  if not modalities.same_token_ids(source_modality, experiment.modality):
     described = f"{source_modality.kind}, {source_modality.vocab_size} ids" if source_modality else "none saved"
     raise UserError(f"model.init_from={directory!r} was trained on other token ids ({described}; this run: "
                     f"{experiment.modality.kind}, {experiment.modality.vocab_size} ids): train on the same data and "
