@@ -12,7 +12,7 @@ from md4_jax import parts
 from md4_jax.data.sources import fineweb_edu, imagenet64, tokens
 from md4_jax.models import transformer, unet, uvit
 from md4_jax.objectives import bd3, genmd4
-from md4_jax.samplers import confidence, exact, parallel, semi_ar
+from md4_jax.samplers import confidence, exact, parallel, remdm, semi_ar
 
 
 def get_config(plugins: str = "") -> ml_collections.ConfigDict:
@@ -121,9 +121,10 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.sampler = ml_collections.ConfigDict()
   # "ancestral" (MD4) | "mean" (draw x0, then unmask) | "exact" (continuous-time reverse process, one event
   # at a time) | "confidence" (MaskGIT / LLaDA) | "semi_ar" (left-to-right blocks, sampler.semi_ar.inner in each) |
-  # "parallel" (Fast-dLLM: blocks of sampler.block_length, every token above sampler.parallel.threshold per call)
+  # "parallel" (Fast-dLLM: blocks of sampler.block_length, every token above sampler.parallel.threshold per call) |
+  # "remdm" (ReMDM: ancestral steps that may mask decoded tokens again, sampler.remdm.strategy)
   config.sampler.name = "ancestral"  # which sampler (see above and docs/sampling.md)
-  config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence; semi_ar: all blocks together;
+  config.sampler.steps = 128  # time-grid steps (ancestral, mean, confidence, remdm; semi_ar: all blocks together;
   # parallel: unused, its calls stop when a block is full)
   config.sampler.grid = "cosine"  # "cosine" | "uniform" time grid
   config.sampler.temperature = 1.0  # softmax temperature of token draws; 0 = argmax
@@ -145,6 +146,7 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.sampler.confidence = confidence.config_group()  # name="confidence" (or semi_ar's inner)
   config.sampler.semi_ar = semi_ar.config_group()  # name="semi_ar"
   config.sampler.parallel = parallel.config_group()  # name="parallel" (or semi_ar's inner)
+  config.sampler.remdm = remdm.config_group()  # name="remdm" (or semi_ar's inner)
 
   # Weights & Biases (pip install -e ".[wandb]"): metrics.jsonl's scalars, the config and each evaluation's samples,
   # one W&B run per workdir (a resumed run continues it; the run id is in config.json's _run.wandb_id).

@@ -219,7 +219,8 @@ def test_sample_command_with_a_prompt_and_the_exact_sampler(reference_run, tmp_p
 
 @pytest.mark.parametrize("sampler", [dict(sampler__name="confidence"),
                                      dict(sampler__name="semi_ar", sampler__block_length=8, sampler__semi_ar__inner="mean"),
-                                     dict(sampler__name="exact", sampler__exact__tokens_per_call=3, sampler__params="raw")])
+                                     dict(sampler__name="exact", sampler__exact__tokens_per_call=3, sampler__params="raw"),
+                                     dict(sampler__name="remdm", sampler__remdm__strategy="cap", sampler__remdm__eta=0.2)])
 def test_infill_keeps_the_template(reference_run, tmp_path, sampler):
   corpus, workdir, _ = reference_run
   template = "the ___ sat __ t"

@@ -1,7 +1,7 @@
 """The `samples` suite (`--mode eval --eval.suite=samples`): generative perplexity under a judge, unigram entropy.
 
-For each sampler variant in eval.samplers ("ancestral:100,exact:1,parallel:0.9:dual": name:steps, exact:k tokens
-per call or parallel:threshold, optionally :kv_cache) it draws sampler.num_samples unconditional samples from
+For each sampler variant in eval.samplers ("ancestral:100,exact:1,parallel:0.9:dual,remdm:100:loop": name:steps,
+exact:k tokens per call or parallel:threshold, optionally :kv_cache; remdm:steps optionally :strategy) it draws sampler.num_samples unconditional samples from
 the checkpoint and reports
 - generative perplexity: exp(mean next-token NLL per token) of the samples under the judge, an
   autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params);
@@ -26,6 +26,7 @@ from md4_jax.engine.checkpoints import restore_state
 from md4_jax.engine.experiment import Experiment
 from md4_jax.errors import UserError
 from md4_jax.evals import output
+from md4_jax.samplers import remdm
 from md4_jax.storage import paths as storage
 
 
@@ -45,7 +46,8 @@ def held_out_unigram_entropy_bits(rows, vocab_size: int, max_rows: int = 2000) -
 def parse_variants(spec: str) -> list[dict]:
   """"ancestral:100,exact:1,parallel:0.9:dual" -> sampler overrides (config.sampler's nesting), one dict per item:
   name:steps (grid samplers), exact:k (sampler.exact.tokens_per_call) or parallel:threshold
-  (sampler.parallel.threshold), each optionally followed by :kv_cache (none, exact, prefix, dual)."""
+  (sampler.parallel.threshold), each optionally followed by :kv_cache (none, exact, prefix, dual); remdm:steps is
+  optionally followed by its strategy (remdm:128:loop, sampler.remdm.strategy)."""
   variants = []
   for item in filter(None, (part.strip() for part in spec.split(","))):
     name, number, *cache = (item + ":").split(":")[:-1] if item.count(":") else (item, "")
@@ -57,6 +59,12 @@ def parse_variants(spec: str) -> list[dict]:
     if value <= 0 or len(cache) > 1:
       raise UserError(f"eval.samplers item {item!r}: write name:steps (e.g. ancestral:100), exact:k or "
                       "parallel:threshold (e.g. parallel:0.9), optionally then :kv_cache (e.g. parallel:0.9:dual)")
+    if name == "remdm":  # its third field is the strategy: remdm:128:loop
+      if cache and cache[0] not in remdm.STRATEGIES:
+        raise UserError(f"eval.samplers item {item!r}: remdm's third field is its strategy, one of "
+                        f"{remdm.STRATEGIES} (e.g. remdm:128:loop)")
+      variants.append({"name": name, key: value, **({"remdm": {"strategy": cache[0]}} if cache else {})})
+      continue
     variants.append({"name": name, **({group: {key: value}} if group else {key: value}),
                      **({"kv_cache": cache[0]} if cache else {})})
   if not variants:

@@ -18,13 +18,13 @@ import jax.numpy as jnp
 
 from md4_jax import parts
 from md4_jax.errors import UserError
-from md4_jax.samplers import confidence, exact, grid, parallel, semi_ar
+from md4_jax.samplers import confidence, exact, grid, parallel, remdm, semi_ar
 from md4_jax.samplers.draws import GRIDS, Settings, categorical, process_logits, record_order, time_grid, uniform  # noqa: F401
 from md4_jax.samplers.guidance import guided  # noqa: F401
 from md4_jax.samplers.semi_ar import semi_ar_blocks  # noqa: F401
 
 BUILTIN = {"ancestral": grid, "mean": grid, "confidence": confidence, "exact": exact, "parallel": parallel,
-           "semi_ar": semi_ar}
+           "remdm": remdm, "semi_ar": semi_ar}
 SAMPLERS = {name: module.SAMPLERS[name] for name, module in BUILTIN.items() if name in getattr(module, "SAMPLERS", {})}
 INNER = tuple(SAMPLERS)  # what semi_ar runs inside each block
 NAMES = (*INNER, "semi_ar")

@@ -28,7 +28,7 @@ def _rank_desc(score_BxL):
   return jnp.argsort(jnp.argsort(-score_BxL, axis=-1, stable=True), axis=-1, stable=True)
 
 
-def _update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+def _update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
   """MaskGIT: draw every masked position, keep the most confident ones, re-mask the rest.
 
   The count still masked after the step follows the schedule, round(initial * (1 - alpha_s) / (1 - alpha_1)),
@@ -43,7 +43,7 @@ def _update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, sch
   anneal = settings.choice_temperature * (1.0 - (i + 1) / settings.steps)
   score_BxL = confidence_BxL + anneal * jax.random.gumbel(noise_key, z_BxL.shape, mode="high")
   score_BxL = jnp.where(is_masked_BxL, score_BxL, -jnp.inf)
-  keep_masked_B = jnp.where(s == 0, 0, jnp.round(initial_B * schedule.mean_mask_prob(s)
+  keep_masked_B = jnp.where(s == 0, 0, jnp.round(active_BxL.sum(-1) * schedule.mean_mask_prob(s)
                                                  / schedule.mean_mask_prob(1.0)))
   unmask_count_B = jnp.maximum(is_masked_BxL.sum(-1) - keep_masked_B.astype(jnp.int32), 0)
   unmask_BxL = is_masked_BxL & (_rank_desc(score_BxL) < unmask_count_B[:, None])

@@ -36,6 +36,11 @@ class Settings:
   fallback: str  # parallel: "confidence" (the most confident masked position) | "random" (a uniform one)
   guidance: float
   stop_at_end: bool  # bd3: a row stops at the block holding end_id
+  strategy: str  # remdm: "cap" | "rescale" | "loop" (how sigma_t is chosen)
+  eta: float  # remdm
+  t_on: float  # remdm, loop
+  t_off: float  # remdm, loop
+  alpha_on: float  # remdm, loop
   options: tuple = ()  # a sampler outside the package: its own group's (key, value) pairs, sorted
   end_id: int = -1  # the tokenizer's end-of-text (-1: none); not a key: the Experiment sets it from the modality
 

@@ -8,16 +8,22 @@ import jax.numpy as jnp
 from md4_jax.samplers.draws import categorical, process_logits, record_order, time_grid, uniform
 
 
-def grid_sampler(update):
-  """A sampler that walks the time grid 1 = t_T > ... > t_0 = 0 with one network call per step, skipped
-  (the last output reused) when caching is allowed and the previous step changed nothing.
-  `update(key, z, is_masked, initial_count, logits, t, s, step, settings, schedule)` returns the new z."""
+def grid_times(settings, schedule):
+  """The default walk: settings.steps steps on settings.grid."""
+  del schedule
+  return time_grid(settings.steps, settings.grid)
+
+
+def grid_sampler(update, times_of=grid_times):
+  """A sampler that walks the times 1 = t_T >= ... >= t_0 = 0 of `times_of(settings, schedule)` ([T + 1],
+  increasing) with one network call per step, skipped (the last output reused) when caching is allowed and the
+  previous step changed nothing. `update(key, z, is_masked, active, logits, t, s, step, settings, schedule)`
+  returns the new z (active: the positions this call fills, masked when it started)."""
 
   def run(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
     steps, batch_size = settings.steps, z_BxL.shape[0]
-    times = time_grid(steps, settings.grid)
+    times = times_of(settings, schedule)
     reuse_allowed = settings.cache and not time_dependent
-    initial_B = active_BxL.sum(-1)
     clock_start = jnp.max(order_BxL)  # semi_ar: later blocks continue the clock
 
     def step(i, carry):
@@ -26,7 +32,7 @@ def grid_sampler(update):
       call = lambda: denoise(z_BxL, jnp.full((batch_size,), t)).astype(jnp.float32)  # noqa: E731
       logits = jax.lax.cond(changed, call, lambda: last_logits) if reuse_allowed else call()
       is_masked_BxL = (z_BxL == vocab_size) & active_BxL
-      new_z = update(jax.random.fold_in(key, i), z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings,
+      new_z = update(jax.random.fold_in(key, i), z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings,
                      schedule)
       order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + i + 1, vocab_size)
       return (new_z, logits, jnp.any(new_z != z_BxL), nfe + (changed | (not reuse_allowed)).astype(jnp.int32),
@@ -47,7 +53,7 @@ def _unmask_prob(schedule, t, s):
   return jnp.where(s == 0, 1.0, (schedule.alpha(s) - schedule.alpha(t)) / schedule.mask_prob(t))
 
 
-def _ancestral_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+def _ancestral_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
   """MD4's step: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q); with
   per-token q_v (GenMD4), (p_v q_v, sum_v p_v (1 - q_v))."""
   q = _unmask_prob(schedule, t, s)
@@ -61,7 +67,7 @@ def _ancestral_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, set
   return jnp.where(unmask_BxL, choice_BxL, z_BxL)
 
 
-def _mean_update(key, z_BxL, is_masked_BxL, initial_B, logits, t, s, i, settings, schedule):
+def _mean_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
   """The same step in two stages: draw x0 at every position, then unmask each with probability q (q_x0)."""
   token_key, unmask_key = jax.random.split(key)
   x0_BxL = categorical(token_key, process_logits(logits, settings))

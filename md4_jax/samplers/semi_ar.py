@@ -10,7 +10,7 @@ import ml_collections
 def config_group() -> ml_collections.ConfigDict:
   """sampler.semi_ar.*: gathered by configs/base.py."""
   group = ml_collections.ConfigDict()
-  group.inner = "confidence"  # the sampler within each block: "ancestral" | "mean" | "exact" | "confidence"
+  group.inner = "confidence"  # the sampler within each block: "ancestral" | "mean" | "exact" | "confidence" | ...
   return group
 
 

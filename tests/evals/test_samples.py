@@ -30,7 +30,10 @@ def test_sampler_variants_parse_or_fail_clearly():
       {"name": "ancestral", "steps": 8, "kv_cache": "exact"}]
   assert sample_quality.variant_label({"name": "parallel", "parallel": {"threshold": 0.9}, "kv_cache": "dual"}) == (
       "parallel:0.9:dual")
-  for bad in ("ancestral", "exact:0", "", "parallel:x", "ancestral:2.5", "parallel:0.9:dual:1"):
+  assert sample_quality.parse_variants("remdm:64,remdm:128:loop") == [
+      {"name": "remdm", "steps": 64}, {"name": "remdm", "steps": 128, "remdm": {"strategy": "loop"}}]
+  assert sample_quality.variant_label({"name": "remdm", "steps": 128, "remdm": {"strategy": "cap"}}) == "remdm:128:cap"
+  for bad in ("ancestral", "exact:0", "", "parallel:x", "ancestral:2.5", "parallel:0.9:dual:1", "remdm:128:dual"):
     with pytest.raises(UserError, match="eval.samplers"):
       sample_quality.parse_variants(bad)
 

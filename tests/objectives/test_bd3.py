@@ -111,7 +111,8 @@ def test_other_objectives_draw_the_trained_length_only(corpus_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, scan_layers, positions", [("ancestral", False, "rope"), ("exact", True, "learned"),
-                                                          ("confidence", True, "rope"), ("parallel", False, "rope")])
+                                                          ("confidence", True, "rope"), ("parallel", False, "rope"),
+                                                          ("remdm", False, "rope")])
 def test_the_exact_kv_cache_draws_what_the_uncached_sampler_draws(name, scan_layers, positions):
   length, block_size = 12, 4
   network = random_network(length, positions=positions, scan_layers=scan_layers, network_only=True)

@@ -86,7 +86,7 @@ def test_eval_and_sampling_commands(genmd4_run):
   assert evaluated["eval/bpt"] == result["eval/bpt"]
   record = json.loads((workdir / "eval" / "step_12.json").read_text())
   assert [row["steps"] for row in record["bound_by_steps"]] == [16, 64, 256, 0]
-  for sampler in ("exact", "ancestral", "confidence"):
+  for sampler in ("exact", "ancestral", "confidence", "remdm"):
     done = launch_tiny(corpus, workdir, "--mode=sample", "--config.objective=genmd4", f"--sampler.name={sampler}",
                        "--num_samples=2", "--prompt=the ", "--config.diffusion.genmd4.learning_rate=0.05")
     assert done.returncode == 0, done.stderr[-2000:]

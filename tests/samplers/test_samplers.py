@@ -56,8 +56,9 @@ def chi_square_p_value(samples_NxL, true_probs=TRUE_PROBS, vocab_size=V) -> floa
   observed = np.bincount(index, minlength=vocab_size**length).astype(float)
   expected = true_probs * len(index)
   small = expected < 5
-  observed = np.append(observed[~small], observed[small].sum())
-  expected = np.append(expected[~small], expected[small].sum())
+  if small.any():
+    observed = np.append(observed[~small], observed[small].sum())
+    expected = np.append(expected[~small], expected[small].sum())
   return stats.chisquare(observed, expected).pvalue
 
 
