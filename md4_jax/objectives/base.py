@@ -90,7 +90,7 @@ class Objective:
     harness's log-likelihood of a continuation (md4_jax/evals/continuation.py)."""
     del net, x0_BxL, key, scored_BxL, unknown_BxL, t_B
     raise UserError(f"objective={self.name!r} has no conditional likelihood for the evaluation harness yet "
-                    "(md4, bd3 and ar have)")
+                    "(md4, genmd4, bd3 and ar have)")
 
   def greedy_tokens(self, net, x0_BxL, *, scored_BxL, unknown_BxL):
     """[B, L] each position's most likely token with every scored (and unknown) position masked, one network call:

@@ -194,6 +194,26 @@ class GenMD4(Objective):
       terms["surrogate"] = terms["surrogate"] + terms["reconstruction"] + terms["prior"]
     return terms
 
+  def conditional_loss(self, net, x0_BxL, key, *, scored_BxL, unknown_BxL, t_B):
+    """The continuous-time bound restricted to the scored positions, one draw at u = t_B (t = t_min + (1 - t_min) u,
+    as training draws it): each scored token x masked with its own m_x(t), the other known tokens clean, the unknown
+    ones masked throughout; plus the scored tokens' reconstruction and prior terms."""
+    schedule = self.schedule(net.module)
+    t_B = self.t_min + (1.0 - self.t_min) * t_B
+    z_BxL = per_token.mask_tokens(key, x0_BxL, per_token.token_values(schedule.mask_prob(t_B), x0_BxL),
+                                  self.vocab_size, scored_BxL)
+    z_BxL = jnp.where(unknown_BxL, self.vocab_size, z_BxL)
+    loss_BxL = per_token.integrand(self.network(net)(z_BxL, t_B), x0_BxL, schedule.rate(t_B)[:, None])
+    diffusion_B = (1.0 - self.t_min) * jnp.sum(jnp.where(scored_BxL & (z_BxL == self.vocab_size), loss_BxL, 0.0), -1)
+    return (diffusion_B + per_token.reconstruction(schedule, x0_BxL, scored_BxL, self.t_min)
+            + per_token.prior(schedule, x0_BxL, scored_BxL, self.vocab_size))
+
+  def greedy_tokens(self, net, x0_BxL, *, scored_BxL, unknown_BxL):
+    """MD4's one call: every scored position masked, at the time whose mean mask rate is the row's masked share."""
+    hidden_BxL = scored_BxL | unknown_BxL
+    t_B = samplers.exact.time_of_mask_prob(self.schedule(net.module), jnp.mean(hidden_BxL, axis=-1))
+    return jnp.argmax(self.network(net)(jnp.where(hidden_BxL, self.vocab_size, x0_BxL), t_B), axis=-1)
+
   def sample(self, denoise, key, z_BxL, settings, *, time_dependent: bool, module):
     """(tokens_BxL, NFE, order_BxL) from the state-dependent reverse process with the learned powers."""
     check_shift_cache(self.config.diffusion.shift, settings.kv_cache)

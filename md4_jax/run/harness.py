@@ -7,7 +7,7 @@
 `md4_jax` and hands the command line to lm_eval's own.) In Python: `lm_eval.simple_evaluate(model=Md4JaxLM(
 workdir=DIR), tasks=[...])`.
 
-- loglikelihood(context, continuation): AR exact; MD4 / BD3 the Monte Carlo estimate of the bound on
+- loglikelihood(context, continuation): AR exact; MD4 / GenMD4 / BD3 the Monte Carlo estimate of the bound on
   -log p(continuation | context) over mc_samples stratified draws (an upper bound in expectation: the harness's
   log-likelihood is its negative, a lower bound). is_greedy: whether one network call with the whole
   continuation masked has the continuation as its argmax (AR: greedy decoding, exactly).

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from md4_jax import models
-from md4_jax.core import ar_likelihood, block_diffusion
+from md4_jax.core import ar_likelihood, block_diffusion, per_token
 from md4_jax.core.fused_head import token_nll
 from md4_jax.core.schedules import get_schedule
 from md4_jax.data.modality import Text
@@ -20,6 +20,7 @@ from md4_jax.engine import sharding
 from md4_jax.engine.experiment import Experiment
 from md4_jax.evals import continuation
 from md4_jax.objectives.md4 import MD4
+from md4_jax.samplers import exact
 from tests.conftest import make_config
 
 V = 5
@@ -43,8 +44,8 @@ def test_windows_score_every_continuation_token_once_with_the_most_context(conte
 def scorer(objective_name: str, draws: int = 8, **overrides):
   """(a continuation.Scorer, its module): the tiny config's time-independent transformer at vocabulary V and
   length 6, every weight random (the zero-initialised output layer too)."""
-  config = make_config("unused.txt", objective=objective_name, data__seq_len=6, model__time_conditioning=False,
-                       diffusion__bd3__block_size=2, **overrides)
+  config = make_config("unused.txt", objective=objective_name, data__seq_len=6,
+                       **{"model__time_conditioning": False, "diffusion__bd3__block_size": 2, **overrides})
   experiment = Experiment(config, Text(V, 6), sharding.make_mesh(config.mesh))
   leaves, treedef = jax.tree.flatten(experiment.init_state(experiment.base_key)["params"])
   keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -112,6 +113,44 @@ def test_md4_scores_estimate_the_exact_conditional_bound(shift):
   assert abs(score.nats - other) > 3 * score.stderr, (score, other)
 
 
+def test_genmd4_scores_estimate_the_exact_conditional_bound():
+  """Per-token schedules (random learned powers): every subset of the scored tokens masked with probability
+  prod m_x(t) prod (1 - m_x(t)), the integrand summed over it, integrated over [t_min, 1] in log t (smooth there);
+  plus the scored tokens' reconstruction and prior terms."""
+  ours, module = scorer("genmd4", draws=1024)
+  objective = ours.experiment.objective
+  context, text = np.asarray([1, 3]), np.asarray([0, 4, 2])
+  score = ours.score([(context, text)])[0]
+  tokens = np.concatenate([context, text, [0]])
+  scored, unknown = np.asarray([False, False, True, True, True, False]), np.asarray([False] * 5 + [True])
+  schedule, net = objective.schedule(module), objective.network(models.Network(module))
+  assert np.ptp(np.asarray(schedule.powers)) > 0.1  # the tokens' schedules differ
+  nodes, weights = np.polynomial.legendre.leggauss(64)
+  log_low = np.log(objective.t_min)
+  t_Q = np.exp(log_low / 2 * (1 - nodes))
+  w_Q = weights * (-log_low / 2) * t_Q  # dt = t d(log t)
+  rate_QxV, m_QxV = np.asarray(schedule.rate(jnp.asarray(t_Q))), np.asarray(schedule.mask_prob(jnp.asarray(t_Q)))
+  positions = np.flatnonzero(scored)
+  exact = 0.0
+  for masked_flags in itertools.product([False, True], repeat=len(positions)):
+    masked = np.zeros_like(scored)
+    masked[positions[list(masked_flags)]] = True
+    if not masked.any():
+      continue
+    z = jnp.where(jnp.asarray(masked | unknown), V, jnp.asarray(tokens))[None]
+    logits = np.asarray(net(z, jnp.ones(1)))[0]  # time-independent
+    m_QxN = m_QxV[:, tokens[positions]]
+    probability_Q = np.prod(np.where(np.asarray(masked_flags), m_QxN, 1 - m_QxN), axis=1)
+    integrand_Q = sum(np.asarray(per_token.integrand(jnp.asarray(logits[n])[None], jnp.asarray(tokens[n])[None],
+                                                     jnp.asarray(rate_QxV)))
+                      for n in np.flatnonzero(masked))
+    exact += float(np.sum(w_Q * probability_Q * integrand_Q))
+  x0, scored_1xL = jnp.asarray(tokens)[None], jnp.asarray(scored)[None]
+  exact += float(per_token.reconstruction(schedule, x0, scored_1xL, objective.t_min)[0]
+                 + per_token.prior(schedule, x0, scored_1xL, V)[0])
+  assert score.stderr > 0 and abs(score.nats - exact) < 3 * score.stderr, (score, exact)
+
+
 def test_bd3_scores_are_the_block_bound_on_the_continuation():
   """Blocks of 2, a continuation that starts mid-block: the estimate is within 3 standard errors of the exact
   bound, whose blocks are scored given the clean blocks before them (enumerated per block)."""
@@ -133,11 +172,15 @@ def test_bd3_scores_are_the_block_bound_on_the_continuation():
   assert abs(score.nats - exact) < 3 * score.stderr, (score, exact)
 
 
-def test_greedy_is_the_one_call_argmax():
-  ours, module = scorer("md4")
+@pytest.mark.parametrize("objective_name", ["md4", "genmd4"])
+def test_greedy_is_the_one_call_argmax(objective_name):
+  """One call at the time whose (mean) mask rate is the masked share, 4 of 6 (GenMD4: its learned schedule's)."""
+  ours, module = scorer(objective_name, model__time_conditioning=True)
   context = np.asarray([1, 3])
   z = jnp.asarray([[1, 3, V, V, V, V]])
-  best = np.asarray(jnp.argmax(module(z, jnp.full((1,), 4 / 6)), axis=-1))[0]
+  share = jnp.full((1,), 4 / 6)
+  t = share if objective_name == "md4" else exact.time_of_mask_prob(ours.experiment.objective.schedule(module), share)
+  best = np.asarray(jnp.argmax(module(z, t), axis=-1))[0]
   assert ours.score([(context, best[2:5])])[0].greedy
   wrong = best[2:5].copy()
   wrong[1] = (wrong[1] + 1) % V

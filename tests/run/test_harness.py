@@ -2,16 +2,15 @@
 (multiple choice against shuffled characters, rolling log-likelihood, generation with a stop string), through
 lm_eval's own evaluator."""
 
-import json
 import math
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from scipy import stats
 
+from benchmarks import harness_mc
 from md4_jax.errors import UserError
 from md4_jax.run import harness
 from tests.conftest import CORPUS, ROOT, train_tiny
@@ -19,7 +18,7 @@ from tests.conftest import CORPUS, ROOT, train_tiny
 lm_eval = pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow
 
-QUESTIONS, CHOICES, STOP = 80, 4, "t"
+QUESTIONS, CHOICES, STOP = 80, harness_mc.CHOICES, "t"
 
 
 @pytest.fixture(scope="module")
@@ -32,26 +31,10 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-  """A directory of three local tasks (YAML + jsonl): md4_mc, md4_rolling, md4_until."""
-  root = tmp_path_factory.mktemp("tasks")
-  rng = np.random.default_rng(0)
-  docs = []
-  for index in range(QUESTIONS):
-    start = int(rng.integers(0, len(CORPUS) - 40))
-    context, answer = CORPUS[start:start + 24], CORPUS[start + 24:start + 32]
-    choices = [answer]
-    while len(choices) < CHOICES:
-      shuffled = "".join(rng.permutation(list(answer)))
-      if shuffled not in choices:
-        choices.append(shuffled)
-    order = rng.permutation(CHOICES)
-    docs.append({"context": context, "choices": [choices[i] for i in order], "label": int(np.argmax(order == 0)),
-                 "text": CORPUS[start:start + 40], "id": index})
-  (root / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+  """A directory of three local tasks (YAML + jsonl): md4_mc (the benchmark's: a passage's next 8 characters
+  among 3 shuffles of them), md4_rolling, md4_until."""
+  root = harness_mc.write_multiple_choice(tmp_path_factory.mktemp("tasks"), CORPUS, QUESTIONS, 24, 8)
   common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'docs.jsonl'}\ntest_split: test\n"
-  (root / "mc.yaml").write_text("task: md4_mc\n" + common + "output_type: multiple_choice\n"
-                                'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-                                "target_delimiter: ''\nmetric_list:\n  - metric: acc\n")
   (root / "rolling.yaml").write_text("task: md4_rolling\n" + common + "output_type: loglikelihood_rolling\n"
                                      'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
                                      "  - metric: word_perplexity\n  - metric: bits_per_byte\n")
