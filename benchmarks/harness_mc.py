@@ -47,7 +47,7 @@ def write_multiple_choice(root: pathlib.Path, text: str, questions: int, context
       f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'docs.jsonl'}\n"
       "test_split: test\noutput_type: multiple_choice\n"
       'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-      "target_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+      "target_delimiter: ''\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
   return root
 
 

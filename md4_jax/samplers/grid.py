@@ -53,16 +53,20 @@ def _unmask_prob(schedule, t, s):
   return jnp.where(s == 0, 1.0, (schedule.alpha(s) - schedule.alpha(t)) / schedule.mask_prob(t))
 
 
-def _ancestral_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
-  """MD4's step: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q); with
-  per-token q_v (GenMD4), (p_v q_v, sum_v p_v (1 - q_v))."""
-  q = _unmask_prob(schedule, t, s)
-  log_probs = process_logits(logits, settings)
+def unmask_draw(key, log_probs_BxLxV, q):
+  """[B, L]: one draw over (vocabulary + stay masked) with probabilities (p * q, 1 - q), or with per-token q_v
+  (GenMD4) (p_v q_v, sum_v p_v (1 - q_v)); V means "stays masked"."""
   if jnp.ndim(q):
-    stay = jax.nn.logsumexp(log_probs + jnp.log1p(-q), axis=-1, keepdims=True)
+    stay = jax.nn.logsumexp(log_probs_BxLxV + jnp.log1p(-q), axis=-1, keepdims=True)
   else:
-    stay = jnp.broadcast_to(jnp.log1p(-q), log_probs.shape[:-1] + (1,))
-  choice_BxL = categorical(key, jnp.concatenate([log_probs + jnp.log(q), stay], axis=-1))
+    stay = jnp.broadcast_to(jnp.log1p(-q), log_probs_BxLxV.shape[:-1] + (1,))
+  return categorical(key, jnp.concatenate([log_probs_BxLxV + jnp.log(q), stay], axis=-1))
+
+
+def _ancestral_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
+  """MD4's step: each masked position unmasks with probability q to a token drawn from the model."""
+  log_probs = process_logits(logits, settings)
+  choice_BxL = unmask_draw(key, log_probs, _unmask_prob(schedule, t, s))
   unmask_BxL = is_masked_BxL & (choice_BxL < log_probs.shape[-1])
   return jnp.where(unmask_BxL, choice_BxL, z_BxL)
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from md4_jax.samplers.draws import categorical, process_logits, uniform
+from md4_jax.samplers.draws import process_logits, uniform
 from md4_jax.samplers.exact import time_of_mask_prob
-from md4_jax.samplers.grid import grid_sampler, grid_times
+from md4_jax.samplers.grid import grid_sampler, grid_times, unmask_draw
 
 STRATEGIES = ("cap", "rescale", "loop")
 
@@ -99,11 +99,7 @@ def _update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, sc
   ancestral_q = jnp.where(s == 0, 1.0, (alpha_s - alpha_t) / mask_prob_t)
   unmask = jnp.minimum(ancestral_q + sigma * alpha_t / mask_prob_t, 1.0)
   log_probs = process_logits(logits, settings)
-  if jnp.ndim(unmask):
-    stay = jax.nn.logsumexp(log_probs + jnp.log1p(-unmask), axis=-1, keepdims=True)
-  else:
-    stay = jnp.broadcast_to(jnp.log1p(-unmask), log_probs.shape[:-1] + (1,))
-  choice_BxL = categorical(key, jnp.concatenate([log_probs + jnp.log(unmask), stay], axis=-1))
+  choice_BxL = unmask_draw(key, log_probs, unmask)
   vocab_size = log_probs.shape[-1]
   unmasked_BxL = is_masked_BxL & (choice_BxL < vocab_size)
   decoded_BxL = active_BxL & ~is_masked_BxL  # filled by this sampler: the only tokens it may mask again
