@@ -49,8 +49,8 @@ def check_config(config, length: int) -> None:
   if own.strategy == "rescale" and own.eta > 1:
     raise ValueError(f"sampler.remdm.eta={own.eta} must be <= 1 for strategy='rescale' (a share of sigma_max)")
   if own.strategy == "loop":
-    if not 0.0 <= own.t_off < own.t_on <= 1.0:
-      raise ValueError(f"sampler.remdm.t_on={own.t_on}, t_off={own.t_off}: need 0 <= t_off < t_on <= 1")
+    if not 0.0 <= own.t_off < own.t_on < 1.0:
+      raise ValueError(f"sampler.remdm.t_on={own.t_on}, t_off={own.t_off}: need 0 <= t_off < t_on < 1")
     if not 0.0 < own.alpha_on < 1.0:
       raise ValueError(f"sampler.remdm.alpha_on={own.alpha_on} must be in (0, 1)")
     most = (1.0 - own.alpha_on) / own.alpha_on  # sigma_max while alpha stays at alpha_on

@@ -152,7 +152,8 @@ def test_semi_ar_runs_it_block_by_block():
     (dict(strategy="max"), "sampler.remdm.strategy='max'"),
     (dict(eta=-0.1), "sampler.remdm.eta=-0.1 must be >= 0"),
     (dict(strategy="rescale", eta=1.5), "must be <= 1 for strategy='rescale'"),
-    (dict(t_on=0.1, t_off=0.2), "need 0 <= t_off < t_on <= 1"),
+    (dict(t_on=0.1, t_off=0.2), "need 0 <= t_off < t_on < 1"),
+    (dict(t_on=1.0), "need 0 <= t_off < t_on < 1"),
     (dict(alpha_on=1.0), "sampler.remdm.alpha_on=1.0 must be in (0, 1)"),
     (dict(eta=0.2), "exceeds (1 - alpha_on) / alpha_on = 0.1111"),
 ])
