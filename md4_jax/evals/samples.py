@@ -4,7 +4,8 @@ For each sampler variant in eval.samplers ("ancestral:100,exact:1,parallel:0.9:d
 exact:k tokens per call or parallel:threshold, optionally :kv_cache; remdm:steps optionally :strategy) it draws sampler.num_samples unconditional samples from
 the checkpoint and reports
 - generative perplexity: exp(mean next-token NLL per token) of the samples under the judge, an
-  autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params);
+  autoregressive run of this framework (eval.judge = its workdir; latest checkpoint, EMA params), with its
+  standard error over the samples;
 - unigram entropy in bits of the samples' token frequencies (a repetitive sampler scores low; the
   held-out data's own unigram entropy is printed beside it);
 - network calls and seconds per batch.
@@ -103,20 +104,25 @@ class Judge:
     self.params, self.step, self.workdir = state["ema_params"], int(state["step"]), str(path)
     graphdef, objective = self.experiment.graphdef, self.experiment.objective
 
-    def total_nll(params, tokens_NxL):
-      """An exact objective draws nothing: its terms are the same for any key."""
+    def nll_N(params, tokens_NxL):
+      """[N] nats per sequence. An exact objective draws nothing: its terms are the same for any key."""
       net = models.Network(nnx.merge(graphdef, params))
-      terms = objective.terms(net, tokens_NxL, jax.random.key(0), token_mask_BxL=jnp.ones_like(tokens_NxL),
-                              timesteps=0)
-      return terms["loss"].sum()
+      return objective.terms(net, tokens_NxL, jax.random.key(0), token_mask_BxL=jnp.ones_like(tokens_NxL),
+                             timesteps=0)["loss"]
 
-    self._total_nll = jax.jit(total_nll, out_shardings=sharding.replicated(mesh))
+    self._nll_N = jax.jit(nll_N, out_shardings=sharding.replicated(mesh))
 
-  def perplexity(self, tokens_NxL: np.ndarray) -> float:
-    """exp(mean NLL per token) of the sequences under the judge."""
-    nll = float(self._total_nll(self.params, sharding.replicated_array(np.asarray(tokens_NxL, np.int32),
-                                                                       self.experiment.mesh)))
-    return math.exp(nll / tokens_NxL.size)
+  def perplexity(self, tokens_NxL: np.ndarray) -> tuple[float, float | None]:
+    """(exp(mean NLL per token), its standard error) of the sequences under the judge. The error treats the
+    sequences as independent draws: the standard error of their mean NLL per token, times the perplexity (the
+    delta method); None for one sequence."""
+    nll_N = np.asarray(self._nll_N(self.params, sharding.replicated_array(np.asarray(tokens_NxL, np.int32),
+                                                                          self.experiment.mesh)), np.float64)
+    per_token_N = nll_N / tokens_NxL.shape[1]
+    perplexity = math.exp(per_token_N.mean())
+    if len(per_token_N) < 2:
+      return perplexity, None
+    return perplexity, perplexity * float(per_token_N.std(ddof=1)) / math.sqrt(len(per_token_N))
 
 
 def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
@@ -130,9 +136,10 @@ def evaluate(base: Experiment, params, key) -> tuple[list[dict], Judge | None]:
     start = generate.unconditional_start(experiment, config.sampler.num_samples)
     samples = generate.draw_samples(experiment, params, jax.random.fold_in(key, index), start)
     label = variant_label(overrides)
+    gen_ppl, gen_ppl_stderr = judge.perplexity(samples.tokens) if judge else (None, None)
     rows.append({"sampler": label, "nfe": samples.nfe, "seconds": round(samples.seconds, 3),
                  "tokens_per_sec": round(samples.tokens_per_sec, 1),
-                 "gen_ppl": judge.perplexity(samples.tokens) if judge else None,
+                 "gen_ppl": gen_ppl, "gen_ppl_stderr": gen_ppl_stderr,
                  "unigram_entropy_bits": unigram_entropy_bits(samples.tokens, modality.vocab_size),
                  **modality.describe(samples.tokens[0])})
   return rows, judge
@@ -150,10 +157,12 @@ def run(context) -> dict:
   judge_text = f"judge {judge.workdir} (step {judge.step})" if judge else "no judge (set eval.judge)"
   lines = [f"Step {step}, {config.eval.params} params, {config.sampler.num_samples} samples per sampler; "
            f"{judge_text}. Held-out data's unigram entropy: {data_entropy:.3f} bits.", "",
-           "| sampler | network calls | seconds | tokens/s | generative perplexity | unigram entropy (bits) |",
+           "| sampler | network calls | seconds | tokens/s | generative perplexity (+- std error) | "
+           "unigram entropy (bits) |",
            "|---|---|---|---|---|---|"]
   for row in rows:
     ppl = f"{row['gen_ppl']:.3f}" if row["gen_ppl"] is not None else "-"
+    ppl += f" +- {row['gen_ppl_stderr']:.3f}" if row["gen_ppl_stderr"] is not None else ""
     lines.append(f"| {row['sampler']} | {row['nfe']} | {row['seconds']:.1f} | {row['tokens_per_sec']:.1f} | {ppl} | "
                  f"{row['unigram_entropy_bits']:.3f} |")
   table = "\n".join(lines) + "\n"

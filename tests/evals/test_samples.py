@@ -56,6 +56,7 @@ def test_samples_suite_writes_a_table_per_sampler(runs):
   assert [row["nfe"] for row in result["samplers"]] == [4, 16]
   for row in result["samplers"]:
     assert 1.0 < row["gen_ppl"] < 1e4 and 0 < row["unigram_entropy_bits"] <= math.log2(27)
+    assert 0 < row["gen_ppl_stderr"] < row["gen_ppl"]
     # tokens/s = 48 tokens over the unrounded seconds; the row's seconds are rounded to 1 ms
     seconds = row["seconds"]
     assert 48 / (seconds + 6e-4) - 0.1 <= row["tokens_per_sec"] <= 48 / max(seconds - 6e-4, 1e-9) + 0.1
@@ -110,8 +111,14 @@ def test_judge_perplexity_is_the_exact_likelihood(runs, tmp_path):
                                make_config(corpus))
   tokens = np.asarray([tokenizer.encode("the cat sat on t"), tokenizer.encode("a fat rat ate th")])
   network = nnx.merge(judge.experiment.graphdef, judge.params)
-  nll = float(ar_likelihood.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"].sum())
-  assert judge.perplexity(tokens) == pytest.approx(math.exp(nll / tokens.size), rel=1e-5)
+  nll_N = np.asarray(ar_likelihood.nll_terms(network, tokens, vocab_size=tokenizer.vocab_size)["loss"], np.float64)
+  perplexity, stderr = judge.perplexity(tokens)
+  assert perplexity == pytest.approx(math.exp(nll_N.sum() / tokens.size), rel=1e-5)
+  # The delta method over the 2 sequences: |a - b| / 2 is the standard error of their mean per-token NLL.
+  per_token = nll_N / tokens.shape[1]
+  assert abs(per_token[0] - per_token[1]) > 0.01
+  assert stderr == pytest.approx(perplexity * abs(per_token[0] - per_token[1]) / 2, rel=1e-4)
+  assert judge.perplexity(tokens[:1])[1] is None
 
 
 @pytest.mark.parametrize("judge, message", [("md4", "whose likelihood is a bound; the judge must score exactly"),
