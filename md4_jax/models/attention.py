@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from md4_jax.core.attention_masks import CAUSAL, Mask  # noqa: F401 (the masks attention takes)
+from md4_jax.models.block_attention import block_diffusion_attention
 
 SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group on the CPU: 64 MiB
 ACCELERATOR_SCORE_BLOCK_ELEMENTS = 1 << 27  # on a GPU/TPU: 512 MiB (fewer, larger steps keep it busy)
@@ -57,12 +58,15 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Ma
   that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
   written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
   attention_kernel), same function up to rounding; block masks run the XLA form (untested on cuDNN here).
+  Block diffusion's training mask runs block_attention.py's chunked form, which skips what the mask drops.
   causal=True is mask=CAUSAL. mask may also be a boolean [L, L] array (True: may attend), drawn per step
   (MD4's attention annealing, objectives/md4.py); it runs the XLA form.
   """
   mask = CAUSAL if causal else mask
   if mask is not None and not isinstance(mask, Mask):
     return _attention_allowed(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
+  if mask is not None and mask.kind == "block_diffusion":
+    return block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
   if kernel == "cudnn" and mask in (None, CAUSAL):
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=mask == CAUSAL,
                                         implementation="cudnn")
