@@ -15,7 +15,7 @@ def dense(q, k, v, block_size):
   return attention_lib._attention(q, k, v, Mask("block_diffusion", block_size))
 
 
-@pytest.mark.parametrize("length, block_size", [(8, 1), (8, 2), (12, 4), (16, 4), (24, 2), (36, 4)])
+@pytest.mark.parametrize("length, block_size", [(8, 1), (8, 2), (12, 4), (24, 2), (36, 4)])
 def test_values_and_gradients_equal_the_dense_form(length, block_size):
   keys = jax.random.split(jax.random.key(length + block_size), 4)
   q, k, v = (jax.random.normal(key, (2, 2 * length, 3, 8)) for key in keys[:3])
