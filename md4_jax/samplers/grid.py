@@ -46,7 +46,7 @@ def grid_sampler(update, times_of=grid_times):
   return run
 
 
-def _unmask_prob(schedule, t, s):
+def unmask_prob(schedule, t, s):
   """P(a position masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t); 1 at s = 0,
   where the reverse process ends fully unmasked (alpha_0 = 1 - eps is only a numerical guard).
   A scalar, or [V] (one per token it would become) for per-token schedules (GenMD4)."""
@@ -66,7 +66,7 @@ def unmask_draw(key, log_probs_BxLxV, q):
 def _ancestral_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, schedule):
   """MD4's step: each masked position unmasks with probability q to a token drawn from the model."""
   log_probs = process_logits(logits, settings)
-  choice_BxL = unmask_draw(key, log_probs, _unmask_prob(schedule, t, s))
+  choice_BxL = unmask_draw(key, log_probs, unmask_prob(schedule, t, s))
   unmask_BxL = is_masked_BxL & (choice_BxL < log_probs.shape[-1])
   return jnp.where(unmask_BxL, choice_BxL, z_BxL)
 
@@ -75,7 +75,7 @@ def _mean_update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, setting
   """The same step in two stages: draw x0 at every position, then unmask each with probability q (q_x0)."""
   token_key, unmask_key = jax.random.split(key)
   x0_BxL = categorical(token_key, process_logits(logits, settings))
-  q = _unmask_prob(schedule, t, s)
+  q = unmask_prob(schedule, t, s)
   unmask_BxL = is_masked_BxL & (uniform(unmask_key, z_BxL.shape) < (q[x0_BxL] if jnp.ndim(q) else q))
   return jnp.where(unmask_BxL, x0_BxL, z_BxL)
 

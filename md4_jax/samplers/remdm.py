@@ -23,7 +23,7 @@ import ml_collections
 
 from md4_jax.samplers.draws import process_logits, uniform
 from md4_jax.samplers.exact import time_of_mask_prob
-from md4_jax.samplers.grid import grid_sampler, grid_times, unmask_draw
+from md4_jax.samplers.grid import grid_sampler, grid_times, unmask_draw, unmask_prob
 
 STRATEGIES = ("cap", "rescale", "loop")
 
@@ -96,8 +96,7 @@ def _update(key, z_BxL, is_masked_BxL, active_BxL, logits, t, s, i, settings, sc
   alpha_s = jnp.where(s == 0, 1.0, schedule.alpha(s))  # the walk ends fully unmasked, as the ancestral one
   sigma = _sigma(settings, alpha_t, alpha_s, i)
   # (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), written as ancestral's q plus the share sigma brings back
-  ancestral_q = jnp.where(s == 0, 1.0, (alpha_s - alpha_t) / mask_prob_t)
-  unmask = jnp.minimum(ancestral_q + sigma * alpha_t / mask_prob_t, 1.0)
+  unmask = jnp.minimum(unmask_prob(schedule, t, s) + sigma * alpha_t / mask_prob_t, 1.0)
   log_probs = process_logits(logits, settings)
   choice_BxL = unmask_draw(key, log_probs, unmask)
   vocab_size = log_probs.shape[-1]
