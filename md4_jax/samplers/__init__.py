@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from md4_jax import parts
 from md4_jax.errors import UserError
-from md4_jax.samplers import confidence, exact, grid, parallel, remdm, semi_ar
+from md4_jax.samplers import confidence, exact, grid, parallel, parallel_cache, remdm, semi_ar
 from md4_jax.samplers.draws import GRIDS, Settings, categorical, process_logits, record_order, time_grid, uniform  # noqa: F401
 from md4_jax.samplers.guidance import guided  # noqa: F401
 from md4_jax.samplers.semi_ar import semi_ar_blocks  # noqa: F401
@@ -103,7 +103,7 @@ def sample(denoise, key, schedule, z_BxL, settings: Settings, *, vocab_size: int
   """
   samplers = SAMPLERS if samplers is None else samplers
   if settings.kv_cache in parallel.CACHES:
-    tokens_BxL, nfe, order_BxL = parallel.sample_cached(module, key, schedule, z_BxL, settings, vocab_size)
+    tokens_BxL, nfe, order_BxL = parallel_cache.sample_cached(module, key, schedule, z_BxL, settings, vocab_size)
     return (tokens_BxL, nfe, order_BxL) if return_order else (tokens_BxL, nfe)
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
   order_BxL = jnp.zeros_like(z_BxL)

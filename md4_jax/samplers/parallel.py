@@ -10,7 +10,11 @@ Fast-dLLM's rule). Threshold 1.0 is one token per call: MD4's random order block
 low-confidence remasking. Calls go on until the block is full, so NFE depends on the model. A time-conditioned
 network is called at the time whose mask probability equals the share of the row still masked.
 
-Caches (sampler.kv_cache; `sample_cached`, a transformer's `extend`): a refresh call runs the whole sequence
+Every row advances on its own (`decode`): its current block is the leftmost one it has not finished, and a call
+serves each unfinished row at its own block, so a batch costs about its slowest row's calls, not the sum over
+blocks of each block's slowest row; a finished row waits. A row draws what it would draw alone (`row_keys`).
+
+Caches (sampler.kv_cache; parallel_cache.py, a transformer's `extend`): a refresh call runs the whole sequence
 and keeps every position's keys and values, at the block's first call and then every
 sampler.parallel.cache_refresh calls (0: only the first). Between refreshes, 'prefix' runs the block and everything after it against the
 cached positions before the block; 'dual' runs the block alone against the cached positions before and after
@@ -72,49 +76,74 @@ def _blocks(settings, length: int):
   return [(start, size) for start in range(0, length, size)]
 
 
-def _threshold_update(key, z_BxC, masked_BxC, logits_BxCxV, settings):
-  """Draws every masked position; keeps those whose confidence passes the threshold, and one more per row: a
-  uniformly chosen one (fallback 'random', the exact sampler's order) or the most confident ('confidence')."""
+def _threshold_update(key, z_C, masked_C, logits_CxV, settings):
+  """One row's call: draws every masked position; keeps those whose confidence passes the threshold, and one more:
+  a uniformly chosen one (fallback 'random', the exact sampler's order) or the most confident ('confidence')."""
   token_key, position_key = jax.random.split(key)
-  x0_BxC = categorical(token_key, process_logits(logits_BxCxV, settings))
-  probs_BxCxV = jax.nn.softmax(logits_BxCxV.astype(jnp.float32), axis=-1)
-  confidence_BxC = jnp.where(masked_BxC, jnp.take_along_axis(probs_BxCxV, x0_BxC[..., None], axis=-1)[..., 0], -1.0)
+  x0_C = categorical(token_key, process_logits(logits_CxV, settings))
+  probs_CxV = jax.nn.softmax(logits_CxV.astype(jnp.float32), axis=-1)
+  confidence_C = jnp.where(masked_C, jnp.take_along_axis(probs_CxV, x0_C[:, None], axis=-1)[:, 0], -1.0)
   if settings.fallback == "random":
-    choice_BxC = jnp.where(masked_BxC, uniform(position_key, z_BxC.shape), -1.0)
+    choice_C = jnp.where(masked_C, uniform(position_key, z_C.shape), -1.0)
   else:
-    choice_BxC = confidence_BxC
-  one_BxC = jax.nn.one_hot(jnp.argmax(choice_BxC, axis=-1), z_BxC.shape[1], dtype=bool)
-  unmask_BxC = masked_BxC & ((confidence_BxC > settings.threshold) | one_BxC)
-  return jnp.where(unmask_BxC, x0_BxC, z_BxC)
+    choice_C = confidence_C
+  one_C = jax.nn.one_hot(jnp.argmax(choice_C), z_C.shape[0], dtype=bool)
+  unmask_C = masked_C & ((confidence_C > settings.threshold) | one_C)
+  return jnp.where(unmask_C, x0_C, z_C)
 
 
-def _decode(window, key, z_BxL, active_BxL, settings, vocab_size, order_BxL):
-  """The blocks in turn; `window(start, size) -> (cache, call)` with call(z_BxL, call_in_block, cache) ->
-  (logits_BxCxV of the block, cache)."""
+def rows_slice(x_BxLx, start_B, size: int):
+  """x_BxLx[b, start_B[b]:start_B[b] + size] for every row: [B, size, ...]."""
+  return jax.vmap(lambda x, start: jax.lax.dynamic_slice_in_dim(x, start, size))(x_BxLx, start_B)
+
+
+def row_keys(key, batch_size: int):
+  """[B] each row's key: fold_in(key, row), or `key` itself when it already holds one key per row (to draw a row
+  alone as it is drawn in a batch). A row's draws depend on its key only, not on the other rows."""
+  if key.shape == (batch_size,):
+    return key
+  return jax.vmap(lambda row: jax.random.fold_in(key, row))(jnp.arange(batch_size))
+
+
+def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cache=()):
+  """Every row on its own: a row's current block is the leftmost one still holding a masked active position,
+  and each loop step is one call that serves every unfinished row at its own block (a finished row waits).
+
+  `call(z_BxL, start_B, calls_B, live_B, cache) -> (logits_BxCxV of each row's block, network passes, cache)`;
+  calls_B counts each row's calls in its current block. Row b's c-th call in block k draws with
+  fold_in(fold_in(keys_B[b], k), c), so a row draws what it draws alone (tested). order_BxL records each row's
+  own clock: its calls so far (after the clock order_BxL had reached)."""
+  batch_size, length = z_BxL.shape
+  size = settings.block_length or length
   clock_start = jnp.max(order_BxL)
-  nfe = jnp.zeros((), jnp.int32)
-  for index, (start, size) in enumerate(_blocks(settings, z_BxL.shape[1])):
-    block_key = jax.random.fold_in(key, index)
-    active_BxC = active_BxL[:, start:start + size]
-    masked = lambda z_BxL: (z_BxL[:, start:start + size] == vocab_size) & active_BxC  # noqa: E731
-    cache, call = window(start, size)
+  masked_of = lambda z_BxL: (z_BxL == vocab_size) & active_BxL  # noqa: E731
 
-    def one_call(carry, start=start, size=size, call=call, masked=masked, block_key=block_key):
-      z_BxL, nfe, calls, order_BxL, cache = carry
-      logits_BxCxV, cache = call(z_BxL, calls, cache)
-      z_BxC = _threshold_update(jax.random.fold_in(block_key, calls), z_BxL[:, start:start + size], masked(z_BxL),
-                                logits_BxCxV, settings)
-      new_z = z_BxL.at[:, start:start + size].set(z_BxC)
-      order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + nfe + 1, vocab_size)
-      return new_z, nfe + 1, calls + 1, order_BxL, cache
+  def one_call(carry):
+    z_BxL, nfe, block_B, calls_B, clock_B, order_BxL, cache = carry
+    masked_BxL = masked_of(z_BxL)
+    live_B = jnp.any(masked_BxL, axis=1)
+    now_B = jnp.where(live_B, jnp.argmax(masked_BxL, axis=1) // size, 0)  # a finished row idles at block 0
+    calls_B = jnp.where(now_B == block_B, calls_B, 0)
+    start_B = now_B * size
+    logits_BxCxV, passes, cache = call(z_BxL, start_B, calls_B, live_B, cache)
+    call_keys_B = jax.vmap(lambda key, block, calls: jax.random.fold_in(jax.random.fold_in(key, block), calls))(
+        keys_B, now_B, calls_B)
+    z_BxC = jax.vmap(_threshold_update, in_axes=(0, 0, 0, 0, None))(
+        call_keys_B, rows_slice(z_BxL, start_B, size), rows_slice(masked_BxL, start_B, size), logits_BxCxV,
+        settings)
+    new_z = jax.vmap(jax.lax.dynamic_update_slice_in_dim, in_axes=(0, 0, 0, None))(z_BxL, z_BxC, start_B, 0)
+    clock_B = clock_B + live_B
+    order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + clock_B[:, None], vocab_size)
+    return new_z, nfe + passes, now_B, calls_B + live_B, clock_B, order_BxL, cache
 
-    z_BxL, nfe, _, order_BxL, _ = jax.lax.while_loop(
-        lambda carry, masked=masked: jnp.any(masked(carry[0])), one_call,
-        (z_BxL, nfe, jnp.zeros((), jnp.int32), order_BxL, cache))
+  rows = jnp.zeros(batch_size, jnp.int32)
+  z_BxL, nfe, _, _, _, order_BxL, _ = jax.lax.while_loop(
+      lambda carry: jnp.any(masked_of(carry[0])), one_call,
+      (z_BxL, jnp.zeros((), jnp.int32), rows - 1, rows, rows, order_BxL, cache))
   return z_BxL, nfe, order_BxL
 
 
-def _masked_time(schedule, z_BxL, vocab_size: int):
+def masked_time(schedule, z_BxL, vocab_size: int):
   """[B] the time whose mask probability is the share of each row still masked."""
   return time_of_mask_prob(schedule, jnp.mean(z_BxL == vocab_size, axis=-1).astype(jnp.float32))
 
@@ -122,44 +151,15 @@ def _masked_time(schedule, z_BxL, vocab_size: int):
 def _parallel(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, time_dependent, order_BxL):
   """No cache: every call runs the network over the whole sequence."""
   del time_dependent
-
-  def window(start, size):
-    call = lambda z_BxL, calls, cache: (  # noqa: E731
-        denoise(z_BxL, _masked_time(schedule, z_BxL, vocab_size))[:, start:start + size].astype(jnp.float32), cache)
-    return (), call
-
-  return _decode(window, key, jnp.asarray(z_BxL, jnp.int32), active_BxL, settings, vocab_size, order_BxL)
-
-
-def sample_cached(module, key, schedule, z_BxL, settings, vocab_size: int):
-  """(tokens_BxL, NFE, order_BxL): `parallel` over the block-wise approximate cache settings.kv_cache."""
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
-  batch_size, length = z_BxL.shape
-  positions_L = jnp.arange(length)
-  prefix, refresh_every = settings.kv_cache == "prefix", settings.cache_refresh
+  size = settings.block_length or z_BxL.shape[1]
 
-  def window(start, size):
-    end = start + size
-    last = length if prefix else end  # the chunk a cached call runs: prefix, the block and all after it
-    sees_L = positions_L < start if prefix else (positions_L < start) | (positions_L >= end)
+  def call(z_BxL, start_B, calls_B, live_B, cache):
+    del calls_B, live_B
+    logits_BxLxV = denoise(z_BxL, masked_time(schedule, z_BxL, vocab_size))
+    return rows_slice(logits_BxLxV, start_B, size).astype(jnp.float32), 1, cache
 
-    def call(z_BxL, calls, cache):
-      t_B = _masked_time(schedule, z_BxL, vocab_size)
-
-      def refresh(cache):
-        h_BxLxD, kv = module.extend(z_BxL, positions_L, t_B=t_B)
-        return module.head_logits(h_BxLxD[:, start:end]), tuple(x.astype(c.dtype) for x, c in zip(kv, cache))
-
-      def reuse(cache):
-        h_BxCxD, _ = module.extend(z_BxL[:, start:last], positions_L[start:last], cache, sees_L, t_B=t_B)
-        return module.head_logits(h_BxCxD[:, :size]), cache
-
-      refresh_now = calls % refresh_every == 0 if refresh_every else calls == 0
-      return jax.lax.cond(refresh_now, refresh, reuse, cache)
-
-    return module.empty_cache(batch_size, length), call
-
-  return _decode(window, key, z_BxL, z_BxL == vocab_size, settings, vocab_size, jnp.zeros_like(z_BxL))
+  return decode(call, row_keys(key, z_BxL.shape[0]), z_BxL, active_BxL, settings, vocab_size, order_BxL)
 
 
 SAMPLERS = {"parallel": _parallel}

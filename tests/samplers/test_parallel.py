@@ -10,6 +10,8 @@ import pytest
 from scipy import stats
 
 from md4_jax import models, samplers
+from md4_jax.samplers import parallel, parallel_cache
+from md4_jax.core import per_token
 from md4_jax.core.schedules import get_schedule
 from tests.conftest import sampler_settings
 from tests.core.test_block_diffusion import V, random_network
@@ -21,12 +23,13 @@ LENGTH = 12
 SCHEDULE = get_schedule("cosine")
 
 
-def draw(network, settings, z_BxL, key=0, time_conditioning=False):
-  """(tokens, NFE, order) from the parallel sampler over a transformer module, its caches included."""
-  run = jax.jit(lambda key, z: samplers.sample(models.Network(network), key, SCHEDULE, z, settings, vocab_size=V,
+def draw(network, settings, z_BxL, key=0, time_conditioning=False, schedule=SCHEDULE):
+  """(tokens, NFE, order) from the parallel sampler over a transformer module, its caches included. key: a seed,
+  or a key array (one key per row draws each row with its own key)."""
+  run = jax.jit(lambda key, z: samplers.sample(models.Network(network), key, schedule, z, settings, vocab_size=V,
                                                time_dependent=time_conditioning, return_order=True,
                                                module=network))
-  return [np.asarray(x) for x in run(jax.random.key(key), z_BxL)]
+  return [np.asarray(x) for x in run(jax.random.key(key) if isinstance(key, int) else key, z_BxL)]
 
 
 def prompted(rows: int = 4):
@@ -51,6 +54,82 @@ def test_refreshing_every_call_draws_what_no_cache_draws(kv_cache, time_conditio
   # The cached pass is not trivially the uncached one: refreshing once per block draws something else.
   assert any(not np.array_equal(stale[0], fresh[0]) for stale, fresh in zip(drawn["refresh per block"],
                                                                              drawn["none"]))
+
+
+def rows_in_different_places():
+  """Four rows that start in different blocks (of 4): rows 0, 1 and 2 have only block 0, 1 resp. 2 masked, row 3
+  two positions of each block."""
+  given = np.asarray([[3, 1, 0, 2, 4, 4, 1, 0, 2, 3, 3, 1]] * 4, np.int32)
+  z_BxL = np.full((4, LENGTH), V, np.int32)
+  for row in range(3):
+    z_BxL[row] = given[row]
+    z_BxL[row, 4 * row:4 * row + 4] = V
+  z_BxL[3, [0, 1, 5, 6, 9, 10]] = given[3, [0, 1, 5, 6, 9, 10]]
+  return jnp.asarray(z_BxL)
+
+
+def calls_per_block(order_L, given_L, size: int = 4):
+  """A row's own calls in each block: the distinct clock values of the positions it filled there."""
+  return [len(set(order_L[start:start + size][~given_L[start:start + size]])) for start in range(0, LENGTH, size)]
+
+
+@pytest.mark.parametrize("kv_cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("time_conditioning, scan_layers, cache_refresh, threshold, schedule", [
+    (False, False, 0, 0.9, SCHEDULE), (True, True, 2, 1.0, per_token.TokenPoly(jnp.linspace(0.5, 3.0, V)))],
+    ids=["md4", "genmd4 schedule, time-conditioned, refresh every 2, one token per call"])
+def test_each_row_advances_on_its_own_and_draws_what_it_draws_alone(kv_cache, time_conditioning, scan_layers,
+                                                                   cache_refresh, threshold, schedule):
+  network = random_network(LENGTH, scan_layers=scan_layers, network_only=True, time_conditioning=time_conditioning)
+  settings = sampler_settings("parallel", block_length=4, threshold=threshold, kv_cache=kv_cache,
+                              cache_refresh=cache_refresh)
+  z_BxL = rows_in_different_places()
+  keys_B = parallel.row_keys(jax.random.key(7), len(z_BxL))
+  tokens, nfe, order = draw(network, settings, z_BxL, key=jax.random.key(7), time_conditioning=time_conditioning,
+                            schedule=schedule)
+  own_calls = []
+  for row in range(len(z_BxL)):
+    alone = draw(network, settings, z_BxL[row:row + 1], key=keys_B[row:row + 1],
+                 time_conditioning=time_conditioning, schedule=schedule)
+    np.testing.assert_array_equal(tokens[row], alone[0][0])
+    np.testing.assert_array_equal(order[row], alone[2][0])  # each row's own clock: its calls
+    own_calls.append(int(alone[1]))
+  given_BxL = np.asarray(z_BxL) != V
+  per_block = np.asarray([calls_per_block(order[row], given_BxL[row]) for row in range(len(z_BxL))])
+  np.testing.assert_array_equal(per_block.sum(axis=1), np.max(order, axis=1))
+  lockstep = int(per_block.max(axis=0).sum())  # each block waiting for its slowest row
+  assert max(own_calls) < lockstep  # the case separates the two
+  if kv_cache == "none":
+    assert int(nfe) == max(own_calls)  # a batch costs its slowest row's calls
+  else:  # a loop step runs a refresh pass, a cached pass, or both
+    assert max(own_calls) <= int(nfe) <= 2 * max(own_calls)
+
+
+@pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
+def test_a_cached_call_gives_each_row_the_logits_it_gets_alone(kv_cache):
+  """Rows in blocks 0, 1, 2 and 1: row 0 refreshes while the others reuse caches that predate tokens filled since;
+  each row's logits (and cache) equal those of the same call on that row alone, to float32 rounding."""
+  network = random_network(LENGTH, network_only=True, time_conditioning=True)
+  settings = sampler_settings("parallel", block_length=4, kv_cache=kv_cache)
+  z_BxL = rows_in_different_places()
+  start_B, live_B = jnp.asarray([0, 4, 8, 4]), jnp.ones(4, bool)
+  filled_BxL = jnp.where((jnp.arange(LENGTH) % 4 == 1) & (z_BxL == V), 2, z_BxL)  # one token more in each block
+
+  calls_B = jnp.asarray([0, 1, 1, 1])  # at the second call row 0 refreshes again (as at a new block), the rest reuse
+
+  def two_calls(z_BxL, filled_BxL, start_B, live_B, calls_B):
+    call = parallel_cache.cached_call(network, SCHEDULE, settings, V, *z_BxL.shape)
+    _, _, cache = call(z_BxL, start_B, jnp.zeros_like(start_B), live_B, network.empty_cache(*z_BxL.shape))
+    return call(filled_BxL, start_B, calls_B, live_B, cache)
+
+  logits, passes, cache = jax.jit(two_calls)(z_BxL, filled_BxL, start_B, live_B, calls_B)
+  assert int(passes) == 2
+  for row in range(len(z_BxL)):
+    one = slice(row, row + 1)
+    alone_logits, _, alone_cache = jax.jit(two_calls)(z_BxL[one], filled_BxL[one], start_B[one], live_B[one],
+                                                      calls_B[one])
+    np.testing.assert_allclose(logits[row], alone_logits[0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(cache, alone_cache):
+      np.testing.assert_allclose(got[:, row], want[:, 0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kv_cache", ["none", "dual"])
