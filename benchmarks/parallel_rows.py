@@ -1,7 +1,7 @@
 """What a batch of the `parallel` sampler costs against its rows' own calls, printed as one JSON line per batch size.
 
   python benchmarks/parallel_rows.py --workdir runs/quickstart --sampler parallel:0.9:dual --block_length 32 \
-      --batches 1,8,32 --samples 64
+      --rows own --batches 1,8,32 --samples 64
 
 Draws --samples unconditional samples from a trained text run at each batch size and reports, per batch: the
 network calls it made (NFE), its slowest row's own calls and the mean of its rows' own calls (a row's own calls:
@@ -21,6 +21,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def cpu_name() -> str:
+  for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if pathlib.Path("/proc/cpuinfo").exists() else []:
+    if line.startswith("model name"):
+      return line.split(":", 1)[1].strip()
+  return platform.processor()
 
 
 def own_calls(order_BxL: np.ndarray) -> np.ndarray:
@@ -52,6 +59,7 @@ def main() -> None:
   parser.add_argument("--workdir", required=True, help="a trained text run (the quick start: runs/quickstart)")
   parser.add_argument("--sampler", default="parallel:0.9:dual", help="an eval.samplers item")
   parser.add_argument("--block_length", type=int, default=32, help="sampler.block_length")
+  parser.add_argument("--rows", default="own", help="sampler.parallel.rows: own | together")
   parser.add_argument("--batches", default="1,8,32", help="batch sizes")
   parser.add_argument("--samples", type=int, default=64, help="samples at each batch size (a multiple of each)")
   parser.add_argument("--seed", type=int, default=0)
@@ -59,13 +67,16 @@ def main() -> None:
   from md4_jax.run import harness  # noqa: PLC0415
 
   experiment, params, _ = harness.load_run(args.workdir, sampler=args.sampler)
-  experiment = experiment.with_overrides("sampler", {"block_length": args.block_length})
+  overrides = {"block_length": args.block_length}
+  if args.rows != "own":  # (the key is new: left out, the script also measures the code before it)
+    overrides["parallel"] = {"rows": args.rows}
+  experiment = experiment.with_overrides("sampler", overrides)
   started = time.perf_counter()
   for batch in (int(size) for size in args.batches.split(",")):
     result = measure(experiment, params, batch, args.samples, args.seed)
     print(json.dumps({"benchmark": "parallel_rows", "workdir": args.workdir, "sampler": args.sampler,
-                      "block_length": args.block_length, "seq_len": experiment.modality.length, **result,
-                      "seconds_so_far": round(time.perf_counter() - started, 1), "machine": platform.processor(),
+                      "block_length": args.block_length, "rows": args.rows, "seq_len": experiment.modality.length, **result,
+                      "seconds_so_far": round(time.perf_counter() - started, 1), "machine": cpu_name(),
                       "jax": jax.__version__}), flush=True)
 
 

@@ -34,6 +34,7 @@ class Settings:
   cache_refresh: int  # parallel with a cache: calls between whole-sequence refreshes (0: a block's first only)
   threshold: float  # parallel: unmask every position whose confidence exceeds it (and one more, see fallback)
   fallback: str  # parallel: "confidence" (the most confident masked position) | "random" (a uniform one)
+  rows: str  # parallel: "own" (each row advances through its blocks on its own) | "together" (rows wait at blocks)
   guidance: float
   stop_at_end: bool  # bd3: a row stops at the block holding end_id
   strategy: str  # remdm: "cap" | "rescale" | "loop" (how sigma_t is chosen)

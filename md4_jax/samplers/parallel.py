@@ -10,9 +10,10 @@ Fast-dLLM's rule). Threshold 1.0 is one token per call: MD4's random order block
 low-confidence remasking. Calls go on until the block is full, so NFE depends on the model. A time-conditioned
 network is called at the time whose mask probability equals the share of the row still masked.
 
-Every row advances on its own (`decode`): its current block is the leftmost one it has not finished, and a call
-serves each unfinished row at its own block, so a batch costs about its slowest row's calls, not the sum over
-blocks of each block's slowest row; a finished row waits. A row draws what it would draw alone (`row_keys`).
+Every row advances on its own (`decode`, sampler.parallel.rows='own'): its current block is the leftmost one it
+has not finished, and a call serves each unfinished row at its own block, so a batch costs its slowest row's
+calls, not the sum over blocks of each block's slowest row ('together', where a row that filled its block waits
+for the others); a finished row waits. A row draws what it would draw alone (`row_keys`), either way.
 
 Caches (sampler.kv_cache; parallel_cache.py, a transformer's `extend`): a refresh call runs the whole sequence
 and keeps every position's keys and values, at the block's first call and then every
@@ -31,6 +32,7 @@ from md4_jax.samplers.exact import time_of_mask_prob
 
 CACHES = ("prefix", "dual")  # sampler.kv_cache values this sampler implements
 FALLBACKS = ("confidence", "random")  # sampler.parallel.fallback: the one position a call unmasks when none passes
+ROWS = ("own", "together")  # sampler.parallel.rows: how a batch's rows move through their blocks
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -40,6 +42,10 @@ def config_group() -> ml_collections.ConfigDict:
   # "random" (uniform, MD4's order; keeps unconditional samples' entropy) | "confidence" (Fast-dLLM / LLaDA)
   group.fallback = "random"  # the one position unmasked when none passes the threshold
   group.cache_refresh = 0  # with kv_cache "prefix" / "dual": whole-sequence refresh every this many calls; 0 = per block
+  # "own": each row moves to its next block as soon as it has filled one (a batch costs its slowest row's calls) |
+  # "together": rows that filled a block wait for the others (calls: each block's slowest row, summed; the caches'
+  # refreshes coincide, which is cheaper when rows need about the same calls per block). Same draws either way.
+  group.rows = "own"
   return group
 
 
@@ -50,6 +56,8 @@ def check_config(config, length: int) -> None:
     raise ValueError(f"sampler.parallel.threshold={own.threshold} must be in (0, 1] (1 = one token per call)")
   if own.fallback not in FALLBACKS:
     raise ValueError(f"sampler.parallel.fallback={own.fallback!r}; choose one of {FALLBACKS}")
+  if own.rows not in ROWS:
+    raise ValueError(f"sampler.parallel.rows={own.rows!r}; choose one of {ROWS}")
   if own.cache_refresh < 0:
     raise ValueError(f"sampler.parallel.cache_refresh={own.cache_refresh} must be >= 0 (0 = refresh at each block's "
                      "start)")
@@ -106,13 +114,14 @@ def row_keys(key, batch_size: int):
 
 
 def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cache=()):
-  """Every row on its own: a row's current block is the leftmost one still holding a masked active position,
-  and each loop step is one call that serves every unfinished row at its own block (a finished row waits).
+  """The rows' blocks in turn: a row's current block is the leftmost one still holding a masked active position,
+  and each loop step is one call that serves every row whose turn it is (settings.rows 'own': every unfinished
+  row, at its own block; 'together': those in the batch's leftmost unfinished block); the others wait.
 
-  `call(z_BxL, start_B, calls_B, live_B, cache) -> (logits_BxCxV of each row's block, network passes, cache)`;
+  `call(z_BxL, start_B, calls_B, served_B, cache) -> (logits_BxCxV of each row's block, network passes, cache)`;
   calls_B counts each row's calls in its current block. Row b's c-th call in block k draws with
-  fold_in(fold_in(keys_B[b], k), c), so a row draws what it draws alone (tested). order_BxL records each row's
-  own clock: its calls so far (after the clock order_BxL had reached)."""
+  fold_in(fold_in(keys_B[b], k), c), so a row draws what it draws alone, whichever way rows move (tested).
+  order_BxL records each row's own clock: its calls so far (after the clock order_BxL had reached)."""
   batch_size, length = z_BxL.shape
   size = settings.block_length or length
   clock_start = jnp.max(order_BxL)
@@ -123,25 +132,27 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
     masked_BxL = masked_of(z_BxL)
     live_B = jnp.any(masked_BxL, axis=1)
     now_B = jnp.where(live_B, jnp.argmax(masked_BxL, axis=1) // size, 0)  # a finished row idles at block 0
+    served_B = live_B
+    if settings.rows == "together":
+      served_B = live_B & (now_B == jnp.min(jnp.where(live_B, now_B, length)))
     calls_B = jnp.where(now_B == block_B, calls_B, 0)
     start_B = now_B * size
-    logits_BxCxV, passes, cache = call(z_BxL, start_B, calls_B, live_B, cache)
+    logits_BxCxV, passes, cache = call(z_BxL, start_B, calls_B, served_B, cache)
     call_keys_B = jax.vmap(lambda key, block, calls: jax.random.fold_in(jax.random.fold_in(key, block), calls))(
         keys_B, now_B, calls_B)
     z_BxC = jax.vmap(_threshold_update, in_axes=(0, 0, 0, 0, None))(
-        call_keys_B, rows_slice(z_BxL, start_B, size), rows_slice(masked_BxL, start_B, size), logits_BxCxV,
-        settings)
+        call_keys_B, rows_slice(z_BxL, start_B, size), rows_slice(masked_BxL & served_B[:, None], start_B, size),
+        logits_BxCxV, settings)
     new_z = jax.vmap(jax.lax.dynamic_update_slice_in_dim, in_axes=(0, 0, 0, None))(z_BxL, z_BxC, start_B, 0)
-    clock_B = clock_B + live_B
+    clock_B = clock_B + served_B
     order_BxL = record_order(order_BxL, z_BxL, new_z, clock_start + clock_B[:, None], vocab_size)
-    return new_z, nfe + passes, now_B, calls_B + live_B, clock_B, order_BxL, cache
+    return new_z, nfe + passes, now_B, calls_B + served_B, clock_B, order_BxL, cache
 
   rows = jnp.zeros(batch_size, jnp.int32)
   z_BxL, nfe, _, _, _, order_BxL, _ = jax.lax.while_loop(
       lambda carry: jnp.any(masked_of(carry[0])), one_call,
       (z_BxL, jnp.zeros((), jnp.int32), rows - 1, rows, rows, order_BxL, cache))
   return z_BxL, nfe, order_BxL
-
 
 def masked_time(schedule, z_BxL, vocab_size: int):
   """[B] the time whose mask probability is the share of each row still masked."""
@@ -154,8 +165,8 @@ def _parallel(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, t
   z_BxL = jnp.asarray(z_BxL, jnp.int32)
   size = settings.block_length or z_BxL.shape[1]
 
-  def call(z_BxL, start_B, calls_B, live_B, cache):
-    del calls_B, live_B
+  def call(z_BxL, start_B, calls_B, served_B, cache):
+    del calls_B, served_B
     logits_BxLxV = denoise(z_BxL, masked_time(schedule, z_BxL, vocab_size))
     return rows_slice(logits_BxLxV, start_B, size).astype(jnp.float32), 1, cache
 

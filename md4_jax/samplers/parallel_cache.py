@@ -4,8 +4,9 @@ Each row keeps its own cache of every position's keys and values, refreshed by a
 block's first call and then every sampler.parallel.cache_refresh calls (0: only the first). Between refreshes a
 row's call runs, against its cached positions before its block ('prefix': the block and everything after it) or
 before and after it ('dual': the block alone). Rows sit in different blocks, so a loop step runs at most two
-passes over the batch: the whole sequence for the rows that refresh now, the cached pass for the others (each
-only when some row needs it); a row takes its logits from its own pass.
+passes: the whole sequence for the rows that refresh now (gathered into the smallest power-of-two batch that holds
+them, as they rarely refresh together), the cached pass for the others (each only when some row needs it); a row
+takes its logits from its own pass.
 
 'dual' runs each row's block at its own positions (a vmap over rows). 'prefix' runs one chunk for the batch, from
 the earliest block a reusing row is in to the end (one compiled pass per possible start, `lax.switch`): a row
@@ -26,6 +27,7 @@ def cached_call(module, schedule, settings, vocab_size: int, batch_size: int, le
   positions_L = jnp.arange(length)
   prefix, refresh_every = settings.kv_cache == "prefix", settings.cache_refresh
   no_logits = jnp.zeros((batch_size, size, vocab_size), jnp.float32)
+  refresh_sizes = sorted({min(2**power, batch_size) for power in range(batch_size.bit_length() + 1)})
 
   def row_pass(z_L, start, cached_k, cached_v, t, *, low, chunk):
     """One row's cached pass over positions [low, low + chunk) (low may be traced): its block's logits."""
@@ -49,16 +51,25 @@ def cached_call(module, schedule, settings, vocab_size: int, batch_size: int, le
                 for block in range(length // size)]
     return jax.lax.switch(first_block, branches, z_BxL, start_B, *cache, t_B)
 
-  def call(z_BxL, start_B, calls_B, live_B, cache):
+  def call(z_BxL, start_B, calls_B, served_B, cache):
     t_B = masked_time(schedule, z_BxL, vocab_size)
-    refresh_B = live_B & (calls_B % refresh_every == 0 if refresh_every else calls_B == 0)
-    reuse_B = live_B & ~refresh_B
+    refresh_B = served_B & (calls_B % refresh_every == 0 if refresh_every else calls_B == 0)
+    reuse_B = served_B & ~refresh_B
 
-    def refresh(cache):
-      h_BxLxD, kv = module.extend(z_BxL, positions_L, t_B=t_B)
-      logits_BxCxV = module.head_logits(rows_slice(h_BxLxD, start_B, size)).astype(jnp.float32)
-      keep = refresh_B[None, :, None, None, None]
-      return logits_BxCxV, tuple(jnp.where(keep, new.astype(old.dtype), old) for new, old in zip(kv, cache))
+    def refresh_rows(cache, *, rows: int):
+      """The whole-sequence pass over `rows` rows, the refreshing ones among them (rows >= their count)."""
+      picked_R = jnp.argsort(~refresh_B, stable=True)[:rows]  # the refreshing rows first
+      h_RxLxD, kv = module.extend(z_BxL[picked_R], positions_L, t_B=t_B[picked_R])
+      logits_RxCxV = module.head_logits(rows_slice(h_RxLxD, start_B[picked_R], size)).astype(jnp.float32)
+      keep = refresh_B[picked_R][None, :, None, None, None]
+      cache = tuple(old.at[:, picked_R].set(jnp.where(keep, new.astype(old.dtype), old[:, picked_R]))
+                    for new, old in zip(kv, cache))
+      return no_logits.at[picked_R].set(logits_RxCxV), cache
+
+    def refresh(cache):  # the smallest power-of-two batch that holds every refreshing row: rows rarely align
+      count = jnp.sum(refresh_B)
+      return jax.lax.switch(jnp.searchsorted(jnp.asarray(refresh_sizes), count),
+                            [functools.partial(refresh_rows, rows=rows) for rows in refresh_sizes], cache)
 
     refreshed_BxCxV, cache = jax.lax.cond(jnp.any(refresh_B), refresh, lambda cache: (no_logits, cache), cache)
     reused_BxCxV = jax.lax.cond(jnp.any(reuse_B), reuse, lambda *_: no_logits, z_BxL, start_B, reuse_B, t_B, cache)

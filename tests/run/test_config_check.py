@@ -115,6 +115,7 @@ def test_bad_semi_ar_blocks(corpus_file, tmp_path, overrides, message):
     (dict(objective="bd3", diffusion__bd3__block_size=4, sampler__name="parallel", sampler__block_length=3),
      "block_length=3 must divide 4 \\(diffusion.bd3.block_size\\)"),
     (dict(sampler__name="parallel", sampler__parallel__threshold=0.0), "threshold=0.0 must be in \\(0, 1\\]"),
+    (dict(sampler__name="parallel", sampler__parallel__rows="each"), "sampler.parallel.rows='each'; choose one of"),
     (dict(sampler__name="parallel", sampler__block_length=5), "block_length=5 must divide 16 \\(data.seq_len\\)"),
     (dict(sampler__name="parallel", sampler__kv_cache="dual", sampler__parallel__cache_refresh=-1), "cache_refresh=-1"),
     (dict(sampler__parallel__threshold=0.5), "sampler.parallel.threshold=0.5 has no effect.*sampler.name='parallel'"),
