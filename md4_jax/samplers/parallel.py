@@ -70,20 +70,6 @@ def check_config(config, length: int) -> None:
                      "0 = one block")
 
 
-def uses_blocks(settings) -> bool:
-  """Whether sampler.block_length means this sampler's blocks (name='parallel', not semi_ar's)."""
-  return settings.name == "parallel"
-
-
-def _blocks(settings, length: int):
-  """[(start, size), ...] left to right."""
-  size = settings.block_length or length
-  if length % size:
-    raise ValueError(f"sampler.block_length={size} must divide the sequence length {length} for "
-                     "sampler.name='parallel'")
-  return [(start, size) for start in range(0, length, size)]
-
-
 def _threshold_update(key, z_C, masked_C, logits_CxV, settings):
   """One row's call: draws every masked position; keeps those whose confidence passes the threshold, and one more:
   a uniformly chosen one (fallback 'random', the exact sampler's order) or the most confident ('confidence')."""
@@ -124,6 +110,9 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
   order_BxL records each row's own clock: its calls so far (after the clock order_BxL had reached)."""
   batch_size, length = z_BxL.shape
   size = settings.block_length or length
+  if length % size:
+    raise ValueError(f"sampler.block_length={size} must divide the sequence length {length} for "
+                     "sampler.name='parallel'")
   clock_start = jnp.max(order_BxL)
   masked_of = lambda z_BxL: (z_BxL == vocab_size) & active_BxL  # noqa: E731
 

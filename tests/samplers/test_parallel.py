@@ -200,3 +200,10 @@ def test_one_call_draws_each_position_from_the_model():
   for position in range(CHAIN_L):
     counts = np.bincount(tokens[:, position], minlength=CHAIN_V)
     assert stats.chisquare(counts, MARGINALS[position] * len(tokens)).pvalue > 1e-4
+
+
+def test_blocks_that_do_not_tile_the_sequence_are_refused():
+  network = random_network(LENGTH, network_only=True)
+  for kv_cache in ("none", "dual"):
+    with pytest.raises(ValueError, match="block_length=5 must divide the sequence length 12"):
+      draw(network, sampler_settings("parallel", block_length=5, kv_cache=kv_cache), prompted())
