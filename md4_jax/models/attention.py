@@ -24,7 +24,7 @@ SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores of one head group on the CPU: 6
 ACCELERATOR_SCORE_BLOCK_ELEMENTS = 1 << 27  # on a GPU/TPU: 512 MiB (fewer, larger steps keep it busy)
 
 
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn", "splash")
 
 
 
@@ -36,13 +36,20 @@ def check_attention(name: str, dtype: str) -> None:
   if name == "cudnn" and (jax.default_backend() != "gpu" or dtype == "float32"):
     raise ValueError(f"model.attention='cudnn' needs a GPU and model.dtype='bfloat16' (this run: backend "
                      f"{jax.default_backend()!r}, dtype {dtype!r}); use model.attention='auto'")
+  if name == "splash" and jax.default_backend() != "tpu":
+    raise ValueError(f"model.attention='splash' (Pallas's TPU kernel for block diffusion's mask) needs a TPU (this "
+                     f"run: backend {jax.default_backend()!r}); use model.attention='auto'")
 
 
 def attention_kernel(name: str, dtype: str, head_dim: int) -> str:
-  """The kernel a layer runs: "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel) or "xla" (`attention`
-  below). "auto" takes cuDNN on a GPU in bfloat16 for head sizes it supports (multiples of 8 up to 128), else
-  XLA: the fused kernel does not materialise the [L, L] scores, and float32 has no cuDNN path."""
+  """The kernel a layer runs: "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel), "splash" (on a TPU:
+  block diffusion's training mask through Pallas splash attention, splash_attention.py; other masks XLA) or "xla"
+  (`attention` below). "auto" takes cuDNN on a GPU in bfloat16 for head sizes it supports (multiples of 8 up to
+  128), splash on a TPU, else XLA: the fused kernel does not materialise the [L, L] scores, and float32 has no
+  cuDNN path."""
   check_attention(name, dtype)
+  if name == "auto" and jax.default_backend() == "tpu":
+    return "splash"
   if name == "auto":
     usable = jax.default_backend() == "gpu" and dtype != "float32" and head_dim % 8 == 0 and head_dim <= 128
     return "cudnn" if usable else "xla"
@@ -58,7 +65,8 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Ma
   that reads the softmax output transposed, 2-4x slower per layer for the same numbers. Its gradient is
   written out the same way (`_attention_backward`). kernel "cudnn": the fused GPU kernel (see
   attention_kernel), same function up to rounding; block masks run the XLA form (untested on cuDNN here).
-  Block diffusion's training mask runs block_attention.py's chunked form, which skips what the mask drops.
+  Block diffusion's training mask runs block_attention.py's chunked form, which skips what the mask drops (kernel
+  "splash": Pallas splash attention, which skips the tiles the mask empties).
   causal=True is mask=CAUSAL. mask may also be a boolean [L, L] array (True: may attend), drawn per step
   (MD4's attention annealing, objectives/md4.py); it runs the XLA form.
   """
@@ -66,6 +74,9 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Ma
   if mask is not None and not isinstance(mask, Mask):
     return _attention_allowed(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
   if mask is not None and mask.kind == "block_diffusion":
+    if kernel == "splash" and q_BxLxHxK.shape[1] % 128 == 0:  # the kernel's tiles (other lengths: chunked)
+      from md4_jax.models.splash_attention import splash_block_diffusion_attention  # noqa: PLC0415 (Pallas: TPU only)
+      return splash_block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
     return block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
   if kernel == "cudnn" and mask in (None, CAUSAL):
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=mask == CAUSAL,
