@@ -60,9 +60,8 @@ def get_config(plugins: str = "") -> ml_collections.ConfigDict:
   config.model.label_dropout = 0.1  # class_conditional: share of training labels replaced by the null class (for guidance)
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params, optimizer, softmax, loss stay float32)
   config.model.remat = "none"  # "none" | "block": recompute each block in the backward pass (less memory, ~1/3 more compute)
-  # "auto" (cuDNN's fused kernel on a GPU in bfloat16; on a TPU, splash for block diffusion's mask; else XLA) |
-  # "xla" | "cudnn" | "splash"
-  config.model.attention = "auto"
+  # "auto": cuDNN's fused kernel on a GPU in bfloat16; on a TPU, Pallas splash for block diffusion's mask; else XLA
+  config.model.attention = "auto"  # "auto" | "xla" | "cudnn" | "splash"
 
   config.model.unet = unet.config_group()  # backbone="unet": residual blocks at full resolution: models/unet.py
 

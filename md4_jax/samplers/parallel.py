@@ -42,10 +42,10 @@ def config_group() -> ml_collections.ConfigDict:
   # "random" (uniform, MD4's order; keeps unconditional samples' entropy) | "confidence" (Fast-dLLM / LLaDA)
   group.fallback = "random"  # the one position unmasked when none passes the threshold
   group.cache_refresh = 0  # with kv_cache "prefix" / "dual": whole-sequence refresh every this many calls; 0 = per block
-  # "own": each row moves to its next block as soon as it has filled one (a batch costs its slowest row's calls) |
+  # "own": each row moves to its next block as soon as it has filled one (a batch costs its slowest row's calls);
   # "together": rows that filled a block wait for the others (calls: each block's slowest row, summed; the caches'
   # refreshes coincide, which is cheaper when rows need about the same calls per block). Same draws either way.
-  group.rows = "own"
+  group.rows = "own"  # how a batch's rows move through their blocks: "own" | "together"
   return group
 
 
