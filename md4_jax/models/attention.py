@@ -74,9 +74,10 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, causal: bool = False, mask: Ma
   if mask is not None and not isinstance(mask, Mask):
     return _attention_allowed(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
   if mask is not None and mask.kind == "block_diffusion":
-    if kernel == "splash" and q_BxLxHxK.shape[1] % 128 == 0:  # the kernel's tiles (other lengths: chunked)
-      from md4_jax.models.splash_attention import splash_block_diffusion_attention  # noqa: PLC0415 (Pallas: TPU only)
-      return splash_block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
+    if kernel == "splash":
+      from md4_jax.models import splash_attention  # noqa: PLC0415 (Pallas: imported on a TPU only)
+      if q_BxLxHxK.shape[1] % splash_attention.TILE == 0:  # whole tiles of the kernel (other lengths: chunked)
+        return splash_attention.splash_block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
     return block_diffusion_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask.block_size)
   if kernel == "cudnn" and mask in (None, CAUSAL):
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=mask == CAUSAL,

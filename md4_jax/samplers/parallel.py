@@ -143,6 +143,7 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
       (z_BxL, jnp.zeros((), jnp.int32), rows - 1, rows, rows, order_BxL, cache))
   return z_BxL, nfe, order_BxL
 
+
 def masked_time(schedule, z_BxL, vocab_size: int):
   """[B] the time whose mask probability is the share of each row still masked."""
   return time_of_mask_prob(schedule, jnp.mean(z_BxL == vocab_size, axis=-1).astype(jnp.float32))
