@@ -19,7 +19,9 @@ from md4_jax.core import block_diffusion, diffusion, shifted
 from md4_jax.core.attention_masks import Mask
 from md4_jax.core.schedules import get_schedule
 from md4_jax.models.transformer import write_cache
+from md4_jax.objectives import bd3_rows
 from md4_jax.objectives.base import Objective, check_shift, refuse
+from md4_jax.objectives.bd3_rows import cache_slot
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -134,6 +136,7 @@ class BlockDiffusion(Objective):
     positions, one slot per block, reused in turn: a sequence longer than the training length (N > seq_len,
     `--length`) is drawn with each block seeing the seq_len / block_size - 1 blocks before it (the most any
     block saw in training), segment by segment (`sample_segment`). NFE counts the sampler's calls.
+    sampler.name='parallel' moves every row through the blocks on its own instead (bd3_rows.py).
     """
     del time_dependent  # the network is time-independent
     cache = module.empty_cache(z_BxL.shape[0]) if settings.kv_cache == "exact" else ()
@@ -153,12 +156,15 @@ class BlockDiffusion(Objective):
     trained_length = int(self.config.data.seq_len)
     if (length != trained_length or total_length != length) and not cached:
       raise ValueError(f"a length of {total_length} (data.seq_len={trained_length}) needs sampler.kv_cache='exact'")
-    steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
-    inner_settings = dataclasses.replace(settings, steps=steps)
-    inner = samplers.run_of(settings.name, samplers.SAMPLERS)
     shift = bool(self.config.diffusion.shift)  # the network reads its input one place right (core/shifted.py)
     whole_sequence = functools.partial(shifted.Shifted(denoise, vocab_size) if shift else denoise,
                                        mask=Mask("block_causal", size))
+    if settings.name == "parallel":  # every row through its own blocks
+      return bd3_rows.sample_segment(self, whole_sequence, key, z_BxS, settings, module=module,
+                                     first_block=first_block, cache=cache, total_length=total_length, clock=clock)
+    steps = settings.steps // samplers.semi_ar_blocks(size, settings.steps, trained_length)
+    inner_settings = dataclasses.replace(settings, steps=steps)
+    inner = samplers.run_of(settings.name, samplers.SAMPLERS)
 
     def one_block(offset, carry):
       z_BxS, nfe, order_BxS, cache = carry
@@ -214,15 +220,6 @@ class BlockDiffusion(Objective):
     if end_id >= 0:
       z_BxS = jnp.where(z_BxS == vocab_size, end_id, z_BxS)
     return z_BxS, nfe, order_BxS, cache
-
-
-def cache_slot(index, block_size: int, trained_length: int):
-  """Block `index`'s slot in a cache of trained_length positions (blocks take the slots in turn): (its first
-  position, [trained_length] bool: the slots holding the blocks it sees, the trained_length / block_size - 1
-  before it, or all earlier ones at the start)."""
-  slots = trained_length // block_size
-  slot_S = jnp.arange(trained_length) // block_size
-  return (index % slots) * block_size, (slot_S < index) & (slot_S != index % slots)
 
 
 OBJECTIVE = BlockDiffusion

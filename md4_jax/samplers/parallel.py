@@ -13,7 +13,8 @@ network is called at the time whose mask probability equals the share of the row
 Every row advances on its own (`decode`, sampler.parallel.rows='own'): its current block is the leftmost one it
 has not finished, and a call serves each unfinished row at its own block, so a batch costs its slowest row's
 calls, not the sum over blocks of each block's slowest row ('together', where a row that filled its block waits
-for the others); a finished row waits. A row draws what it would draw alone (`row_keys`), either way.
+for the others); a finished row waits. A row draws what it would draw alone (`row_keys`), either way. Block
+diffusion runs `decode` over its blocks' sub-blocks, with its own calls and keys (objectives/bd3_rows.py).
 
 Caches (sampler.kv_cache; parallel_cache.py, a transformer's `extend`): a refresh call runs the whole sequence
 and keeps every position's keys and values, at the block's first call and then every
@@ -22,6 +23,8 @@ cached positions before the block; 'dual' runs the block alone against the cache
 it. Other tokens change while the cache stays, and a bidirectional model's keys depend on them, so both are
 approximations; cache_refresh = 1 refreshes every call, which is the uncached sampler (tested).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +94,18 @@ def rows_slice(x_BxLx, start_B, size: int):
   return jax.vmap(lambda x, start: jax.lax.dynamic_slice_in_dim(x, start, size))(x_BxLx, start_B)
 
 
+def on_some_rows(picked_B, run, state):
+  """`run(rows_R, state)` over the smallest power-of-two number R of rows (at most B) that holds every picked row;
+  rows_R lists the picked rows first, and `run` must change only those among them. Rows rarely need a pass at
+  the same call (they sit in different blocks), and a pass over all B rows costs B: one compiled branch per R
+  (`lax.switch`). At least one row must be picked."""
+  batch_size = picked_B.shape[0]
+  sizes = sorted({min(2**power, batch_size) for power in range(batch_size.bit_length() + 1)})
+  picked_first_B = jnp.argsort(~picked_B, stable=True)
+  branches = [functools.partial(lambda state, rows: run(picked_first_B[:rows], state), rows=rows) for rows in sizes]
+  return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), jnp.sum(picked_B)), branches, state)
+
+
 def row_keys(key, batch_size: int):
   """[B] each row's key: fold_in(key, row), or `key` itself when it already holds one key per row (to draw a row
   alone as it is drawn in a batch). A row's draws depend on its key only, not on the other rows."""
@@ -99,15 +114,18 @@ def row_keys(key, batch_size: int):
   return jax.vmap(lambda row: jax.random.fold_in(key, row))(jnp.arange(batch_size))
 
 
-def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cache=()):
+def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cache=(), *,
+           block_key=jax.random.fold_in, stopped=None):
   """The rows' blocks in turn: a row's current block is the leftmost one still holding a masked active position,
   and each loop step is one call that serves every row whose turn it is (settings.rows 'own': every unfinished
   row, at its own block; 'together': those in the batch's leftmost unfinished block); the others wait.
 
-  `call(z_BxL, start_B, calls_B, served_B, cache) -> (logits_BxCxV of each row's block, network passes, cache)`;
+  Returns (tokens_BxL, NFE, order_BxL, cache). `call(z_BxL, start_B, calls_B, served_B, cache) -> (logits_BxCxV
+  of each row's block, network passes, cache)`;
   calls_B counts each row's calls in its current block. Row b's c-th call in block k draws with
-  fold_in(fold_in(keys_B[b], k), c), so a row draws what it draws alone, whichever way rows move (tested).
-  order_BxL records each row's own clock: its calls so far (after the clock order_BxL had reached)."""
+  fold_in(block_key(keys_B[b], k), c), so a row draws what it draws alone, whichever way rows move (tested).
+  order_BxL records each row's own clock: its calls so far (after the clock order_BxL had reached).
+  stopped(z_BxL) -> [B]: rows that stop with positions still masked (block diffusion's end of text)."""
   batch_size, length = z_BxL.shape
   size = settings.block_length or length
   if length % size:
@@ -115,11 +133,12 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
                      "sampler.name='parallel'")
   clock_start = jnp.max(order_BxL)
   masked_of = lambda z_BxL: (z_BxL == vocab_size) & active_BxL  # noqa: E731
+  live_of = lambda z_BxL: jnp.any(masked_of(z_BxL), axis=1) & ~(stopped(z_BxL) if stopped else False)  # noqa: E731
 
   def one_call(carry):
     z_BxL, nfe, block_B, calls_B, clock_B, order_BxL, cache = carry
     masked_BxL = masked_of(z_BxL)
-    live_B = jnp.any(masked_BxL, axis=1)
+    live_B = live_of(z_BxL)
     now_B = jnp.where(live_B, jnp.argmax(masked_BxL, axis=1) // size, 0)  # a finished row idles at block 0
     served_B = live_B
     if settings.rows == "together":
@@ -127,7 +146,7 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
     calls_B = jnp.where(now_B == block_B, calls_B, 0)
     start_B = now_B * size
     logits_BxCxV, passes, cache = call(z_BxL, start_B, calls_B, served_B, cache)
-    call_keys_B = jax.vmap(lambda key, block, calls: jax.random.fold_in(jax.random.fold_in(key, block), calls))(
+    call_keys_B = jax.vmap(lambda key, block, calls: jax.random.fold_in(block_key(key, block), calls))(
         keys_B, now_B, calls_B)
     z_BxC = jax.vmap(_threshold_update, in_axes=(0, 0, 0, 0, None))(
         call_keys_B, rows_slice(z_BxL, start_B, size), rows_slice(masked_BxL & served_B[:, None], start_B, size),
@@ -138,10 +157,10 @@ def decode(call, keys_B, z_BxL, active_BxL, settings, vocab_size, order_BxL, cac
     return new_z, nfe + passes, now_B, calls_B + served_B, clock_B, order_BxL, cache
 
   rows = jnp.zeros(batch_size, jnp.int32)
-  z_BxL, nfe, _, _, _, order_BxL, _ = jax.lax.while_loop(
-      lambda carry: jnp.any(masked_of(carry[0])), one_call,
+  z_BxL, nfe, _, _, _, order_BxL, cache = jax.lax.while_loop(
+      lambda carry: jnp.any(live_of(carry[0])), one_call,
       (z_BxL, jnp.zeros((), jnp.int32), rows - 1, rows, rows, order_BxL, cache))
-  return z_BxL, nfe, order_BxL
+  return z_BxL, nfe, order_BxL, cache
 
 
 def masked_time(schedule, z_BxL, vocab_size: int):
@@ -160,7 +179,7 @@ def _parallel(denoise, key, schedule, z_BxL, active_BxL, settings, vocab_size, t
     logits_BxLxV = denoise(z_BxL, masked_time(schedule, z_BxL, vocab_size))
     return rows_slice(logits_BxLxV, start_B, size).astype(jnp.float32), 1, cache
 
-  return decode(call, row_keys(key, z_BxL.shape[0]), z_BxL, active_BxL, settings, vocab_size, order_BxL)
+  return decode(call, row_keys(key, z_BxL.shape[0]), z_BxL, active_BxL, settings, vocab_size, order_BxL)[:3]
 
 
 SAMPLERS = {"parallel": _parallel}

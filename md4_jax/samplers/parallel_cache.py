@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from md4_jax.samplers.parallel import decode, masked_time, row_keys, rows_slice
+from md4_jax.samplers.parallel import decode, masked_time, on_some_rows, row_keys, rows_slice
 
 
 def cached_call(module, schedule, settings, vocab_size: int, batch_size: int, length: int):
@@ -27,7 +27,6 @@ def cached_call(module, schedule, settings, vocab_size: int, batch_size: int, le
   positions_L = jnp.arange(length)
   prefix, refresh_every = settings.kv_cache == "prefix", settings.cache_refresh
   no_logits = jnp.zeros((batch_size, size, vocab_size), jnp.float32)
-  refresh_sizes = sorted({min(2**power, batch_size) for power in range(batch_size.bit_length() + 1)})
 
   def row_pass(z_L, start, cached_k, cached_v, t, *, low, chunk):
     """One row's cached pass over positions [low, low + chunk) (low may be traced): its block's logits."""
@@ -56,21 +55,17 @@ def cached_call(module, schedule, settings, vocab_size: int, batch_size: int, le
     refresh_B = served_B & (calls_B % refresh_every == 0 if refresh_every else calls_B == 0)
     reuse_B = served_B & ~refresh_B
 
-    def refresh_rows(cache, *, rows: int):
-      """The whole-sequence pass over `rows` rows, the refreshing ones among them (rows >= their count)."""
-      picked_R = jnp.argsort(~refresh_B, stable=True)[:rows]  # the refreshing rows first
+    def refresh_rows(picked_R, state):
+      """The whole-sequence pass over the rows picked_R, the refreshing ones among them."""
+      logits_BxCxV, cache = state
       h_RxLxD, kv = module.extend(z_BxL[picked_R], positions_L, t_B=t_B[picked_R])
       logits_RxCxV = module.head_logits(rows_slice(h_RxLxD, start_B[picked_R], size)).astype(jnp.float32)
       keep = refresh_B[picked_R][None, :, None, None, None]
       cache = tuple(old.at[:, picked_R].set(jnp.where(keep, new.astype(old.dtype), old[:, picked_R]))
                     for new, old in zip(kv, cache))
-      return no_logits.at[picked_R].set(logits_RxCxV), cache
+      return logits_BxCxV.at[picked_R].set(logits_RxCxV), cache
 
-    def refresh(cache):  # the smallest power-of-two batch that holds every refreshing row: rows rarely align
-      count = jnp.sum(refresh_B)
-      return jax.lax.switch(jnp.searchsorted(jnp.asarray(refresh_sizes), count),
-                            [functools.partial(refresh_rows, rows=rows) for rows in refresh_sizes], cache)
-
+    refresh = lambda cache: on_some_rows(refresh_B, refresh_rows, (no_logits, cache))  # noqa: E731
     refreshed_BxCxV, cache = jax.lax.cond(jnp.any(refresh_B), refresh, lambda cache: (no_logits, cache), cache)
     reused_BxCxV = jax.lax.cond(jnp.any(reuse_B), reuse, lambda *_: no_logits, z_BxL, start_B, reuse_B, t_B, cache)
     passes = jnp.any(refresh_B).astype(jnp.int32) + jnp.any(reuse_B).astype(jnp.int32)
@@ -86,4 +81,4 @@ def sample_cached(module, key, schedule, z_BxL, settings, vocab_size: int):
   batch_size, length = z_BxL.shape
   call = cached_call(module, schedule, settings, vocab_size, batch_size, length)
   return decode(call, row_keys(key, batch_size), z_BxL, z_BxL == vocab_size, settings, vocab_size,
-                jnp.zeros_like(z_BxL), module.empty_cache(batch_size, length))
+                jnp.zeros_like(z_BxL), module.empty_cache(batch_size, length))[:3]

@@ -109,7 +109,9 @@ def test_each_row_draws_what_it_draws_alone_and_advances_as_rows_says(kv_cache, 
 @pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
 def test_a_cached_call_gives_each_row_the_logits_it_gets_alone(kv_cache):
   """Rows in blocks 0, 1, 2 and 1: row 0 refreshes while the others reuse caches that predate tokens filled since;
-  each row's logits (and cache) equal those of the same call on that row alone, to float32 rounding."""
+  each row's logits (and cache) equal those of the same call on that row alone, to float32 rounding (which differs
+  with the batch size on CPUs with AVX-512 or AMX: 7e-5 on a cached key of magnitude 2 there; a row seeing the
+  wrong positions is off by O(1))."""
   network = random_network(LENGTH, network_only=True, time_conditioning=True)
   settings = sampler_settings("parallel", block_length=4, kv_cache=kv_cache)
   z_BxL = rows_in_different_places()
@@ -129,9 +131,9 @@ def test_a_cached_call_gives_each_row_the_logits_it_gets_alone(kv_cache):
     one = slice(row, row + 1)
     alone_logits, _, alone_cache = jax.jit(two_calls)(z_BxL[one], filled_BxL[one], start_B[one], live_B[one],
                                                       calls_B[one])
-    np.testing.assert_allclose(logits[row], alone_logits[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[row], alone_logits[0], rtol=2e-4, atol=2e-4)
     for got, want in zip(cache, alone_cache):
-      np.testing.assert_allclose(got[:, row], want[:, 0], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(got[:, row], want[:, 0], rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize("kv_cache", ["none", "dual"])
