@@ -190,13 +190,16 @@ _attention_allowed.defvjp(_attention_allowed_forward, _attention_allowed_backwar
 def cached_attention(q_BxCxHxK, k_BxCxHxK, v_BxCxHxK, cached_k_BxSxHxK, cached_v_BxSxHxK, visible_S):
   """A chunk of C queries over its own keys and the cached keys: the sampling caches' pass (block diffusion's
   exact one, MD4's approximate ones). visible_S [S]: the cached keys seen (the chunk's all are); or [S + C]: the
-  cached then the chunk's keys seen (the parallel sampler's prefix cache, rows in different blocks). Scores and
-  softmax in float32."""
+  cached then the chunk's keys seen (the parallel sampler's prefix cache, rows in different blocks); or per query
+  [C, S + C], and per row [B, C, S + C] (block diffusion's rows in different blocks, each writing its previous
+  block in its call's pass). Scores and softmax in float32."""
   keys_BxTxHxK = jnp.concatenate([cached_k_BxSxHxK, k_BxCxHxK], axis=1)  # T = S + C
   values_BxTxHxK = jnp.concatenate([cached_v_BxSxHxK, v_BxCxHxK], axis=1)
   visible_T = visible_S
   if visible_S.shape[-1] == cached_k_BxSxHxK.shape[1]:
     visible_T = jnp.concatenate([visible_S, jnp.ones(q_BxCxHxK.shape[1], bool)])
+  if visible_T.ndim == 3:  # [B, C, T] -> [B, 1, C, T] (over heads)
+    visible_T = visible_T[:, None]
   scores_BxHxCxT = jnp.einsum("bqhk,bshk->bhqs", q_BxCxHxK, keys_BxTxHxK, preferred_element_type=jnp.float32)
   scores_BxHxCxT = jnp.where(visible_T, scores_BxHxCxT / math.sqrt(q_BxCxHxK.shape[-1]), -jnp.inf)
   probs_BxHxCxT = jax.nn.softmax(scores_BxHxCxT, axis=-1).astype(values_BxTxHxK.dtype)

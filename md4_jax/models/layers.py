@@ -124,11 +124,12 @@ def dropout(key, x, rate: float):
 
 def rope(x_BxLxHxK, positions_L=None, theta: float = 10_000.0):
   """Rotary position embedding over the length axis (half-split convention, as Llama's and Qwen's weights
-  expect); positions_L default 0..L-1; theta: the frequencies' base."""
+  expect); positions_L default 0..L-1, or [B, L]: each row's own (the sampling caches' rows in different
+  blocks); theta: the frequencies' base."""
   length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
   positions_L = jnp.arange(length) if positions_L is None else positions_L
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2) / head_dim))
-  angles_LxK2 = positions_L[:, None] * inv_freq[None, :]
-  sin, cos = (f(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))
+  angles_xLxK2 = positions_L[..., None] * inv_freq  # [L, K/2] or [B, L, K/2]
+  sin, cos = (f(angles_xLxK2)[..., None, :].astype(x_BxLxHxK.dtype) for f in (jnp.sin, jnp.cos))  # over heads
   x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -211,7 +211,7 @@ class Transformer(nnx.Module):
     x_BxLxD = self.embed[...][z_BxL]
     if self.pos_embed is not None:
       table = self.pos_embed[...]
-      x_BxLxD = x_BxLxD + (table[None, : z_BxL.shape[1]] if positions_L is None else table[positions_L][None])
+      x_BxLxD = x_BxLxD + (table[: z_BxL.shape[1]] if positions_L is None else table[positions_L])  # [(B,) L, D]
     return x_BxLxD.astype(jnp.dtype(self.cfg.dtype))
 
   def empty_cache(self, batch_size: int, length: int | None = None):
@@ -221,8 +221,9 @@ class Transformer(nnx.Module):
     return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
 
   def extend(self, chunk_BxC, positions_C, cache=None, visible_S=None, t_B=None):
-    """The sampling caches' pass: hidden states h_BxCxD of C tokens at positions_C, which see each other and
-    the cached positions where visible_S ([S] bool; or [S + C]: which cached, then which chunk keys they see);
+    """The sampling caches' pass: hidden states h_BxCxD of C tokens at positions_C ([C], or [B, C]: each row's
+    own), which see each other and the cached positions where visible_S ([S] bool; or [S + C]: which cached, then
+    which chunk keys they see; or per query, [C, S + C], and per row, [B, C, S + C]: cached_attention);
     cache None: only each other (a whole sequence's pass that fills a cache). Returns (h, the chunk's (keys, values) [layers, B, C, H, K]; `write_cache` stores them).
     t_B: the time, for a time-conditioned network."""
     if self.cfg.time_conditioning and t_B is None:

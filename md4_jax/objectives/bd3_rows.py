@@ -8,9 +8,12 @@ The segment's sub-blocks (sampler.block_length, 0 = one per block of diffusion.b
 - kv_cache='none': one pass over the served rows' whole sequences under the block-causal mask (a row's later
   blocks are hidden from its current one, wherever the other rows are);
 - kv_cache='exact': each served row's block alone against its own cache of finished blocks (the slots of
-  `cache_slot`). Before a row's call, the blocks it has finished since its last call (more than one where a prompt
-  filled whole blocks) are written into its cache, one pass per block over their clean tokens; what is finished
-  when the segment ends is written at the end. Same function as 'none', so the same draws (tested).
+  `cache_slot`), in one batched pass with each row's positions and visibility. Before a row's call, the blocks it
+  has finished since its last call (more than one where a prompt filled whole blocks) are written into its cache,
+  one pass per block over their clean tokens, over the rows that need it; what is finished when the segment ends
+  is written at the end. Same function as 'none', so the same draws (tested).
+Passes over some of the rows run at the smallest power-of-two batch that holds them (`on_some_rows`): once the
+quicker rows are done the slowest runs alone.
 Row b's c-th call in sub-block j of block i draws with fold_in(fold_in(fold_in(key_b, i), j), c), key_b =
 fold_in(key, b) (or key[b] when key holds one key per row), so a row draws what it draws alone. Order is each
 row's own clock, from `clock` on. With sampler.stop_at_end a row stops once a finished block holds end-of-text.
@@ -61,39 +64,56 @@ def sample_segment(objective, whole_sequence, key, z_BxS, settings, *, module, f
     finished_BxS = jnp.arange(length)[None] < (finished_blocks(z_BxS, size, mask_id) * size)[:, None]
     return jnp.any((z_BxS == end_id) & finished_BxS, axis=1)
 
-  def row_extend(z_S, block, cache_k, cache_v):
-    """One row's block `block` of the segment against its cache: (h_CxD, its keys and values [layers, C, H, K])."""
-    index, start = first_block + block, block * size
-    input_C = jax.lax.dynamic_slice_in_dim(z_S, start, size)
-    if shift:  # the block's input opens with the (finished) token before it
-      input_C = jax.lax.dynamic_slice_in_dim(shifted.shift_right(z_S[None], mask_id)[0], start, size)
-    h_1xCxD, kv = module.extend(input_C[None], index * size + jnp.arange(size), (cache_k[:, None], cache_v[:, None]),
-                                cache_slot(index, size, trained_length)[1])
-    return h_1xCxD[0], tuple(x[:, 0] for x in kv)
+  def block_inputs(z_RxS, blocks_R):
+    """[R, C] each row's block blocks_R of the segment as the network reads it (shifted: opening with the token
+    before it)."""
+    source_RxS = shifted.shift_right(z_RxS, mask_id) if shift else z_RxS
+    return rows_slice(source_RxS, blocks_R * size, size)
 
-  def write_finished(z_BxS, target_B, cache):
-    """Writes each row's finished blocks from the first it has not written up to target_B (one pass per block)."""
-    def write(rows_R, cache):
-      cache_k, cache_v, written_B = cache
-      keep_R = (written_B < target_B)[rows_R]
+  def blocks_pass(z_RxS, blocks_R, cache_R):
+    """The rows' blocks blocks_R against their caches, one batched pass with each row's positions and visibility:
+    (h_RxCxD, the blocks' keys and values [layers, R, C, H, K])."""
+    index_R = first_block + blocks_R
+    positions_RxC = index_R[:, None] * size + jnp.arange(size)
+    sees_RxS = jax.vmap(lambda index: cache_slot(index, size, trained_length)[1])(index_R)
+    sees_RxT = jnp.concatenate([sees_RxS, jnp.ones_like(positions_RxC, bool)], axis=1)  # T = S + C
+    sees_RxCxT = jnp.broadcast_to(sees_RxT[:, None], (len(index_R), size, trained_length + size))
+    return module.extend(block_inputs(z_RxS, blocks_R), positions_RxC, cache_R, sees_RxCxT)
 
-      def write_row(z_S, block, row_k, row_v):
-        kv = row_extend(z_S, block, row_k, row_v)[1]
-        slot_start = cache_slot(first_block + block, size, trained_length)[0]
-        return tuple(jax.lax.dynamic_update_slice_in_dim(row, new.astype(row.dtype), slot_start, axis=1)
-                     for row, new in zip((row_k, row_v), kv))
-
-      new_k, new_v = jax.vmap(write_row, in_axes=(0, 0, 1, 1), out_axes=1)(
-          z_BxS[rows_R], written_B[rows_R], cache_k[:, rows_R], cache_v[:, rows_R])
-      keep = keep_R[None, :, None, None, None]
-      return (cache_k.at[:, rows_R].set(jnp.where(keep, new_k, cache_k[:, rows_R])),
-              cache_v.at[:, rows_R].set(jnp.where(keep, new_v, cache_v[:, rows_R])),
-              written_B.at[rows_R].add(keep_R))
-
-    return jax.lax.while_loop(lambda cache: jnp.any(cache[2] < target_B),
-                              lambda cache: on_some_rows(cache[2] < target_B, write, cache), cache)
+  def store(cache, blocks_B, kv, keep_B):
+    """The cache with each row's block blocks_B's keys and values kv ([layers, B, C, H, K]) in its slot, where
+    keep_B (a scatter of the chunks alone)."""
+    cache_k, cache_v, written_B = cache
+    slots_B = jax.vmap(lambda block: cache_slot(first_block + block, size, trained_length)[0])(blocks_B)
+    chunk = (slice(None), jnp.arange(batch_size)[:, None], slots_B[:, None] + jnp.arange(size))
+    keep = keep_B[None, :, None, None, None]
+    cache_k, cache_v = (cached.at[chunk].set(jnp.where(keep, new.astype(cached.dtype), cached[chunk]))
+                        for cached, new in zip((cache_k, cache_v), kv))
+    return cache_k, cache_v, written_B + keep_B
 
   no_logits = jnp.zeros((batch_size, sub, objective.vocab_size), jnp.float32)
+  no_kv = tuple(jnp.zeros_like(cached[:, :, :size]) for cached in cache)  # [layers, B, C, H, K]
+
+  def picked_pass(picked_B, cache, z_BxS, blocks_B, logits_of=None):
+    """blocks_pass over the picked rows (on_some_rows): (logits [B, sub, V] of each row's sub-block starting at
+    logits_of (its start in the segment), the blocks' keys and values [layers, B, C, H, K]); zeros elsewhere."""
+    def run(rows_R, outputs):
+      h_RxCxD, kv = blocks_pass(z_BxS[rows_R], blocks_B[rows_R], (cache[0][:, rows_R], cache[1][:, rows_R]))
+      logits_BxCxV, kv_B = outputs
+      if logits_of is not None:
+        logits_RxCxV = module.head_logits(rows_slice(h_RxCxD, logits_of[rows_R] % size, sub))
+        logits_BxCxV = logits_BxCxV.at[rows_R].set(logits_RxCxV.astype(jnp.float32))
+      return logits_BxCxV, tuple(every.at[:, rows_R].set(new.astype(every.dtype)) for every, new in zip(kv_B, kv))
+    return on_some_rows(picked_B, run, (no_logits, () if logits_of is not None else no_kv))
+
+  def write_finished(z_BxS, target_B, cache):
+    """Writes each row's finished blocks from the first it has not written up to target_B: one pass per block,
+    over the rows that need it."""
+    def write(cache):
+      picked_B = cache[2] < target_B
+      return store(cache, cache[2], picked_pass(picked_B, cache, z_BxS, cache[2])[1], picked_B)
+
+    return jax.lax.while_loop(lambda cache: jnp.any(cache[2] < target_B), write, cache)
 
   def uncached_call(z_BxS, start_B, calls_B, served_B, cache):
     del calls_B
@@ -105,26 +125,18 @@ def sample_segment(objective, whole_sequence, key, z_BxS, settings, *, module, f
     return on_some_rows(served_B, run, no_logits), 1, cache
 
   def cached_call(z_BxS, start_B, calls_B, served_B, cache):
+    """A served row first writes the blocks it finished since its last call (write_finished)."""
     del calls_B
     cache = write_finished(z_BxS, jnp.where(served_B, start_B // size, cache[2]), cache)
-
-    def run(rows_R, logits_BxCxV):
-      def row_logits(z_S, start, row_k, row_v):
-        h_CxD = row_extend(z_S, start // size, row_k, row_v)[0]
-        return module.head_logits(jax.lax.dynamic_slice_in_dim(h_CxD, start % size, sub)).astype(jnp.float32)
-
-      logits_RxCxV = jax.vmap(row_logits, in_axes=(0, 0, 1, 1))(z_BxS[rows_R], start_B[rows_R],
-                                                                  cache[0][:, rows_R], cache[1][:, rows_R])
-      return logits_BxCxV.at[rows_R].set(logits_RxCxV)
-
-    return on_some_rows(served_B, run, no_logits), 1, cache
+    return picked_pass(served_B, cache, z_BxS, start_B // size, logits_of=start_B)[0], 1, cache
 
   cached = settings.kv_cache == "exact"
   z_BxS = jnp.asarray(z_BxS, jnp.int32)
   rows_cache = (*cache, jnp.zeros(batch_size, jnp.int32)) if cached else ()  # (keys, values, blocks written)
-  z_BxS, nfe, order_BxS, rows_cache = decode(cached_call if cached else uncached_call, row_keys(key, batch_size), z_BxS,
-                                 z_BxS == mask_id, settings, mask_id, jnp.zeros_like(z_BxS), rows_cache,
-                                 block_key=block_key, stopped=stopped if end_id >= 0 else None)
+  z_BxS, nfe, order_BxS, rows_cache = decode(cached_call if cached else uncached_call, row_keys(key, batch_size),
+                                             z_BxS, z_BxS == mask_id, settings, mask_id, jnp.zeros_like(z_BxS),
+                                             rows_cache, block_key=block_key,
+                                             stopped=stopped if end_id >= 0 else None)
   if cached:  # what each row finished after its last call (all of it, unless it stopped at end-of-text)
     cache = write_finished(z_BxS, finished_blocks(z_BxS, size, mask_id), rows_cache)[:2]
   if end_id >= 0:

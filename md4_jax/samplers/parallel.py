@@ -96,13 +96,14 @@ def rows_slice(x_BxLx, start_B, size: int):
 
 def on_some_rows(picked_B, run, state):
   """`run(rows_R, state)` over the smallest power-of-two number R of rows (at most B) that holds every picked row;
-  rows_R lists the picked rows first, and `run` must change only those among them. Rows rarely need a pass at
-  the same call (they sit in different blocks), and a pass over all B rows costs B: one compiled branch per R
-  (`lax.switch`). At least one row must be picked."""
+  rows_R indexes them, the picked rows first (slice(None) when R = B: no gather), and `run` must change only the
+  picked among them. Rows rarely need a pass at the same call (they sit in different blocks), and a pass over all
+  B rows costs B: one compiled branch per R (`lax.switch`). At least one row must be picked."""
   batch_size = picked_B.shape[0]
   sizes = sorted({min(2**power, batch_size) for power in range(batch_size.bit_length() + 1)})
   picked_first_B = jnp.argsort(~picked_B, stable=True)
-  branches = [functools.partial(lambda state, rows: run(picked_first_B[:rows], state), rows=rows) for rows in sizes]
+  rows_of = lambda rows: picked_first_B[:rows] if rows < batch_size else slice(None)  # noqa: E731
+  branches = [functools.partial(lambda state, rows: run(rows_of(rows), state), rows=rows) for rows in sizes]
   return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), jnp.sum(picked_B)), branches, state)
 
 

@@ -130,3 +130,29 @@ def test_a_cached_pass_over_a_current_cache_is_the_whole_pass(model, window, sca
   _, stale = net.extend(jnp.roll(z, 1, axis=1), positions, t_B=t)
   changed, _ = net.extend(z[:, start:last], positions[start:last], stale, sees, t_B=t)
   assert np.abs(np.asarray(changed[:, :end - start] - whole[:, start:end])).max() > 1e-3
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_a_cached_pass_with_each_rows_positions_and_visibility_is_each_rows_own_pass(positions):
+  """extend with [B, C] positions and a [B, C, S + C] visibility (block diffusion's rows in different blocks)
+  gives each row what a pass over it alone with its own [C] positions and [S] visibility gives."""
+  net = Transformer(dataclasses.replace(CFG, positions=positions), nnx.Rngs(0))
+  z = jax.random.randint(jax.random.key(4), (3, CFG.seq_len), 0, CFG.vocab_size)
+  t = jnp.asarray([0.3, 0.5, 0.8])
+  _, cache = net.extend(z, jnp.arange(CFG.seq_len), t_B=t)
+  starts, size = [1, 4, 2], 2
+  positions_BxC = jnp.asarray([[start, start + 1] for start in starts])
+  sees_BxS = jnp.arange(CFG.seq_len)[None] < jnp.asarray(starts)[:, None]
+  sees_BxCxT = jnp.broadcast_to(jnp.concatenate([sees_BxS, jnp.ones((3, size), bool)], axis=1)[:, None],
+                                (3, size, CFG.seq_len + size))
+  chunk_BxC = jnp.take_along_axis(z, positions_BxC, axis=1)
+  together, kv = net.extend(chunk_BxC, positions_BxC, cache, sees_BxCxT, t_B=t)
+  for row, start in enumerate(starts):
+    one = slice(row, row + 1)
+    alone, alone_kv = net.extend(chunk_BxC[one], positions_BxC[row], tuple(x[:, one] for x in cache), sees_BxS[row],
+                                 t_B=t[one])
+    np.testing.assert_allclose(together[one], alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kv[0][:, one], alone_kv[0], rtol=1e-5, atol=1e-5)
+  # Rows really differ in what they see: a row's states change when another row's positions are used.
+  shared, _ = net.extend(chunk_BxC, positions_BxC[0], cache, sees_BxS[0], t_B=t)
+  assert np.abs(np.asarray(shared[1] - together[1])).max() > 1e-3
