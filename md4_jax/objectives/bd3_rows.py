@@ -116,7 +116,7 @@ def sample_segment(objective, whole_sequence, key, z_BxS, settings, *, module, f
     return jax.lax.while_loop(lambda cache: jnp.any(cache[2] < target_B), write, cache)
 
   def uncached_call(z_BxS, start_B, calls_B, served_B, cache):
-    del calls_B
+    del calls_B  # (rows may be gathered: block diffusion's transformer binds nothing per row, no class labels)
 
     def run(rows_R, logits_BxCxV):
       logits_RxSxV = whole_sequence(z_BxS[rows_R], masked_time(objective.schedule, z_BxS[rows_R], mask_id))
