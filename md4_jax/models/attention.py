@@ -190,9 +190,8 @@ _attention_allowed.defvjp(_attention_allowed_forward, _attention_allowed_backwar
 def cached_attention(q_BxCxHxK, k_BxCxHxK, v_BxCxHxK, cached_k_BxSxHxK, cached_v_BxSxHxK, visible_S):
   """A chunk of C queries over its own keys and the cached keys: the sampling caches' pass (block diffusion's
   exact one, MD4's approximate ones). visible_S [S]: the cached keys seen (the chunk's all are); or [S + C]: the
-  cached then the chunk's keys seen (the parallel sampler's prefix cache, rows in different blocks); or per query
-  [C, S + C], and per row [B, C, S + C] (block diffusion's rows in different blocks, each writing its previous
-  block in its call's pass). Scores and softmax in float32."""
+  cached then the chunk's keys seen (the parallel sampler's prefix cache, rows in different blocks); or per row
+  and query, [B, C, S + C] (block diffusion's rows in different blocks). Scores and softmax in float32."""
   keys_BxTxHxK = jnp.concatenate([cached_k_BxSxHxK, k_BxCxHxK], axis=1)  # T = S + C
   values_BxTxHxK = jnp.concatenate([cached_v_BxSxHxK, v_BxCxHxK], axis=1)
   visible_T = visible_S

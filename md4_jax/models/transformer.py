@@ -223,7 +223,7 @@ class Transformer(nnx.Module):
   def extend(self, chunk_BxC, positions_C, cache=None, visible_S=None, t_B=None):
     """The sampling caches' pass: hidden states h_BxCxD of C tokens at positions_C ([C], or [B, C]: each row's
     own), which see each other and the cached positions where visible_S ([S] bool; or [S + C]: which cached, then
-    which chunk keys they see; or per query, [C, S + C], and per row, [B, C, S + C]: cached_attention);
+    which chunk keys they see; or per row and query, [B, C, S + C]: cached_attention);
     cache None: only each other (a whole sequence's pass that fills a cache). Returns (h, the chunk's (keys, values) [layers, B, C, H, K]; `write_cache` stores them).
     t_B: the time, for a time-conditioned network."""
     if self.cfg.time_conditioning and t_B is None:
